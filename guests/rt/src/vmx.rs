@@ -1,0 +1,496 @@
+//! VMX instruction wrappers that return `Result` (SDM Vol. 3C, 31.2 conventions: VMsucceed,
+//! VMfailInvalid = CF, VMfailValid = ZF with the error in VM_INSTRUCTION_ERROR), each with an
+//! exception fixup so a #UD/#GP comes back as [`VmFail::Fault`] instead of killing the guest.
+
+use core::arch::{asm, global_asm};
+
+use crate::idt::last_fault;
+
+/// Field encodings used by the runtime (SDM Appendix B); guests define the rest they need.
+pub mod field {
+    pub const VM_INSTRUCTION_ERROR: u64 = 0x4400;
+    pub const VM_EXIT_REASON: u64 = 0x4402;
+    pub const EXIT_QUALIFICATION: u64 = 0x6400;
+    pub const VM_EXIT_INSTRUCTION_LEN: u64 = 0x440c;
+    pub const VMX_INSTRUCTION_INFO: u64 = 0x440e;
+    pub const GUEST_RIP: u64 = 0x681e;
+    pub const GUEST_RSP: u64 = 0x681c;
+    pub const HOST_RSP: u64 = 0x6c14;
+    pub const HOST_RIP: u64 = 0x6c16;
+}
+
+pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
+pub const IA32_VMX_BASIC: u32 = 0x480;
+pub const CR4_VMXE: u64 = 1 << 13;
+const RFLAGS_CF: u64 = 1 << 0;
+const RFLAGS_ZF: u64 = 1 << 6;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmFail {
+    /// VMfailInvalid: CF set.
+    Invalid,
+    /// VMfailValid: ZF set, with the VM-instruction error number.
+    Valid(u32),
+    /// The instruction faulted with this vector (e.g. 6 for #UD, 13 for #GP).
+    Fault(u8),
+}
+
+fn result(rflags: u64, faulted: u64) -> Result<(), VmFail> {
+    if faulted != 0 {
+        Err(VmFail::Fault(last_fault() as u8))
+    } else if rflags & RFLAGS_CF != 0 {
+        Err(VmFail::Invalid)
+    } else if rflags & RFLAGS_ZF != 0 {
+        Err(VmFail::Valid(vmread(field::VM_INSTRUCTION_ERROR).unwrap_or(0) as u32))
+    } else {
+        Ok(())
+    }
+}
+
+macro_rules! vmx_mem_operand {
+    ($(#[$m:meta])* $name:ident, $insn:literal) => {
+        $(#[$m])*
+        #[inline(never)]
+        pub fn $name(addr: u64) -> Result<(), VmFail> {
+            let (rflags, faulted): (u64, u64);
+            // SAFETY: the instruction reads the 64-bit physical address at `&addr`; a fault
+            // resumes at the fixup.
+            unsafe {
+                asm!(
+                    "xor {f:e}, {f:e}",
+                    concat!("66: ", $insn, " qword ptr [{p}]"),
+                    "pushfq",
+                    "pop {r}",
+                    "jmp 68f",
+                    "67: mov {f:e}, 1",
+                    "xor {r:e}, {r:e}",
+                    "68:",
+                    ".pushsection .ex_table, \"a\"",
+                    ".quad 66b, 67b",
+                    ".popsection",
+                    p = in(reg) &addr,
+                    r = out(reg) rflags,
+                    f = out(reg) faulted,
+                )
+            }
+            result(rflags, faulted)
+        }
+    };
+}
+
+vmx_mem_operand!(
+    /// VMXON with the physical address of the VMXON region.
+    vmxon, "vmxon");
+vmx_mem_operand!(
+    /// VMCLEAR of the VMCS at this physical address.
+    vmclear, "vmclear");
+vmx_mem_operand!(
+    /// VMPTRLD: make the VMCS at this physical address current.
+    vmptrld, "vmptrld");
+
+macro_rules! vmx_no_operand {
+    ($(#[$m:meta])* $name:ident, $insn:literal) => {
+        $(#[$m])*
+        #[inline(never)]
+        pub fn $name() -> Result<(), VmFail> {
+            let (rflags, faulted): (u64, u64);
+            // SAFETY: no memory operand; a fault resumes at the fixup.
+            unsafe {
+                asm!(
+                    "xor {f:e}, {f:e}",
+                    concat!("66: ", $insn),
+                    "pushfq",
+                    "pop {r}",
+                    "jmp 68f",
+                    "67: mov {f:e}, 1",
+                    "xor {r:e}, {r:e}",
+                    "68:",
+                    ".pushsection .ex_table, \"a\"",
+                    ".quad 66b, 67b",
+                    ".popsection",
+                    r = out(reg) rflags,
+                    f = out(reg) faulted,
+                )
+            }
+            result(rflags, faulted)
+        }
+    };
+}
+
+vmx_no_operand!(
+    /// VMXOFF.
+    vmxoff, "vmxoff");
+vmx_no_operand!(
+    /// A bare VMLAUNCH, for error tests only: on success control goes to the guest and never
+    /// returns here. Use [`vm_run`] to run a guest.
+    vmlaunch_bare, "vmlaunch");
+vmx_no_operand!(
+    /// A bare VMRESUME, for error tests only (see [`vmlaunch_bare`]).
+    vmresume_bare, "vmresume");
+
+/// VMPTRST: the current-VMCS pointer.
+#[inline(never)]
+pub fn vmptrst() -> Result<u64, VmFail> {
+    let mut out = 0u64;
+    let (rflags, faulted): (u64, u64);
+    // SAFETY: stores 8 bytes into `out`; a fault resumes at the fixup.
+    unsafe {
+        asm!(
+            "xor {f:e}, {f:e}",
+            "66: vmptrst qword ptr [{p}]",
+            "pushfq",
+            "pop {r}",
+            "jmp 68f",
+            "67: mov {f:e}, 1",
+            "xor {r:e}, {r:e}",
+            "68:",
+            ".pushsection .ex_table, \"a\"",
+            ".quad 66b, 67b",
+            ".popsection",
+            p = in(reg) &mut out,
+            r = out(reg) rflags,
+            f = out(reg) faulted,
+        )
+    }
+    result(rflags, faulted).map(|()| out)
+}
+
+/// VMREAD with register operands.
+#[inline(never)]
+pub fn vmread(field: u64) -> Result<u64, VmFail> {
+    let (value, rflags, faulted): (u64, u64, u64);
+    // SAFETY: register operands only; a fault resumes at the fixup.
+    unsafe {
+        asm!(
+            "xor {f:e}, {f:e}",
+            "xor {v:e}, {v:e}",
+            "66: vmread {v}, {e}",
+            "pushfq",
+            "pop {r}",
+            "jmp 68f",
+            "67: mov {f:e}, 1",
+            "xor {r:e}, {r:e}",
+            "68:",
+            ".pushsection .ex_table, \"a\"",
+            ".quad 66b, 67b",
+            ".popsection",
+            e = in(reg) field,
+            v = out(reg) value,
+            r = out(reg) rflags,
+            f = out(reg) faulted,
+        )
+    }
+    if faulted != 0 {
+        return Err(VmFail::Fault(last_fault() as u8));
+    }
+    if rflags & RFLAGS_CF != 0 {
+        return Err(VmFail::Invalid);
+    }
+    if rflags & RFLAGS_ZF != 0 {
+        // Reading the error itself cannot recurse: VM_INSTRUCTION_ERROR always exists.
+        return Err(VmFail::Valid(if field == field::VM_INSTRUCTION_ERROR { 0 } else { vmread(field::VM_INSTRUCTION_ERROR).unwrap_or(0) as u32 }));
+    }
+    Ok(value)
+}
+
+/// VMWRITE with register operands.
+#[inline(never)]
+pub fn vmwrite(field: u64, value: u64) -> Result<(), VmFail> {
+    let (rflags, faulted): (u64, u64);
+    // SAFETY: register operands only; a fault resumes at the fixup.
+    unsafe {
+        asm!(
+            "xor {f:e}, {f:e}",
+            "66: vmwrite {e}, {v}",
+            "pushfq",
+            "pop {r}",
+            "jmp 68f",
+            "67: mov {f:e}, 1",
+            "xor {r:e}, {r:e}",
+            "68:",
+            ".pushsection .ex_table, \"a\"",
+            ".quad 66b, 67b",
+            ".popsection",
+            e = in(reg) field,
+            v = in(reg) value,
+            r = out(reg) rflags,
+            f = out(reg) faulted,
+        )
+    }
+    result(rflags, faulted)
+}
+
+/// VMREAD with a memory destination operand.
+#[inline(never)]
+pub fn vmread_mem(field: u64, dst: &mut u64) -> Result<(), VmFail> {
+    let (rflags, faulted): (u64, u64);
+    // SAFETY: stores 8 bytes into `dst`; a fault resumes at the fixup.
+    unsafe {
+        asm!(
+            "xor {f:e}, {f:e}",
+            "66: vmread qword ptr [{p}], {e}",
+            "pushfq",
+            "pop {r}",
+            "jmp 68f",
+            "67: mov {f:e}, 1",
+            "xor {r:e}, {r:e}",
+            "68:",
+            ".pushsection .ex_table, \"a\"",
+            ".quad 66b, 67b",
+            ".popsection",
+            e = in(reg) field,
+            p = in(reg) dst,
+            r = out(reg) rflags,
+            f = out(reg) faulted,
+        )
+    }
+    result(rflags, faulted)
+}
+
+/// VMWRITE with a memory source operand.
+#[inline(never)]
+pub fn vmwrite_mem(field: u64, src: &u64) -> Result<(), VmFail> {
+    let (rflags, faulted): (u64, u64);
+    // SAFETY: reads 8 bytes from `src`; a fault resumes at the fixup.
+    unsafe {
+        asm!(
+            "xor {f:e}, {f:e}",
+            "66: vmwrite {e}, qword ptr [{p}]",
+            "pushfq",
+            "pop {r}",
+            "jmp 68f",
+            "67: mov {f:e}, 1",
+            "xor {r:e}, {r:e}",
+            "68:",
+            ".pushsection .ex_table, \"a\"",
+            ".quad 66b, 67b",
+            ".popsection",
+            e = in(reg) field,
+            p = in(reg) src,
+            r = out(reg) rflags,
+            f = out(reg) faulted,
+        )
+    }
+    result(rflags, faulted)
+}
+
+macro_rules! vmx_invalidate {
+    ($(#[$m:meta])* $name:ident, $insn:literal) => {
+        $(#[$m])*
+        #[inline(never)]
+        pub fn $name(kind: u64, descriptor: &[u64; 2]) -> Result<(), VmFail> {
+            let (rflags, faulted): (u64, u64);
+            // SAFETY: reads the 16-byte descriptor; a fault resumes at the fixup.
+            unsafe {
+                asm!(
+                    "xor {f:e}, {f:e}",
+                    concat!("66: ", $insn, " {t}, xmmword ptr [{p}]"),
+                    "pushfq",
+                    "pop {r}",
+                    "jmp 68f",
+                    "67: mov {f:e}, 1",
+                    "xor {r:e}, {r:e}",
+                    "68:",
+                    ".pushsection .ex_table, \"a\"",
+                    ".quad 66b, 67b",
+                    ".popsection",
+                    t = in(reg) kind,
+                    p = in(reg) descriptor,
+                    r = out(reg) rflags,
+                    f = out(reg) faulted,
+                )
+            }
+            result(rflags, faulted)
+        }
+    };
+}
+
+vmx_invalidate!(
+    /// INVEPT type (1 single-context, 2 all-context) with descriptor [EPTP, 0].
+    invept, "invept");
+vmx_invalidate!(
+    /// INVVPID type (0 individual address, 1 single context, 2 all contexts, 3 single context
+    /// retaining globals) with descriptor [VPID, linear address].
+    invvpid, "invvpid");
+
+/// Sets CR4.VMXE; on hosts that refuse it (#GP, as under nestbed on a host without VMX, whose
+/// VMX-enabled state is virtual) returns false and leaves CR4 as it was.
+#[inline(never)]
+pub fn try_set_cr4_vmxe() -> bool {
+    let faulted: u64;
+    // SAFETY: writes CR4 with one more bit; a #GP resumes at the fixup.
+    unsafe {
+        asm!(
+            "xor {f:e}, {f:e}",
+            "mov {t}, cr4",
+            "or {t}, {bit}",
+            "66: mov cr4, {t}",
+            "jmp 68f",
+            "67: mov {f:e}, 1",
+            "68:",
+            ".pushsection .ex_table, \"a\"",
+            ".quad 66b, 67b",
+            ".popsection",
+            t = out(reg) _,
+            bit = in(reg) CR4_VMXE,
+            f = out(reg) faulted,
+            options(nostack),
+        )
+    }
+    faulted == 0
+}
+
+/// Enters VMX operation the way the SDM says (31.5, 24.7): check CPUID.1:ECX.VMX, check or set
+/// IA32_FEATURE_CONTROL, set CR4.VMXE (tolerating the #GP of hosts where it is virtual), write
+/// the revision identifier into the VMXON region at `region` (identity-mapped) and VMXON.
+pub fn enable(region: u64) -> Result<(), VmFail> {
+    let ecx = core::arch::x86_64::__cpuid(1).ecx;
+    if ecx & (1 << 5) == 0 {
+        return Err(VmFail::Fault(6));
+    }
+    let fc = crate::io::rdmsr(IA32_FEATURE_CONTROL);
+    if fc & 1 == 0 {
+        crate::io::wrmsr(IA32_FEATURE_CONTROL, fc | 1 | 4);
+    }
+    try_set_cr4_vmxe();
+    let revision = crate::io::rdmsr(IA32_VMX_BASIC) as u32 & 0x7fff_ffff;
+    // SAFETY: the caller owns the 4 KiB region at `region`.
+    unsafe { core::ptr::write_volatile(region as *mut u32, revision) };
+    vmxon(region)
+}
+
+/// General registers of the L2 guest that VM entry and exit do not switch (RSP and RIP live in
+/// the VMCS).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GuestRegs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+}
+
+global_asm!(
+    r#"
+    .section .text
+    .global rt_vm_run
+    // rdi = &mut GuestRegs, esi = 0 for VMLAUNCH, 1 for VMRESUME.
+    // Returns 0 after a VM exit, (1 << 63) | RFLAGS after VMfail, 1 << 62 after a fault.
+    rt_vm_run:
+        push rbp
+        push rbx
+        push r12
+        push r13
+        push r14
+        push r15
+        push rdi
+        mov rax, 0x6c14
+        vmwrite rax, rsp
+        lea rdx, [rip + rt_vm_exit]
+        mov rax, 0x6c16
+        vmwrite rax, rdx
+        test esi, esi
+        mov rax, [rdi + 0]
+        mov rbx, [rdi + 8]
+        mov rcx, [rdi + 16]
+        mov rdx, [rdi + 24]
+        mov rsi, [rdi + 32]
+        mov rbp, [rdi + 48]
+        mov r8, [rdi + 56]
+        mov r9, [rdi + 64]
+        mov r10, [rdi + 72]
+        mov r11, [rdi + 80]
+        mov r12, [rdi + 88]
+        mov r13, [rdi + 96]
+        mov r14, [rdi + 104]
+        mov r15, [rdi + 112]
+        mov rdi, [rdi + 40]
+        jnz 2f
+    71: vmlaunch
+        jmp 3f
+    2:
+    72: vmresume
+    3:
+        pushfq
+        pop rax
+        mov rdx, 1
+        shl rdx, 63
+        or rax, rdx
+        jmp 4f
+    73:
+        mov rax, 1
+        shl rax, 62
+    4:
+        pop rdi
+        pop r15
+        pop r14
+        pop r13
+        pop r12
+        pop rbx
+        pop rbp
+        ret
+    .pushsection .ex_table, "a"
+    .quad 71b, 73b
+    .quad 72b, 73b
+    .popsection
+
+    rt_vm_exit:
+        push rdi
+        mov rdi, [rsp + 8]
+        mov [rdi + 0], rax
+        mov [rdi + 8], rbx
+        mov [rdi + 16], rcx
+        mov [rdi + 24], rdx
+        mov [rdi + 32], rsi
+        pop rax
+        mov [rdi + 40], rax
+        mov [rdi + 48], rbp
+        mov [rdi + 56], r8
+        mov [rdi + 64], r9
+        mov [rdi + 72], r10
+        mov [rdi + 80], r11
+        mov [rdi + 88], r12
+        mov [rdi + 96], r13
+        mov [rdi + 104], r14
+        mov [rdi + 112], r15
+        pop rdi
+        pop r15
+        pop r14
+        pop r13
+        pop r12
+        pop rbx
+        pop rbp
+        xor eax, eax
+        ret
+    "#
+);
+
+extern "C" {
+    fn rt_vm_run(regs: *mut GuestRegs, resume: u32) -> u64;
+}
+
+/// Enters the guest of the current VMCS (VMLAUNCH, or VMRESUME when `resume`) after writing
+/// HOST_RSP and HOST_RIP; returns at its next VM exit, with its registers in `regs`.
+pub fn vm_run(regs: &mut GuestRegs, resume: bool) -> Result<(), VmFail> {
+    // SAFETY: rt_vm_run saves and restores the callee-saved registers and returns on this stack
+    // at VM exit (HOST_RSP/HOST_RIP point back into it).
+    let r = unsafe { rt_vm_run(regs, u32::from(resume)) };
+    if r == 0 {
+        Ok(())
+    } else if r & (1 << 63) != 0 {
+        result(r & !(1 << 63), 0)
+    } else {
+        Err(VmFail::Fault(last_fault() as u8))
+    }
+}

@@ -1,0 +1,10 @@
+//! The guests embedded in the binary (built from `guests/` by build.rs).
+
+include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+
+/// The guest `nestbed run` boots without `--guest`.
+pub const DEFAULT: &str = "hello";
+
+pub fn find(name: &str) -> Option<&'static [u8]> {
+    GUESTS.iter().find(|(n, _, _)| *n == name).map(|(_, _, img)| *img)
+}

@@ -1,0 +1,14 @@
+//! nestbed: a KVM-based VMM that gives its L1 guests a virtual Intel VMX.
+//!
+//! One folder per concern: `machine` (one KVM guest: memory, boot, devices, vCPU), `runner`
+//! (the run loop and the path of one exit), `vmx` (the pure VMX model, no KVM types),
+//! `nested` (drives the model with the L1 and L2 vCPUs), `script` (Rhai on every exit), `gdb`
+//! (the remote stub), `trace` (JSON lines and statistics).
+
+pub mod error;
+pub mod exit;
+pub mod guests;
+pub mod machine;
+pub mod runner;
+pub mod trace;
+pub mod vmx;

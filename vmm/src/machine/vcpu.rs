@@ -1,0 +1,194 @@
+//! One KVM vCPU. Registers are read and written through `kvm_run->s.regs` (sync regs: REGS,
+//! SREGS, EVENTS valid on every exit; dirty bits make KVM load them on the next KVM_RUN).
+
+use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs, kvm_vcpu_events, KVM_SYNC_X86_EVENTS, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
+
+use super::paging::PagingMode;
+use crate::error::{host, Error};
+
+const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
+
+/// A KVM exit, copied out of `kvm_run` so the vCPU is free again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawExit {
+    IoOut { port: u16, size: u8, data: u64 },
+    IoIn { port: u16, size: u8 },
+    MmioRead { gpa: u64, len: u8 },
+    MmioWrite { gpa: u64, len: u8, data: u64 },
+    Hlt,
+    Shutdown,
+    /// An instruction KVM could not emulate, with up to 15 of its bytes (every VMX
+    /// instruction on a host without VMX).
+    EmulationFailure { bytes: Vec<u8> },
+    InternalError { suberror: u32 },
+    RdMsr { index: u32 },
+    WrMsr { index: u32, data: u64 },
+    Debug { exception: u32, pc: u64, dr6: u64, dr7: u64 },
+    /// KVM_RUN returned EINTR (a signal or immediate_exit).
+    Interrupted,
+    FailEntry { reason: u64 },
+    Other(String),
+}
+
+pub struct Vcpu {
+    fd: VcpuFd,
+}
+
+impl Vcpu {
+    pub fn new(mut fd: VcpuFd) -> Self {
+        fd.set_sync_valid_reg(SyncReg::Register);
+        fd.set_sync_valid_reg(SyncReg::SystemRegister);
+        fd.set_sync_valid_reg(SyncReg::VcpuEvents);
+        Vcpu { fd }
+    }
+
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// Loads registers from KVM once (after creation, before any KVM_RUN filled the sync area).
+    pub fn prime(&mut self) -> Result<(), Error> {
+        let regs = self.fd.get_regs().map_err(host("KVM_GET_REGS"))?;
+        let sregs = self.fd.get_sregs().map_err(host("KVM_GET_SREGS"))?;
+        let events = self.fd.get_vcpu_events().map_err(host("KVM_GET_VCPU_EVENTS"))?;
+        let s = self.fd.sync_regs_mut();
+        s.regs = regs;
+        s.sregs = sregs;
+        s.events = events;
+        Ok(())
+    }
+
+    pub fn regs(&mut self) -> &kvm_regs {
+        &self.fd.sync_regs_mut().regs
+    }
+
+    pub fn regs_mut(&mut self) -> &mut kvm_regs {
+        self.fd.set_sync_dirty_reg(SyncReg::Register);
+        &mut self.fd.sync_regs_mut().regs
+    }
+
+    pub fn sregs(&mut self) -> &kvm_sregs {
+        &self.fd.sync_regs_mut().sregs
+    }
+
+    pub fn sregs_mut(&mut self) -> &mut kvm_sregs {
+        self.fd.set_sync_dirty_reg(SyncReg::SystemRegister);
+        &mut self.fd.sync_regs_mut().sregs
+    }
+
+    pub fn events_mut(&mut self) -> &mut kvm_vcpu_events {
+        self.fd.set_sync_dirty_reg(SyncReg::VcpuEvents);
+        &mut self.fd.sync_regs_mut().events
+    }
+
+    pub fn paging(&mut self) -> PagingMode {
+        let s = self.sregs();
+        PagingMode { cr0: s.cr0, cr3: s.cr3, cr4: s.cr4, efer: s.efer }
+    }
+
+    /// Whether a register change is waiting for the next KVM_RUN.
+    pub fn dirty(&mut self) -> bool {
+        let run = self.fd.get_kvm_run();
+        run.kvm_dirty_regs & u64::from(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS) != 0
+    }
+
+    /// Queues exception `vector` for delivery at the next entry (KVM_SET_VCPU_EVENTS semantics).
+    pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        let ev = self.events_mut();
+        ev.exception.injected = 1;
+        ev.exception.nr = vector;
+        ev.exception.has_error_code = u8::from(error_code.is_some());
+        ev.exception.error_code = error_code.unwrap_or(0);
+    }
+
+    pub fn kvm_run_ptr(&mut self) -> *mut kvm_run {
+        self.fd.get_kvm_run()
+    }
+
+    pub fn set_immediate_exit(&mut self, on: bool) {
+        self.fd.set_kvm_immediate_exit(u8::from(on));
+    }
+
+    /// KVM_RUN once, with the exit copied out.
+    pub fn run(&mut self) -> Result<RawExit, Error> {
+        let exit = match self.fd.run() {
+            Ok(e) => e,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return Ok(RawExit::Interrupted),
+            Err(e) => return Err(Error::Host { what: "KVM_RUN", source: e }),
+        };
+        Ok(match exit {
+            VcpuExit::IoOut(port, data) => RawExit::IoOut { port, size: data.len() as u8, data: le(data) },
+            VcpuExit::IoIn(port, data) => RawExit::IoIn { port, size: data.len() as u8 },
+            VcpuExit::MmioRead(gpa, data) => RawExit::MmioRead { gpa, len: data.len() as u8 },
+            VcpuExit::MmioWrite(gpa, data) => RawExit::MmioWrite { gpa, len: data.len() as u8, data: le(data) },
+            VcpuExit::Hlt => RawExit::Hlt,
+            VcpuExit::Shutdown => RawExit::Shutdown,
+            VcpuExit::X86Rdmsr(m) => RawExit::RdMsr { index: m.index },
+            VcpuExit::X86Wrmsr(m) => RawExit::WrMsr { index: m.index, data: m.data },
+            VcpuExit::Debug(d) => RawExit::Debug { exception: d.exception, pc: d.pc, dr6: d.dr6, dr7: d.dr7 },
+            VcpuExit::FailEntry(reason, _) => RawExit::FailEntry { reason },
+            VcpuExit::Intr => RawExit::Interrupted,
+            VcpuExit::InternalError => {
+                let run = self.fd.get_kvm_run();
+                // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal`/`emulation_failure`
+                // is the active union member.
+                let ef = unsafe { run.__bindgen_anon_1.emulation_failure };
+                if ef.suberror == KVM_INTERNAL_ERROR_EMULATION && ef.ndata >= 2 && ef.flags & 1 != 0 {
+                    // SAFETY: flags bit 0 (KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)
+                    // says insn_size/insn_bytes are valid.
+                    let ib = unsafe { ef.__bindgen_anon_1.__bindgen_anon_1 };
+                    let n = usize::from(ib.insn_size).min(15);
+                    RawExit::EmulationFailure { bytes: ib.insn_bytes[..n].to_vec() }
+                } else {
+                    RawExit::InternalError { suberror: ef.suberror }
+                }
+            }
+            other => RawExit::Other(format!("{other:?}")),
+        })
+    }
+
+    /// Supplies the value of a pending `in`, MMIO read or RDMSR before the next KVM_RUN.
+    pub fn complete_read(&mut self, value: u64) {
+        let run = self.fd.get_kvm_run();
+        match run.exit_reason {
+            kvm_bindings::KVM_EXIT_IO => {
+                // SAFETY: the io member is active for KVM_EXIT_IO; data_offset points inside the
+                // kvm_run mapping, which holds at least `size * count` bytes there.
+                unsafe {
+                    let io = run.__bindgen_anon_1.io;
+                    let p = (run as *mut kvm_run as *mut u8).add(io.data_offset as usize);
+                    let n = (usize::from(io.size) * io.count as usize).min(8);
+                    std::ptr::copy_nonoverlapping(value.to_le_bytes().as_ptr(), p, n);
+                }
+            }
+            kvm_bindings::KVM_EXIT_MMIO => {
+                // SAFETY: the mmio member is active for KVM_EXIT_MMIO.
+                unsafe {
+                    let m = &mut run.__bindgen_anon_1.mmio;
+                    let n = (m.len as usize).min(8);
+                    m.data[..n].copy_from_slice(&value.to_le_bytes()[..n]);
+                }
+            }
+            kvm_bindings::KVM_EXIT_X86_RDMSR => {
+                run.__bindgen_anon_1.msr.data = value;
+            }
+            _ => {}
+        }
+    }
+
+    /// Makes a pending RDMSR/WRMSR fail: KVM injects #GP on the next entry.
+    pub fn fail_msr(&mut self) {
+        let run = self.fd.get_kvm_run();
+        if matches!(run.exit_reason, kvm_bindings::KVM_EXIT_X86_RDMSR | kvm_bindings::KVM_EXIT_X86_WRMSR) {
+            run.__bindgen_anon_1.msr.error = 1;
+        }
+    }
+}
+
+fn le(data: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = data.len().min(8);
+    b[..n].copy_from_slice(&data[..n]);
+    u64::from_le_bytes(b)
+}

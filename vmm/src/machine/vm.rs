@@ -1,0 +1,108 @@
+//! A KVM VM: guest RAM as memslots, the MSR filter that routes the VMX capability MSRs to
+//! userspace, emulation-failure exits with instruction bytes, and vCPU creation.
+
+use kvm_bindings::{kvm_enable_cap, kvm_userspace_memory_region, CpuId, KVM_MEM_READONLY};
+use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
+
+use super::memory::GuestRam;
+use super::vcpu::Vcpu;
+use crate::error::{host, Error};
+
+const KVM_CAP_X86_USER_SPACE_MSR: u32 = 188;
+const KVM_CAP_EXIT_ON_EMULATION_FAILURE: u32 = 204;
+const KVM_MSR_EXIT_REASON_INVAL: u64 = 1;
+const KVM_MSR_EXIT_REASON_UNKNOWN: u64 = 2;
+const KVM_MSR_EXIT_REASON_FILTER: u64 = 4;
+const CPUID_1_ECX_VMX: u32 = 1 << 5;
+
+/// MSR ranges whose reads and writes exit to userspace (served by the virtual VMX).
+pub const FILTERED_MSRS: &[(u32, u32)] = &[(0x3a, 1), (0x480, 18)];
+
+pub struct Vm {
+    pub fd: VmFd,
+    pub ram: GuestRam,
+    next_slot: u32,
+}
+
+impl Vm {
+    /// A VM whose guest-physical 0.. maps `ram` one to one.
+    pub fn new(kvm: &Kvm, ram: GuestRam) -> Result<Self, Error> {
+        let fd = kvm.create_vm().map_err(host("KVM_CREATE_VM"))?;
+        let mut vm = Vm { fd, ram, next_slot: 0 };
+        vm.map(0, vm.ram.size(), vm.ram.host_base(), false)?;
+        vm.enable(KVM_CAP_EXIT_ON_EMULATION_FAILURE, 1).map_err(host("enabling KVM_CAP_EXIT_ON_EMULATION_FAILURE"))?;
+        vm.enable(
+            KVM_CAP_X86_USER_SPACE_MSR,
+            KVM_MSR_EXIT_REASON_INVAL | KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER,
+        )
+        .map_err(host("enabling KVM_CAP_X86_USER_SPACE_MSR"))?;
+        let deny = [0u8; 4];
+        let ranges: Vec<MsrFilterRange> = FILTERED_MSRS
+            .iter()
+            .map(|&(base, n)| MsrFilterRange {
+                flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+                base,
+                msr_count: n,
+                bitmap: &deny,
+            })
+            .collect();
+        vm.fd.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges).map_err(host("KVM_X86_SET_MSR_FILTER"))?;
+        Ok(vm)
+    }
+
+    fn enable(&self, cap: u32, arg: u64) -> Result<(), kvm_ioctls::Error> {
+        let mut c = kvm_enable_cap { cap, ..Default::default() };
+        c.args[0] = arg;
+        self.fd.enable_cap(&c)
+    }
+
+    /// Maps `size` bytes of host memory at `host` to guest-physical `gpa` in a new memslot.
+    /// Memslots are how an L2 address space follows L1's EPT later on.
+    pub fn map(&mut self, gpa: u64, size: u64, host_addr: u64, readonly: bool) -> Result<u32, Error> {
+        let slot = self.next_slot;
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: if readonly { KVM_MEM_READONLY } else { 0 },
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host_addr,
+        };
+        // SAFETY: `host_addr..host_addr+size` lies inside the GuestRam mapping, which outlives the VM (the
+        // Vm holds a clone of it).
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(host("KVM_SET_USER_MEMORY_REGION"))?;
+        self.next_slot += 1;
+        Ok(slot)
+    }
+
+    /// Creates vCPU `id` with the host's supported CPUID, plus CPUID.1:ECX.VMX when `vmx`.
+    pub fn create_vcpu(&self, kvm: &Kvm, id: u64, vmx: bool, overrides: &[CpuidOverride]) -> Result<Vcpu, Error> {
+        let fd = self.fd.create_vcpu(id).map_err(host("KVM_CREATE_VCPU"))?;
+        let mut cpuid = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(host("KVM_GET_SUPPORTED_CPUID"))?;
+        adjust_cpuid(&mut cpuid, vmx, overrides);
+        fd.set_cpuid2(&cpuid).map_err(host("KVM_SET_CPUID2"))?;
+        Ok(Vcpu::new(fd))
+    }
+}
+
+/// A CPUID answer replaced by a script before the vCPU runs (KVM refuses changes later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuidOverride {
+    pub leaf: u32,
+    pub subleaf: u32,
+    pub regs: [u32; 4],
+}
+
+fn adjust_cpuid(cpuid: &mut CpuId, vmx: bool, overrides: &[CpuidOverride]) {
+    for e in cpuid.as_mut_slice() {
+        if e.function == 1 {
+            if vmx {
+                e.ecx |= CPUID_1_ECX_VMX;
+            } else {
+                e.ecx &= !CPUID_1_ECX_VMX;
+            }
+        }
+        for o in overrides.iter().filter(|o| o.leaf == e.function && o.subleaf == e.index) {
+            [e.eax, e.ebx, e.ecx, e.edx] = o.regs;
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The `nestbed` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use nestbed::error::{code, Error};
+use nestbed::runner::{self, RunConfig};
+
+#[derive(Parser)]
+#[command(name = "nestbed", version, about = "Nested-virtualization research testbed: a KVM VMM with a virtual Intel VMX")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a guest (the embedded default when --guest is not given).
+    Run(RunArgs),
+    /// List the embedded guests.
+    Guests,
+}
+
+#[derive(clap::Args, Default)]
+struct RunArgs {
+    /// Embedded guest name (see `nestbed guests`) or path to a multiboot v1 ELF kernel.
+    #[arg(long, short = 'g')]
+    guest: Option<String>,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 128)]
+    mem: u64,
+    /// Kernel command line (the guest sees "<guest name> <cmdline>", as under QEMU).
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// Write the serial console to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    serial: Option<PathBuf>,
+    /// Print exit statistics on stderr when the run ends (on every way out).
+    #[arg(long)]
+    stats: bool,
+    /// Stop the guest after SECS seconds (exit code 204).
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u32>,
+    /// Write every exit as one JSON line to FILE.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+}
+
+fn load_guest(spec: Option<&str>) -> Result<(String, Vec<u8>), Error> {
+    let name = spec.unwrap_or(nestbed::guests::DEFAULT);
+    if let Some(img) = nestbed::guests::find(name) {
+        return Ok((name.to_string(), img.to_vec()));
+    }
+    let path = PathBuf::from(name);
+    let bytes = std::fs::read(&path).map_err(|source| Error::File { path: path.clone(), source })?;
+    Ok((path.display().to_string(), bytes))
+}
+
+fn run(args: RunArgs) -> Result<i32, Error> {
+    let (name, image) = load_guest(args.guest.as_deref())?;
+    let mut cfg = RunConfig::new(&name, image);
+    cfg.mem_mib = args.mem;
+    cfg.cmdline = args.cmdline;
+    cfg.timeout = args.timeout;
+    cfg.trace = args.trace;
+    if let Some(path) = &args.serial {
+        let f = std::fs::File::create(path).map_err(|source| Error::File { path: path.clone(), source })?;
+        cfg.console = Some(Box::new(std::io::LineWriter::new(f)));
+    }
+    let report = runner::run(cfg)?;
+    if args.stats {
+        eprint!("{}", report.stats.report());
+    }
+    if let Some(msg) = report.outcome.message() {
+        eprintln!("nestbed: {msg}");
+    }
+    Ok(report.outcome.exit_code())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { code::CONFIG as u8 } else { 0 });
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Run(RunArgs { mem: 128, ..Default::default() })) {
+        Command::Run(args) => run(args),
+        Command::Guests => {
+            for (name, desc, _) in nestbed::guests::GUESTS {
+                println!("{name:<16} {desc}");
+            }
+            Ok(0)
+        }
+    };
+    match result {
+        Ok(c) => ExitCode::from(c as u8),
+        Err(e) => {
+            eprintln!("nestbed: error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The run loop: enter the active vCPU (L1, or L2 while L1 runs a nested guest), normalize
+//! its exit, pass it through trace, statistics and the script hook, then let nestbed handle it
+//! (devices, the virtual VMX) or reflect it to L1.
+
+mod boot;
+pub mod signals;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::Kvm;
+
+use crate::error::{code, host, Error};
+use crate::exit::{Action, Exit, ExitDetail, Handler, Level};
+use crate::machine::devices::{Devices, PortEffect};
+use crate::machine::{loader, GuestRam, RawExit, Vcpu, Vm};
+use crate::trace::{Stats, TraceWriter};
+use crate::vmx::exits::{io_qualification, ExitReason};
+
+/// Everything `nestbed run` needs.
+pub struct RunConfig {
+    pub image: Vec<u8>,
+    /// Shown in messages and passed as the first word of the command line.
+    pub image_name: String,
+    pub mem_mib: u64,
+    pub cmdline: String,
+    /// Serial console destination; stdout when None.
+    pub console: Option<Box<dyn Write + Send>>,
+    pub timeout: Option<u32>,
+    pub trace: Option<PathBuf>,
+}
+
+impl RunConfig {
+    pub fn new(image_name: &str, image: Vec<u8>) -> Self {
+        RunConfig {
+            image,
+            image_name: image_name.to_string(),
+            mem_mib: 128,
+            cmdline: String::new(),
+            console: None,
+            timeout: None,
+            trace: None,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest wrote this code to the debug-exit port.
+    GuestExit(u8),
+    TripleFault { level: Level, registers: String },
+    Timeout,
+    Interrupted,
+    ScriptStop(String),
+    /// The guest did something nestbed cannot continue from.
+    Unsupported(String),
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::GuestExit(c) => i32::from(*c),
+            Outcome::TripleFault { .. } => code::TRIPLE_FAULT,
+            Outcome::Timeout => code::TIMEOUT,
+            Outcome::Interrupted => code::INTERRUPTED,
+            Outcome::ScriptStop(_) => code::SCRIPT_STOP,
+            Outcome::Unsupported(_) => code::GUEST_UNSUPPORTED,
+        }
+    }
+
+    pub fn message(&self) -> Option<String> {
+        match self {
+            Outcome::GuestExit(_) => None,
+            Outcome::TripleFault { level, registers } => Some(format!("{} triple fault (shutdown)\n{registers}", level.as_str())),
+            Outcome::Timeout => Some("timeout: the guest ran longer than --timeout".into()),
+            Outcome::Interrupted => Some("interrupted".into()),
+            Outcome::ScriptStop(r) => Some(format!("stopped by script: {r}")),
+            Outcome::Unsupported(r) => Some(r.clone()),
+        }
+    }
+}
+
+/// The result of a run: its outcome and statistics.
+pub struct Report {
+    pub outcome: Outcome,
+    pub stats: Stats,
+}
+
+enum Flow {
+    Continue,
+    Stop(Outcome),
+}
+
+pub struct Runner {
+    kvm: Kvm,
+    l1_vm: Vm,
+    l1: Vcpu,
+    devices: Devices,
+    level: Level,
+    stats: Stats,
+    trace: Option<TraceWriter>,
+    seq: u64,
+    start: Instant,
+}
+
+impl Runner {
+    pub fn new(mut cfg: RunConfig) -> Result<Self, Error> {
+        let ram = GuestRam::new(cfg.mem_mib)?;
+        let cmdline = if cfg.cmdline.is_empty() { cfg.image_name.clone() } else { format!("{} {}", cfg.image_name, cfg.cmdline) };
+        let boot = loader::load(&ram, &cfg.image, &cmdline)
+            .map_err(|source| Error::Image { path: PathBuf::from(&cfg.image_name), source })?;
+        let kvm = Kvm::new().map_err(host("opening /dev/kvm"))?;
+        let l1_vm = Vm::new(&kvm, ram)?;
+        let mut l1 = l1_vm.create_vcpu(&kvm, 0, true, &[])?;
+        l1.prime()?;
+        boot::set_entry_state(&mut l1, &boot);
+        let console = cfg.console.take().unwrap_or_else(|| Box::new(std::io::LineWriter::new(std::io::stdout())));
+        let trace = cfg.trace.as_deref().map(TraceWriter::create).transpose()?;
+        if let Some(t) = cfg.timeout {
+            signals::arm_timeout(t);
+        }
+        Ok(Runner {
+            kvm,
+            l1_vm,
+            l1,
+            devices: Devices::new(console),
+            level: Level::L1,
+            stats: Stats::default(),
+            trace,
+            seq: 0,
+            start: Instant::now(),
+        })
+    }
+
+    pub fn ram(&self) -> &GuestRam {
+        &self.l1_vm.ram
+    }
+
+    /// Runs until the guest exits or something stops it; statistics and traces are flushed on
+    /// every way out.
+    pub fn run(mut self) -> Result<Report, Error> {
+        signals::install();
+        let result = self.run_loop();
+        signals::set_running(std::ptr::null_mut());
+        self.devices.flush();
+        if let Some(t) = self.trace.as_mut() {
+            t.flush();
+        }
+        self.stats.wall = self.start.elapsed();
+        let outcome = result?;
+        Ok(Report { outcome, stats: self.stats })
+    }
+
+    fn active(&mut self) -> &mut Vcpu {
+        &mut self.l1
+    }
+
+    fn run_loop(&mut self) -> Result<Outcome, Error> {
+        loop {
+            let run = self.active().kvm_run_ptr();
+            signals::set_running(run);
+            let raw = self.active().run()?;
+            let t0 = Instant::now();
+            match signals::cause() {
+                signals::INTERRUPT => return Ok(Outcome::Interrupted),
+                signals::TIMEOUT => return Ok(Outcome::Timeout),
+                _ => {}
+            }
+            if raw == RawExit::Interrupted {
+                self.active().set_immediate_exit(false);
+                continue;
+            }
+            let level = self.level;
+            let (flow, reason, handler) = match level {
+                Level::L1 => self.l1_exit(raw)?,
+                Level::L2 => unreachable!("no L2 yet"),
+            };
+            self.stats.record(level, reason, handler, t0.elapsed());
+            if let Flow::Stop(o) = flow {
+                return Ok(o);
+            }
+        }
+    }
+
+    fn next_exit(&mut self, level: Level, reason: ExitReason, qualification: u64, detail: ExitDetail) -> Exit {
+        self.seq += 1;
+        let rip = self.active().regs().rip;
+        Exit { seq: self.seq, level, reason: reason as u32, qualification, rip, insn: Vec::new(), detail }
+    }
+
+    /// Trace and script hook for one exit; returns the action to take.
+    fn observe(&mut self, exit: &Exit, handler_hint: Handler) -> Action {
+        if let Some(t) = self.trace.as_mut() {
+            t.record(exit, handler_hint, Vec::new(), self.start.elapsed().as_nanos() as u64);
+        }
+        Action::Default
+    }
+
+    fn l1_exit(&mut self, raw: RawExit) -> Result<(Flow, u32, Handler), Error> {
+        match raw {
+            RawExit::IoOut { port, size, data } => {
+                let q = io_qualification(port, size, false, false, false, false);
+                let exit = self.next_exit(Level::L1, ExitReason::IO_INSTRUCTION, q, ExitDetail::Io { port, size, write: true, data });
+                let action = self.observe(&exit, Handler::L0);
+                let handler = if action == Action::Default { Handler::L0 } else { Handler::Script };
+                let flow = match action {
+                    Action::Default => match self.devices.write(port, size, data) {
+                        PortEffect::Exit(c) => Flow::Stop(Outcome::GuestExit(c)),
+                        PortEffect::None => Flow::Continue,
+                    },
+                    other => self.apply_action(other)?,
+                };
+                Ok((flow, exit.reason, handler))
+            }
+            RawExit::IoIn { port, size } => {
+                let q = io_qualification(port, size, true, false, false, false);
+                let exit = self.next_exit(Level::L1, ExitReason::IO_INSTRUCTION, q, ExitDetail::Io { port, size, write: false, data: 0 });
+                let action = self.observe(&exit, Handler::L0);
+                let handler = if action == Action::Default { Handler::L0 } else { Handler::Script };
+                let flow = match action {
+                    Action::Default => {
+                        let v = self.devices.read(port, size);
+                        self.l1.complete_read(v);
+                        Flow::Continue
+                    }
+                    other => self.apply_action(other)?,
+                };
+                Ok((flow, exit.reason, handler))
+            }
+            RawExit::Shutdown => {
+                let exit = self.next_exit(Level::L1, ExitReason::TRIPLE_FAULT, 0, ExitDetail::None);
+                self.observe(&exit, Handler::L0);
+                let registers = dump_registers(&mut self.l1);
+                Ok((Flow::Stop(Outcome::TripleFault { level: Level::L1, registers }), exit.reason, Handler::L0))
+            }
+            RawExit::Hlt => {
+                let exit = self.next_exit(Level::L1, ExitReason::HLT, 0, ExitDetail::None);
+                let action = self.observe(&exit, Handler::L0);
+                let flow = match action {
+                    Action::Default => Flow::Stop(Outcome::Unsupported(format!(
+                        "L1 executed HLT at RIP {:#x}; nestbed has no interrupt sources, so it would never wake",
+                        exit.rip
+                    ))),
+                    other => self.apply_action(other)?,
+                };
+                Ok((flow, exit.reason, Handler::L0))
+            }
+            other => Ok((
+                Flow::Stop(Outcome::Unsupported(format!("unexpected L1 exit {other:?}\n{}", dump_registers(&mut self.l1)))),
+                0,
+                Handler::L0,
+            )),
+        }
+    }
+
+    /// Carries out a script's decision on the active vCPU.
+    fn apply_action(&mut self, action: Action) -> Result<Flow, Error> {
+        Ok(match action {
+            Action::Default | Action::Skip | Action::Reflect | Action::KeepInL0 => Flow::Continue,
+            Action::Value(v) => {
+                self.active().complete_read(v);
+                Flow::Continue
+            }
+            Action::Inject { vector, error_code } => {
+                self.active().inject_exception(vector, error_code);
+                Flow::Continue
+            }
+            Action::Stop(reason) => Flow::Stop(Outcome::ScriptStop(reason)),
+        })
+    }
+}
+
+/// A register dump for fatal guest errors.
+pub fn dump_registers(v: &mut Vcpu) -> String {
+    let r = *v.regs();
+    let s = *v.sregs();
+    format!(
+        "  rip={:#018x} rflags={:#x}\n  rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}\n  rsi={:#018x} rdi={:#018x} rbp={:#018x} rsp={:#018x}\n  r8 ={:#018x} r9 ={:#018x} r10={:#018x} r11={:#018x}\n  r12={:#018x} r13={:#018x} r14={:#018x} r15={:#018x}\n  cs={:#x} ss={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+        r.rip, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13,
+        r.r14, r.r15, s.cs.selector, s.ss.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer
+    )
+}
+
+/// Runs a guest to completion.
+pub fn run(cfg: RunConfig) -> Result<Report, Error> {
+    Runner::new(cfg)?.run()
+}
+
+#[allow(dead_code)]
+fn elapsed_ns(d: Duration) -> u64 {
+    d.as_nanos() as u64
+}

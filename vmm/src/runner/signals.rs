@@ -1,0 +1,72 @@
+//! Ctrl-C, SIGTERM and the `--timeout` alarm: the handlers record the cause and set the running
+//! vCPU's `immediate_exit`, so KVM_RUN returns EINTR at once and the run loop stops cleanly
+//! with statistics and traces flushed.
+
+use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+
+use kvm_bindings::kvm_run;
+
+pub const NONE: u8 = 0;
+pub const INTERRUPT: u8 = 1;
+pub const TIMEOUT: u8 = 2;
+pub const KICK: u8 = 3;
+
+static CAUSE: AtomicU8 = AtomicU8::new(NONE);
+static RUNNING: AtomicPtr<kvm_run> = AtomicPtr::new(std::ptr::null_mut());
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let cause = match sig {
+        libc::SIGALRM => TIMEOUT,
+        libc::SIGUSR1 => KICK,
+        _ => INTERRUPT,
+    };
+    if cause != KICK {
+        CAUSE.store(cause, Ordering::SeqCst);
+    }
+    let run = RUNNING.load(Ordering::SeqCst);
+    if !run.is_null() {
+        // SAFETY: `run` is the mmap'd kvm_run of the vCPU the run loop is about to enter or is
+        // in; it stays mapped while registered (cleared before the vCPU is dropped). A byte
+        // store is async-signal-safe.
+        unsafe { std::ptr::write_volatile(std::ptr::addr_of_mut!((*run).immediate_exit), 1) };
+    }
+}
+
+/// Installs the handlers (without SA_RESTART, so blocking calls see EINTR).
+pub fn install() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGALRM, libc::SIGUSR1] {
+        // SAFETY: a zeroed sigaction with a valid handler and empty mask is well-formed;
+        // `on_signal` only does atomic and volatile stores.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Arms `--timeout`.
+pub fn arm_timeout(secs: u32) {
+    // SAFETY: alarm(2) has no memory effects.
+    unsafe { libc::alarm(secs) };
+}
+
+/// Registers the kvm_run of the vCPU about to run (null when none).
+pub fn set_running(run: *mut kvm_run) {
+    RUNNING.store(run, Ordering::SeqCst);
+    if !run.is_null() && CAUSE.load(Ordering::SeqCst) != NONE {
+        // SAFETY: as in on_signal: a live kvm_run mapping.
+        unsafe { std::ptr::write_volatile(std::ptr::addr_of_mut!((*run).immediate_exit), 1) };
+    }
+}
+
+/// Why the run loop should stop, if it should.
+pub fn cause() -> u8 {
+    CAUSE.load(Ordering::SeqCst)
+}
+
+/// Clears a stop request (between runs in one process, e.g. scenarios).
+pub fn reset() {
+    CAUSE.store(NONE, Ordering::SeqCst);
+}

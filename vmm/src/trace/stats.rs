@@ -1,0 +1,114 @@
+//! Per-reason exit statistics, printed like `perf kvm stat report`: one row per (level,
+//! reason, handler) with count, share, total and mean handling time (from the exit to the next
+//! VM entry, in userspace).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::exit::{Handler, Level};
+use crate::vmx::exits::reason_name;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Row {
+    pub count: u64,
+    pub total: Duration,
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    rows: BTreeMap<(u8, u32, u8), Row>,
+    pub wall: Duration,
+}
+
+fn level_key(l: Level) -> u8 {
+    match l {
+        Level::L1 => 1,
+        Level::L2 => 2,
+    }
+}
+
+fn handler_key(h: Handler) -> u8 {
+    match h {
+        Handler::L0 => 0,
+        Handler::L1 => 1,
+        Handler::Script => 2,
+    }
+}
+
+impl Stats {
+    pub fn record(&mut self, level: Level, reason: u32, handler: Handler, took: Duration) {
+        let r = self.rows.entry((level_key(level), reason, handler_key(handler))).or_default();
+        r.count += 1;
+        r.total += took;
+    }
+
+    pub fn total_exits(&self) -> u64 {
+        self.rows.values().map(|r| r.count).sum()
+    }
+
+    /// Count of exits with this level and reason, whoever handled them.
+    pub fn count(&self, level: Level, reason: u32) -> u64 {
+        self.rows.iter().filter(|((l, r, _), _)| *l == level_key(level) && *r == reason).map(|(_, v)| v.count).sum()
+    }
+
+    /// Rows as (level, reason name, handler, count, total).
+    pub fn rows(&self) -> Vec<(&'static str, String, &'static str, Row)> {
+        self.rows
+            .iter()
+            .map(|(&(l, r, h), row)| {
+                let level = if l == 1 { "L1" } else { "L2" };
+                let handler = ["L0", "L1", "script"][usize::from(h)];
+                (level, reason_name(r), handler, *row)
+            })
+            .collect()
+    }
+
+    pub fn report(&self) -> String {
+        let total = self.total_exits().max(1);
+        let mut rows = self.rows();
+        rows.sort_by(|a, b| b.3.count.cmp(&a.3.count));
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<5} {:<26} {:<8} {:>10} {:>8} {:>12} {:>10}",
+            "level", "exit reason", "handler", "count", "share", "total time", "mean"
+        );
+        for (level, name, handler, row) in rows {
+            let mean = row.total.as_nanos() as f64 / row.count.max(1) as f64 / 1000.0;
+            let _ = writeln!(
+                s,
+                "{:<5} {:<26} {:<8} {:>10} {:>7.2}% {:>10.3}ms {:>8.2}us",
+                level,
+                name,
+                handler,
+                row.count,
+                100.0 * row.count as f64 / total as f64,
+                row.total.as_secs_f64() * 1000.0,
+                mean
+            );
+        }
+        let _ = writeln!(s, "total: {} exits in {:.3}s", self.total_exits(), self.wall.as_secs_f64());
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_counts_and_shares() {
+        let mut s = Stats::default();
+        for _ in 0..3 {
+            s.record(Level::L1, 30, Handler::L0, Duration::from_micros(2));
+        }
+        s.record(Level::L2, 12, Handler::L1, Duration::from_micros(10));
+        assert_eq!(s.total_exits(), 4);
+        assert_eq!(s.count(Level::L1, 30), 3);
+        let r = s.report();
+        assert!(r.contains("IO_INSTRUCTION"), "{r}");
+        assert!(r.contains("75.00%"), "{r}");
+        assert!(r.contains("L2    HLT"), "{r}");
+    }
+}

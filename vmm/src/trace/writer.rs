@@ -1,0 +1,70 @@
+//! `--trace FILE`: one JSON object per exit. Timing lives under its own key (`t`) so two runs
+//! of a deterministic guest compare equal once it is dropped.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::exit::{Exit, ExitDetail, Handler};
+
+/// One trace line.
+#[derive(Debug, Serialize)]
+pub struct Event<'a> {
+    pub seq: u64,
+    pub level: &'a str,
+    pub reason: String,
+    pub reason_nr: u32,
+    pub qualification: String,
+    pub rip: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub insn: String,
+    pub detail: &'a ExitDetail,
+    pub handler: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub script: Vec<String>,
+    /// Nanoseconds since the start of the run (timing: ignored by comparisons).
+    pub t: u64,
+}
+
+pub struct TraceWriter {
+    out: BufWriter<File>,
+}
+
+impl TraceWriter {
+    pub fn create(path: &Path) -> Result<Self, Error> {
+        let f = File::create(path).map_err(|source| Error::File { path: path.to_owned(), source })?;
+        Ok(TraceWriter { out: BufWriter::new(f) })
+    }
+
+    pub fn record(&mut self, exit: &Exit, handler: Handler, script: Vec<String>, t_ns: u64) {
+        let ev = Event {
+            seq: exit.seq,
+            level: exit.level.as_str(),
+            reason: exit.reason_name(),
+            reason_nr: exit.reason,
+            qualification: format!("{:#x}", exit.qualification),
+            rip: format!("{:#x}", exit.rip),
+            insn: exit.insn.iter().map(|b| format!("{b:02x}")).collect(),
+            detail: &exit.detail,
+            handler: handler.as_str(),
+            script,
+            t: t_ns,
+        };
+        if serde_json::to_writer(&mut self.out, &ev).is_err() || self.out.write_all(b"\n").is_err() {
+            tracing::warn!("trace write failed");
+        }
+    }
+
+    pub fn flush(&mut self) {
+        let _ = self.out.flush();
+    }
+}
+
+impl Drop for TraceWriter {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}

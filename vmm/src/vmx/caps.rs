@@ -1,0 +1,432 @@
+//! VMX capability MSRs (SDM Vol. 3D, Appendix A) advertising exactly what nestbed
+//! implements, plus the named control bits the rest of the model uses.
+//!
+//! A control MSR reports allowed 0-settings in bits 31:0 (a 1 there means the control must
+//! be 1) and allowed 1-settings in bits 63:32 (a 0 there means it must be 0) (SDM A.3).
+
+pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
+pub const IA32_VMX_BASIC: u32 = 0x480;
+pub const IA32_VMX_PINBASED_CTLS: u32 = 0x481;
+pub const IA32_VMX_PROCBASED_CTLS: u32 = 0x482;
+pub const IA32_VMX_EXIT_CTLS: u32 = 0x483;
+pub const IA32_VMX_ENTRY_CTLS: u32 = 0x484;
+pub const IA32_VMX_MISC: u32 = 0x485;
+pub const IA32_VMX_CR0_FIXED0: u32 = 0x486;
+pub const IA32_VMX_CR0_FIXED1: u32 = 0x487;
+pub const IA32_VMX_CR4_FIXED0: u32 = 0x488;
+pub const IA32_VMX_CR4_FIXED1: u32 = 0x489;
+pub const IA32_VMX_VMCS_ENUM: u32 = 0x48a;
+pub const IA32_VMX_PROCBASED_CTLS2: u32 = 0x48b;
+pub const IA32_VMX_EPT_VPID_CAP: u32 = 0x48c;
+pub const IA32_VMX_TRUE_PINBASED_CTLS: u32 = 0x48d;
+pub const IA32_VMX_TRUE_PROCBASED_CTLS: u32 = 0x48e;
+pub const IA32_VMX_TRUE_EXIT_CTLS: u32 = 0x48f;
+pub const IA32_VMX_TRUE_ENTRY_CTLS: u32 = 0x490;
+pub const IA32_VMX_VMFUNC: u32 = 0x491;
+
+/// nestbed's VMCS revision identifier: ASCII "NB" (0x4e 0x42). Any value works as long as
+/// L1 reads it from IA32_VMX_BASIC; this one is easy to spot in a memory dump.
+pub const NESTBED_VMCS_REVISION: u32 = 0x4e42;
+
+/// IA32_FEATURE_CONTROL bits (SDM Vol. 4, Table 2-2).
+pub const FEATURE_CONTROL_LOCKED: u64 = 1 << 0;
+pub const FEATURE_CONTROL_VMXON_OUTSIDE_SMX: u64 = 1 << 2;
+
+/// Pin-based VM-execution controls (SDM 25.6.1, Table 25-5).
+pub mod pin {
+    pub const EXT_INTR_EXITING: u32 = 1 << 0;
+    pub const NMI_EXITING: u32 = 1 << 3;
+    pub const VIRTUAL_NMIS: u32 = 1 << 5;
+    pub const ACTIVATE_PREEMPTION_TIMER: u32 = 1 << 6;
+    pub const PROCESS_POSTED_INTERRUPTS: u32 = 1 << 7;
+    /// Default1 class (SDM A.3.1).
+    pub const DEFAULT1: u32 = 0x0000_0016;
+}
+
+/// Primary processor-based VM-execution controls (SDM 25.6.2, Table 25-6).
+pub mod proc {
+    pub const INTR_WINDOW_EXITING: u32 = 1 << 2;
+    pub const USE_TSC_OFFSETTING: u32 = 1 << 3;
+    pub const HLT_EXITING: u32 = 1 << 7;
+    pub const INVLPG_EXITING: u32 = 1 << 9;
+    pub const MWAIT_EXITING: u32 = 1 << 10;
+    pub const RDPMC_EXITING: u32 = 1 << 11;
+    pub const RDTSC_EXITING: u32 = 1 << 12;
+    pub const CR3_LOAD_EXITING: u32 = 1 << 15;
+    pub const CR3_STORE_EXITING: u32 = 1 << 16;
+    pub const ACTIVATE_TERTIARY_CONTROLS: u32 = 1 << 17;
+    pub const CR8_LOAD_EXITING: u32 = 1 << 19;
+    pub const CR8_STORE_EXITING: u32 = 1 << 20;
+    pub const USE_TPR_SHADOW: u32 = 1 << 21;
+    pub const NMI_WINDOW_EXITING: u32 = 1 << 22;
+    pub const MOV_DR_EXITING: u32 = 1 << 23;
+    pub const UNCOND_IO_EXITING: u32 = 1 << 24;
+    pub const USE_IO_BITMAPS: u32 = 1 << 25;
+    pub const MONITOR_TRAP_FLAG: u32 = 1 << 27;
+    pub const USE_MSR_BITMAPS: u32 = 1 << 28;
+    pub const MONITOR_EXITING: u32 = 1 << 29;
+    pub const PAUSE_EXITING: u32 = 1 << 30;
+    pub const ACTIVATE_SECONDARY_CONTROLS: u32 = 1 << 31;
+    /// Default1 class (SDM A.3.2): bits 1, 4-6, 8, 13-16, 26.
+    pub const DEFAULT1: u32 = 0x0401_e172;
+    /// Default1 bits that stay required in the TRUE MSR: all but CR3-load/store exiting.
+    pub const TRUE_DEFAULT1: u32 = 0x0400_6172;
+}
+
+/// Secondary processor-based VM-execution controls (SDM 25.6.2, Table 25-7).
+pub mod proc2 {
+    pub const VIRTUALIZE_APIC_ACCESSES: u32 = 1 << 0;
+    pub const ENABLE_EPT: u32 = 1 << 1;
+    pub const DESCRIPTOR_TABLE_EXITING: u32 = 1 << 2;
+    pub const ENABLE_RDTSCP: u32 = 1 << 3;
+    pub const VIRTUALIZE_X2APIC_MODE: u32 = 1 << 4;
+    pub const ENABLE_VPID: u32 = 1 << 5;
+    pub const WBINVD_EXITING: u32 = 1 << 6;
+    pub const UNRESTRICTED_GUEST: u32 = 1 << 7;
+    pub const APIC_REGISTER_VIRTUALIZATION: u32 = 1 << 8;
+    pub const VIRTUAL_INTERRUPT_DELIVERY: u32 = 1 << 9;
+    pub const PAUSE_LOOP_EXITING: u32 = 1 << 10;
+    pub const RDRAND_EXITING: u32 = 1 << 11;
+    pub const ENABLE_INVPCID: u32 = 1 << 12;
+    pub const ENABLE_VMFUNC: u32 = 1 << 13;
+    pub const VMCS_SHADOWING: u32 = 1 << 14;
+    pub const ENABLE_PML: u32 = 1 << 17;
+    pub const EPT_VIOLATION_VE: u32 = 1 << 18;
+    pub const ENABLE_XSAVES: u32 = 1 << 20;
+    pub const MODE_BASED_EPT_EXEC: u32 = 1 << 22;
+    pub const USE_TSC_SCALING: u32 = 1 << 25;
+}
+
+/// VM-exit controls (SDM 25.7.1, Table 25-13).
+pub mod exit {
+    pub const SAVE_DEBUG_CONTROLS: u32 = 1 << 2;
+    pub const HOST_ADDR_SPACE_SIZE: u32 = 1 << 9;
+    pub const LOAD_PERF_GLOBAL_CTRL: u32 = 1 << 12;
+    pub const ACK_INTR_ON_EXIT: u32 = 1 << 15;
+    pub const SAVE_IA32_PAT: u32 = 1 << 18;
+    pub const LOAD_IA32_PAT: u32 = 1 << 19;
+    pub const SAVE_IA32_EFER: u32 = 1 << 20;
+    pub const LOAD_IA32_EFER: u32 = 1 << 21;
+    pub const SAVE_PREEMPTION_TIMER: u32 = 1 << 22;
+    /// Default1 class (SDM A.4): bits 0-8, 10, 11, 13, 14, 16, 17.
+    pub const DEFAULT1: u32 = 0x0003_6dff;
+    /// In the TRUE MSR "save debug controls" may be 0 (SDM A.4.1).
+    pub const TRUE_DEFAULT1: u32 = 0x0003_6dfb;
+}
+
+/// VM-entry controls (SDM 25.8.1, Table 25-15).
+pub mod entry {
+    pub const LOAD_DEBUG_CONTROLS: u32 = 1 << 2;
+    pub const IA32E_MODE_GUEST: u32 = 1 << 9;
+    pub const ENTRY_TO_SMM: u32 = 1 << 10;
+    pub const DEACTIVATE_DUAL_MONITOR: u32 = 1 << 11;
+    pub const LOAD_PERF_GLOBAL_CTRL: u32 = 1 << 13;
+    pub const LOAD_IA32_PAT: u32 = 1 << 14;
+    pub const LOAD_IA32_EFER: u32 = 1 << 15;
+    /// Default1 class (SDM A.5): bits 0-8, 12.
+    pub const DEFAULT1: u32 = 0x0000_11ff;
+    /// In the TRUE MSR "load debug controls" may be 0 (SDM A.5.1).
+    pub const TRUE_DEFAULT1: u32 = 0x0000_11fb;
+}
+
+/// IA32_VMX_EPT_VPID_CAP bits (SDM A.10).
+pub mod ept_cap {
+    pub const EXECUTE_ONLY: u64 = 1 << 0;
+    pub const PAGE_WALK_4: u64 = 1 << 6;
+    pub const PAGE_WALK_5: u64 = 1 << 7;
+    pub const MEMTYPE_UC: u64 = 1 << 8;
+    pub const MEMTYPE_WB: u64 = 1 << 14;
+    pub const PAGE_2M: u64 = 1 << 16;
+    pub const PAGE_1G: u64 = 1 << 17;
+    pub const INVEPT: u64 = 1 << 20;
+    pub const AD_FLAGS: u64 = 1 << 21;
+    pub const INVEPT_SINGLE_CONTEXT: u64 = 1 << 25;
+    pub const INVEPT_ALL_CONTEXT: u64 = 1 << 26;
+    pub const INVVPID: u64 = 1 << 32;
+    pub const INVVPID_INDIVIDUAL_ADDR: u64 = 1 << 40;
+    pub const INVVPID_SINGLE_CONTEXT: u64 = 1 << 41;
+    pub const INVVPID_ALL_CONTEXT: u64 = 1 << 42;
+    pub const INVVPID_SINGLE_CONTEXT_GLOBAL: u64 = 1 << 43;
+}
+
+/// IA32_VMX_MISC bits (SDM A.6).
+pub mod misc {
+    pub const STORE_LMA_ON_EXIT: u64 = 1 << 5;
+    pub const VMWRITE_ANY_FIELD: u64 = 1 << 29;
+    pub const CR3_TARGET_SHIFT: u32 = 16;
+}
+
+/// CR0 / CR4 bits used by fixed-bit and entry checks.
+pub mod cr {
+    pub const CR0_PE: u64 = 1 << 0;
+    pub const CR0_NE: u64 = 1 << 5;
+    pub const CR0_NW: u64 = 1 << 29;
+    pub const CR0_CD: u64 = 1 << 30;
+    pub const CR0_PG: u64 = 1 << 31;
+    pub const CR4_PAE: u64 = 1 << 5;
+    pub const CR4_VMXE: u64 = 1 << 13;
+    pub const CR4_PCIDE: u64 = 1 << 17;
+    pub const EFER_SCE: u64 = 1 << 0;
+    pub const EFER_LME: u64 = 1 << 8;
+    pub const EFER_LMA: u64 = 1 << 10;
+    pub const EFER_NXE: u64 = 1 << 11;
+}
+
+/// The five VM-execution/exit/entry control words with capability MSRs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Pin,
+    Primary,
+    Secondary,
+    Exit,
+    Entry,
+}
+
+/// One control capability MSR: bits 31:0 allowed0, 63:32 allowed1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtlCap {
+    pub allowed0: u32,
+    pub allowed1: u32,
+}
+
+impl CtlCap {
+    pub fn msr(self) -> u64 {
+        u64::from(self.allowed0) | (u64::from(self.allowed1) << 32)
+    }
+
+    /// A control word is valid when it has every allowed0 bit and no bit outside allowed1.
+    pub fn permits(self, value: u32) -> bool {
+        value & self.allowed0 == self.allowed0 && value & !self.allowed1 == 0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmxCaps {
+    pub feature_control: u64,
+    pub basic: u64,
+    pub pin: CtlCap,
+    pub true_pin: CtlCap,
+    pub primary: CtlCap,
+    pub true_primary: CtlCap,
+    pub secondary: CtlCap,
+    pub exit: CtlCap,
+    pub true_exit: CtlCap,
+    pub entry: CtlCap,
+    pub true_entry: CtlCap,
+    pub misc: u64,
+    pub cr0_fixed0: u64,
+    pub cr0_fixed1: u64,
+    pub cr4_fixed0: u64,
+    /// CR4 bits the guest may set; configurable so the glue can drop what the host
+    /// CPU lacks.
+    pub cr4_fixed1: u64,
+    pub vmcs_enum: u64,
+    pub ept_vpid_cap: u64,
+    pub vmfunc: u64,
+}
+
+/// Default CR4_FIXED1: VME, PVI, TSD, DE, PSE, PAE, MCE, PGE, PCE, OSFXSR, OSXMMEXCPT
+/// (bits 0-10), UMIP (11), VMXE (13), FSGSBASE (16), PCIDE (17), OSXSAVE (18), SMEP (20),
+/// SMAP (21).
+pub const DEFAULT_CR4_FIXED1: u64 = 0x7ff | 1 << 11 | 1 << 13 | 1 << 16 | 1 << 17 | 1 << 18 | 1 << 20 | 1 << 21;
+
+impl Default for VmxCaps {
+    fn default() -> Self {
+        // SDM A.1: revision 30:0, region size 44:32, memory type 53:50 (6 = WB), bit 54 INS/OUTS
+        // instruction information, bit 55 TRUE control MSRs.
+        let basic = u64::from(NESTBED_VMCS_REVISION)
+            | (4096u64 << 32)
+            | (6u64 << 50)
+            | (1u64 << 54)
+            | (1u64 << 55);
+        let primary1 = proc::DEFAULT1
+            | proc::HLT_EXITING
+            | proc::UNCOND_IO_EXITING
+            | proc::USE_IO_BITMAPS
+            | proc::MONITOR_TRAP_FLAG
+            | proc::USE_MSR_BITMAPS
+            | proc::ACTIVATE_SECONDARY_CONTROLS;
+        let secondary1 =
+            proc2::ENABLE_EPT | proc2::ENABLE_RDTSCP | proc2::ENABLE_VPID | proc2::ENABLE_INVPCID;
+        let exit1 = exit::DEFAULT1
+            | exit::HOST_ADDR_SPACE_SIZE
+            | exit::ACK_INTR_ON_EXIT
+            | exit::SAVE_IA32_PAT
+            | exit::LOAD_IA32_PAT
+            | exit::SAVE_IA32_EFER
+            | exit::LOAD_IA32_EFER;
+        let entry1 =
+            entry::DEFAULT1 | entry::IA32E_MODE_GUEST | entry::LOAD_IA32_PAT | entry::LOAD_IA32_EFER;
+        let cap = |allowed0, allowed1| CtlCap { allowed0, allowed1 };
+        VmxCaps {
+            feature_control: FEATURE_CONTROL_LOCKED | FEATURE_CONTROL_VMXON_OUTSIDE_SMX,
+            basic,
+            pin: cap(pin::DEFAULT1, pin::DEFAULT1),
+            true_pin: cap(pin::DEFAULT1, pin::DEFAULT1),
+            primary: cap(proc::DEFAULT1, primary1),
+            true_primary: cap(proc::TRUE_DEFAULT1, primary1),
+            secondary: cap(0, secondary1),
+            exit: cap(exit::DEFAULT1, exit1),
+            true_exit: cap(exit::TRUE_DEFAULT1, exit1),
+            entry: cap(entry::DEFAULT1, entry1),
+            true_entry: cap(entry::TRUE_DEFAULT1, entry1),
+            // Only the active state (bits 8:6 = 0); 4 CR3-target values; 512-entry MSR
+            // lists (bits 27:25 = 0); VMWRITE to read-only fields not allowed (bit 29 = 0).
+            misc: misc::STORE_LMA_ON_EXIT | (4 << misc::CR3_TARGET_SHIFT),
+            cr0_fixed0: cr::CR0_PE | cr::CR0_NE | cr::CR0_PG,
+            cr0_fixed1: 0xffff_ffff,
+            cr4_fixed0: cr::CR4_VMXE,
+            cr4_fixed1: DEFAULT_CR4_FIXED1,
+            vmcs_enum: u64::from(super::fields::max_index()) << 1,
+            ept_vpid_cap: ept_cap::PAGE_WALK_4
+                | ept_cap::MEMTYPE_WB
+                | ept_cap::PAGE_2M
+                | ept_cap::PAGE_1G
+                | ept_cap::INVEPT
+                | ept_cap::INVEPT_SINGLE_CONTEXT
+                | ept_cap::INVEPT_ALL_CONTEXT
+                | ept_cap::INVVPID
+                | ept_cap::INVVPID_INDIVIDUAL_ADDR
+                | ept_cap::INVVPID_SINGLE_CONTEXT
+                | ept_cap::INVVPID_ALL_CONTEXT
+                | ept_cap::INVVPID_SINGLE_CONTEXT_GLOBAL,
+            vmfunc: 0,
+        }
+    }
+}
+
+impl VmxCaps {
+    /// Value of a VMX-related MSR, `None` for MSRs this module does not own.
+    pub fn msr(&self, index: u32) -> Option<u64> {
+        Some(match index {
+            IA32_FEATURE_CONTROL => self.feature_control,
+            IA32_VMX_BASIC => self.basic,
+            IA32_VMX_PINBASED_CTLS => self.pin.msr(),
+            IA32_VMX_PROCBASED_CTLS => self.primary.msr(),
+            IA32_VMX_EXIT_CTLS => self.exit.msr(),
+            IA32_VMX_ENTRY_CTLS => self.entry.msr(),
+            IA32_VMX_MISC => self.misc,
+            IA32_VMX_CR0_FIXED0 => self.cr0_fixed0,
+            IA32_VMX_CR0_FIXED1 => self.cr0_fixed1,
+            IA32_VMX_CR4_FIXED0 => self.cr4_fixed0,
+            IA32_VMX_CR4_FIXED1 => self.cr4_fixed1,
+            IA32_VMX_VMCS_ENUM => self.vmcs_enum,
+            IA32_VMX_PROCBASED_CTLS2 => self.secondary.msr(),
+            IA32_VMX_EPT_VPID_CAP => self.ept_vpid_cap,
+            IA32_VMX_TRUE_PINBASED_CTLS => self.true_pin.msr(),
+            IA32_VMX_TRUE_PROCBASED_CTLS => self.true_primary.msr(),
+            IA32_VMX_TRUE_EXIT_CTLS => self.true_exit.msr(),
+            IA32_VMX_TRUE_ENTRY_CTLS => self.true_entry.msr(),
+            IA32_VMX_VMFUNC => self.vmfunc,
+            _ => return None,
+        })
+    }
+
+    pub fn revision(&self) -> u32 {
+        (self.basic & 0x7fff_ffff) as u32
+    }
+
+    /// IA32_VMX_BASIC bit 55: the TRUE control MSRs exist.
+    pub fn has_true_ctls(&self) -> bool {
+        self.basic & (1 << 55) != 0
+    }
+
+    /// The capability that governs VM entry for a control word: the TRUE MSR when
+    /// IA32_VMX_BASIC[55] is set (SDM A.2).
+    pub fn cap(&self, ctl: Control) -> CtlCap {
+        let t = self.has_true_ctls();
+        match ctl {
+            Control::Pin if t => self.true_pin,
+            Control::Pin => self.pin,
+            Control::Primary if t => self.true_primary,
+            Control::Primary => self.primary,
+            Control::Secondary => self.secondary,
+            Control::Exit if t => self.true_exit,
+            Control::Exit => self.exit,
+            Control::Entry if t => self.true_entry,
+            Control::Entry => self.entry,
+        }
+    }
+
+    /// `(allowed0, allowed1)` for a control word (see [`VmxCaps::cap`]).
+    pub fn allowed(&self, ctl: Control) -> (u32, u32) {
+        let c = self.cap(ctl);
+        (c.allowed0, c.allowed1)
+    }
+
+    /// Number of CR3-target values supported (IA32_VMX_MISC bits 24:16).
+    pub fn cr3_target_count(&self) -> u32 {
+        ((self.misc >> misc::CR3_TARGET_SHIFT) & 0x1ff) as u32
+    }
+
+    pub fn vmwrite_any_field(&self) -> bool {
+        self.misc & misc::VMWRITE_ANY_FIELD != 0
+    }
+
+    pub fn vmcs_shadowing(&self) -> bool {
+        self.secondary.allowed1 & proc2::VMCS_SHADOWING != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_layout() {
+        let c = VmxCaps::default();
+        let b = c.msr(IA32_VMX_BASIC).unwrap();
+        assert_eq!(b & 0x7fff_ffff, 0x4e42);
+        assert_eq!((b >> 32) & 0x1fff, 4096);
+        assert_eq!((b >> 50) & 0xf, 6);
+        assert_ne!(b & (1 << 54), 0);
+        assert!(c.has_true_ctls());
+        assert_eq!(c.msr(IA32_FEATURE_CONTROL), Some(5));
+        assert_eq!(c.msr(0x492), None);
+        assert_eq!(c.msr(IA32_VMX_VMFUNC), Some(0));
+    }
+
+    #[test]
+    fn default1_bits_allowed() {
+        let c = VmxCaps::default();
+        for (ctl, plain, tru, d1) in [
+            (Control::Pin, c.pin, c.true_pin, pin::DEFAULT1),
+            (Control::Primary, c.primary, c.true_primary, proc::DEFAULT1),
+            (Control::Exit, c.exit, c.true_exit, exit::DEFAULT1),
+            (Control::Entry, c.entry, c.true_entry, entry::DEFAULT1),
+        ] {
+            // Plain MSRs report every default1 bit as allowed0 = 1 (SDM A.2).
+            assert_eq!(plain.allowed0, d1, "{ctl:?}");
+            assert_eq!(plain.allowed1 & d1, d1, "{ctl:?}");
+            // TRUE MSRs: allowed1 identical, allowed0 a subset of the default1 class.
+            assert_eq!(tru.allowed1, plain.allowed1, "{ctl:?}");
+            assert_eq!(tru.allowed0 & !d1, 0, "{ctl:?}");
+            assert_eq!(tru.allowed0 & !plain.allowed0, 0, "{ctl:?}");
+            assert!(tru.permits(tru.allowed0));
+            assert_eq!(c.allowed(ctl), (tru.allowed0, tru.allowed1));
+        }
+        assert_eq!(c.true_primary.allowed0, 0x0400_6172);
+        assert_eq!(c.secondary.msr(), 0x102a_u64 << 32);
+    }
+
+    #[test]
+    fn misc_fixed_and_ept() {
+        let c = VmxCaps::default();
+        assert_eq!(c.cr3_target_count(), 4);
+        assert!(!c.vmwrite_any_field());
+        assert_eq!(c.misc & (7 << 6), 0);
+        assert_eq!(c.cr0_fixed0, 0x8000_0021);
+        assert_eq!(c.cr4_fixed1, 0x0037_2fff);
+        assert_eq!(c.cr4_fixed0 & c.cr4_fixed1, c.cr4_fixed0);
+        assert_eq!(c.ept_vpid_cap, 0x0000_0f01_0613_4040);
+        assert_eq!(c.vmcs_enum, u64::from(super::super::fields::max_index()) << 1);
+        assert!(!c.vmcs_shadowing());
+    }
+
+    #[test]
+    fn non_true_fallback() {
+        let mut c = VmxCaps::default();
+        c.basic &= !(1 << 55);
+        assert_eq!(c.allowed(Control::Primary).0, proc::DEFAULT1);
+    }
+}

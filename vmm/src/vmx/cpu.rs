@@ -1,0 +1,1118 @@
+//! Semantics of the VMX instructions executed in VMX root operation (SDM ch. 31, "VMX
+//! Instruction Reference", and 31.2 "Conventions" for VMsucceed / VMfail).
+//!
+//! `VmxCpu` is one logical processor's VMX state. It models L1 (VMX root operation) only:
+//! VMX instructions executed by L2 (non-root) always cause VM exits to L1, which the glue
+//! does without calling [`VmxCpu::execute`].
+//!
+//! Deviations from hardware, all documented at the use site:
+//! - CR4.VMXE is virtual ([`VmxCpu::vmxe`]) because our hosts cannot set the real bit; the
+//!   VMXON CR4 fixed-bit check skips VMXE for the same reason.
+//! - Segment limit checks on memory operands outside 64-bit mode are not performed (the
+//!   environment does not expose limits); linear addresses are truncated to 32 bits there.
+//! - VM-instruction error 6 (VMRESUME after VMXOFF) and 26 (events blocked by MOV SS) are
+//!   never produced; VMXOFF writes the current VMCS back to memory.
+
+use super::caps::{cr, ept_cap, VmxCaps};
+use super::checks::{eptp_valid, CheckClass, Violation};
+use super::decode::{effective_address, Gpr, Operand, Seg, VmxInsn, VmxOp};
+use super::fields::{self, VM_INSTRUCTION_ERROR};
+use super::vmcs::{Vmcs, OFFSET_LAUNCH_STATE, VMCS_SIZE};
+
+/// A guest-physical access outside RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemFault {
+    pub gpa: u64,
+}
+
+/// An exception the instruction raises; the glue injects it into L1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// #UD
+    InvalidOpcode,
+    /// #GP(error code)
+    GeneralProtection(u32),
+    /// #SS(error code)
+    StackFault(u32),
+    /// #PF with the faulting linear address (CR2) and error code.
+    PageFault { address: u64, error_code: u32 },
+}
+
+impl Fault {
+    pub fn vector(&self) -> u8 {
+        match self {
+            Fault::InvalidOpcode => 6,
+            Fault::StackFault(_) => 12,
+            Fault::GeneralProtection(_) => 13,
+            Fault::PageFault { .. } => 14,
+        }
+    }
+
+    pub fn error_code(&self) -> Option<u32> {
+        match *self {
+            Fault::InvalidOpcode => None,
+            Fault::GeneralProtection(e) | Fault::StackFault(e) => Some(e),
+            Fault::PageFault { error_code, .. } => Some(error_code),
+        }
+    }
+}
+
+/// Guest-physical memory of L1.
+pub trait GuestMemory {
+    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemFault>;
+    fn write_phys(&mut self, gpa: u64, buf: &[u8]) -> Result<(), MemFault>;
+}
+
+/// The executing processor's context, supplied by the glue.
+pub trait VmxEnv: GuestMemory {
+    fn gpr(&self, r: Gpr) -> u64;
+    fn set_gpr(&mut self, r: Gpr, v: u64);
+    fn segment_base(&self, s: Seg) -> u64;
+    /// Reads linear memory through the guest's paging; `Err` is the exception to inject.
+    fn read_virt(&mut self, gva: u64, buf: &mut [u8]) -> Result<(), Fault>;
+    fn write_virt(&mut self, gva: u64, buf: &[u8]) -> Result<(), Fault>;
+    fn cpl(&self) -> u8;
+    fn cr0(&self) -> u64;
+    fn cr4(&self) -> u64;
+    fn efer(&self) -> u64;
+    fn rflags(&self) -> u64;
+    /// IA32_EFER.LMA && CS.L.
+    fn long_mode_64(&self) -> bool;
+    fn physical_address_width(&self) -> u8;
+}
+
+/// VM-instruction error numbers (SDM 31.4, Table 31-1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum VmInstructionError {
+    VmcallInRoot = 1,
+    VmclearInvalidAddress = 2,
+    VmclearVmxonPointer = 3,
+    VmlaunchNonClearVmcs = 4,
+    VmresumeNonLaunchedVmcs = 5,
+    VmresumeAfterVmxoff = 6,
+    EntryInvalidControlFields = 7,
+    EntryInvalidHostStateFields = 8,
+    VmptrldInvalidAddress = 9,
+    VmptrldVmxonPointer = 10,
+    VmptrldIncorrectRevision = 11,
+    UnsupportedVmcsComponent = 12,
+    VmwriteReadOnlyComponent = 13,
+    VmxonInRoot = 15,
+    EntryInvalidExecutiveVmcsPointer = 16,
+    EntryNonLaunchedExecutiveVmcs = 17,
+    EntryExecutiveVmcsNotVmxonPointer = 18,
+    VmcallNonClearVmcs = 19,
+    VmcallInvalidExitControls = 20,
+    VmcallIncorrectMsegRevision = 22,
+    VmxoffUnderDualMonitor = 23,
+    VmcallInvalidSmmMonitorFeatures = 24,
+    EntryInvalidExecControlsInExecutiveVmcs = 25,
+    EntryEventsBlockedByMovSs = 26,
+    InvalidInveptInvvpidOperand = 28,
+}
+
+impl VmInstructionError {
+    pub fn number(self) -> u32 {
+        self as u32
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// VMsucceed.
+    Succeed,
+    /// VMfailInvalid (no current VMCS).
+    FailInvalid,
+    /// VMfailValid(n); VM_INSTRUCTION_ERROR of the current VMCS is already written.
+    FailValid(VmInstructionError),
+    /// The instruction raised an exception; RIP is not advanced.
+    Fault(Fault),
+    /// VMLAUNCH/VMRESUME passed the instruction checks (SDM 31, VMLAUNCH/VMRESUME
+    /// pseudocode): the glue now runs the VM-entry checks (`checks`) and enters.
+    Entry { launch: bool },
+}
+
+impl Outcome {
+    /// Whether the glue advances RIP past the instruction (VMsucceed / VMfail).
+    pub fn advances_rip(&self) -> bool {
+        matches!(self, Outcome::Succeed | Outcome::FailInvalid | Outcome::FailValid(_))
+    }
+}
+
+const RFLAGS_CF: u64 = 1 << 0;
+const RFLAGS_PF: u64 = 1 << 2;
+const RFLAGS_AF: u64 = 1 << 4;
+const RFLAGS_ZF: u64 = 1 << 6;
+const RFLAGS_SF: u64 = 1 << 7;
+const RFLAGS_OF: u64 = 1 << 11;
+const RFLAGS_VM: u64 = 1 << 17;
+const ARITH_FLAGS: u64 = RFLAGS_CF | RFLAGS_PF | RFLAGS_AF | RFLAGS_ZF | RFLAGS_SF | RFLAGS_OF;
+
+/// RFLAGS after the instruction (SDM 31.2): VMsucceed clears CF, PF, AF, ZF, SF, OF;
+/// VMfailInvalid additionally sets CF; VMfailValid sets ZF. Unchanged otherwise.
+pub fn apply_rflags(rflags: u64, outcome: &Outcome) -> u64 {
+    match outcome {
+        Outcome::Succeed => rflags & !ARITH_FLAGS,
+        Outcome::FailInvalid => (rflags & !ARITH_FLAGS) | RFLAGS_CF,
+        Outcome::FailValid(_) => (rflags & !ARITH_FLAGS) | RFLAGS_ZF,
+        Outcome::Fault(_) | Outcome::Entry { .. } => rflags,
+    }
+}
+
+/// INVVPID types (SDM 31, INVVPID).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvvpidType {
+    IndividualAddress = 0,
+    SingleContext = 1,
+    AllContext = 2,
+    SingleContextRetainingGlobals = 3,
+}
+
+/// A TLB/paging-structure invalidation requested by INVEPT/INVVPID, for the glue to act on
+/// (e.g. rebuild L2 memslots from L1's EPT tables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Single-context INVEPT (`Some(eptp)`) or all-context (`None`).
+    Ept { eptp: Option<u64> },
+    Vpid {
+        kind: InvvpidType,
+        vpid: u16,
+        address: u64,
+    },
+}
+
+/// True when `addr` is canonical for a linear-address width of `bits`.
+pub fn is_canonical(addr: u64, bits: u8) -> bool {
+    let shift = 64 - u32::from(bits);
+    (((addr << shift) as i64) >> shift) as u64 == addr
+}
+
+#[derive(Debug, Clone)]
+pub struct VmxCpu {
+    pub caps: VmxCaps,
+    /// Virtual CR4.VMXE: VMXON raises #UD when false. Our hosts cannot set the real CR4.VMXE,
+    /// so the glue keeps this flag (default true) instead.
+    pub vmxe: bool,
+    /// In VMX operation.
+    pub vmxon: bool,
+    pub vmxon_ptr: u64,
+    /// Current-VMCS pointer; `None` is the SDM's FFFFFFFF_FFFFFFFFH.
+    pub current: Option<u64>,
+    /// Cache of the current VMCS.
+    pub vmcs: Option<Vmcs>,
+    invalidations: Vec<Invalidation>,
+}
+
+impl Default for VmxCpu {
+    fn default() -> Self {
+        Self::new(VmxCaps::default())
+    }
+}
+
+type Step = Result<Outcome, Fault>;
+
+impl VmxCpu {
+    pub fn new(caps: VmxCaps) -> Self {
+        VmxCpu {
+            caps,
+            vmxe: true,
+            vmxon: false,
+            vmxon_ptr: 0,
+            current: None,
+            vmcs: None,
+            invalidations: Vec::new(),
+        }
+    }
+
+    /// Executes `insn` in VMX root operation (or outside VMX operation).
+    pub fn execute(&mut self, insn: &VmxInsn, env: &mut dyn VmxEnv) -> Outcome {
+        match self.step(insn, env) {
+            Ok(o) => o,
+            Err(f) => Outcome::Fault(f),
+        }
+    }
+
+    /// The oldest pending invalidation from INVEPT/INVVPID.
+    pub fn take_invalidation(&mut self) -> Option<Invalidation> {
+        if self.invalidations.is_empty() {
+            None
+        } else {
+            Some(self.invalidations.remove(0))
+        }
+    }
+
+    /// Writes the cached current VMCS back to its region.
+    pub fn flush_current(&mut self, mem: &mut dyn GuestMemory) {
+        if let (Some(ptr), Some(v)) = (self.current, &self.vmcs) {
+            let _ = mem.write_phys(ptr, &v.to_bytes());
+        }
+    }
+
+    pub fn current_vmcs(&self) -> Option<&Vmcs> {
+        self.current.and(self.vmcs.as_ref())
+    }
+
+    pub fn current_vmcs_mut(&mut self) -> Option<&mut Vmcs> {
+        self.current.and(self.vmcs.as_mut())
+    }
+
+    /// After a VM entry that passed all checks: launch state := launched (SDM 27.1).
+    pub fn mark_launched(&mut self) {
+        if let Some(v) = self.current_vmcs_mut() {
+            v.launched = true;
+        }
+    }
+
+    /// Turns a failed VM-entry check into the VMLAUNCH/VMRESUME outcome: VMfailValid(7)
+    /// for control fields, VMfailValid(8) for host-state fields (SDM 27.2). `None` for
+    /// guest-state failures, which are VM exits (SDM 27.8) the glue records instead.
+    pub fn entry_check_failed(&mut self, v: &Violation) -> Option<Outcome> {
+        match v.class {
+            CheckClass::Control => Some(self.vmfail(VmInstructionError::EntryInvalidControlFields)),
+            CheckClass::HostState => Some(self.vmfail(VmInstructionError::EntryInvalidHostStateFields)),
+            CheckClass::GuestState { .. } => None,
+        }
+    }
+
+    /// VMfail(n) (SDM 31.2): VMfailValid with the error stored when there is a current
+    /// VMCS, else VMfailInvalid.
+    fn vmfail(&mut self, e: VmInstructionError) -> Outcome {
+        match self.current_vmcs_mut() {
+            Some(v) => {
+                v.set(VM_INSTRUCTION_ERROR, u64::from(e.number()));
+                Outcome::FailValid(e)
+            }
+            None => Outcome::FailInvalid,
+        }
+    }
+
+    /// #UD conditions shared by the instructions: CR0.PE = 0, RFLAGS.VM = 1, or
+    /// compatibility mode (IA32_EFER.LMA = 1 and CS.L = 0).
+    fn mode_ud(env: &dyn VmxEnv) -> bool {
+        env.cr0() & cr::CR0_PE == 0
+            || env.rflags() & RFLAGS_VM != 0
+            || (env.efer() & cr::EFER_LMA != 0 && !env.long_mode_64())
+    }
+
+    /// The checks that open most instruction pseudocodes: #UD outside VMX operation or in
+    /// a bad mode, #GP(0) at CPL > 0.
+    fn root_checks(&self, env: &dyn VmxEnv) -> Result<(), Fault> {
+        if !self.vmxon || Self::mode_ud(env) {
+            return Err(Fault::InvalidOpcode);
+        }
+        if env.cpl() > 0 {
+            return Err(Fault::GeneralProtection(0));
+        }
+        Ok(())
+    }
+
+    fn bad_vmcs_address(addr: u64, env: &dyn VmxEnv) -> bool {
+        let w = u32::from(env.physical_address_width()).min(64);
+        addr & 0xfff != 0 || (w < 64 && addr >> w != 0)
+    }
+
+    fn operand_mask(insn: &VmxInsn) -> u64 {
+        if insn.operand_size == 64 {
+            u64::MAX
+        } else {
+            0xffff_ffff
+        }
+    }
+
+    /// Linear address of a memory operand; #GP(0) / #SS(0) when non-canonical in 64-bit
+    /// mode (SDM 31, "64-Bit Mode Exceptions"). In 64-bit mode only FS and GS bases apply.
+    fn linear(&self, insn: &VmxInsn, env: &dyn VmxEnv) -> Result<u64, Fault> {
+        let Some(m) = insn.mem() else {
+            return Err(Fault::InvalidOpcode);
+        };
+        let gprs: [u64; 16] = std::array::from_fn(|i| env.gpr(Gpr(i as u8)));
+        let ea = effective_address(m, &gprs);
+        if env.long_mode_64() {
+            let base = match m.segment {
+                Seg::Fs | Seg::Gs => env.segment_base(m.segment),
+                _ => 0,
+            };
+            let la = base.wrapping_add(ea);
+            let width = if env.cr4() & (1 << 12) != 0 { 57 } else { 48 };
+            if !is_canonical(la, width) {
+                return Err(if m.segment == Seg::Ss {
+                    Fault::StackFault(0)
+                } else {
+                    Fault::GeneralProtection(0)
+                });
+            }
+            Ok(la)
+        } else {
+            Ok(env.segment_base(m.segment).wrapping_add(ea) & 0xffff_ffff)
+        }
+    }
+
+    fn read_mem<const N: usize>(&self, insn: &VmxInsn, env: &mut dyn VmxEnv) -> Result<[u8; N], Fault> {
+        let la = self.linear(insn, env)?;
+        let mut b = [0u8; N];
+        env.read_virt(la, &mut b)?;
+        Ok(b)
+    }
+
+    fn read_m64(&self, insn: &VmxInsn, env: &mut dyn VmxEnv) -> Result<u64, Fault> {
+        Ok(u64::from_le_bytes(self.read_mem::<8>(insn, env)?))
+    }
+
+    fn reg2_value(insn: &VmxInsn, env: &dyn VmxEnv) -> Result<u64, Fault> {
+        let r = insn.reg2().ok_or(Fault::InvalidOpcode)?;
+        Ok(env.gpr(r) & Self::operand_mask(insn))
+    }
+
+    fn step(&mut self, insn: &VmxInsn, env: &mut dyn VmxEnv) -> Step {
+        match insn.op {
+            VmxOp::Vmxon => self.vmxon(insn, env),
+            VmxOp::Vmxoff => {
+                self.root_checks(env)?;
+                self.flush_current(env);
+                self.vmxon = false;
+                self.current = None;
+                self.vmcs = None;
+                Ok(Outcome::Succeed)
+            }
+            VmxOp::Vmclear => self.vmclear(insn, env),
+            VmxOp::Vmptrld => self.vmptrld(insn, env),
+            VmxOp::Vmptrst => {
+                self.root_checks(env)?;
+                let la = self.linear(insn, env)?;
+                env.write_virt(la, &self.current.unwrap_or(u64::MAX).to_le_bytes())?;
+                Ok(Outcome::Succeed)
+            }
+            VmxOp::Vmread => self.vmread(insn, env),
+            VmxOp::Vmwrite => self.vmwrite(insn, env),
+            VmxOp::Vmlaunch | VmxOp::Vmresume => {
+                self.root_checks(env)?;
+                let launch = insn.op == VmxOp::Vmlaunch;
+                let Some(launched) = self.current_vmcs().map(|v| v.launched) else {
+                    return Ok(Outcome::FailInvalid);
+                };
+                Ok(match (launch, launched) {
+                    (true, true) => self.vmfail(VmInstructionError::VmlaunchNonClearVmcs),
+                    (false, false) => self.vmfail(VmInstructionError::VmresumeNonLaunchedVmcs),
+                    _ => Outcome::Entry { launch },
+                })
+            }
+            VmxOp::Invept => self.invept(insn, env),
+            VmxOp::Invvpid => self.invvpid(insn, env),
+            VmxOp::Vmcall => {
+                // SDM 31 VMCALL: in VMX root operation without the dual-monitor treatment it
+                // fails with error 1. (nestbed sees L1's VMCALL only if the trap source
+                // delivers it.)
+                self.root_checks(env)?;
+                Ok(self.vmfail(VmInstructionError::VmcallInRoot))
+            }
+            // VMFUNC outside VMX non-root operation is #UD (SDM 31, VMFUNC).
+            VmxOp::Vmfunc => Err(Fault::InvalidOpcode),
+        }
+    }
+
+    fn vmxon(&mut self, insn: &VmxInsn, env: &mut dyn VmxEnv) -> Step {
+        if !self.vmxe || Self::mode_ud(env) {
+            return Err(Fault::InvalidOpcode);
+        }
+        if self.vmxon {
+            if env.cpl() > 0 {
+                return Err(Fault::GeneralProtection(0));
+            }
+            return Ok(self.vmfail(VmInstructionError::VmxonInRoot));
+        }
+        let c = &self.caps;
+        let cr0 = env.cr0();
+        // CR4.VMXE is virtual: check the other CR4 fixed bits only.
+        let cr4 = env.cr4() | cr::CR4_VMXE;
+        let fc = c.feature_control;
+        let fixed_ok = |v: u64, f0: u64, f1: u64| v & f0 == f0 && v & !f1 & 0xffff_ffff == 0;
+        if env.cpl() > 0
+            || !fixed_ok(cr0, c.cr0_fixed0, c.cr0_fixed1)
+            || !fixed_ok(cr4, c.cr4_fixed0, c.cr4_fixed1)
+            || fc & super::caps::FEATURE_CONTROL_LOCKED == 0
+            || fc & super::caps::FEATURE_CONTROL_VMXON_OUTSIDE_SMX == 0
+        {
+            return Err(Fault::GeneralProtection(0));
+        }
+        let addr = self.read_m64(insn, env)?;
+        if Self::bad_vmcs_address(addr, env) {
+            return Ok(Outcome::FailInvalid);
+        }
+        let rev = read_phys_u32(env, addr);
+        if rev != self.caps.revision() {
+            return Ok(Outcome::FailInvalid);
+        }
+        self.vmxon = true;
+        self.vmxon_ptr = addr;
+        self.current = None;
+        self.vmcs = None;
+        Ok(Outcome::Succeed)
+    }
+
+    fn vmclear(&mut self, insn: &VmxInsn, env: &mut dyn VmxEnv) -> Step {
+        self.root_checks(env)?;
+        let addr = self.read_m64(insn, env)?;
+        if Self::bad_vmcs_address(addr, env) {
+            return Ok(self.vmfail(VmInstructionError::VmclearInvalidAddress));
+        }
+        if addr == self.vmxon_ptr {
+            return Ok(self.vmfail(VmInstructionError::VmclearVmxonPointer));
+        }
+        if self.current == Some(addr) {
+            if let Some(v) = self.vmcs.as_mut() {
+                v.launched = false;
+            }
+            self.flush_current(env);
+            self.current = None;
+            self.vmcs = None;
+        } else {
+            let _ = env.write_phys(addr + OFFSET_LAUNCH_STATE as u64, &0u32.to_le_bytes());
+        }
+        Ok(Outcome::Succeed)
+    }
+
+    fn vmptrld(&mut self, insn: &VmxInsn, env: &mut dyn VmxEnv) -> Step {
+        self.root_checks(env)?;
+        let addr = self.read_m64(insn, env)?;
+        if Self::bad_vmcs_address(addr, env) {
+            return Ok(self.vmfail(VmInstructionError::VmptrldInvalidAddress));
+        }
+        if addr == self.vmxon_ptr {
+            return Ok(self.vmfail(VmInstructionError::VmptrldVmxonPointer));
+        }
+        let head = read_phys_u32(env, addr);
+        let shadow = head >> 31 == 1;
+        if head & 0x7fff_ffff != self.caps.revision() || (shadow && !self.caps.vmcs_shadowing()) {
+            return Ok(self.vmfail(VmInstructionError::VmptrldIncorrectRevision));
+        }
+        if self.current == Some(addr) {
+            return Ok(Outcome::Succeed);
+        }
+        self.flush_current(env);
+        let mut region = vec![0u8; VMCS_SIZE];
+        if env.read_phys(addr, &mut region).is_err() {
+            // The region runs past the end of RAM: the rest reads as zeros.
+            region = head.to_le_bytes().to_vec();
+        }
+        self.current = Some(addr);
+        self.vmcs = Some(Vmcs::from_bytes(&region));
+        Ok(Outcome::Succeed)
+    }
+
+    fn vmread(&mut self, insn: &VmxInsn, env: &mut dyn VmxEnv) -> Step {
+        self.root_checks(env)?;
+        if self.current_vmcs().is_none() {
+            return Ok(Outcome::FailInvalid);
+        }
+        let enc = Self::reg2_value(insn, env)?;
+        let value = u32::try_from(enc)
+            .ok()
+            .and_then(|e| self.current_vmcs().and_then(|v| v.read(e)));
+        let Some(value) = value else {
+            return Ok(self.vmfail(VmInstructionError::UnsupportedVmcsComponent));
+        };
+        let value = value & Self::operand_mask(insn);
+        match insn.rm() {
+            Some(Operand::Reg(r)) => env.set_gpr(r, value),
+            Some(Operand::Mem(_)) => {
+                let la = self.linear(insn, env)?;
+                let n = usize::from(insn.operand_size / 8);
+                env.write_virt(la, &value.to_le_bytes()[..n])?;
+            }
+            None => return Err(Fault::InvalidOpcode),
+        }
+        Ok(Outcome::Succeed)
+    }
+
+    fn vmwrite(&mut self, insn: &VmxInsn, env: &mut dyn VmxEnv) -> Step {
+        self.root_checks(env)?;
+        if self.current_vmcs().is_none() {
+            return Ok(Outcome::FailInvalid);
+        }
+        let value = match insn.rm() {
+            Some(Operand::Reg(r)) => env.gpr(r) & Self::operand_mask(insn),
+            Some(Operand::Mem(_)) => {
+                let b = self.read_mem::<8>(insn, env)?;
+                u64::from_le_bytes(b) & Self::operand_mask(insn)
+            }
+            None => return Err(Fault::InvalidOpcode),
+        };
+        let enc = Self::reg2_value(insn, env)?;
+        let Some((_, field)) = u32::try_from(enc).ok().and_then(fields::by_encoding) else {
+            return Ok(self.vmfail(VmInstructionError::UnsupportedVmcsComponent));
+        };
+        if field.read_only() && !self.caps.vmwrite_any_field() {
+            return Ok(self.vmfail(VmInstructionError::VmwriteReadOnlyComponent));
+        }
+        if let Some(v) = self.current_vmcs_mut() {
+            v.write(enc as u32, value);
+        }
+        Ok(Outcome::Succeed)
+    }
+
+    fn invept(&mut self, insn: &VmxInsn, env: &mut dyn VmxEnv) -> Step {
+        if self.caps.ept_vpid_cap & ept_cap::INVEPT == 0 {
+            return Err(Fault::InvalidOpcode);
+        }
+        self.root_checks(env)?;
+        let ty = Self::reg2_value(insn, env)?;
+        if ty >= 4 || self.caps.ept_vpid_cap & (1 << (24 + ty)) == 0 {
+            return Ok(self.vmfail(VmInstructionError::InvalidInveptInvvpidOperand));
+        }
+        let desc = self.read_mem::<16>(insn, env)?;
+        let eptp = u64::from_le_bytes(desc[..8].try_into().unwrap_or_default());
+        let inv = if ty == 1 {
+            if !eptp_valid(eptp, &self.caps, env.physical_address_width()) {
+                return Ok(self.vmfail(VmInstructionError::InvalidInveptInvvpidOperand));
+            }
+            Invalidation::Ept { eptp: Some(eptp) }
+        } else {
+            Invalidation::Ept { eptp: None }
+        };
+        self.invalidations.push(inv);
+        Ok(Outcome::Succeed)
+    }
+
+    fn invvpid(&mut self, insn: &VmxInsn, env: &mut dyn VmxEnv) -> Step {
+        if self.caps.ept_vpid_cap & ept_cap::INVVPID == 0 {
+            return Err(Fault::InvalidOpcode);
+        }
+        self.root_checks(env)?;
+        let ty = Self::reg2_value(insn, env)?;
+        if ty >= 4 || self.caps.ept_vpid_cap & (1 << (40 + ty)) == 0 {
+            return Ok(self.vmfail(VmInstructionError::InvalidInveptInvvpidOperand));
+        }
+        let desc = self.read_mem::<16>(insn, env)?;
+        let lo = u64::from_le_bytes(desc[..8].try_into().unwrap_or_default());
+        let address = u64::from_le_bytes(desc[8..].try_into().unwrap_or_default());
+        if lo >> 16 != 0 {
+            return Ok(self.vmfail(VmInstructionError::InvalidInveptInvvpidOperand));
+        }
+        let vpid = lo as u16;
+        let kind = match ty {
+            0 => InvvpidType::IndividualAddress,
+            1 => InvvpidType::SingleContext,
+            2 => InvvpidType::AllContext,
+            _ => InvvpidType::SingleContextRetainingGlobals,
+        };
+        let bad = match kind {
+            InvvpidType::IndividualAddress => vpid == 0 || !is_canonical(address, 48),
+            InvvpidType::AllContext => false,
+            _ => vpid == 0,
+        };
+        if bad {
+            return Ok(self.vmfail(VmInstructionError::InvalidInveptInvvpidOperand));
+        }
+        self.invalidations.push(Invalidation::Vpid { kind, vpid, address });
+        Ok(Outcome::Succeed)
+    }
+}
+
+/// Reads a u32 of guest-physical memory; outside RAM reads as all-ones (no device answers).
+fn read_phys_u32(mem: &dyn VmxEnv, gpa: u64) -> u32 {
+    let mut b = [0u8; 4];
+    match mem.read_phys(gpa, &mut b) {
+        Ok(()) => u32::from_le_bytes(b),
+        Err(_) => u32::MAX,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Guest RAM in a Vec; accesses past the end fault.
+    #[derive(Debug, Clone)]
+    pub struct Ram(pub Vec<u8>);
+
+    impl GuestMemory for Ram {
+        fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemFault> {
+            let s = usize::try_from(gpa).map_err(|_| MemFault { gpa })?;
+            let src = s
+                .checked_add(buf.len())
+                .and_then(|e| self.0.get(s..e))
+                .ok_or(MemFault { gpa })?;
+            buf.copy_from_slice(src);
+            Ok(())
+        }
+        fn write_phys(&mut self, gpa: u64, buf: &[u8]) -> Result<(), MemFault> {
+            let s = usize::try_from(gpa).map_err(|_| MemFault { gpa })?;
+            let dst = s
+                .checked_add(buf.len())
+                .and_then(|e| self.0.get_mut(s..e))
+                .ok_or(MemFault { gpa })?;
+            dst.copy_from_slice(buf);
+            Ok(())
+        }
+    }
+
+    impl Ram {
+        pub fn put_u64(&mut self, gpa: u64, v: u64) {
+            self.write_phys(gpa, &v.to_le_bytes()).unwrap();
+        }
+        pub fn put_u32(&mut self, gpa: u64, v: u32) {
+            self.write_phys(gpa, &v.to_le_bytes()).unwrap();
+        }
+        pub fn u64_at(&self, gpa: u64) -> u64 {
+            let mut b = [0; 8];
+            self.read_phys(gpa, &mut b).unwrap();
+            u64::from_le_bytes(b)
+        }
+        pub fn u32_at(&self, gpa: u64) -> u32 {
+            let mut b = [0; 4];
+            self.read_phys(gpa, &mut b).unwrap();
+            u32::from_le_bytes(b)
+        }
+    }
+
+    /// A 64-bit CPL-0 processor with identity paging over `ram`.
+    #[derive(Debug, Clone)]
+    pub struct FakeEnv {
+        pub ram: Ram,
+        pub gprs: [u64; 16],
+        pub seg_bases: [u64; 6],
+        pub cpl: u8,
+        pub cr0: u64,
+        pub cr4: u64,
+        pub efer: u64,
+        pub rflags: u64,
+        pub lm64: bool,
+    }
+
+    impl FakeEnv {
+        pub fn new(size: usize) -> Self {
+            FakeEnv {
+                ram: Ram(vec![0; size]),
+                gprs: [0; 16],
+                seg_bases: [0; 6],
+                cpl: 0,
+                cr0: 0x8000_0033,
+                cr4: 0x20,
+                efer: 0x500,
+                rflags: 0x2,
+                lm64: true,
+            }
+        }
+    }
+
+    impl GuestMemory for FakeEnv {
+        fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemFault> {
+            self.ram.read_phys(gpa, buf)
+        }
+        fn write_phys(&mut self, gpa: u64, buf: &[u8]) -> Result<(), MemFault> {
+            self.ram.write_phys(gpa, buf)
+        }
+    }
+
+    impl VmxEnv for FakeEnv {
+        fn gpr(&self, r: Gpr) -> u64 {
+            self.gprs[r.index()]
+        }
+        fn set_gpr(&mut self, r: Gpr, v: u64) {
+            self.gprs[r.index()] = v;
+        }
+        fn segment_base(&self, s: Seg) -> u64 {
+            self.seg_bases[s as usize]
+        }
+        fn read_virt(&mut self, gva: u64, buf: &mut [u8]) -> Result<(), Fault> {
+            self.ram.read_phys(gva, buf).map_err(|_| Fault::PageFault { address: gva, error_code: 0 })
+        }
+        fn write_virt(&mut self, gva: u64, buf: &[u8]) -> Result<(), Fault> {
+            self.ram.write_phys(gva, buf).map_err(|_| Fault::PageFault { address: gva, error_code: 2 })
+        }
+        fn cpl(&self) -> u8 {
+            self.cpl
+        }
+        fn cr0(&self) -> u64 {
+            self.cr0
+        }
+        fn cr4(&self) -> u64 {
+            self.cr4
+        }
+        fn efer(&self) -> u64 {
+            self.efer
+        }
+        fn rflags(&self) -> u64 {
+            self.rflags
+        }
+        fn long_mode_64(&self) -> bool {
+            self.lm64
+        }
+        fn physical_address_width(&self) -> u8 {
+            36
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::decode::decode;
+    use super::super::fields::*;
+    use super::testing::FakeEnv;
+    use super::*;
+    use VmInstructionError as E;
+
+    const VMXON_REGION: u64 = 0x1000;
+    const VMCS_A: u64 = 0x2000;
+    const VMCS_B: u64 = 0x3000;
+    const OPERAND: u64 = 0x100;
+
+    fn op(bytes: &[u8]) -> VmxInsn {
+        decode(bytes, 64, 0).unwrap()
+    }
+
+    /// Runs `bytes` with `[rbx]` pointing to a u64 holding `ptr` (when given).
+    fn run(cpu: &mut VmxCpu, env: &mut FakeEnv, bytes: &[u8], ptr: Option<u64>) -> Outcome {
+        if let Some(p) = ptr {
+            env.ram.put_u64(OPERAND, p);
+            env.gprs[3] = OPERAND;
+        }
+        cpu.execute(&op(bytes), env)
+    }
+
+    const VMXON: &[u8] = &[0xf3, 0x0f, 0xc7, 0x33];
+    const VMPTRLD: &[u8] = &[0x0f, 0xc7, 0x33];
+    const VMCLEAR: &[u8] = &[0x66, 0x0f, 0xc7, 0x33];
+    const VMPTRST: &[u8] = &[0x0f, 0xc7, 0x3b];
+    const VMREAD_RAX_RCX: &[u8] = &[0x0f, 0x78, 0xc8];
+    const VMWRITE_RAX_RCX: &[u8] = &[0x0f, 0x79, 0xc1];
+    const VMLAUNCH: &[u8] = &[0x0f, 0x01, 0xc2];
+    const VMRESUME: &[u8] = &[0x0f, 0x01, 0xc3];
+    const VMXOFF: &[u8] = &[0x0f, 0x01, 0xc4];
+    const INVEPT: &[u8] = &[0x66, 0x0f, 0x38, 0x80, 0x03];
+    const INVVPID: &[u8] = &[0x66, 0x0f, 0x38, 0x81, 0x03];
+
+    fn setup() -> (VmxCpu, FakeEnv) {
+        let cpu = VmxCpu::default();
+        let mut env = FakeEnv::new(0x10000);
+        let rev = cpu.caps.revision();
+        for r in [VMXON_REGION, VMCS_A, VMCS_B] {
+            env.ram.put_u32(r, rev);
+        }
+        (cpu, env)
+    }
+
+    fn in_root() -> (VmxCpu, FakeEnv) {
+        let (mut cpu, mut env) = setup();
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::Succeed);
+        (cpu, env)
+    }
+
+    fn with_current() -> (VmxCpu, FakeEnv) {
+        let (mut cpu, mut env) = in_root();
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)), Outcome::Succeed);
+        (cpu, env)
+    }
+
+    fn vmwrite(cpu: &mut VmxCpu, env: &mut FakeEnv, enc: u64, v: u64) -> Outcome {
+        env.gprs[0] = enc;
+        env.gprs[1] = v;
+        run(cpu, env, VMWRITE_RAX_RCX, None)
+    }
+
+    fn vmread(cpu: &mut VmxCpu, env: &mut FakeEnv, enc: u64) -> (Outcome, u64) {
+        env.gprs[1] = enc;
+        let o = run(cpu, env, VMREAD_RAX_RCX, None);
+        (o, env.gprs[0])
+    }
+
+    fn last_error(cpu: &VmxCpu) -> u64 {
+        cpu.current_vmcs().unwrap().get(VM_INSTRUCTION_ERROR)
+    }
+
+    #[test]
+    fn rflags_conventions() {
+        let f = 0x2 | ARITH_FLAGS | (1 << 9);
+        assert_eq!(apply_rflags(f, &Outcome::Succeed), 0x202);
+        assert_eq!(apply_rflags(f, &Outcome::FailInvalid), 0x203);
+        assert_eq!(apply_rflags(f, &Outcome::FailValid(E::VmcallInRoot)), 0x242);
+        assert_eq!(apply_rflags(f, &Outcome::Fault(Fault::InvalidOpcode)), f);
+        assert!(!Outcome::Entry { launch: true }.advances_rip());
+    }
+
+    #[test]
+    fn vmxon_checks() {
+        let (mut cpu, mut env) = setup();
+        // Outside VMX operation everything but VMXON is #UD.
+        for b in [VMPTRLD, VMCLEAR, VMXOFF, VMLAUNCH, VMREAD_RAX_RCX, INVEPT] {
+            assert_eq!(run(&mut cpu, &mut env, b, Some(VMCS_A)), Outcome::Fault(Fault::InvalidOpcode));
+        }
+        cpu.vmxe = false;
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::Fault(Fault::InvalidOpcode));
+        cpu.vmxe = true;
+        env.cpl = 3;
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::Fault(Fault::GeneralProtection(0)));
+        env.cpl = 0;
+        env.cr0 &= !cr::CR0_NE;
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::Fault(Fault::GeneralProtection(0)));
+        env.cr0 |= cr::CR0_NE;
+        cpu.caps.feature_control = 1;
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::Fault(Fault::GeneralProtection(0)));
+        cpu.caps.feature_control = 5;
+        // Compatibility mode and virtual-8086 mode.
+        env.lm64 = false;
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::Fault(Fault::InvalidOpcode));
+        env.lm64 = true;
+        env.rflags |= RFLAGS_VM;
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::Fault(Fault::InvalidOpcode));
+        env.rflags = 2;
+        // Bad address / revision: VMfailInvalid, still outside VMX operation.
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION + 8)), Outcome::FailInvalid);
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(1 << 40)), Outcome::FailInvalid);
+        env.ram.put_u32(0x4000, 0x1234);
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(0x4000)), Outcome::FailInvalid);
+        env.ram.put_u32(0x4000, cpu.caps.revision() | 1 << 31);
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(0x4000)), Outcome::FailInvalid);
+        assert!(!cpu.vmxon);
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::Succeed);
+        assert!(cpu.vmxon);
+        assert_eq!(cpu.vmxon_ptr, VMXON_REGION);
+        // VMXON twice: VMfailInvalid without a current VMCS, VMfailValid(15) with one.
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::FailInvalid);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::FailValid(E::VmxonInRoot));
+        assert_eq!(last_error(&cpu), 15);
+    }
+
+    #[test]
+    fn cpl_and_operand_faults() {
+        let (mut cpu, mut env) = in_root();
+        env.cpl = 3;
+        for b in [VMPTRLD, VMCLEAR, VMXOFF, VMLAUNCH, VMREAD_RAX_RCX, INVEPT, VMXON] {
+            assert_eq!(run(&mut cpu, &mut env, b, Some(VMCS_A)), Outcome::Fault(Fault::GeneralProtection(0)));
+        }
+        env.cpl = 0;
+        env.gprs[3] = 0x8000_0000_0000_0000;
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, None), Outcome::Fault(Fault::GeneralProtection(0)));
+        // [rbp] uses SS: #SS(0).
+        env.gprs[5] = 0x8000_0000_0000_0000;
+        let i = op(&[0x0f, 0xc7, 0x75, 0x00]);
+        assert_eq!(cpu.execute(&i, &mut env), Outcome::Fault(Fault::StackFault(0)));
+        // Page fault from the environment passes through.
+        env.gprs[3] = 0x20000;
+        assert!(matches!(run(&mut cpu, &mut env, VMPTRLD, None), Outcome::Fault(Fault::PageFault { address: 0x20000, .. })));
+        // FS base is added in 64-bit mode.
+        env.seg_bases[Seg::Fs as usize] = 0x100;
+        env.ram.put_u64(0x180, VMCS_B);
+        env.gprs[3] = 0x80;
+        let i = op(&[0x64, 0x0f, 0xc7, 0x33]);
+        assert_eq!(cpu.execute(&i, &mut env), Outcome::Succeed);
+        assert_eq!(cpu.current, Some(VMCS_B));
+        assert_eq!(run(&mut cpu, &mut env, &[0x0f, 0x01, 0xd4], None), Outcome::Fault(Fault::InvalidOpcode));
+    }
+
+    #[test]
+    fn vmptrld_failures() {
+        let (mut cpu, mut env) = in_root();
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A + 1)), Outcome::FailInvalid);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A + 0x10)), Outcome::FailValid(E::VmptrldInvalidAddress));
+        assert_eq!(last_error(&cpu), 9);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(1 << 36)), Outcome::FailValid(E::VmptrldInvalidAddress));
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMXON_REGION)), Outcome::FailValid(E::VmptrldVmxonPointer));
+        assert_eq!(last_error(&cpu), 10);
+        env.ram.put_u32(0x5000, 7);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(0x5000)), Outcome::FailValid(E::VmptrldIncorrectRevision));
+        env.ram.put_u32(0x5000, cpu.caps.revision() | 1 << 31);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(0x5000)), Outcome::FailValid(E::VmptrldIncorrectRevision));
+        // Outside RAM reads as all-ones.
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(0x10_0000)), Outcome::FailValid(E::VmptrldIncorrectRevision));
+        assert_eq!(last_error(&cpu), 11);
+        assert_eq!(cpu.current, Some(VMCS_A));
+    }
+
+    #[test]
+    fn vmclear_failures_and_launch_state() {
+        let (mut cpu, mut env) = in_root();
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A + 4)), Outcome::FailInvalid);
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMXON_REGION)), Outcome::FailInvalid);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A + 4)), Outcome::FailValid(E::VmclearInvalidAddress));
+        assert_eq!(last_error(&cpu), 2);
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMXON_REGION)), Outcome::FailValid(E::VmclearVmxonPointer));
+        assert_eq!(last_error(&cpu), 3);
+        // Clearing a non-current VMCS writes its launch state in memory.
+        env.ram.put_u32(VMCS_B + 8, 1);
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_B)), Outcome::Succeed);
+        assert_eq!(env.ram.u32_at(VMCS_B + 8), 0);
+        assert_eq!(cpu.current, Some(VMCS_A));
+    }
+
+    #[test]
+    fn read_write_round_trip_through_memory() {
+        let (mut cpu, mut env) = with_current();
+        assert_eq!(vmwrite(&mut cpu, &mut env, GUEST_RIP as u64, 0xdead_beef), Outcome::Succeed);
+        assert_eq!(vmwrite(&mut cpu, &mut env, GUEST_CS_SELECTOR as u64, 0x12_3456), Outcome::Succeed);
+        assert_eq!(vmread(&mut cpu, &mut env, GUEST_RIP as u64), (Outcome::Succeed, 0xdead_beef));
+        assert_eq!(vmread(&mut cpu, &mut env, GUEST_CS_SELECTOR as u64), (Outcome::Succeed, 0x3456));
+        // Memory forms: vmwrite rcx, [rbx] and vmread [rbx], rcx.
+        env.gprs[1] = HOST_RSP as u64;
+        env.gprs[3] = 0x800;
+        env.ram.put_u64(0x800, 0x1122_3344_5566_7788);
+        assert_eq!(cpu.execute(&op(&[0x0f, 0x79, 0x0b]), &mut env), Outcome::Succeed);
+        env.gprs[3] = 0x900;
+        assert_eq!(cpu.execute(&op(&[0x0f, 0x78, 0x0b]), &mut env), Outcome::Succeed);
+        assert_eq!(env.ram.u64_at(0x900), 0x1122_3344_5566_7788);
+        // Switch to B (flushes A), write there, switch back: A's values persist.
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_B)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_B)), Outcome::Succeed);
+        assert_eq!(vmread(&mut cpu, &mut env, GUEST_RIP as u64), (Outcome::Succeed, 0));
+        assert_eq!(vmwrite(&mut cpu, &mut env, GUEST_RIP as u64, 0xb), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(vmread(&mut cpu, &mut env, GUEST_RIP as u64), (Outcome::Succeed, 0xdead_beef));
+        // VMPTRST stores the current pointer.
+        env.gprs[3] = 0xa00;
+        assert_eq!(run(&mut cpu, &mut env, VMPTRST, None), Outcome::Succeed);
+        assert_eq!(env.ram.u64_at(0xa00), VMCS_A);
+        // VMCLEAR of the current VMCS writes it back and leaves no current VMCS.
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(cpu.current, None);
+        let v = Vmcs::from_bytes(&env.ram.0[VMCS_A as usize..VMCS_A as usize + VMCS_SIZE]);
+        assert_eq!(v.get(GUEST_RIP), 0xdead_beef);
+        assert!(!v.launched);
+        env.gprs[3] = 0xa00;
+        assert_eq!(run(&mut cpu, &mut env, VMPTRST, None), Outcome::Succeed);
+        assert_eq!(env.ram.u64_at(0xa00), u64::MAX);
+        assert_eq!(vmread(&mut cpu, &mut env, GUEST_RIP as u64).0, Outcome::FailInvalid);
+        assert_eq!(vmwrite(&mut cpu, &mut env, GUEST_RIP as u64, 1), Outcome::FailInvalid);
+    }
+
+    #[test]
+    fn vmread_vmwrite_failures() {
+        let (mut cpu, mut env) = with_current();
+        assert_eq!(vmread(&mut cpu, &mut env, 0x7777).0, Outcome::FailValid(E::UnsupportedVmcsComponent));
+        assert_eq!(last_error(&cpu), 12);
+        assert_eq!(vmread(&mut cpu, &mut env, 1 << 32 | GUEST_RIP as u64).0, Outcome::FailValid(E::UnsupportedVmcsComponent));
+        assert_eq!(vmwrite(&mut cpu, &mut env, 0x7777, 0), Outcome::FailValid(E::UnsupportedVmcsComponent));
+        assert_eq!(vmwrite(&mut cpu, &mut env, VM_EXIT_REASON as u64, 1), Outcome::FailValid(E::VmwriteReadOnlyComponent));
+        assert_eq!(last_error(&cpu), 13);
+        // VMREAD of the error field itself works.
+        assert_eq!(vmread(&mut cpu, &mut env, VM_INSTRUCTION_ERROR as u64), (Outcome::Succeed, 13));
+        // High access.
+        assert_eq!(vmwrite(&mut cpu, &mut env, u64::from(TSC_OFFSET | 1), 0xabcd), Outcome::Succeed);
+        assert_eq!(vmread(&mut cpu, &mut env, TSC_OFFSET as u64), (Outcome::Succeed, 0xabcd_0000_0000));
+    }
+
+    #[test]
+    fn vmread_32bit_mode() {
+        let (mut cpu, mut env) = with_current();
+        assert_eq!(vmwrite(&mut cpu, &mut env, GUEST_RIP as u64, 0x1_2345_6789), Outcome::Succeed);
+        env.efer = 0;
+        env.lm64 = false;
+        env.gprs[1] = GUEST_RIP as u64;
+        env.gprs[3] = 0x800;
+        env.ram.put_u64(0x800, u64::MAX);
+        let i = decode(&[0x0f, 0x78, 0x0b], 32, 0).unwrap();
+        assert_eq!(cpu.execute(&i, &mut env), Outcome::Succeed);
+        assert_eq!(env.ram.u64_at(0x800), 0xffff_ffff_2345_6789);
+    }
+
+    #[test]
+    fn launch_and_resume() {
+        let (mut cpu, mut env) = in_root();
+        assert_eq!(run(&mut cpu, &mut env, VMLAUNCH, None), Outcome::FailInvalid);
+        assert_eq!(run(&mut cpu, &mut env, VMRESUME, None), Outcome::FailInvalid);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMRESUME, None), Outcome::FailValid(E::VmresumeNonLaunchedVmcs));
+        assert_eq!(last_error(&cpu), 5);
+        assert_eq!(run(&mut cpu, &mut env, VMLAUNCH, None), Outcome::Entry { launch: true });
+        cpu.mark_launched();
+        assert_eq!(run(&mut cpu, &mut env, VMLAUNCH, None), Outcome::FailValid(E::VmlaunchNonClearVmcs));
+        assert_eq!(last_error(&cpu), 4);
+        assert_eq!(run(&mut cpu, &mut env, VMRESUME, None), Outcome::Entry { launch: false });
+        // Launch state survives a VMPTRLD round trip, VMCLEAR resets it.
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_B)), Outcome::Succeed);
+        assert_eq!(env.ram.u32_at(VMCS_A + 8), 1);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMRESUME, None), Outcome::Entry { launch: false });
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMLAUNCH, None), Outcome::Entry { launch: true });
+        let v = Violation { rule: "x", sdm: "27.2.1.1", class: CheckClass::Control };
+        assert_eq!(cpu.entry_check_failed(&v), Some(Outcome::FailValid(E::EntryInvalidControlFields)));
+        assert_eq!(last_error(&cpu), 7);
+        let v = Violation { rule: "x", sdm: "27.2.2", class: CheckClass::HostState };
+        assert_eq!(cpu.entry_check_failed(&v), Some(Outcome::FailValid(E::EntryInvalidHostStateFields)));
+        let v = Violation { rule: "x", sdm: "27.3.1", class: CheckClass::GuestState { qualification: 0 } };
+        assert_eq!(cpu.entry_check_failed(&v), None);
+    }
+
+    #[test]
+    fn vmxoff_and_vmcall() {
+        let (mut cpu, mut env) = with_current();
+        assert_eq!(vmwrite(&mut cpu, &mut env, GUEST_RSP as u64, 0x55), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, &[0x0f, 0x01, 0xc1], None), Outcome::FailValid(E::VmcallInRoot));
+        assert_eq!(last_error(&cpu), 1);
+        assert_eq!(run(&mut cpu, &mut env, VMXOFF, None), Outcome::Succeed);
+        assert!(!cpu.vmxon);
+        assert_eq!(cpu.current, None);
+        let v = Vmcs::from_bytes(&env.ram.0[VMCS_A as usize..VMCS_A as usize + VMCS_SIZE]);
+        assert_eq!(v.get(GUEST_RSP), 0x55);
+        assert_eq!(run(&mut cpu, &mut env, VMXOFF, None), Outcome::Fault(Fault::InvalidOpcode));
+        assert_eq!(run(&mut cpu, &mut env, &[0x0f, 0x01, 0xc1], None), Outcome::Fault(Fault::InvalidOpcode));
+    }
+
+    fn desc(env: &mut FakeEnv, lo: u64, hi: u64) {
+        env.ram.put_u64(0x700, lo);
+        env.ram.put_u64(0x708, hi);
+        env.gprs[3] = 0x700;
+    }
+
+    #[test]
+    fn invept_invvpid() {
+        let (mut cpu, mut env) = with_current();
+        let good_eptp = 0x5000 | 6 | 3 << 3;
+        for (ty, eptp, want) in [
+            (0, good_eptp, Outcome::FailValid(E::InvalidInveptInvvpidOperand)),
+            (3, good_eptp, Outcome::FailValid(E::InvalidInveptInvvpidOperand)),
+            (1 << 40, good_eptp, Outcome::FailValid(E::InvalidInveptInvvpidOperand)),
+            (1, 0x5000 | 6 | 4 << 3, Outcome::FailValid(E::InvalidInveptInvvpidOperand)),
+            (1, good_eptp, Outcome::Succeed),
+            (2, 0, Outcome::Succeed),
+        ] {
+            env.gprs[0] = ty;
+            desc(&mut env, eptp, 0);
+            assert_eq!(run(&mut cpu, &mut env, INVEPT, None), want, "type {ty}");
+        }
+        assert_eq!(last_error(&cpu), 28);
+        assert_eq!(cpu.take_invalidation(), Some(Invalidation::Ept { eptp: Some(good_eptp) }));
+        assert_eq!(cpu.take_invalidation(), Some(Invalidation::Ept { eptp: None }));
+        assert_eq!(cpu.take_invalidation(), None);
+
+        let fail = Outcome::FailValid(E::InvalidInveptInvvpidOperand);
+        for (ty, lo, hi, want) in [
+            (0, 0, 0x1000, fail),
+            (1, 0, 0, fail),
+            (3, 0, 0, fail),
+            (4, 1, 0, fail),
+            (1, 1 << 16, 0, fail),
+            (0, 1, 0x8000_0000_0000_0000, fail),
+            (0, 1, 0xffff_8000_0000_0000, Outcome::Succeed),
+            (1, 1, 0, Outcome::Succeed),
+            (2, 0, 0, Outcome::Succeed),
+            (3, 7, 0, Outcome::Succeed),
+        ] {
+            env.gprs[0] = ty;
+            desc(&mut env, lo, hi);
+            assert_eq!(run(&mut cpu, &mut env, INVVPID, None), want, "type {ty} {lo:#x} {hi:#x}");
+        }
+        assert_eq!(
+            cpu.take_invalidation(),
+            Some(Invalidation::Vpid { kind: InvvpidType::IndividualAddress, vpid: 1, address: 0xffff_8000_0000_0000 })
+        );
+        // Without a current VMCS, failures are VMfailInvalid.
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A)), Outcome::Succeed);
+        env.gprs[0] = 0;
+        assert_eq!(run(&mut cpu, &mut env, INVEPT, None), Outcome::FailInvalid);
+    }
+
+    #[test]
+    fn canonical() {
+        assert!(is_canonical(0x7fff_ffff_ffff, 48));
+        assert!(!is_canonical(0x8000_0000_0000, 48));
+        assert!(is_canonical(0xffff_8000_0000_0000, 48));
+        assert!(is_canonical(0, 48));
+    }
+}
