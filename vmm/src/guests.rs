@@ -3,7 +3,7 @@
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 
 /// The guest `nestbed run` boots without `--guest`.
-pub const DEFAULT: &str = "hello";
+pub const DEFAULT: &str = "nested-demo";
 
 pub fn find(name: &str) -> Option<&'static [u8]> {
     GUESTS.iter().find(|(n, _, _)| *n == name).map(|(_, _, img)| *img)

@@ -9,6 +9,8 @@ pub mod error;
 pub mod exit;
 pub mod guests;
 pub mod machine;
+pub mod nested;
 pub mod runner;
+pub mod script;
 pub mod trace;
 pub mod vmx;

@@ -35,6 +35,16 @@ pub enum VmFail {
     Fault(u8),
 }
 
+impl crate::serial::Show for VmFail {
+    fn show(&self) {
+        match *self {
+            VmFail::Invalid => crate::print!("VMfailInvalid"),
+            VmFail::Valid(n) => crate::print!("VMfailValid(", n, ")"),
+            VmFail::Fault(v) => crate::print!("fault ", crate::idt::vector_name(u64::from(v))),
+        }
+    }
+}
+
 fn result(rflags: u64, faulted: u64) -> Result<(), VmFail> {
     if faulted != 0 {
         Err(VmFail::Fault(last_fault() as u8))

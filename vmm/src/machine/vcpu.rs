@@ -33,6 +33,8 @@ pub enum RawExit {
 
 pub struct Vcpu {
     fd: VcpuFd,
+    /// The vCPU's kvm_run mapping, stable for the life of `fd`.
+    run: *mut kvm_run,
 }
 
 impl Vcpu {
@@ -40,7 +42,8 @@ impl Vcpu {
         fd.set_sync_valid_reg(SyncReg::Register);
         fd.set_sync_valid_reg(SyncReg::SystemRegister);
         fd.set_sync_valid_reg(SyncReg::VcpuEvents);
-        Vcpu { fd }
+        let run = fd.get_kvm_run() as *mut kvm_run;
+        Vcpu { fd, run }
     }
 
     pub fn fd(&self) -> &VcpuFd {
@@ -57,6 +60,22 @@ impl Vcpu {
         s.sregs = sregs;
         s.events = events;
         Ok(())
+    }
+
+    /// Registers without `&mut` (the sync-regs area as of the last exit or change).
+    pub fn peek_regs(&self) -> &kvm_regs {
+        &self.regs_area().regs
+    }
+
+    pub fn peek_sregs(&self) -> &kvm_sregs {
+        &self.regs_area().sregs
+    }
+
+    fn regs_area(&self) -> &kvm_bindings::kvm_sync_regs {
+        // SAFETY: the kvm_run mapping lives as long as the VcpuFd; `s.regs` is the x86 sync-regs
+        // member, valid because sync regs are enabled for REGS|SREGS|EVENTS at creation. The
+        // pointer is only read while no `&mut` to the area exists (we hold `&self`).
+        unsafe { &(*self.run).s.regs }
     }
 
     pub fn regs(&mut self) -> &kvm_regs {
@@ -93,6 +112,23 @@ impl Vcpu {
         run.kvm_dirty_regs & u64::from(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS) != 0
     }
 
+    /// Reads MSRs with one KVM_GET_MSRS (not on the common exit path).
+    pub fn get_msrs(&self, indices: &[u32]) -> Result<Vec<u64>, Error> {
+        let entries: Vec<kvm_bindings::kvm_msr_entry> =
+            indices.iter().map(|&index| kvm_bindings::kvm_msr_entry { index, ..Default::default() }).collect();
+        let mut msrs = kvm_bindings::Msrs::from_entries(&entries).map_err(|e| Error::HostIo(format!("MSR list: {e:?}")))?;
+        self.fd.get_msrs(&mut msrs).map_err(host("KVM_GET_MSRS"))?;
+        Ok(msrs.as_slice().iter().map(|e| e.data).collect())
+    }
+
+    pub fn set_msrs(&self, values: &[(u32, u64)]) -> Result<(), Error> {
+        let entries: Vec<kvm_bindings::kvm_msr_entry> =
+            values.iter().map(|&(index, data)| kvm_bindings::kvm_msr_entry { index, data, ..Default::default() }).collect();
+        let msrs = kvm_bindings::Msrs::from_entries(&entries).map_err(|e| Error::HostIo(format!("MSR list: {e:?}")))?;
+        self.fd.set_msrs(&msrs).map_err(host("KVM_SET_MSRS"))?;
+        Ok(())
+    }
+
     /// Queues exception `vector` for delivery at the next entry (KVM_SET_VCPU_EVENTS semantics).
     pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         let ev = self.events_mut();
@@ -102,8 +138,8 @@ impl Vcpu {
         ev.exception.error_code = error_code.unwrap_or(0);
     }
 
-    pub fn kvm_run_ptr(&mut self) -> *mut kvm_run {
-        self.fd.get_kvm_run()
+    pub fn kvm_run_ptr(&self) -> *mut kvm_run {
+        self.run
     }
 
     pub fn set_immediate_exit(&mut self, on: bool) {

@@ -3,6 +3,7 @@
 //! (devices, the virtual VMX) or reflect it to L1.
 
 mod boot;
+mod nested;
 pub mod signals;
 
 use std::io::Write;
@@ -16,6 +17,8 @@ use crate::exit::{Action, Exit, ExitDetail, Handler, Level};
 use crate::machine::devices::{Devices, PortEffect};
 use crate::machine::{loader, GuestRam, RawExit, Vcpu, Vm};
 use crate::trace::{Stats, TraceWriter};
+use crate::nested::L2;
+use crate::vmx::cpu::VmxCpu;
 use crate::vmx::exits::{io_qualification, ExitReason};
 
 /// Everything `nestbed run` needs.
@@ -99,10 +102,16 @@ pub struct Runner {
     l1: Vcpu,
     devices: Devices,
     level: Level,
+    vmx: VmxCpu,
+    l2: Option<L2>,
     stats: Stats,
     trace: Option<TraceWriter>,
     seq: u64,
     start: Instant,
+    /// CPUID answers for the L2 vCPU, applied when it is created.
+    l2_cpuid: Vec<crate::machine::vm::CpuidOverride>,
+    /// What happened beside the exits (failed entry checks...), for the trace and scripts.
+    notes: Vec<String>,
 }
 
 impl Runner {
@@ -127,10 +136,14 @@ impl Runner {
             l1,
             devices: Devices::new(console),
             level: Level::L1,
+            vmx: VmxCpu::default(),
+            l2: None,
             stats: Stats::default(),
             trace,
             seq: 0,
             start: Instant::now(),
+            l2_cpuid: Vec::new(),
+            notes: Vec::new(),
         })
     }
 
@@ -154,7 +167,10 @@ impl Runner {
     }
 
     fn active(&mut self) -> &mut Vcpu {
-        &mut self.l1
+        match (self.level, self.l2.as_mut()) {
+            (Level::L2, Some(l2)) => &mut l2.vcpu,
+            _ => &mut self.l1,
+        }
     }
 
     fn run_loop(&mut self) -> Result<Outcome, Error> {
@@ -175,7 +191,7 @@ impl Runner {
             let level = self.level;
             let (flow, reason, handler) = match level {
                 Level::L1 => self.l1_exit(raw)?,
-                Level::L2 => unreachable!("no L2 yet"),
+                Level::L2 => self.l2_exit(raw)?,
             };
             self.stats.record(level, reason, handler, t0.elapsed());
             if let Flow::Stop(o) = flow {
@@ -193,7 +209,7 @@ impl Runner {
     /// Trace and script hook for one exit; returns the action to take.
     fn observe(&mut self, exit: &Exit, handler_hint: Handler) -> Action {
         if let Some(t) = self.trace.as_mut() {
-            t.record(exit, handler_hint, Vec::new(), self.start.elapsed().as_nanos() as u64);
+            t.record(exit, handler_hint, std::mem::take(&mut self.notes), self.start.elapsed().as_nanos() as u64);
         }
         Action::Default
     }
@@ -245,6 +261,29 @@ impl Runner {
                     ))),
                     other => self.apply_action(other)?,
                 };
+                Ok((flow, exit.reason, Handler::L0))
+            }
+            RawExit::EmulationFailure { bytes } => self.l1_vmx_instruction(&bytes),
+            RawExit::RdMsr { index } => self.l1_rdmsr(index),
+            RawExit::WrMsr { index, data } => self.l1_wrmsr(index, data),
+            RawExit::MmioRead { gpa, len } => {
+                let exit = self.next_exit(Level::L1, ExitReason::EPT_VIOLATION, 1, ExitDetail::Mmio { gpa, len, write: false, data: 0 });
+                let action = self.observe(&exit, Handler::L0);
+                let flow = match action {
+                    Action::Default => {
+                        tracing::debug!(gpa = format_args!("{gpa:#x}"), "L1 read outside RAM: all ones");
+                        self.l1.complete_read(u64::MAX);
+                        Flow::Continue
+                    }
+                    other => self.apply_action(other)?,
+                };
+                Ok((flow, exit.reason, Handler::L0))
+            }
+            RawExit::MmioWrite { gpa, len, data } => {
+                let exit = self.next_exit(Level::L1, ExitReason::EPT_VIOLATION, 2, ExitDetail::Mmio { gpa, len, write: true, data });
+                let action = self.observe(&exit, Handler::L0);
+                tracing::debug!(gpa = format_args!("{gpa:#x}"), "L1 write outside RAM ignored");
+                let flow = self.apply_action(action)?;
                 Ok((flow, exit.reason, Handler::L0))
             }
             other => Ok((

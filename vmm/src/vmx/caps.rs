@@ -228,7 +228,8 @@ pub struct VmxCaps {
 /// Default CR4_FIXED1: VME, PVI, TSD, DE, PSE, PAE, MCE, PGE, PCE, OSFXSR, OSXMMEXCPT
 /// (bits 0-10), UMIP (11), VMXE (13), FSGSBASE (16), PCIDE (17), OSXSAVE (18), SMEP (20),
 /// SMAP (21).
-pub const DEFAULT_CR4_FIXED1: u64 = 0x7ff | 1 << 11 | 1 << 13 | 1 << 16 | 1 << 17 | 1 << 18 | 1 << 20 | 1 << 21;
+pub const DEFAULT_CR4_FIXED1: u64 =
+    0x7ff | 1 << 11 | 1 << 13 | 1 << 16 | 1 << 17 | 1 << 18 | 1 << 20 | 1 << 21;
 
 impl Default for VmxCaps {
     fn default() -> Self {
@@ -255,8 +256,10 @@ impl Default for VmxCaps {
             | exit::LOAD_IA32_PAT
             | exit::SAVE_IA32_EFER
             | exit::LOAD_IA32_EFER;
-        let entry1 =
-            entry::DEFAULT1 | entry::IA32E_MODE_GUEST | entry::LOAD_IA32_PAT | entry::LOAD_IA32_EFER;
+        let entry1 = entry::DEFAULT1
+            | entry::IA32E_MODE_GUEST
+            | entry::LOAD_IA32_PAT
+            | entry::LOAD_IA32_EFER;
         let cap = |allowed0, allowed1| CtlCap { allowed0, allowed1 };
         VmxCaps {
             feature_control: FEATURE_CONTROL_LOCKED | FEATURE_CONTROL_VMXON_OUTSIDE_SMX,
@@ -419,7 +422,10 @@ mod tests {
         assert_eq!(c.cr4_fixed1, 0x0037_2fff);
         assert_eq!(c.cr4_fixed0 & c.cr4_fixed1, c.cr4_fixed0);
         assert_eq!(c.ept_vpid_cap, 0x0000_0f01_0613_4040);
-        assert_eq!(c.vmcs_enum, u64::from(super::super::fields::max_index()) << 1);
+        assert_eq!(
+            c.vmcs_enum,
+            u64::from(super::super::fields::max_index()) << 1
+        );
         assert!(!c.vmcs_shadowing());
     }
 

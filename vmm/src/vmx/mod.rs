@@ -1,7 +1,12 @@
 //! The virtual VMX as a pure model: no KVM types, testable without /dev/kvm.
 
 pub mod caps;
+pub mod checks;
+pub mod cpu;
 pub mod decode;
+pub mod ept;
 pub mod exits;
 pub mod fields;
+pub mod route;
+pub mod state;
 pub mod vmcs;

@@ -50,7 +50,11 @@ impl Vmcs {
     pub fn read(&self, enc: u32) -> Option<u64> {
         let (i, _) = fields::by_encoding(enc)?;
         let v = self.values[i];
-        Some(if fields::is_high_access(enc) { v >> 32 } else { v })
+        Some(if fields::is_high_access(enc) {
+            v >> 32
+        } else {
+            v
+        })
     }
 
     /// VMWRITE semantics without the read-only check: stores `v` truncated to the field's

@@ -1,0 +1,121 @@
+//! nestbed's demo: an L1 hypervisor launches an L2 that prints and computes. L2 writes every
+//! byte to the UART data port 0x3f8, which L1 intercepts through its I/O bitmap and relays to
+//! the real serial port; L2 hands its result to L1 on port 0x500 and halts.
+#![no_std]
+#![no_main]
+
+use hv::{ctl, reason, Caps, Config, Io, Page, Stack, Vcpu};
+use rt::io::outl;
+use rt::vmx::{self, VmFail};
+
+rt::entry!(main);
+
+static VMXON_REGION: Page = Page::new();
+static VMCS: Page = Page::new();
+static IO_A: Page = Page::new();
+static IO_B: Page = Page::new();
+static L2_STACK: Stack = Stack::new();
+
+const UART_DATA: u16 = 0x3f8;
+const RESULT_PORT: u16 = 0x500;
+const FIB_N: u32 = 30;
+
+fn fib(n: u32) -> u32 {
+    let (mut a, mut b) = (0u32, 1u32);
+    for _ in 0..n {
+        (a, b) = (b, a + b);
+    }
+    a
+}
+
+/// L2: the runtime's console code works unchanged; its status reads (port 0x3fd) are served
+/// by nestbed's UART, its data writes exit to L1.
+extern "C" fn l2_main() -> ! {
+    rt::println!("Hello from L2!");
+    rt::println!("I run in VMX non-root mode; each byte I print is an OUT that exits to L1.");
+    rt::print!("Fibonacci:");
+    for n in 0..=15 {
+        rt::print!(" ", fib(n));
+    }
+    rt::println!();
+    rt::println!("Handing fib(", FIB_N, ") to L1 on port 0x500, then HLT.");
+    outl(RESULT_PORT, fib(FIB_N));
+    loop {
+        rt::io::hlt();
+    }
+}
+
+fn main(_: &rt::BootInfo) -> u32 {
+    rt::println!("L1: nestbed nested VMX demo. I am an L1 hypervisor on nestbed's virtual VMX.");
+    match run() {
+        Ok(failures) => failures,
+        Err(e) => {
+            rt::println!("L1: a VMX instruction failed: ", e);
+            rt::EXIT_CHECK_FAILED
+        }
+    }
+}
+
+fn run() -> Result<u32, VmFail> {
+    let caps = Caps::read();
+    vmx::enable(VMXON_REGION.addr())?;
+    rt::println!("L1: VMXON done (VMCS revision ", rt::Hex(caps.revision().into()), ")");
+    hv::load_vmcs(&caps, &VMCS)?;
+    hv::intercept_port(&IO_A, &IO_B, UART_DATA);
+    hv::intercept_port(&IO_A, &IO_B, RESULT_PORT);
+    hv::setup_vmcs(&caps, &Config {
+        entry: l2_main,
+        stack_top: L2_STACK.top(),
+        proc: ctl::PROC_HLT_EXITING,
+        proc2: 0,
+        io_bitmaps: Some((&IO_A, &IO_B)),
+        msr_bitmap: None,
+    })?;
+    rt::println!("L1: VMCS ready; intercepting ports 0x3f8 and 0x500 and HLT. Launching L2:");
+
+    let mut vcpu = Vcpu::default();
+    let (mut exits, mut io_exits, mut hlts) = (0u32, 0u32, 0u32);
+    let mut result = None;
+    let mut line_start = true;
+    loop {
+        let exit = vcpu.run()?;
+        exits += 1;
+        match exit.basic() {
+            reason::IO_INSTRUCTION => {
+                io_exits += 1;
+                let io = Io::decode(exit.qualification);
+                if io.port == UART_DATA && !io.is_in {
+                    let b = vcpu.regs.rax as u8;
+                    if line_start && b != b'\r' && b != b'\n' {
+                        rt::print!("  L2 | ");
+                    }
+                    line_start = b == b'\n';
+                    rt::serial::write_byte(b);
+                } else if io.port == RESULT_PORT && !io.is_in && io.size == 4 {
+                    result = Some(vcpu.regs.rax as u32);
+                } else {
+                    rt::println!("L1: unexpected I/O exit, port ", rt::Hex(io.port.into()));
+                }
+            }
+            reason::HLT => {
+                hlts += 1;
+                break;
+            }
+            r => {
+                rt::println!("L1: unexpected exit reason ", r, ", stopping L2");
+                break;
+            }
+        }
+        exit.skip()?;
+    }
+    vmx::vmxoff()?;
+    rt::println!("L1: L2 halted; VMXOFF done.");
+    let want = fib(FIB_N);
+    let ok = result == Some(want) && hlts == 1;
+    match result {
+        Some(v) => rt::println!("L1: L2 reported fib(", FIB_N, ") = ", v, if v == want { " (L1 agrees)" } else { " (WRONG)" }),
+        None => rt::println!("L1: L2 reported no result"),
+    }
+    rt::println!("L1: handled ", exits, " exits from L2 (", io_exits, " I/O, ", hlts, " HLT)");
+    Ok(u32::from(!ok))
+}

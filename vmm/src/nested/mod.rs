@@ -1,0 +1,12 @@
+//! Drives the pure VMX model (`crate::vmx`) with KVM: L1's trapped VMX instructions come in
+//! through [`trap::decode_trap`], L2 runs in a second KVM VM ([`L2`]) whose memslots map
+//! L1-physical memory, and state moves between the VMCS and the vCPUs through sync regs
+//! ([`transfer`]).
+
+pub mod env;
+pub mod l2;
+pub mod msr_filter;
+pub mod transfer;
+pub mod trap;
+
+pub use l2::L2;

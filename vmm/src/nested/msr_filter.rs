@@ -1,0 +1,60 @@
+//! L2's RDMSR/WRMSR normally stay inside KVM. For L1's MSR bitmap to be honoured (SDM 26.1.3,
+//! 25.6.9), the L2 VM's MSR filter denies exactly the MSRs L1 intercepts, so those accesses
+//! reach userspace and can be reflected. The filter is rebuilt only when the bitmap changes.
+
+use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
+
+use crate::error::{host, Error};
+use crate::machine::{GuestRam, Vm};
+use crate::vmx::fields::{CPU_BASED_VM_EXEC_CONTROL, MSR_BITMAP};
+use crate::vmx::vmcs::Vmcs;
+
+const USE_MSR_BITMAPS: u64 = 1 << 28;
+
+#[derive(Default)]
+pub struct MsrFilterState {
+    /// The bitmap the filter was built from (None: "use MSR bitmaps" off, everything exits).
+    applied: Option<Option<Vec<u8>>>,
+}
+
+impl MsrFilterState {
+    /// Makes the L2 VM's filter match L1's current MSR-bitmap controls.
+    pub fn sync(&mut self, vm: &Vm, ram: &GuestRam, vmcs: &Vmcs) -> Result<(), Error> {
+        let want = if vmcs.get(CPU_BASED_VM_EXEC_CONTROL) & USE_MSR_BITMAPS != 0 {
+            let mut b = vec![0u8; 4096];
+            // A bitmap outside RAM reads as all ones: every access exits.
+            if ram.read(vmcs.get(MSR_BITMAP), &mut b).is_err() {
+                b.fill(0xff);
+            }
+            Some(b)
+        } else {
+            None
+        };
+        if self.applied.as_ref() == Some(&want) {
+            return Ok(());
+        }
+        match &want {
+            // KVM refuses a deny-all filter without ranges: give it one denied MSR.
+            None => vm.fd.set_msr_filter(
+                MsrFilterDefaultAction::DENY,
+                &[MsrFilterRange { flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE, base: 0, msr_count: 1, bitmap: &[0] }],
+            ),
+            Some(b) => {
+                // Filter bitmaps allow where the bit is 1; MSR bitmaps exit where it is 1.
+                let inv: Vec<Vec<u8>> = b.chunks(1024).map(|c| c.iter().map(|x| !x).collect()).collect();
+                let ranges = [
+                    (MsrFilterRangeFlags::READ, 0u32, &inv[0]),
+                    (MsrFilterRangeFlags::READ, 0xc000_0000, &inv[1]),
+                    (MsrFilterRangeFlags::WRITE, 0, &inv[2]),
+                    (MsrFilterRangeFlags::WRITE, 0xc000_0000, &inv[3]),
+                ]
+                .map(|(flags, base, bitmap)| MsrFilterRange { flags, base, msr_count: 0x2000, bitmap });
+                // MSRs outside both ranges always exit (SDM 26.1.3).
+                vm.fd.set_msr_filter(MsrFilterDefaultAction::DENY, &ranges)
+            }
+        }
+        .map_err(host("KVM_X86_SET_MSR_FILTER (L2)"))?;
+        self.applied = Some(want);
+        Ok(())
+    }
+}

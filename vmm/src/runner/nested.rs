@@ -1,0 +1,385 @@
+//! The nested half of the run loop: L1's VMX instructions (executed by the model), VM entry
+//! into the L2 VM, and L2 exits, each either reflected to L1 as a VM exit (SDM ch. 28) or
+//! handled by nestbed as the L0.
+
+use super::{Flow, Outcome, Runner};
+use crate::error::Error;
+use crate::exit::{Action, ExitDetail, Handler, Level};
+use crate::machine::devices::PortEffect;
+use crate::machine::paging;
+use crate::machine::RawExit;
+use crate::nested::env::{L1Env, RamView, PHYS_ADDR_WIDTH};
+use crate::nested::{transfer, trap, L2};
+use crate::vmx::checks::{check_vm_entry, CheckClass};
+use crate::vmx::cpu::{apply_rflags, Fault, Outcome as VmxOutcome};
+use crate::vmx::decode::{exit_qualification, instruction_info};
+use crate::vmx::exits::{io_qualification, ExitReason, VM_ENTRY_FAILURE};
+use crate::vmx::route::{l1_wants_hlt, l1_wants_io};
+use crate::vmx::state::{load_guest_state, load_host_state, record_exit, save_guest_state};
+
+const IA32_FEATURE_CONTROL: u32 = 0x3a;
+
+type Step = Result<(Flow, u32, Handler), Error>;
+
+/// Where an L2 exit left the instruction and whether KVM still has to complete it.
+struct Insn {
+    rip: u64,
+    len: u8,
+    /// KVM completes the instruction on the next KVM_RUN (IN, RDMSR, WRMSR).
+    pending: bool,
+}
+
+impl Runner {
+    fn inject_fault(&mut self, f: Fault) {
+        if let Fault::PageFault { address, .. } = f {
+            self.active().sregs_mut().cr2 = address;
+        }
+        self.active().inject_exception(f.vector(), f.error_code());
+    }
+
+    /// A VMX instruction L1 executed, trapped as an emulation failure.
+    pub(super) fn l1_vmx_instruction(&mut self, bytes: &[u8]) -> Step {
+        let rip = self.l1.regs().rip;
+        let insn = match trap::decode_trap(bytes, self.l1.peek_sregs(), rip) {
+            Ok(i) => i,
+            Err(e) => {
+                // Not a VMX instruction KVM could not emulate (e.g. MWAIT): #UD, as without
+                // the feature.
+                tracing::debug!(rip = format_args!("{rip:#x}"), "L1 emulation failure: {e}; injecting #UD");
+                self.l1.inject_exception(6, None);
+                return Ok((Flow::Continue, ExitReason::EXCEPTION_NMI as u32, Handler::L0));
+            }
+        };
+        let len = u64::from(insn.len);
+        let mut exit = self.next_exit(
+            Level::L1,
+            insn.op.exit_reason(),
+            exit_qualification(&insn),
+            ExitDetail::Vmx { mnemonic: insn.op.name().to_string(), operands: insn.to_string() },
+        );
+        exit.insn = bytes[..usize::from(insn.len).min(bytes.len())].to_vec();
+        let reason = exit.reason;
+        match self.observe(&exit, Handler::L0) {
+            Action::Default => {}
+            Action::Skip => {
+                self.l1.regs_mut().rip = rip.wrapping_add(len);
+                return Ok((Flow::Continue, reason, Handler::Script));
+            }
+            other => return Ok((self.apply_action(other)?, reason, Handler::Script)),
+        }
+        let outcome = self.vmx.execute(&insn, &mut L1Env { vcpu: &mut self.l1, ram: &self.l1_vm.ram });
+        tracing::debug!(rip = format_args!("{rip:#x}"), insn = %insn, ?outcome, "L1 VMX instruction");
+        match outcome {
+            VmxOutcome::Fault(f) => self.inject_fault(f),
+            VmxOutcome::Entry { .. } => return self.vm_entry(rip, len).map(|f| (f, reason, Handler::L0)),
+            o => {
+                let r = self.l1.regs_mut();
+                r.rflags = apply_rflags(r.rflags, &o);
+                r.rip = rip.wrapping_add(len);
+            }
+        }
+        Ok((Flow::Continue, reason, Handler::L0))
+    }
+
+    /// VMLAUNCH/VMRESUME passed the instruction checks: VM-entry checks (SDM 27.2, 27.3),
+    /// then load the guest state into the L2 vCPU (27.3.2) and switch to it.
+    fn vm_entry(&mut self, rip: u64, len: u64) -> Result<Flow, Error> {
+        let Some(vmcs) = self.vmx.current_vmcs() else {
+            return Ok(Flow::Continue);
+        };
+        if let Err(v) = check_vm_entry(vmcs, &self.vmx.caps, PHYS_ADDR_WIDTH) {
+            tracing::info!(rule = v.rule, sdm = v.sdm, "VM-entry check failed: {v}");
+            self.notes.push(format!("VM-entry check failed: {} (SDM {})", v.rule, v.sdm));
+            if let Some(o) = self.vmx.entry_check_failed(&v) {
+                let r = self.l1.regs_mut();
+                r.rflags = apply_rflags(r.rflags, &o);
+                r.rip = rip.wrapping_add(len);
+                return Ok(Flow::Continue);
+            }
+            // Guest-state failure: a VM exit with the entry-failure bit (SDM 27.8); L1
+            // continues at HOST_RIP without L2 having run.
+            let qualification = match v.class {
+                CheckClass::GuestState { qualification } => qualification,
+                _ => 0,
+            };
+            let reason = ExitReason::ENTRY_FAIL_GUEST_STATE as u32 | VM_ENTRY_FAILURE;
+            let vmcs = self.vmx.current_vmcs_mut().expect("checked above");
+            record_exit(vmcs, reason, qualification, 0, 0);
+            self.load_host_state();
+            return Ok(Flow::Continue);
+        }
+        if self.l2.is_none() {
+            self.l2 = Some(L2::new(&self.kvm, &self.l1_vm.ram, &self.l2_cpuid)?);
+        }
+        let (Some(l2), Some(vmcs)) = (self.l2.as_mut(), self.vmx.current_vmcs()) else {
+            return Ok(Flow::Continue);
+        };
+        l2.msr_filter.sync(&l2.vm, &self.l1_vm.ram, vmcs)?;
+        let st = load_guest_state(vmcs);
+        transfer::copy_gprs(&self.l1, &mut l2.vcpu);
+        transfer::load(&mut l2.vcpu, &st);
+        transfer::load_msrs(&l2.vcpu, &st)?;
+        self.vmx.mark_launched();
+        self.level = Level::L2;
+        Ok(Flow::Continue)
+    }
+
+    /// Loads the host-state area into L1 (SDM 28.5) after a VM exit was recorded.
+    fn load_host_state(&mut self) {
+        let efer = self.l1.peek_sregs().efer;
+        if let Some(vmcs) = self.vmx.current_vmcs() {
+            let host = load_host_state(vmcs, efer);
+            transfer::load(&mut self.l1, &host);
+        }
+        self.level = Level::L1;
+    }
+
+    /// A VM exit from L2 to L1 (SDM 28): save L2's state into the VMCS, record the exit
+    /// information, hand L2's general registers to L1 and load the host state.
+    fn reflect(&mut self, reason: ExitReason, qualification: u64, insn: &Insn, info: u32) -> Result<(), Error> {
+        let (Some(l2), Some(vmcs)) = (self.l2.as_mut(), self.vmx.current_vmcs_mut()) else {
+            return Ok(());
+        };
+        let mut st = load_guest_state(vmcs);
+        transfer::save(&l2.vcpu, &mut st);
+        transfer::save_msrs(&l2.vcpu, &mut st)?;
+        st.rip = insn.rip;
+        save_guest_state(vmcs, &st);
+        record_exit(vmcs, reason as u32, qualification, u32::from(insn.len), info);
+        transfer::copy_gprs(&l2.vcpu, &mut self.l1);
+        if insn.pending {
+            // Let KVM finish the instruction it is holding, without running L2: the state it
+            // leaves behind is replaced at the next VM entry.
+            l2.vcpu.set_immediate_exit(true);
+            let _ = l2.vcpu.run();
+            l2.vcpu.set_immediate_exit(false);
+        }
+        self.load_host_state();
+        Ok(())
+    }
+
+    fn l2_bytes(&mut self, rip: u64, buf: &mut [u8]) -> bool {
+        let Some(l2) = self.l2.as_mut() else { return false };
+        let m = l2.vcpu.paging();
+        paging::read_virt(&self.l1_vm.ram, m, rip, buf).is_ok()
+    }
+
+    /// Finds the I/O instruction of an exit: KVM may report RIP at it (IN) or past it (OUT,
+    /// already completed), depending on the host.
+    fn io_insn(&mut self, rip: u64, input: bool, port: u16, size: u8) -> (Insn, bool) {
+        let matches = |b: &[u8]| -> Option<(u8, bool)> {
+            let (prefix, rest) = if b[0] == 0x66 { (1u8, &b[1..]) } else { (0, b) };
+            let (op, imm) = (rest[0], rest[1]);
+            let want_size_bit = size != 1;
+            match op {
+                0xe4..=0xe7 => {
+                    let is_in = op & 2 == 0;
+                    (is_in == input && (op & 1 == 1) == want_size_bit && u16::from(imm) == port).then_some((prefix + 2, true))
+                }
+                0xec..=0xef => {
+                    let is_in = op & 2 == 0;
+                    (is_in == input && (op & 1 == 1) == want_size_bit).then_some((prefix + 1, false))
+                }
+                _ => None,
+            }
+        };
+        let mut at = [0u8; 3];
+        if self.l2_bytes(rip, &mut at) {
+            if let Some((len, imm)) = matches(&at) {
+                return (Insn { rip, len, pending: true }, imm);
+            }
+        }
+        for back in [1u64, 2, 3] {
+            let mut b = [0u8; 3];
+            if self.l2_bytes(rip.wrapping_sub(back), &mut b) {
+                if let Some((len, imm)) = matches(&b) {
+                    if u64::from(len) == back {
+                        return (Insn { rip: rip - back, len, pending: false }, imm);
+                    }
+                }
+            }
+        }
+        (Insn { rip, len: 1, pending: input }, false)
+    }
+
+    pub(super) fn l2_exit(&mut self, raw: RawExit) -> Step {
+        let rip = self.active().regs().rip;
+        match raw {
+            RawExit::IoOut { .. } | RawExit::IoIn { .. } => {
+                let (port, size, write, data) = match raw {
+                    RawExit::IoOut { port, size, data } => (port, size, true, data),
+                    RawExit::IoIn { port, size } => (port, size, false, 0),
+                    _ => unreachable!("matched above"),
+                };
+                let (insn, imm) = self.io_insn(rip, !write, port, size);
+                let q = io_qualification(port, size, !write, false, false, imm);
+                let mut exit = self.next_exit(Level::L2, ExitReason::IO_INSTRUCTION, q, ExitDetail::Io { port, size, write, data });
+                exit.rip = insn.rip;
+                let wants = match self.vmx.current_vmcs() {
+                    Some(v) => l1_wants_io(v, &RamView(&self.l1_vm.ram), port, size),
+                    None => false,
+                };
+                let action = self.observe(&exit, if wants { Handler::L1 } else { Handler::L0 });
+                self.l2_route(exit.reason, action, wants, |me| {
+                    me.reflect(ExitReason::IO_INSTRUCTION, q, &insn, 0)?;
+                    Ok(Flow::Continue)
+                }, move |me| {
+                    Ok(if write {
+                        match me.devices.write(port, size, data) {
+                            PortEffect::Exit(c) => Flow::Stop(Outcome::GuestExit(c)),
+                            PortEffect::None => Flow::Continue,
+                        }
+                    } else {
+                        let v = me.devices.read(port, size);
+                        me.active().complete_read(v);
+                        Flow::Continue
+                    })
+                })
+            }
+            RawExit::Hlt => {
+                let mut b = [0u8; 1];
+                let at_rip = self.l2_bytes(rip.wrapping_sub(1), &mut b) && b[0] == 0xf4;
+                let insn = Insn { rip: if at_rip { rip - 1 } else { rip }, len: 1, pending: false };
+                let mut exit = self.next_exit(Level::L2, ExitReason::HLT, 0, ExitDetail::None);
+                exit.rip = insn.rip;
+                let wants = self.vmx.current_vmcs().is_some_and(l1_wants_hlt);
+                let action = self.observe(&exit, if wants { Handler::L1 } else { Handler::L0 });
+                self.l2_route(exit.reason, action, wants, |me| {
+                    me.reflect(ExitReason::HLT, 0, &insn, 0)?;
+                    Ok(Flow::Continue)
+                }, |_| {
+                    Ok(Flow::Stop(Outcome::Unsupported(format!(
+                        "L2 executed HLT at RIP {:#x} without HLT exiting; nestbed has no interrupt sources, so it would never wake",
+                        insn.rip
+                    ))))
+                })
+            }
+            RawExit::Shutdown => {
+                let exit = self.next_exit(Level::L2, ExitReason::TRIPLE_FAULT, 0, ExitDetail::None);
+                let action = self.observe(&exit, Handler::L1);
+                let insn = Insn { rip, len: 0, pending: false };
+                self.l2_route(exit.reason, action, true, |me| {
+                    me.reflect(ExitReason::TRIPLE_FAULT, 0, &insn, 0)?;
+                    Ok(Flow::Continue)
+                }, |me| {
+                    let registers = super::dump_registers(me.active());
+                    Ok(Flow::Stop(Outcome::TripleFault { level: Level::L2, registers }))
+                })
+            }
+            RawExit::EmulationFailure { bytes } => {
+                let insn = match self.l2.as_ref().map(|l2| trap::decode_trap(&bytes, l2.vcpu.peek_sregs(), rip)) {
+                    Some(Ok(i)) => i,
+                    _ => {
+                        self.active().inject_exception(6, None);
+                        return Ok((Flow::Continue, ExitReason::EXCEPTION_NMI as u32, Handler::L0));
+                    }
+                };
+                // Every VMX instruction in VMX non-root operation exits to L1 (SDM 26.1.2).
+                let reason = insn.op.exit_reason();
+                let q = exit_qualification(&insn);
+                let info = instruction_info(&insn);
+                let mut exit = self.next_exit(Level::L2, reason, q, ExitDetail::Vmx { mnemonic: insn.op.name().to_string(), operands: insn.to_string() });
+                exit.insn = bytes[..usize::from(insn.len).min(bytes.len())].to_vec();
+                let action = self.observe(&exit, Handler::L1);
+                let at = Insn { rip, len: insn.len, pending: false };
+                self.l2_route(exit.reason, action, true, |me| {
+                    me.reflect(reason, q, &at, info)?;
+                    Ok(Flow::Continue)
+                }, |me| {
+                    me.active().inject_exception(6, None);
+                    Ok(Flow::Continue)
+                })
+            }
+            RawExit::RdMsr { .. } | RawExit::WrMsr { .. } => {
+                let (index, write, value) = match raw {
+                    RawExit::WrMsr { index, data } => (index, true, data),
+                    RawExit::RdMsr { index } => (index, false, 0),
+                    _ => unreachable!("matched above"),
+                };
+                let reason = if write { ExitReason::WRMSR } else { ExitReason::RDMSR };
+                let exit = self.next_exit(Level::L2, reason, 0, ExitDetail::Msr { index, write, value });
+                // Only MSRs L1 intercepts reach here (the L2 VM's MSR filter mirrors L1's bitmap).
+                let action = self.observe(&exit, Handler::L1);
+                let insn = Insn { rip, len: 2, pending: true };
+                self.l2_route(exit.reason, action, true, |me| {
+                    me.reflect(reason, 0, &insn, 0)?;
+                    Ok(Flow::Continue)
+                }, |me| {
+                    if !write {
+                        me.active().complete_read(0);
+                    }
+                    Ok(Flow::Continue)
+                })
+            }
+            RawExit::MmioRead { gpa, len } => {
+                let exit = self.next_exit(Level::L2, ExitReason::EPT_VIOLATION, 1, ExitDetail::Mmio { gpa, len, write: false, data: 0 });
+                let action = self.observe(&exit, Handler::L0);
+                let flow = match action {
+                    Action::Default => {
+                        self.active().complete_read(u64::MAX);
+                        Flow::Continue
+                    }
+                    other => self.apply_action(other)?,
+                };
+                Ok((flow, exit.reason, Handler::L0))
+            }
+            RawExit::MmioWrite { gpa, len, data } => {
+                let exit = self.next_exit(Level::L2, ExitReason::EPT_VIOLATION, 2, ExitDetail::Mmio { gpa, len, write: true, data });
+                let action = self.observe(&exit, Handler::L0);
+                Ok((self.apply_action(action)?, exit.reason, Handler::L0))
+            }
+            other => Ok((Flow::Stop(Outcome::Unsupported(format!("unexpected L2 exit {other:?} at RIP {rip:#x}"))), 0, Handler::L0)),
+        }
+    }
+
+    /// Applies the reflect-or-keep decision for an L2 exit, with a script's action on top.
+    fn l2_route(
+        &mut self,
+        reason: u32,
+        action: Action,
+        l1_wants: bool,
+        to_l1: impl FnOnce(&mut Self) -> Result<Flow, Error>,
+        in_l0: impl FnOnce(&mut Self) -> Result<Flow, Error>,
+    ) -> Step {
+        let (flow, handler) = match action {
+            Action::Default if l1_wants => (to_l1(self)?, Handler::L1),
+            Action::Default => (in_l0(self)?, Handler::L0),
+            Action::Reflect => (to_l1(self)?, Handler::L1),
+            Action::KeepInL0 => (in_l0(self)?, Handler::L0),
+            other => (self.apply_action(other)?, Handler::Script),
+        };
+        Ok((flow, reason, handler))
+    }
+
+    pub(super) fn l1_rdmsr(&mut self, index: u32) -> Step {
+        let exit = self.next_exit(Level::L1, ExitReason::RDMSR, 0, ExitDetail::Msr { index, write: false, value: 0 });
+        let action = self.observe(&exit, Handler::L0);
+        if action != Action::Default {
+            return Ok((self.apply_action(action)?, exit.reason, Handler::Script));
+        }
+        match self.vmx.caps.msr(index) {
+            Some(v) => self.l1.complete_read(v),
+            None => {
+                tracing::debug!(msr = format_args!("{index:#x}"), "L1 RDMSR of an unknown MSR: #GP");
+                self.l1.fail_msr();
+            }
+        }
+        Ok((Flow::Continue, exit.reason, Handler::L0))
+    }
+
+    pub(super) fn l1_wrmsr(&mut self, index: u32, value: u64) -> Step {
+        let exit = self.next_exit(Level::L1, ExitReason::WRMSR, 0, ExitDetail::Msr { index, write: true, value });
+        let action = self.observe(&exit, Handler::L0);
+        if action != Action::Default {
+            return Ok((self.apply_action(action)?, exit.reason, Handler::Script));
+        }
+        // IA32_FEATURE_CONTROL is locked and the capability MSRs are read-only: #GP (SDM
+        // 24.7, Appendix A). Writing back the same locked value is tolerated.
+        let same = index == IA32_FEATURE_CONTROL && self.vmx.caps.msr(index) == Some(value);
+        if !same {
+            tracing::debug!(msr = format_args!("{index:#x}"), "L1 WRMSR refused: #GP");
+            self.l1.fail_msr();
+        }
+        Ok((Flow::Continue, exit.reason, Handler::L0))
+    }
+}

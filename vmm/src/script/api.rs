@@ -1,0 +1,355 @@
+//! Everything a script can call: the engine's limits and sandbox, the `Exit` type's properties
+//! and methods, and the global functions. SCRIPTING.md documents each name registered here (a
+//! test keeps the two in step).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, ImmutableString};
+
+use super::context::{action_name, unsigned, ApiError, ExitRef, GPR_NAMES};
+use super::rng::{SplitMix64, DEFAULT_SEED};
+use super::ScriptOptions;
+use crate::exit::{Action, ExitDetail, Level};
+use crate::machine::vm::CpuidOverride;
+
+type Res<T> = Result<T, Box<EvalAltResult>>;
+
+/// Per-script state behind the global functions.
+pub struct ScriptState {
+    /// File name, prefixed to `print`/`debug` output.
+    pub name: String,
+    pub rng: SplitMix64,
+    /// True only while `on_start` runs (`cpuid_set` is refused otherwise).
+    pub in_on_start: bool,
+    pub cpuid: Vec<(Level, CpuidOverride)>,
+}
+
+impl ScriptState {
+    pub fn new(name: String) -> Self {
+        ScriptState {
+            name,
+            rng: SplitMix64::new(DEFAULT_SEED),
+            in_on_start: false,
+            cpuid: Vec::new(),
+        }
+    }
+}
+
+fn err(e: ApiError) -> Box<EvalAltResult> {
+    e.to_string().into()
+}
+
+/// A sandboxed engine with the nestbed API, for one script.
+pub fn build_engine(state: &Rc<RefCell<ScriptState>>, opts: &ScriptOptions) -> Engine {
+    let mut engine = Engine::new();
+    engine
+        .set_max_operations(opts.max_operations)
+        .set_max_call_levels(64)
+        .set_max_expr_depths(64, 32)
+        .set_max_string_size(1 << 20)
+        .set_max_array_size(1 << 20)
+        .set_max_map_size(1 << 20)
+        .set_max_variables(4096)
+        .disable_symbol("eval");
+
+    let name = state.borrow().name.clone();
+    let n = name.clone();
+    engine.on_print(move |s| eprintln!("{n}: {s}"));
+    engine.on_debug(move |s, _, pos| match pos.line() {
+        Some(line) => eprintln!("{name}:{line}: {s}"),
+        None => eprintln!("{name}: {s}"),
+    });
+
+    register_exit(&mut engine);
+    register_globals(&mut engine, state);
+    engine
+}
+
+fn register_exit(engine: &mut Engine) {
+    engine.register_type_with_name::<ExitRef>("Exit");
+    let to_string = |e: &mut ExitRef| -> Res<String> {
+        e.get(|c| {
+            format!(
+                "#{} {} {} rip={:#x}",
+                c.exit.seq,
+                c.exit.level.as_str(),
+                c.exit.reason_name(),
+                c.rip
+            )
+        })
+        .map_err(err)
+    };
+    engine
+        .register_fn("to_string", to_string)
+        .register_fn("to_debug", to_string);
+
+    // The exit itself.
+    engine
+        .register_get("level", |e: &mut ExitRef| {
+            e.get(|c| c.exit.level.as_str().to_string()).map_err(err)
+        })
+        .register_get("reason", |e: &mut ExitRef| {
+            e.get(|c| c.exit.reason_name()).map_err(err)
+        })
+        .register_get("reason_nr", |e: &mut ExitRef| {
+            e.get(|c| i64::from(c.exit.reason)).map_err(err)
+        })
+        .register_get("qualification", |e: &mut ExitRef| {
+            e.get(|c| c.exit.qualification as i64).map_err(err)
+        })
+        .register_get("seq", |e: &mut ExitRef| {
+            e.get(|c| c.exit.seq as i64).map_err(err)
+        })
+        .register_get("insn", |e: &mut ExitRef| {
+            e.get(|c| Blob::from(c.exit.insn.clone())).map_err(err)
+        })
+        .register_get("insn_len", |e: &mut ExitRef| {
+            e.get(|c| c.exit.insn.len() as i64).map_err(err)
+        })
+        .register_get("action", |e: &mut ExitRef| {
+            e.get(|c| action_name(&c.action).to_string()).map_err(err)
+        });
+
+    // Registers.
+    for (i, reg) in GPR_NAMES.iter().enumerate() {
+        engine.register_get_set(
+            reg,
+            move |e: &mut ExitRef| e.get(|c| c.gprs[i] as i64).map_err(err),
+            move |e: &mut ExitRef, v: i64| e.set_gpr(i, v as u64).map_err(err),
+        );
+    }
+    engine
+        .register_get_set(
+            "rip",
+            |e: &mut ExitRef| e.get(|c| c.rip as i64).map_err(err),
+            |e: &mut ExitRef, v: i64| e.set_rip(v as u64).map_err(err),
+        )
+        .register_get_set(
+            "rflags",
+            |e: &mut ExitRef| e.get(|c| c.rflags as i64).map_err(err),
+            |e: &mut ExitRef, v: i64| e.set_rflags(v as u64).map_err(err),
+        )
+        .register_get("cr0", |e: &mut ExitRef| {
+            e.get(|c| c.cr0 as i64).map_err(err)
+        })
+        .register_get("cr2", |e: &mut ExitRef| {
+            e.get(|c| c.cr2 as i64).map_err(err)
+        })
+        .register_get("cr3", |e: &mut ExitRef| {
+            e.get(|c| c.cr3 as i64).map_err(err)
+        })
+        .register_get("cr4", |e: &mut ExitRef| {
+            e.get(|c| c.cr4 as i64).map_err(err)
+        })
+        .register_get("efer", |e: &mut ExitRef| {
+            e.get(|c| c.efer as i64).map_err(err)
+        });
+
+    // Per-reason details: () when the exit has no such detail.
+    fn opt<T: Into<Dynamic>>(r: Result<Option<T>, ApiError>) -> Res<Dynamic> {
+        r.map(|v| v.map_or(Dynamic::UNIT, Into::into)).map_err(err)
+    }
+    engine
+        .register_get("port", |e: &mut ExitRef| {
+            opt(e.exit_detail(|d| match d {
+                ExitDetail::Io { port, .. } => Some(i64::from(*port)),
+                _ => None,
+            }))
+        })
+        .register_get("size", |e: &mut ExitRef| {
+            opt(e.exit_detail(|d| match d {
+                ExitDetail::Io { size, .. } => Some(i64::from(*size)),
+                ExitDetail::Mmio { len, .. } => Some(i64::from(*len)),
+                _ => None,
+            }))
+        })
+        .register_get("is_write", |e: &mut ExitRef| {
+            opt(e.exit_detail(|d| match d {
+                ExitDetail::Io { write, .. }
+                | ExitDetail::Msr { write, .. }
+                | ExitDetail::Mmio { write, .. } => Some(*write),
+                _ => None,
+            }))
+        })
+        .register_get("is_in", |e: &mut ExitRef| {
+            opt(e.exit_detail(|d| match d {
+                ExitDetail::Io { write, .. } => Some(!*write),
+                _ => None,
+            }))
+        })
+        .register_get("data", |e: &mut ExitRef| {
+            opt(e.exit_detail(|d| match d {
+                ExitDetail::Io { data, .. } | ExitDetail::Mmio { data, .. } => Some(*data as i64),
+                _ => None,
+            }))
+        })
+        .register_get("msr", |e: &mut ExitRef| {
+            opt(e.exit_detail(|d| match d {
+                ExitDetail::Msr { index, .. } => Some(i64::from(*index)),
+                _ => None,
+            }))
+        })
+        .register_get("value", |e: &mut ExitRef| {
+            opt(e.exit_detail(|d| match d {
+                ExitDetail::Msr { value, .. } => Some(*value as i64),
+                _ => None,
+            }))
+        })
+        .register_get("gpa", |e: &mut ExitRef| {
+            opt(e.exit_detail(|d| match d {
+                ExitDetail::Mmio { gpa, .. } => Some(*gpa as i64),
+                _ => None,
+            }))
+        })
+        .register_get("mnemonic", |e: &mut ExitRef| {
+            opt(e.exit_detail(|d| match d {
+                ExitDetail::Vmx { mnemonic, .. } => Some(mnemonic.clone()),
+                _ => None,
+            }))
+        })
+        .register_get("operands", |e: &mut ExitRef| {
+            opt(e.exit_detail(|d| match d {
+                ExitDetail::Vmx { operands, .. } => Some(operands.clone()),
+                _ => None,
+            }))
+        });
+
+    // Memory.
+    engine
+        .register_fn("read_phys", |e: &mut ExitRef, a: i64, n: i64| {
+            e.read_phys(a, n).map(Blob::from).map_err(err)
+        })
+        .register_fn("write_phys", |e: &mut ExitRef, a: i64, b: Blob| {
+            e.write_phys(a, &b).map_err(err)
+        })
+        .register_fn("write_phys", |e: &mut ExitRef, a: i64, b: Array| {
+            e.write_phys(a, &bytes(&b)?).map_err(err)
+        })
+        .register_fn("read_u64", |e: &mut ExitRef, a: i64| {
+            e.read_u64(a).map_err(err)
+        })
+        .register_fn("write_u64", |e: &mut ExitRef, a: i64, v: i64| {
+            e.write_u64(a, v).map_err(err)
+        })
+        .register_fn("read_virt", |e: &mut ExitRef, a: i64, n: i64| {
+            e.read_virt(a, n).map(Blob::from).map_err(err)
+        })
+        .register_fn("write_virt", |e: &mut ExitRef, a: i64, b: Blob| {
+            e.write_virt(a, &b).map_err(err)
+        })
+        .register_fn("write_virt", |e: &mut ExitRef, a: i64, b: Array| {
+            e.write_virt(a, &bytes(&b)?).map_err(err)
+        });
+
+    // VMCS, by name or by encoding.
+    engine
+        .register_fn("vmcs_read", |e: &mut ExitRef, f: ImmutableString| {
+            e.vmcs_read(&f).map_err(err)
+        })
+        .register_fn("vmcs_read", |e: &mut ExitRef, f: i64| {
+            e.vmcs_read_enc(enc(f)?).map_err(err)
+        })
+        .register_fn(
+            "vmcs_write",
+            |e: &mut ExitRef, f: ImmutableString, v: i64| e.vmcs_write(&f, v).map_err(err),
+        )
+        .register_fn("vmcs_write", |e: &mut ExitRef, f: i64, v: i64| {
+            e.vmcs_write_enc(enc(f)?, v).map_err(err)
+        });
+
+    // Decisions.
+    engine
+        .register_fn("skip", |e: &mut ExitRef| {
+            e.decide(Action::Skip).map_err(err)
+        })
+        .register_fn("set_result", |e: &mut ExitRef, v: i64| {
+            e.decide(Action::Value(v as u64)).map_err(err)
+        })
+        .register_fn("inject", |e: &mut ExitRef, v: i64| {
+            let vector = unsigned("vector", v, 8).map_err(err)? as u8;
+            e.decide(Action::Inject {
+                vector,
+                error_code: None,
+            })
+            .map_err(err)
+        })
+        .register_fn("inject", |e: &mut ExitRef, v: i64, code: i64| {
+            let vector = unsigned("vector", v, 8).map_err(err)? as u8;
+            let error_code = Some(unsigned("error code", code, 32).map_err(err)? as u32);
+            e.decide(Action::Inject { vector, error_code }).map_err(err)
+        })
+        .register_fn("reflect", |e: &mut ExitRef| {
+            e.decide(Action::Reflect).map_err(err)
+        })
+        .register_fn("keep_in_l0", |e: &mut ExitRef| {
+            e.decide(Action::KeepInL0).map_err(err)
+        })
+        .register_fn("stop", |e: &mut ExitRef, why: ImmutableString| {
+            e.decide(Action::Stop(why.to_string())).map_err(err)
+        });
+}
+
+fn bytes(a: &Array) -> Res<Vec<u8>> {
+    a.iter()
+        .map(|v| match v.as_int() {
+            Ok(b) => unsigned("byte", b, 8).map(|b| b as u8).map_err(err),
+            Err(t) => Err(format!("byte arrays hold integers, not {t}").into()),
+        })
+        .collect()
+}
+
+fn enc(f: i64) -> Res<u32> {
+    unsigned("VMCS encoding", f, 32)
+        .map(|v| v as u32)
+        .map_err(err)
+}
+
+fn register_globals(engine: &mut Engine, state: &Rc<RefCell<ScriptState>>) {
+    let s = state.clone();
+    engine.register_fn("rand", move |seed: i64| {
+        s.borrow_mut().rng = SplitMix64::new(seed as u64)
+    });
+    let s = state.clone();
+    engine.register_fn("rand", move || s.borrow_mut().rng.next_u64() as i64);
+    let s = state.clone();
+    engine.register_fn("rand_int", move |lo: i64, hi: i64| -> Res<i64> {
+        s.borrow_mut()
+            .rng
+            .in_range(lo, hi)
+            .ok_or_else(|| format!("rand_int({lo}, {hi}): lo > hi").into())
+    });
+    let s = state.clone();
+    engine.register_fn(
+        "cpuid_set",
+        move |level: ImmutableString, leaf: i64, sub: i64, eax: i64, ebx: i64, ecx: i64, edx: i64| -> Res<()> {
+            let level = match level.as_str() {
+                "L1" | "l1" => Level::L1,
+                "L2" | "l2" => Level::L2,
+                other => return Err(format!("cpuid_set: level must be \"L1\" or \"L2\", not {other:?}").into()),
+            };
+            let r = |what, v| unsigned(what, v, 32).map(|v| v as u32).map_err(err);
+            let ov = CpuidOverride {
+                leaf: r("leaf", leaf)?,
+                subleaf: r("subleaf", sub)?,
+                regs: [r("eax", eax)?, r("ebx", ebx)?, r("ecx", ecx)?, r("edx", edx)?],
+            };
+            let mut st = s.borrow_mut();
+            if !st.in_on_start {
+                return Err("cpuid_set is only possible in on_start (KVM fixes CPUID before the guest runs)".into());
+            }
+            st.cpuid.push((level, ov));
+            Ok(())
+        },
+    );
+    engine.register_fn("hex", |v: i64| format!("{:#x}", v as u64));
+    engine.register_fn("le32", |s: ImmutableString| -> Res<i64> {
+        let b = s.as_bytes();
+        if b.len() > 4 {
+            return Err(format!("le32: {s:?} is longer than 4 bytes").into());
+        }
+        let mut w = [0u8; 4];
+        w[..b.len()].copy_from_slice(b);
+        Ok(i64::from(u32::from_le_bytes(w)))
+    });
+}

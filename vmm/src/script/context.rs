@@ -1,0 +1,352 @@
+//! The state of one exit as scripts see it (`ExitContext`), and the handle scripts hold on it
+//! (`ExitRef`, the Rhai type `Exit`), with every read, change and decision as a checked
+//! operation that returns an error value instead of panicking.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::exit::{Action, Exit, ExitDetail, Level};
+use crate::machine::memory::{GuestRam, MemFault};
+use crate::machine::paging::{self, PagingMode, WalkError};
+use crate::vmx::fields;
+use crate::vmx::vmcs::Vmcs;
+
+/// Register names in SDM order (the order of `ExitContext::gprs`).
+pub const GPR_NAMES: [&str; 16] = [
+    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15",
+];
+
+/// Largest block `read_phys`/`read_virt` return in one call.
+pub const MAX_READ: i64 = 1 << 20;
+
+/// What the run loop fills for each exit and reads back after `on_exit`.
+#[derive(Clone)]
+pub struct ExitContext {
+    /// The exit as nestbed normalized it.
+    pub exit: Exit,
+    /// RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8..R15.
+    pub gprs: [u64; 16],
+    pub rip: u64,
+    pub rflags: u64,
+    /// Control registers and EFER: read-only to scripts.
+    pub cr0: u64,
+    pub cr2: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+    /// Set when a script changed `gprs`, `rip` or `rflags`.
+    pub regs_dirty: bool,
+    /// Memory of the exiting guest (for L2: L1-physical in this round) and its paging mode.
+    pub ram: GuestRam,
+    pub paging: PagingMode,
+    /// Copy of L1's current VMCS, `None` when there is none.
+    pub vmcs: Option<Vmcs>,
+    /// Set when a script wrote `vmcs`.
+    pub vmcs_dirty: bool,
+    /// Every VMCS write in order as (encoding, stored value), so the run loop can replay them
+    /// after it fills the exit-information fields of a reflected exit.
+    pub vmcs_writes: Vec<(u32, u64)>,
+    /// The scripts' decision; `Default` unless one decided.
+    pub action: Action,
+    /// Readable record of every change ("rax=0x5", "action=skip"), for the trace.
+    pub changes: Vec<String>,
+}
+
+impl ExitContext {
+    /// A context with zeroed registers, no VMCS and paging off; the run loop fills the rest.
+    pub fn new(exit: Exit, ram: GuestRam) -> Self {
+        ExitContext {
+            exit,
+            gprs: [0; 16],
+            rip: 0,
+            rflags: 0,
+            cr0: 0,
+            cr2: 0,
+            cr3: 0,
+            cr4: 0,
+            efer: 0,
+            regs_dirty: false,
+            ram,
+            paging: PagingMode::default(),
+            vmcs: None,
+            vmcs_dirty: false,
+            vmcs_writes: Vec::new(),
+            action: Action::Default,
+            changes: Vec::new(),
+        }
+    }
+
+    /// A cheap stand-in left in the caller's place while scripts hold the real context.
+    pub(crate) fn placeholder(&self) -> Self {
+        let exit = Exit {
+            seq: self.exit.seq,
+            level: self.exit.level,
+            reason: self.exit.reason,
+            qualification: 0,
+            rip: 0,
+            insn: Vec::new(),
+            detail: ExitDetail::None,
+        };
+        ExitContext::new(exit, self.ram.clone())
+    }
+}
+
+/// Why a script operation on an exit failed; shown to the script author as the error text.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the exit object is only valid during the on_exit call that received it")]
+    Expired,
+    #[error("the exit object is in use")]
+    Busy,
+    #[error("no current VMCS (L1 has not made one current with VMPTRLD)")]
+    NoVmcs,
+    #[error("unknown VMCS field '{0}' (use the SDM/Linux name, e.g. EXIT_QUALIFICATION)")]
+    UnknownField(String),
+    #[error("{what} {value:#x} is out of range")]
+    Range { what: &'static str, value: i64 },
+    #[error("{what} is only possible on {when} (this is a {level} {reason} exit)")]
+    NotHere {
+        what: &'static str,
+        when: &'static str,
+        level: &'static str,
+        reason: String,
+    },
+    #[error(transparent)]
+    Memory(#[from] MemFault),
+    #[error("{0}")]
+    Walk(#[from] WalkError),
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// A script's handle on the current exit, shared with the host for the duration of `on_exit`.
+#[derive(Clone)]
+pub struct ExitRef(Rc<RefCell<Option<ExitContext>>>);
+
+impl ExitRef {
+    pub fn new(ctx: ExitContext) -> Self {
+        ExitRef(Rc::new(RefCell::new(Some(ctx))))
+    }
+
+    /// Takes the context back; the handle (and any copy a script kept) expires.
+    pub fn take(&self) -> Option<ExitContext> {
+        self.0.try_borrow_mut().ok()?.take()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&ExitContext) -> ApiResult<T>) -> ApiResult<T> {
+        let guard = self.0.try_borrow().map_err(|_| ApiError::Busy)?;
+        f(guard.as_ref().ok_or(ApiError::Expired)?)
+    }
+
+    fn with_mut<T>(&self, f: impl FnOnce(&mut ExitContext) -> ApiResult<T>) -> ApiResult<T> {
+        let mut guard = self.0.try_borrow_mut().map_err(|_| ApiError::Busy)?;
+        f(guard.as_mut().ok_or(ApiError::Expired)?)
+    }
+
+    /// Reads any field of the context.
+    pub fn get<T>(&self, f: impl FnOnce(&ExitContext) -> T) -> ApiResult<T> {
+        self.with(|c| Ok(f(c)))
+    }
+
+    pub fn exit_detail<T>(&self, f: impl FnOnce(&ExitDetail) -> Option<T>) -> ApiResult<Option<T>> {
+        self.with(|c| Ok(f(&c.exit.detail)))
+    }
+
+    pub fn set_gpr(&self, i: usize, v: u64) -> ApiResult<()> {
+        self.with_mut(|c| {
+            c.gprs[i] = v;
+            c.regs_dirty = true;
+            c.changes.push(format!("{}={v:#x}", GPR_NAMES[i]));
+            Ok(())
+        })
+    }
+
+    pub fn set_rip(&self, v: u64) -> ApiResult<()> {
+        self.with_mut(|c| {
+            c.rip = v;
+            c.regs_dirty = true;
+            c.changes.push(format!("rip={v:#x}"));
+            Ok(())
+        })
+    }
+
+    pub fn set_rflags(&self, v: u64) -> ApiResult<()> {
+        self.with_mut(|c| {
+            c.rflags = v;
+            c.regs_dirty = true;
+            c.changes.push(format!("rflags={v:#x}"));
+            Ok(())
+        })
+    }
+
+    pub fn read_phys(&self, addr: i64, len: i64) -> ApiResult<Vec<u8>> {
+        let len = read_len(len)?;
+        self.with(|c| {
+            let mut buf = vec![0; len];
+            c.ram.read(addr as u64, &mut buf)?;
+            Ok(buf)
+        })
+    }
+
+    pub fn write_phys(&self, addr: i64, data: &[u8]) -> ApiResult<()> {
+        self.with_mut(|c| {
+            c.ram.write(addr as u64, data)?;
+            c.changes
+                .push(format!("phys[{addr:#x}]<-{} bytes", data.len()));
+            Ok(())
+        })
+    }
+
+    pub fn read_u64(&self, addr: i64) -> ApiResult<i64> {
+        self.with(|c| Ok(c.ram.read_u64(addr as u64)? as i64))
+    }
+
+    pub fn write_u64(&self, addr: i64, v: i64) -> ApiResult<()> {
+        self.with_mut(|c| {
+            c.ram.write(addr as u64, &v.to_le_bytes())?;
+            c.changes.push(format!("phys[{addr:#x}]={:#x}", v as u64));
+            Ok(())
+        })
+    }
+
+    pub fn read_virt(&self, addr: i64, len: i64) -> ApiResult<Vec<u8>> {
+        let len = read_len(len)?;
+        self.with(|c| {
+            let mut buf = vec![0; len];
+            paging::read_virt(&c.ram, c.paging, addr as u64, &mut buf)?;
+            Ok(buf)
+        })
+    }
+
+    pub fn write_virt(&self, addr: i64, data: &[u8]) -> ApiResult<()> {
+        self.with_mut(|c| {
+            paging::write_virt(&c.ram, c.paging, addr as u64, data)?;
+            c.changes
+                .push(format!("virt[{addr:#x}]<-{} bytes", data.len()));
+            Ok(())
+        })
+    }
+
+    pub fn vmcs_read(&self, field: &str) -> ApiResult<i64> {
+        let enc = encoding(field)?;
+        self.vmcs_read_enc(enc)
+    }
+
+    pub fn vmcs_read_enc(&self, enc: u32) -> ApiResult<i64> {
+        self.with(|c| {
+            let vmcs = c.vmcs.as_ref().ok_or(ApiError::NoVmcs)?;
+            let v = vmcs
+                .read(enc)
+                .ok_or_else(|| ApiError::UnknownField(format!("{enc:#x}")))?;
+            Ok(v as i64)
+        })
+    }
+
+    pub fn vmcs_write(&self, field: &str, v: i64) -> ApiResult<()> {
+        let enc = encoding(field)?;
+        self.vmcs_write_enc(enc, v)
+    }
+
+    /// Stores like VMWRITE (truncated to the field's width) but also into exit-information
+    /// fields, so scripts can change what L1 will see.
+    pub fn vmcs_write_enc(&self, enc: u32, v: i64) -> ApiResult<()> {
+        self.with_mut(|c| {
+            let vmcs = c.vmcs.as_mut().ok_or(ApiError::NoVmcs)?;
+            if !vmcs.write(enc, v as u64) {
+                return Err(ApiError::UnknownField(format!("{enc:#x}")));
+            }
+            let stored = vmcs.get(enc);
+            let name = fields::by_encoding(enc).map_or("?", |(_, f)| f.name);
+            c.vmcs_dirty = true;
+            c.vmcs_writes.push((enc, stored));
+            c.changes.push(format!("vmcs {name}={stored:#x}"));
+            Ok(())
+        })
+    }
+
+    pub fn decide(&self, action: Action) -> ApiResult<()> {
+        self.with_mut(|c| {
+            if matches!(action, Action::Reflect | Action::KeepInL0) && c.exit.level != Level::L2 {
+                return Err(not_here(c, action_name(&action), "L2 exits"));
+            }
+            if matches!(action, Action::Value(_)) && !is_read(&c.exit.detail) {
+                return Err(not_here(c, "set_result", "in, RDMSR and MMIO-read exits"));
+            }
+            c.changes.push(format!("action={}", describe(&action)));
+            c.action = action;
+            Ok(())
+        })
+    }
+}
+
+/// The name scripts see for an action (`e.action`).
+pub fn action_name(a: &Action) -> &'static str {
+    match a {
+        Action::Default => "default",
+        Action::Skip => "skip",
+        Action::Value(_) => "set_result",
+        Action::Inject { .. } => "inject",
+        Action::Reflect => "reflect",
+        Action::KeepInL0 => "keep_in_l0",
+        Action::Stop(_) => "stop",
+    }
+}
+
+fn describe(a: &Action) -> String {
+    match a {
+        Action::Value(v) => format!("set_result {v:#x}"),
+        Action::Inject {
+            vector,
+            error_code: Some(ec),
+        } => format!("inject {vector} error {ec:#x}"),
+        Action::Inject {
+            vector,
+            error_code: None,
+        } => format!("inject {vector}"),
+        Action::Stop(why) => format!("stop {why:?}"),
+        other => action_name(other).to_string(),
+    }
+}
+
+fn is_read(d: &ExitDetail) -> bool {
+    matches!(
+        d,
+        ExitDetail::Io { write: false, .. }
+            | ExitDetail::Msr { write: false, .. }
+            | ExitDetail::Mmio { write: false, .. }
+    )
+}
+
+fn not_here(c: &ExitContext, what: &'static str, when: &'static str) -> ApiError {
+    ApiError::NotHere {
+        what,
+        when,
+        level: c.exit.level.as_str(),
+        reason: c.exit.reason_name(),
+    }
+}
+
+fn read_len(len: i64) -> ApiResult<usize> {
+    if !(0..=MAX_READ).contains(&len) {
+        return Err(ApiError::Range {
+            what: "length",
+            value: len,
+        });
+    }
+    Ok(len as usize)
+}
+
+fn encoding(field: &str) -> ApiResult<u32> {
+    fields::by_name(field)
+        .map(|(_, f)| f.encoding)
+        .ok_or_else(|| ApiError::UnknownField(field.into()))
+}
+
+/// Checks that a script integer fits in `bits` unsigned bits.
+pub fn unsigned(what: &'static str, v: i64, bits: u32) -> ApiResult<u64> {
+    if v < 0 || (bits < 64 && (v as u64) >> bits != 0) {
+        return Err(ApiError::Range { what, value: v });
+    }
+    Ok(v as u64)
+}

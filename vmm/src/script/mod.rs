@@ -1,0 +1,268 @@
+//! Rhai scripts on nestbed's events (SCRIPTING.md is the reference).
+//!
+//! Each script file gets its own engine, AST and `Scope`. Its top-level statements run once at
+//! load; the variables they declare are the script's globals, which the hooks `on_start`,
+//! `on_exit(e)` and `on_stop` read and update directly (they are called with that scope).
+
+mod api;
+mod context;
+mod rng;
+#[cfg(test)]
+mod tests;
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Position, Scope, AST};
+
+pub use context::{ApiError, ExitContext, GPR_NAMES};
+
+use api::ScriptState;
+use context::ExitRef;
+
+use crate::error::Error;
+use crate::exit::Level;
+use crate::machine::vm::CpuidOverride;
+
+/// What a runtime error in a script does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnScriptError {
+    /// The hook returns `Error::Script` (nestbed stops).
+    #[default]
+    Stop,
+    /// Log a warning and go on as if the script had not decided anything further.
+    Continue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScriptOptions {
+    /// Operation budget of one hook call (0 = unlimited).
+    pub max_operations: u64,
+    pub on_error: OnScriptError,
+}
+
+impl Default for ScriptOptions {
+    fn default() -> Self {
+        ScriptOptions {
+            max_operations: 1_000_000,
+            on_error: OnScriptError::Stop,
+        }
+    }
+}
+
+const ON_START: &str = "on_start";
+const ON_EXIT: &str = "on_exit";
+const ON_STOP: &str = "on_stop";
+
+/// One loaded script file.
+struct Script {
+    name: String,
+    engine: Engine,
+    ast: AST,
+    scope: Scope<'static>,
+    state: Rc<RefCell<ScriptState>>,
+    has: [bool; 3],
+    max_operations: u64,
+}
+
+impl Script {
+    fn load(path: &PathBuf, opts: &ScriptOptions) -> Result<Self, Error> {
+        let name = path.display().to_string();
+        let src = std::fs::read_to_string(path).map_err(|source| Error::File {
+            path: path.clone(),
+            source,
+        })?;
+        let state = Rc::new(RefCell::new(ScriptState::new(name.clone())));
+        let engine = api::build_engine(&state, opts);
+        let mut ast = engine.compile(&src).map_err(|e| {
+            let (kind, pos) = (e.0, e.1);
+            Error::ScriptCompile(format!("{}: {kind}", at(&name, pos)))
+        })?;
+        ast.set_source(name.as_str());
+
+        let mut has = [false; 3];
+        for f in ast.iter_functions() {
+            let (slot, arity) = match f.name {
+                ON_START => (0, 0),
+                ON_EXIT => (1, 1),
+                ON_STOP => (2, 0),
+                _ => continue,
+            };
+            if f.params.len() != arity {
+                let want = if arity == 1 {
+                    "one parameter (the exit)"
+                } else {
+                    "no parameters"
+                };
+                return Err(Error::ScriptCompile(format!(
+                    "{name}: fn {} must take {want}",
+                    f.name
+                )));
+            }
+            has[slot] = true;
+        }
+
+        // Top-level statements initialize the globals, once.
+        let mut scope = Scope::new();
+        let max_operations = opts.max_operations;
+        engine.run_ast_with_scope(&mut scope, &ast).map_err(|e| {
+            Error::Script(runtime_message(&name, "top-level code", max_operations, &e))
+        })?;
+        ast.clear_statements();
+        Ok(Script {
+            name,
+            engine,
+            ast,
+            scope,
+            state,
+            has,
+            max_operations,
+        })
+    }
+
+    fn call(&mut self, hook: &str, args: impl rhai::FuncArgs) -> Result<(), String> {
+        // Rewinding drops the hook's own locals; assignments to globals stay in the scope.
+        let opts = CallFnOptions::new().eval_ast(false).rewind_scope(true);
+        self.engine
+            .call_fn_with_options::<Dynamic>(opts, &mut self.scope, &self.ast, hook, args)
+            .map(drop)
+            .map_err(|e| runtime_message(&self.name, hook, self.max_operations, &e))
+    }
+}
+
+/// The loaded scripts, called in the order their files were given.
+pub struct ScriptHost {
+    scripts: Vec<Script>,
+    opts: ScriptOptions,
+    stopped: bool,
+}
+
+impl ScriptHost {
+    /// Compiles every file and runs its top-level statements.
+    pub fn load(paths: &[PathBuf], opts: ScriptOptions) -> Result<Self, Error> {
+        let scripts = paths
+            .iter()
+            .map(|p| Script::load(p, &opts))
+            .collect::<Result<_, _>>()?;
+        Ok(ScriptHost {
+            scripts,
+            opts,
+            stopped: false,
+        })
+    }
+
+    /// Runs `on_start` of each script; returns the CPUID overrides they set, in order.
+    pub fn on_start(&mut self) -> Result<Vec<(Level, CpuidOverride)>, Error> {
+        let mut overrides = Vec::new();
+        for i in 0..self.scripts.len() {
+            if !self.scripts[i].has[0] {
+                continue;
+            }
+            let s = &mut self.scripts[i];
+            s.state.borrow_mut().in_on_start = true;
+            let r = s.call(ON_START, ());
+            let mut st = s.state.borrow_mut();
+            st.in_on_start = false;
+            overrides.append(&mut st.cpuid);
+            drop(st);
+            self.outcome(r)?;
+        }
+        Ok(overrides)
+    }
+
+    /// Runs `on_exit(e)` of each script on `ctx`; scripts' changes and decision are in `ctx`
+    /// afterwards (a later script's decision replaces an earlier one's).
+    pub fn on_exit(&mut self, ctx: &mut ExitContext) -> Result<(), Error> {
+        if !self.has_on_exit() {
+            return Ok(());
+        }
+        let placeholder = ctx.placeholder();
+        let handle = ExitRef::new(std::mem::replace(ctx, placeholder));
+        let mut result = Ok(());
+        for i in 0..self.scripts.len() {
+            if !self.scripts[i].has[1] {
+                continue;
+            }
+            let r = self.scripts[i].call(ON_EXIT, (Dynamic::from(handle.clone()),));
+            result = self.outcome(r);
+            if result.is_err() {
+                break;
+            }
+        }
+        if let Some(back) = handle.take() {
+            *ctx = back;
+        }
+        result
+    }
+
+    /// Runs `on_stop` of each script, once; every script runs even if one fails.
+    pub fn on_stop(&mut self) -> Result<(), Error> {
+        if std::mem::replace(&mut self.stopped, true) {
+            return Ok(());
+        }
+        let mut first = Ok(());
+        for i in 0..self.scripts.len() {
+            if self.scripts[i].has[2] {
+                let r = self.scripts[i].call(ON_STOP, ());
+                let r = self.outcome(r);
+                if first.is_ok() {
+                    first = r;
+                }
+            }
+        }
+        first
+    }
+
+    /// True when some script defines `on_exit`.
+    pub fn has_on_exit(&self) -> bool {
+        self.scripts.iter().any(|s| s.has[1])
+    }
+
+    fn outcome(&self, r: Result<(), String>) -> Result<(), Error> {
+        match (r, self.opts.on_error) {
+            (Ok(()), _) => Ok(()),
+            (Err(msg), OnScriptError::Stop) => Err(Error::Script(msg)),
+            (Err(msg), OnScriptError::Continue) => {
+                tracing::warn!("script error (continuing): {msg}");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `FILE:LINE:COL` (or just `FILE` when Rhai gives no position).
+fn at(file: &str, pos: Position) -> String {
+    match (pos.line(), pos.position()) {
+        (Some(l), Some(c)) => format!("{file}:{l}:{c}"),
+        (Some(l), None) => format!("{file}:{l}"),
+        _ => file.to_string(),
+    }
+}
+
+/// `FILE:LINE:COL: message (in HOOK)`, from the innermost error that has a position. Rhai
+/// reports the operation limit without a position (it resets it at the call boundary).
+fn runtime_message(file: &str, hook: &str, max_operations: u64, e: &EvalAltResult) -> String {
+    let mut pos = e.position();
+    let mut cur = e;
+    while let EvalAltResult::ErrorInFunctionCall(_, _, inner, _) = cur {
+        cur = inner;
+        if !cur.position().is_none() {
+            pos = cur.position();
+        }
+    }
+    let mut msg = cur.to_string();
+    if !cur.position().is_none() {
+        let suffix = format!(" ({})", cur.position());
+        if let Some(m) = msg.strip_suffix(&suffix) {
+            msg = m.to_string();
+        }
+    }
+    let msg = msg.strip_prefix("Runtime error: ").unwrap_or(&msg);
+    if matches!(cur, EvalAltResult::ErrorTooManyOperations(_)) {
+        return format!(
+            "{file}: {hook} ran over the limit of {max_operations} operations per call"
+        );
+    }
+    format!("{}: {msg} (in {hook})", at(file, pos))
+}

@@ -1,0 +1,437 @@
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+use crate::exit::{Action, Exit, ExitDetail};
+use crate::machine::memory::GuestRam;
+use crate::vmx::fields;
+use crate::vmx::vmcs::Vmcs;
+
+/// Writes `src` to a fresh file named `name` and returns its path.
+fn file(name: &str, src: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "nestbed-script-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, src).unwrap();
+    p
+}
+
+fn host(src: &str) -> ScriptHost {
+    ScriptHost::load(&[file("t.rhai", src)], ScriptOptions::default()).unwrap()
+}
+
+fn io_exit(level: Level, port: u16, write: bool) -> ExitContext {
+    let exit = Exit {
+        seq: 7,
+        level,
+        reason: 30,
+        qualification: 0x80_0000,
+        rip: 0x1000,
+        insn: vec![0xe6, 0x80],
+        detail: ExitDetail::Io {
+            port,
+            size: 1,
+            write,
+            data: 0x42,
+        },
+    };
+    let mut c = ExitContext::new(exit, GuestRam::new(4).unwrap());
+    c.rip = 0x1000;
+    c
+}
+
+fn script_err(r: Result<(), Error>) -> String {
+    match r {
+        Err(Error::Script(m)) => m,
+        other => panic!("expected a script error, got {other:?}"),
+    }
+}
+
+#[test]
+fn compile_error_names_file_line_col() {
+    let p = file("bad.rhai", "let x = 1;\nfn on_exit(e) {\n  let = 5;\n}\n");
+    let Err(Error::ScriptCompile(m)) = ScriptHost::load(&[p.clone()], ScriptOptions::default())
+    else {
+        panic!("expected a compile error");
+    };
+    assert!(m.starts_with(&format!("{}:3:", p.display())), "{m}");
+    let missing = ScriptHost::load(
+        &[PathBuf::from("/nonexistent/x.rhai")],
+        ScriptOptions::default(),
+    );
+    assert!(matches!(missing, Err(Error::File { .. })));
+    let arity = ScriptHost::load(
+        &[file("a.rhai", "fn on_exit() {}")],
+        ScriptOptions::default(),
+    );
+    assert!(matches!(arity, Err(Error::ScriptCompile(m)) if m.contains("one parameter")));
+}
+
+#[test]
+fn globals_persist_across_calls_and_scripts_are_separate() {
+    let a = file(
+        "a.rhai",
+        "let n = 0; let seen = #{}; fn on_exit(e) { n += 1; seen[e.reason] = n; let tmp = 1; }",
+    );
+    let b = file(
+        "b.rhai",
+        "let n = 100; fn on_exit(e) { n += 1; e.rax = n; }",
+    );
+    let mut h = ScriptHost::load(&[a, b], ScriptOptions::default()).unwrap();
+    let mut c = io_exit(Level::L1, 0x80, true);
+    for _ in 0..3 {
+        h.on_exit(&mut c).unwrap();
+    }
+    assert_eq!(h.scripts[0].scope.get_value::<i64>("n"), Some(3));
+    assert_eq!(h.scripts[1].scope.get_value::<i64>("n"), Some(103));
+    assert_eq!(c.gprs[0], 103);
+    // Hook locals do not pile up in the scope.
+    assert_eq!(h.scripts[0].scope.len(), 2);
+    let seen = h.scripts[0].scope.get_value::<rhai::Map>("seen").unwrap();
+    assert_eq!(seen["IO_INSTRUCTION"].as_int().unwrap(), 3);
+}
+
+#[test]
+fn register_change_marks_dirty_and_records() {
+    let mut h = host("fn on_exit(e) { if e.rax == 0 { e.rax = 5; e.r15 = e.rip + e.insn_len; } }");
+    let mut c = io_exit(Level::L1, 0x80, true);
+    h.on_exit(&mut c).unwrap();
+    assert!(c.regs_dirty);
+    assert_eq!(c.gprs[0], 5);
+    assert_eq!(c.gprs[15], 0x1002);
+    assert_eq!(c.changes, ["rax=0x5", "r15=0x1002"]);
+    assert_eq!(c.exit.seq, 7, "context returned to the caller");
+
+    let mut h = host("fn on_exit(e) { let x = e.rax + e.cr3; }");
+    let mut c = io_exit(Level::L1, 0x80, true);
+    h.on_exit(&mut c).unwrap();
+    assert!(!c.regs_dirty && c.changes.is_empty());
+}
+
+#[test]
+fn getters_per_reason() {
+    let mut h = host(
+        r#"let out = []; fn on_exit(e) { out = [e.level, e.reason, e.reason_nr, e.port, e.size, e.is_in, e.data,
+            e.msr, e.mnemonic, e.insn[0], e.seq, e.port == 0x80, e.msr == 0x10]; }"#,
+    );
+    let mut c = io_exit(Level::L2, 0x80, false);
+    h.on_exit(&mut c).unwrap();
+    let out: Vec<String> = h.scripts[0]
+        .scope
+        .get_value::<rhai::Array>("out")
+        .unwrap()
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(
+        out,
+        [
+            "L2",
+            "IO_INSTRUCTION",
+            "30",
+            "128",
+            "1",
+            "true",
+            "66",
+            "",
+            "",
+            "230",
+            "7",
+            "true",
+            "false"
+        ]
+    );
+}
+
+#[test]
+fn decisions_set_the_action() {
+    let cases: &[(&str, Action)] = &[
+        ("e.skip()", Action::Skip),
+        ("e.set_result(0x1234)", Action::Value(0x1234)),
+        (
+            "e.inject(14, 2)",
+            Action::Inject {
+                vector: 14,
+                error_code: Some(2),
+            },
+        ),
+        (
+            "e.inject(6)",
+            Action::Inject {
+                vector: 6,
+                error_code: None,
+            },
+        ),
+        ("e.reflect()", Action::Reflect),
+        ("e.keep_in_l0()", Action::KeepInL0),
+        ("e.stop(\"port 0x80\")", Action::Stop("port 0x80".into())),
+    ];
+    for (call, want) in cases {
+        let mut h = host(&format!("fn on_exit(e) {{ {call}; }}"));
+        let mut c = io_exit(Level::L2, 0x80, false);
+        h.on_exit(&mut c).unwrap();
+        assert_eq!(&c.action, want, "{call}");
+        assert!(c.changes[0].starts_with("action="), "{:?}", c.changes);
+    }
+    // Misplaced decisions are script errors that name the exit.
+    for call in ["e.reflect()", "e.set_result(1)", "e.inject(300)"] {
+        let mut h = host(&format!("fn on_exit(e) {{ {call}; }}"));
+        let mut c = io_exit(Level::L1, 0x80, true);
+        let m = script_err(h.on_exit(&mut c));
+        assert!(m.contains("t.rhai:1:"), "{m}");
+        assert_eq!(c.action, Action::Default);
+    }
+}
+
+#[test]
+fn vmcs_by_name() {
+    let mut h = host(
+        r#"fn on_exit(e) { let q = e.vmcs_read("EXIT_QUALIFICATION"); e.vmcs_write("exit_qualification", q ^ 0x10);
+           e.rax = e.vmcs_read("GUEST_RIP"); }"#,
+    );
+    let mut c = io_exit(Level::L2, 0x80, true);
+    let mut v = Vmcs::new(1);
+    v.set(fields::EXIT_QUALIFICATION, 0x3);
+    v.set(fields::GUEST_RIP, 0xabc);
+    c.vmcs = Some(v);
+    h.on_exit(&mut c).unwrap();
+    assert_eq!(
+        c.vmcs.as_ref().unwrap().get(fields::EXIT_QUALIFICATION),
+        0x13
+    );
+    assert!(c.vmcs_dirty);
+    assert_eq!(c.vmcs_writes, [(fields::EXIT_QUALIFICATION, 0x13)]);
+    assert_eq!(c.gprs[0], 0xabc);
+    assert!(
+        c.changes
+            .contains(&"vmcs EXIT_QUALIFICATION=0x13".to_string()),
+        "{:?}",
+        c.changes
+    );
+
+    let mut h = host(r#"fn on_exit(e) { e.vmcs_read("NOT_A_FIELD"); }"#);
+    let mut c = io_exit(Level::L2, 0x80, true);
+    c.vmcs = Some(Vmcs::new(1));
+    assert!(script_err(h.on_exit(&mut c)).contains("unknown VMCS field 'NOT_A_FIELD'"));
+    let mut h = host(r#"fn on_exit(e) { e.vmcs_write("GUEST_RIP", 1); }"#);
+    let mut c = io_exit(Level::L2, 0x80, true);
+    assert!(script_err(h.on_exit(&mut c)).contains("no current VMCS"));
+}
+
+#[test]
+fn operation_limit_stops_endless_loop() {
+    let p = file("spin.rhai", "fn on_exit(e) {\n  loop { }\n}\n");
+    let opts = ScriptOptions {
+        max_operations: 10_000,
+        on_error: OnScriptError::Stop,
+    };
+    let mut h = ScriptHost::load(&[p.clone()], opts).unwrap();
+    let mut c = io_exit(Level::L1, 0x80, true);
+    let m = script_err(h.on_exit(&mut c));
+    assert!(m.starts_with(&p.display().to_string()), "{m}");
+    assert!(
+        m.ends_with("on_exit ran over the limit of 10000 operations per call"),
+        "{m}"
+    );
+    assert_eq!(c.exit.seq, 7, "context returned after an error");
+
+    // Continue: warn and go on.
+    let opts = ScriptOptions {
+        max_operations: 10_000,
+        on_error: OnScriptError::Continue,
+    };
+    let mut h = ScriptHost::load(&[p], opts).unwrap();
+    assert!(h.on_exit(&mut c).is_ok());
+}
+
+#[test]
+fn rand_is_reproducible() {
+    let src = "let xs = []; fn on_start() { rand(42); for i in 0..5 { xs.push(rand()); xs.push(rand_int(0, 63)); } }";
+    let run = || {
+        let mut h = host(src);
+        h.on_start().unwrap();
+        h.scripts[0]
+            .scope
+            .get_value::<rhai::Array>("xs")
+            .unwrap()
+            .iter()
+            .map(|d| d.as_int().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a, b);
+    assert!(a.iter().skip(1).step_by(2).all(|v| (0..=63).contains(v)));
+    let mut h = host("fn on_start() { rand_int(5, 1); }");
+    assert!(matches!(h.on_start(), Err(Error::Script(m)) if m.contains("lo > hi")));
+}
+
+#[test]
+fn cpuid_set_only_in_on_start() {
+    let mut h = host(
+        r#"fn on_start() { cpuid_set("L2", 0x40000000, 0, 0x40000001, le32("Nest"), le32("bedV"), le32("MM")); }
+           fn on_exit(e) { cpuid_set("L1", 1, 0, 0, 0, 0, 0); }"#,
+    );
+    let ov = h.on_start().unwrap();
+    assert_eq!(ov.len(), 1);
+    assert_eq!(ov[0].0, Level::L2);
+    assert_eq!(ov[0].1.leaf, 0x4000_0000);
+    assert_eq!(
+        ov[0].1.regs,
+        [
+            0x4000_0001,
+            u32::from_le_bytes(*b"Nest"),
+            u32::from_le_bytes(*b"bedV"),
+            0x4d4d
+        ]
+    );
+    let mut c = io_exit(Level::L1, 0x80, true);
+    assert!(script_err(h.on_exit(&mut c)).contains("only possible in on_start"));
+    let bad = ScriptHost::load(
+        &[file("top.rhai", "cpuid_set(\"L1\", 1, 0, 0, 0, 0, 0);")],
+        ScriptOptions::default(),
+    );
+    assert!(matches!(bad, Err(Error::Script(_))));
+}
+
+#[test]
+fn memory_access() {
+    let mut h = host(
+        "fn on_exit(e) { e.write_u64(0x2000, 0x1122334455667788); e.write_phys(0x3000, [1, 2, 3]);
+           e.rbx = e.read_u64(0x2000); let b = e.read_virt(0x3000, 3); e.rcx = b[2]; e.write_virt(0x3001, e.read_phys(0x2000, 1)); }",
+    );
+    let mut c = io_exit(Level::L1, 0x80, true);
+    h.on_exit(&mut c).unwrap();
+    assert_eq!(c.gprs[3], 0x1122_3344_5566_7788);
+    assert_eq!(c.gprs[1], 3);
+    let mut b = [0u8; 3];
+    c.ram.read(0x3000, &mut b).unwrap();
+    assert_eq!(b, [1, 0x88, 3]);
+    for bad in [
+        "e.read_u64(0x7fff_ffff)",
+        "e.read_phys(-1, 8)",
+        "e.write_phys(0x3ffffe, [1,2,3])",
+        "e.read_phys(0, -1)",
+    ] {
+        let mut h = host(&format!("fn on_exit(e) {{ {bad}; }}"));
+        let m = script_err(h.on_exit(&mut c));
+        assert!(m.contains("t.rhai:1:"), "{bad}: {m}");
+    }
+}
+
+#[test]
+fn kept_exit_expires() {
+    let mut h = host("let last = (); fn on_exit(e) { if last != () { last.rax; } last = e; }");
+    let mut c = io_exit(Level::L1, 0x80, true);
+    h.on_exit(&mut c).unwrap();
+    assert!(script_err(h.on_exit(&mut c)).contains("only valid during the on_exit"));
+}
+
+#[test]
+fn on_stop_runs_once_for_every_script() {
+    let a = file(
+        "a.rhai",
+        "let n = 0; fn on_stop() { n += 1; throw \"boom\"; }",
+    );
+    let b = file("b.rhai", "let n = 0; fn on_stop() { n += 1; }");
+    let mut h = ScriptHost::load(&[a, b], ScriptOptions::default()).unwrap();
+    assert!(!h.has_on_exit());
+    assert!(script_err(h.on_stop()).contains("boom"));
+    assert!(h.on_stop().is_ok());
+    assert_eq!(h.scripts[1].scope.get_value::<i64>("n"), Some(1));
+}
+
+#[test]
+fn eval_is_disabled() {
+    let r = ScriptHost::load(&[file("e.rhai", "eval(\"1\");")], ScriptOptions::default());
+    assert!(matches!(r, Err(Error::ScriptCompile(_))), "{:?}", r.err());
+}
+
+/// Names in the reference tables of SCRIPTING.md: the first cell of each table row.
+fn documented() -> BTreeSet<String> {
+    let doc = include_str!("../../../SCRIPTING.md");
+    doc.lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .map(|cell| {
+            let cell = cell.strip_prefix("e.").unwrap_or(cell);
+            cell.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn scripting_md_matches_the_engine() {
+    let state = std::rc::Rc::new(std::cell::RefCell::new(api::ScriptState::new("x".into())));
+    let engine = api::build_engine(&state, &ScriptOptions::default());
+    let registered: BTreeSet<String> = engine
+        .gen_fn_signatures(false)
+        .iter()
+        .map(|s| {
+            let name = s.split('(').next().unwrap_or("");
+            name.trim_start_matches("get$")
+                .trim_start_matches("set$")
+                .to_string()
+        })
+        .collect();
+    let doc = documented();
+    let missing: Vec<_> = registered.difference(&doc).collect();
+    let stale: Vec<_> = doc
+        .difference(&registered)
+        .filter(|n| !["print", "debug"].contains(&n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "registered but not in SCRIPTING.md: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "in SCRIPTING.md but not registered: {stale:?}"
+    );
+}
+
+#[test]
+fn example_scripts_run() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rhai"))
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 6);
+    for p in paths {
+        let mut h = ScriptHost::load(std::slice::from_ref(&p), ScriptOptions::default()).unwrap();
+        h.on_start().unwrap();
+        let msr = Exit {
+            seq: 1,
+            level: Level::L1,
+            reason: 31,
+            qualification: 0,
+            rip: 0x2000,
+            insn: vec![0x0f, 0x32],
+            detail: ExitDetail::Msr {
+                index: 0x48a,
+                write: false,
+                value: 0,
+            },
+        };
+        let mut contexts = vec![
+            io_exit(Level::L2, 0x80, true),
+            io_exit(Level::L1, 0x3f8, false),
+        ];
+        contexts.push(ExitContext::new(msr, GuestRam::new(4).unwrap()));
+        for mut c in contexts {
+            c.vmcs = Some(Vmcs::new(1));
+            h.on_exit(&mut c)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+        h.on_stop().unwrap();
+    }
+}
