@@ -95,7 +95,7 @@ pub fn parse_u64(s: &str) -> Option<u64> {
     Some(v)
 }
 
-/// The first whitespace-separated word of `s` and the rest.
+/// The first space-separated word of `s` and the rest, without its leading spaces.
 pub fn next_word(s: &str) -> (&str, &str) {
     let b = s.as_bytes();
     let mut i = 0;
@@ -106,7 +106,11 @@ pub fn next_word(s: &str) -> (&str, &str) {
     while i < b.len() && b[i] != b' ' {
         i += 1;
     }
-    (&s[start..i], &s[i..])
+    let word_end = i;
+    while i < b.len() && b[i] == b' ' {
+        i += 1;
+    }
+    (&s[start..word_end], &s[i..])
 }
 
 /// The precompiled `core` of the host target refers to the unwinding personality; with

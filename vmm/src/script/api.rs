@@ -27,12 +27,7 @@ pub struct ScriptState {
 
 impl ScriptState {
     pub fn new(name: String) -> Self {
-        ScriptState {
-            name,
-            rng: SplitMix64::new(DEFAULT_SEED),
-            in_on_start: false,
-            cpuid: Vec::new(),
-        }
+        ScriptState { name, rng: SplitMix64::new(DEFAULT_SEED), in_on_start: false, cpuid: Vec::new() }
     }
 }
 
@@ -69,47 +64,21 @@ pub fn build_engine(state: &Rc<RefCell<ScriptState>>, opts: &ScriptOptions) -> E
 fn register_exit(engine: &mut Engine) {
     engine.register_type_with_name::<ExitRef>("Exit");
     let to_string = |e: &mut ExitRef| -> Res<String> {
-        e.get(|c| {
-            format!(
-                "#{} {} {} rip={:#x}",
-                c.exit.seq,
-                c.exit.level.as_str(),
-                c.exit.reason_name(),
-                c.rip
-            )
-        })
-        .map_err(err)
+        e.get(|c| format!("#{} {} {} rip={:#x}", c.exit.seq, c.exit.level.as_str(), c.exit.reason_name(), c.rip))
+            .map_err(err)
     };
-    engine
-        .register_fn("to_string", to_string)
-        .register_fn("to_debug", to_string);
+    engine.register_fn("to_string", to_string).register_fn("to_debug", to_string);
 
     // The exit itself.
     engine
-        .register_get("level", |e: &mut ExitRef| {
-            e.get(|c| c.exit.level.as_str().to_string()).map_err(err)
-        })
-        .register_get("reason", |e: &mut ExitRef| {
-            e.get(|c| c.exit.reason_name()).map_err(err)
-        })
-        .register_get("reason_nr", |e: &mut ExitRef| {
-            e.get(|c| i64::from(c.exit.reason)).map_err(err)
-        })
-        .register_get("qualification", |e: &mut ExitRef| {
-            e.get(|c| c.exit.qualification as i64).map_err(err)
-        })
-        .register_get("seq", |e: &mut ExitRef| {
-            e.get(|c| c.exit.seq as i64).map_err(err)
-        })
-        .register_get("insn", |e: &mut ExitRef| {
-            e.get(|c| Blob::from(c.exit.insn.clone())).map_err(err)
-        })
-        .register_get("insn_len", |e: &mut ExitRef| {
-            e.get(|c| c.exit.insn.len() as i64).map_err(err)
-        })
-        .register_get("action", |e: &mut ExitRef| {
-            e.get(|c| action_name(&c.action).to_string()).map_err(err)
-        });
+        .register_get("level", |e: &mut ExitRef| e.get(|c| c.exit.level.as_str().to_string()).map_err(err))
+        .register_get("reason", |e: &mut ExitRef| e.get(|c| c.exit.reason_name()).map_err(err))
+        .register_get("reason_nr", |e: &mut ExitRef| e.get(|c| i64::from(c.exit.reason)).map_err(err))
+        .register_get("qualification", |e: &mut ExitRef| e.get(|c| c.exit.qualification as i64).map_err(err))
+        .register_get("seq", |e: &mut ExitRef| e.get(|c| c.exit.seq as i64).map_err(err))
+        .register_get("insn", |e: &mut ExitRef| e.get(|c| Blob::from(c.exit.insn.clone())).map_err(err))
+        .register_get("insn_len", |e: &mut ExitRef| e.get(|c| c.exit.insn.len() as i64).map_err(err))
+        .register_get("action", |e: &mut ExitRef| e.get(|c| action_name(&c.action).to_string()).map_err(err));
 
     // Registers.
     for (i, reg) in GPR_NAMES.iter().enumerate() {
@@ -130,21 +99,11 @@ fn register_exit(engine: &mut Engine) {
             |e: &mut ExitRef| e.get(|c| c.rflags as i64).map_err(err),
             |e: &mut ExitRef, v: i64| e.set_rflags(v as u64).map_err(err),
         )
-        .register_get("cr0", |e: &mut ExitRef| {
-            e.get(|c| c.cr0 as i64).map_err(err)
-        })
-        .register_get("cr2", |e: &mut ExitRef| {
-            e.get(|c| c.cr2 as i64).map_err(err)
-        })
-        .register_get("cr3", |e: &mut ExitRef| {
-            e.get(|c| c.cr3 as i64).map_err(err)
-        })
-        .register_get("cr4", |e: &mut ExitRef| {
-            e.get(|c| c.cr4 as i64).map_err(err)
-        })
-        .register_get("efer", |e: &mut ExitRef| {
-            e.get(|c| c.efer as i64).map_err(err)
-        });
+        .register_get("cr0", |e: &mut ExitRef| e.get(|c| c.cr0 as i64).map_err(err))
+        .register_get("cr2", |e: &mut ExitRef| e.get(|c| c.cr2 as i64).map_err(err))
+        .register_get("cr3", |e: &mut ExitRef| e.get(|c| c.cr3 as i64).map_err(err))
+        .register_get("cr4", |e: &mut ExitRef| e.get(|c| c.cr4 as i64).map_err(err))
+        .register_get("efer", |e: &mut ExitRef| e.get(|c| c.efer as i64).map_err(err));
 
     // Per-reason details: () when the exit has no such detail.
     fn opt<T: Into<Dynamic>>(r: Result<Option<T>, ApiError>) -> Res<Dynamic> {
@@ -166,9 +125,9 @@ fn register_exit(engine: &mut Engine) {
         })
         .register_get("is_write", |e: &mut ExitRef| {
             opt(e.exit_detail(|d| match d {
-                ExitDetail::Io { write, .. }
-                | ExitDetail::Msr { write, .. }
-                | ExitDetail::Mmio { write, .. } => Some(*write),
+                ExitDetail::Io { write, .. } | ExitDetail::Msr { write, .. } | ExitDetail::Mmio { write, .. } => {
+                    Some(*write)
+                }
                 _ => None,
             }))
         })
@@ -217,74 +176,37 @@ fn register_exit(engine: &mut Engine) {
 
     // Memory.
     engine
-        .register_fn("read_phys", |e: &mut ExitRef, a: i64, n: i64| {
-            e.read_phys(a, n).map(Blob::from).map_err(err)
-        })
-        .register_fn("write_phys", |e: &mut ExitRef, a: i64, b: Blob| {
-            e.write_phys(a, &b).map_err(err)
-        })
-        .register_fn("write_phys", |e: &mut ExitRef, a: i64, b: Array| {
-            e.write_phys(a, &bytes(&b)?).map_err(err)
-        })
-        .register_fn("read_u64", |e: &mut ExitRef, a: i64| {
-            e.read_u64(a).map_err(err)
-        })
-        .register_fn("write_u64", |e: &mut ExitRef, a: i64, v: i64| {
-            e.write_u64(a, v).map_err(err)
-        })
-        .register_fn("read_virt", |e: &mut ExitRef, a: i64, n: i64| {
-            e.read_virt(a, n).map(Blob::from).map_err(err)
-        })
-        .register_fn("write_virt", |e: &mut ExitRef, a: i64, b: Blob| {
-            e.write_virt(a, &b).map_err(err)
-        })
-        .register_fn("write_virt", |e: &mut ExitRef, a: i64, b: Array| {
-            e.write_virt(a, &bytes(&b)?).map_err(err)
-        });
+        .register_fn("read_phys", |e: &mut ExitRef, a: i64, n: i64| e.read_phys(a, n).map_err(err))
+        .register_fn("write_phys", |e: &mut ExitRef, a: i64, b: Blob| e.write_phys(a, &b).map_err(err))
+        .register_fn("write_phys", |e: &mut ExitRef, a: i64, b: Array| e.write_phys(a, &bytes(&b)?).map_err(err))
+        .register_fn("read_u64", |e: &mut ExitRef, a: i64| e.read_u64(a).map_err(err))
+        .register_fn("write_u64", |e: &mut ExitRef, a: i64, v: i64| e.write_u64(a, v).map_err(err))
+        .register_fn("read_virt", |e: &mut ExitRef, a: i64, n: i64| e.read_virt(a, n).map_err(err))
+        .register_fn("write_virt", |e: &mut ExitRef, a: i64, b: Blob| e.write_virt(a, &b).map_err(err))
+        .register_fn("write_virt", |e: &mut ExitRef, a: i64, b: Array| e.write_virt(a, &bytes(&b)?).map_err(err));
 
     // VMCS, by name or by encoding.
     engine
-        .register_fn("vmcs_read", |e: &mut ExitRef, f: ImmutableString| {
-            e.vmcs_read(&f).map_err(err)
-        })
-        .register_fn("vmcs_read", |e: &mut ExitRef, f: i64| {
-            e.vmcs_read_enc(enc(f)?).map_err(err)
-        })
-        .register_fn(
-            "vmcs_write",
-            |e: &mut ExitRef, f: ImmutableString, v: i64| e.vmcs_write(&f, v).map_err(err),
-        )
-        .register_fn("vmcs_write", |e: &mut ExitRef, f: i64, v: i64| {
-            e.vmcs_write_enc(enc(f)?, v).map_err(err)
-        });
+        .register_fn("vmcs_read", |e: &mut ExitRef, f: ImmutableString| e.vmcs_read(&f).map_err(err))
+        .register_fn("vmcs_read", |e: &mut ExitRef, f: i64| e.vmcs_read_enc(enc(f)?).map_err(err))
+        .register_fn("vmcs_write", |e: &mut ExitRef, f: ImmutableString, v: i64| e.vmcs_write(&f, v).map_err(err))
+        .register_fn("vmcs_write", |e: &mut ExitRef, f: i64, v: i64| e.vmcs_write_enc(enc(f)?, v).map_err(err));
 
     // Decisions.
     engine
-        .register_fn("skip", |e: &mut ExitRef| {
-            e.decide(Action::Skip).map_err(err)
-        })
-        .register_fn("set_result", |e: &mut ExitRef, v: i64| {
-            e.decide(Action::Value(v as u64)).map_err(err)
-        })
+        .register_fn("skip", |e: &mut ExitRef| e.decide(Action::Skip).map_err(err))
+        .register_fn("set_result", |e: &mut ExitRef, v: i64| e.decide(Action::Value(v as u64)).map_err(err))
         .register_fn("inject", |e: &mut ExitRef, v: i64| {
             let vector = unsigned("vector", v, 8).map_err(err)? as u8;
-            e.decide(Action::Inject {
-                vector,
-                error_code: None,
-            })
-            .map_err(err)
+            e.decide(Action::Inject { vector, error_code: None }).map_err(err)
         })
         .register_fn("inject", |e: &mut ExitRef, v: i64, code: i64| {
             let vector = unsigned("vector", v, 8).map_err(err)? as u8;
             let error_code = Some(unsigned("error code", code, 32).map_err(err)? as u32);
             e.decide(Action::Inject { vector, error_code }).map_err(err)
         })
-        .register_fn("reflect", |e: &mut ExitRef| {
-            e.decide(Action::Reflect).map_err(err)
-        })
-        .register_fn("keep_in_l0", |e: &mut ExitRef| {
-            e.decide(Action::KeepInL0).map_err(err)
-        })
+        .register_fn("reflect", |e: &mut ExitRef| e.decide(Action::Reflect).map_err(err))
+        .register_fn("keep_in_l0", |e: &mut ExitRef| e.decide(Action::KeepInL0).map_err(err))
         .register_fn("stop", |e: &mut ExitRef, why: ImmutableString| {
             e.decide(Action::Stop(why.to_string())).map_err(err)
         });
@@ -300,24 +222,17 @@ fn bytes(a: &Array) -> Res<Vec<u8>> {
 }
 
 fn enc(f: i64) -> Res<u32> {
-    unsigned("VMCS encoding", f, 32)
-        .map(|v| v as u32)
-        .map_err(err)
+    unsigned("VMCS encoding", f, 32).map(|v| v as u32).map_err(err)
 }
 
 fn register_globals(engine: &mut Engine, state: &Rc<RefCell<ScriptState>>) {
     let s = state.clone();
-    engine.register_fn("rand", move |seed: i64| {
-        s.borrow_mut().rng = SplitMix64::new(seed as u64)
-    });
+    engine.register_fn("rand", move |seed: i64| s.borrow_mut().rng = SplitMix64::new(seed as u64));
     let s = state.clone();
     engine.register_fn("rand", move || s.borrow_mut().rng.next_u64() as i64);
     let s = state.clone();
     engine.register_fn("rand_int", move |lo: i64, hi: i64| -> Res<i64> {
-        s.borrow_mut()
-            .rng
-            .in_range(lo, hi)
-            .ok_or_else(|| format!("rand_int({lo}, {hi}): lo > hi").into())
+        s.borrow_mut().rng.in_range(lo, hi).ok_or_else(|| format!("rand_int({lo}, {hi}): lo > hi").into())
     });
     let s = state.clone();
     engine.register_fn(

@@ -12,10 +12,8 @@ use crate::vmx::fields;
 use crate::vmx::vmcs::Vmcs;
 
 /// Register names in SDM order (the order of `ExitContext::gprs`).
-pub const GPR_NAMES: [&str; 16] = [
-    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
-    "r14", "r15",
-];
+pub const GPR_NAMES: [&str; 16] =
+    ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
 
 /// Largest block `read_phys`/`read_virt` return in one call.
 pub const MAX_READ: i64 = 1 << 20;
@@ -106,12 +104,7 @@ pub enum ApiError {
     #[error("{what} {value:#x} is out of range")]
     Range { what: &'static str, value: i64 },
     #[error("{what} is only possible on {when} (this is a {level} {reason} exit)")]
-    NotHere {
-        what: &'static str,
-        when: &'static str,
-        level: &'static str,
-        reason: String,
-    },
+    NotHere { what: &'static str, when: &'static str, level: &'static str, reason: String },
     #[error(transparent)]
     Memory(#[from] MemFault),
     #[error("{0}")]
@@ -192,8 +185,7 @@ impl ExitRef {
     pub fn write_phys(&self, addr: i64, data: &[u8]) -> ApiResult<()> {
         self.with_mut(|c| {
             c.ram.write(addr as u64, data)?;
-            c.changes
-                .push(format!("phys[{addr:#x}]<-{} bytes", data.len()));
+            c.changes.push(format!("phys[{addr:#x}]<-{} bytes", data.len()));
             Ok(())
         })
     }
@@ -222,8 +214,7 @@ impl ExitRef {
     pub fn write_virt(&self, addr: i64, data: &[u8]) -> ApiResult<()> {
         self.with_mut(|c| {
             paging::write_virt(&c.ram, c.paging, addr as u64, data)?;
-            c.changes
-                .push(format!("virt[{addr:#x}]<-{} bytes", data.len()));
+            c.changes.push(format!("virt[{addr:#x}]<-{} bytes", data.len()));
             Ok(())
         })
     }
@@ -236,9 +227,7 @@ impl ExitRef {
     pub fn vmcs_read_enc(&self, enc: u32) -> ApiResult<i64> {
         self.with(|c| {
             let vmcs = c.vmcs.as_ref().ok_or(ApiError::NoVmcs)?;
-            let v = vmcs
-                .read(enc)
-                .ok_or_else(|| ApiError::UnknownField(format!("{enc:#x}")))?;
+            let v = vmcs.read(enc).ok_or_else(|| ApiError::UnknownField(format!("{enc:#x}")))?;
             Ok(v as i64)
         })
     }
@@ -296,14 +285,8 @@ pub fn action_name(a: &Action) -> &'static str {
 fn describe(a: &Action) -> String {
     match a {
         Action::Value(v) => format!("set_result {v:#x}"),
-        Action::Inject {
-            vector,
-            error_code: Some(ec),
-        } => format!("inject {vector} error {ec:#x}"),
-        Action::Inject {
-            vector,
-            error_code: None,
-        } => format!("inject {vector}"),
+        Action::Inject { vector, error_code: Some(ec) } => format!("inject {vector} error {ec:#x}"),
+        Action::Inject { vector, error_code: None } => format!("inject {vector}"),
         Action::Stop(why) => format!("stop {why:?}"),
         other => action_name(other).to_string(),
     }
@@ -319,28 +302,18 @@ fn is_read(d: &ExitDetail) -> bool {
 }
 
 fn not_here(c: &ExitContext, what: &'static str, when: &'static str) -> ApiError {
-    ApiError::NotHere {
-        what,
-        when,
-        level: c.exit.level.as_str(),
-        reason: c.exit.reason_name(),
-    }
+    ApiError::NotHere { what, when, level: c.exit.level.as_str(), reason: c.exit.reason_name() }
 }
 
 fn read_len(len: i64) -> ApiResult<usize> {
     if !(0..=MAX_READ).contains(&len) {
-        return Err(ApiError::Range {
-            what: "length",
-            value: len,
-        });
+        return Err(ApiError::Range { what: "length", value: len });
     }
     Ok(len as usize)
 }
 
 fn encoding(field: &str) -> ApiResult<u32> {
-    fields::by_name(field)
-        .map(|(_, f)| f.encoding)
-        .ok_or_else(|| ApiError::UnknownField(field.into()))
+    fields::by_name(field).map(|(_, f)| f.encoding).ok_or_else(|| ApiError::UnknownField(field.into()))
 }
 
 /// Checks that a script integer fits in `bits` unsigned bits.

@@ -44,10 +44,7 @@ pub struct ScriptOptions {
 
 impl Default for ScriptOptions {
     fn default() -> Self {
-        ScriptOptions {
-            max_operations: 1_000_000,
-            on_error: OnScriptError::Stop,
-        }
+        ScriptOptions { max_operations: 1_000_000, on_error: OnScriptError::Stop }
     }
 }
 
@@ -69,10 +66,7 @@ struct Script {
 impl Script {
     fn load(path: &PathBuf, opts: &ScriptOptions) -> Result<Self, Error> {
         let name = path.display().to_string();
-        let src = std::fs::read_to_string(path).map_err(|source| Error::File {
-            path: path.clone(),
-            source,
-        })?;
+        let src = std::fs::read_to_string(path).map_err(|source| Error::File { path: path.clone(), source })?;
         let state = Rc::new(RefCell::new(ScriptState::new(name.clone())));
         let engine = api::build_engine(&state, opts);
         let mut ast = engine.compile(&src).map_err(|e| {
@@ -90,15 +84,8 @@ impl Script {
                 _ => continue,
             };
             if f.params.len() != arity {
-                let want = if arity == 1 {
-                    "one parameter (the exit)"
-                } else {
-                    "no parameters"
-                };
-                return Err(Error::ScriptCompile(format!(
-                    "{name}: fn {} must take {want}",
-                    f.name
-                )));
+                let want = if arity == 1 { "one parameter (the exit)" } else { "no parameters" };
+                return Err(Error::ScriptCompile(format!("{name}: fn {} must take {want}", f.name)));
             }
             has[slot] = true;
         }
@@ -106,19 +93,11 @@ impl Script {
         // Top-level statements initialize the globals, once.
         let mut scope = Scope::new();
         let max_operations = opts.max_operations;
-        engine.run_ast_with_scope(&mut scope, &ast).map_err(|e| {
-            Error::Script(runtime_message(&name, "top-level code", max_operations, &e))
-        })?;
+        engine
+            .run_ast_with_scope(&mut scope, &ast)
+            .map_err(|e| Error::Script(runtime_message(&name, "top-level code", max_operations, &e)))?;
         ast.clear_statements();
-        Ok(Script {
-            name,
-            engine,
-            ast,
-            scope,
-            state,
-            has,
-            max_operations,
-        })
+        Ok(Script { name, engine, ast, scope, state, has, max_operations })
     }
 
     fn call(&mut self, hook: &str, args: impl rhai::FuncArgs) -> Result<(), String> {
@@ -141,15 +120,8 @@ pub struct ScriptHost {
 impl ScriptHost {
     /// Compiles every file and runs its top-level statements.
     pub fn load(paths: &[PathBuf], opts: ScriptOptions) -> Result<Self, Error> {
-        let scripts = paths
-            .iter()
-            .map(|p| Script::load(p, &opts))
-            .collect::<Result<_, _>>()?;
-        Ok(ScriptHost {
-            scripts,
-            opts,
-            stopped: false,
-        })
+        let scripts = paths.iter().map(|p| Script::load(p, &opts)).collect::<Result<_, _>>()?;
+        Ok(ScriptHost { scripts, opts, stopped: false })
     }
 
     /// Runs `on_start` of each script; returns the CPUID overrides they set, in order.
@@ -260,9 +232,7 @@ fn runtime_message(file: &str, hook: &str, max_operations: u64, e: &EvalAltResul
     }
     let msg = msg.strip_prefix("Runtime error: ").unwrap_or(&msg);
     if matches!(cur, EvalAltResult::ErrorTooManyOperations(_)) {
-        return format!(
-            "{file}: {hook} ran over the limit of {max_operations} operations per call"
-        );
+        return format!("{file}: {hook} ran over the limit of {max_operations} operations per call");
     }
     format!("{}: {msg} (in {hook})", at(file, pos))
 }

@@ -34,12 +34,7 @@ fn io_exit(level: Level, port: u16, write: bool) -> ExitContext {
         qualification: 0x80_0000,
         rip: 0x1000,
         insn: vec![0xe6, 0x80],
-        detail: ExitDetail::Io {
-            port,
-            size: 1,
-            write,
-            data: 0x42,
-        },
+        detail: ExitDetail::Io { port, size: 1, write, data: 0x42 },
     };
     let mut c = ExitContext::new(exit, GuestRam::new(4).unwrap());
     c.rip = 0x1000;
@@ -56,33 +51,20 @@ fn script_err(r: Result<(), Error>) -> String {
 #[test]
 fn compile_error_names_file_line_col() {
     let p = file("bad.rhai", "let x = 1;\nfn on_exit(e) {\n  let = 5;\n}\n");
-    let Err(Error::ScriptCompile(m)) = ScriptHost::load(&[p.clone()], ScriptOptions::default())
-    else {
+    let Err(Error::ScriptCompile(m)) = ScriptHost::load(std::slice::from_ref(&p), ScriptOptions::default()) else {
         panic!("expected a compile error");
     };
     assert!(m.starts_with(&format!("{}:3:", p.display())), "{m}");
-    let missing = ScriptHost::load(
-        &[PathBuf::from("/nonexistent/x.rhai")],
-        ScriptOptions::default(),
-    );
+    let missing = ScriptHost::load(&[PathBuf::from("/nonexistent/x.rhai")], ScriptOptions::default());
     assert!(matches!(missing, Err(Error::File { .. })));
-    let arity = ScriptHost::load(
-        &[file("a.rhai", "fn on_exit() {}")],
-        ScriptOptions::default(),
-    );
+    let arity = ScriptHost::load(&[file("a.rhai", "fn on_exit() {}")], ScriptOptions::default());
     assert!(matches!(arity, Err(Error::ScriptCompile(m)) if m.contains("one parameter")));
 }
 
 #[test]
 fn globals_persist_across_calls_and_scripts_are_separate() {
-    let a = file(
-        "a.rhai",
-        "let n = 0; let seen = #{}; fn on_exit(e) { n += 1; seen[e.reason] = n; let tmp = 1; }",
-    );
-    let b = file(
-        "b.rhai",
-        "let n = 100; fn on_exit(e) { n += 1; e.rax = n; }",
-    );
+    let a = file("a.rhai", "let n = 0; let seen = #{}; fn on_exit(e) { n += 1; seen[e.reason] = n; let tmp = 1; }");
+    let b = file("b.rhai", "let n = 100; fn on_exit(e) { n += 1; e.rax = n; }");
     let mut h = ScriptHost::load(&[a, b], ScriptOptions::default()).unwrap();
     let mut c = io_exit(Level::L1, 0x80, true);
     for _ in 0..3 {
@@ -118,17 +100,12 @@ fn register_change_marks_dirty_and_records() {
 fn getters_per_reason() {
     let mut h = host(
         r#"let out = []; fn on_exit(e) { out = [e.level, e.reason, e.reason_nr, e.port, e.size, e.is_in, e.data,
-            e.msr, e.mnemonic, e.insn[0], e.seq, e.port == 0x80, e.msr == 0x10]; }"#,
+            e.msr, e.mnemonic, e.insn[0], e.seq, e.port == 0x80, e.msr == 0x10, `${e}`]; }"#,
     );
     let mut c = io_exit(Level::L2, 0x80, false);
     h.on_exit(&mut c).unwrap();
-    let out: Vec<String> = h.scripts[0]
-        .scope
-        .get_value::<rhai::Array>("out")
-        .unwrap()
-        .iter()
-        .map(|d| d.to_string())
-        .collect();
+    let out: Vec<String> =
+        h.scripts[0].scope.get_value::<rhai::Array>("out").unwrap().iter().map(|d| d.to_string()).collect();
     assert_eq!(
         out,
         [
@@ -144,7 +121,8 @@ fn getters_per_reason() {
             "230",
             "7",
             "true",
-            "false"
+            "false",
+            "#7 L2 IO_INSTRUCTION rip=0x1000"
         ]
     );
 }
@@ -154,20 +132,8 @@ fn decisions_set_the_action() {
     let cases: &[(&str, Action)] = &[
         ("e.skip()", Action::Skip),
         ("e.set_result(0x1234)", Action::Value(0x1234)),
-        (
-            "e.inject(14, 2)",
-            Action::Inject {
-                vector: 14,
-                error_code: Some(2),
-            },
-        ),
-        (
-            "e.inject(6)",
-            Action::Inject {
-                vector: 6,
-                error_code: None,
-            },
-        ),
+        ("e.inject(14, 2)", Action::Inject { vector: 14, error_code: Some(2) }),
+        ("e.inject(6)", Action::Inject { vector: 6, error_code: None }),
         ("e.reflect()", Action::Reflect),
         ("e.keep_in_l0()", Action::KeepInL0),
         ("e.stop(\"port 0x80\")", Action::Stop("port 0x80".into())),
@@ -201,19 +167,11 @@ fn vmcs_by_name() {
     v.set(fields::GUEST_RIP, 0xabc);
     c.vmcs = Some(v);
     h.on_exit(&mut c).unwrap();
-    assert_eq!(
-        c.vmcs.as_ref().unwrap().get(fields::EXIT_QUALIFICATION),
-        0x13
-    );
+    assert_eq!(c.vmcs.as_ref().unwrap().get(fields::EXIT_QUALIFICATION), 0x13);
     assert!(c.vmcs_dirty);
     assert_eq!(c.vmcs_writes, [(fields::EXIT_QUALIFICATION, 0x13)]);
     assert_eq!(c.gprs[0], 0xabc);
-    assert!(
-        c.changes
-            .contains(&"vmcs EXIT_QUALIFICATION=0x13".to_string()),
-        "{:?}",
-        c.changes
-    );
+    assert!(c.changes.contains(&"vmcs EXIT_QUALIFICATION=0x13".to_string()), "{:?}", c.changes);
 
     let mut h = host(r#"fn on_exit(e) { e.vmcs_read("NOT_A_FIELD"); }"#);
     let mut c = io_exit(Level::L2, 0x80, true);
@@ -227,25 +185,16 @@ fn vmcs_by_name() {
 #[test]
 fn operation_limit_stops_endless_loop() {
     let p = file("spin.rhai", "fn on_exit(e) {\n  loop { }\n}\n");
-    let opts = ScriptOptions {
-        max_operations: 10_000,
-        on_error: OnScriptError::Stop,
-    };
-    let mut h = ScriptHost::load(&[p.clone()], opts).unwrap();
+    let opts = ScriptOptions { max_operations: 10_000, on_error: OnScriptError::Stop };
+    let mut h = ScriptHost::load(std::slice::from_ref(&p), opts).unwrap();
     let mut c = io_exit(Level::L1, 0x80, true);
     let m = script_err(h.on_exit(&mut c));
     assert!(m.starts_with(&p.display().to_string()), "{m}");
-    assert!(
-        m.ends_with("on_exit ran over the limit of 10000 operations per call"),
-        "{m}"
-    );
+    assert!(m.ends_with("on_exit ran over the limit of 10000 operations per call"), "{m}");
     assert_eq!(c.exit.seq, 7, "context returned after an error");
 
     // Continue: warn and go on.
-    let opts = ScriptOptions {
-        max_operations: 10_000,
-        on_error: OnScriptError::Continue,
-    };
+    let opts = ScriptOptions { max_operations: 10_000, on_error: OnScriptError::Continue };
     let mut h = ScriptHost::load(&[p], opts).unwrap();
     assert!(h.on_exit(&mut c).is_ok());
 }
@@ -281,21 +230,10 @@ fn cpuid_set_only_in_on_start() {
     assert_eq!(ov.len(), 1);
     assert_eq!(ov[0].0, Level::L2);
     assert_eq!(ov[0].1.leaf, 0x4000_0000);
-    assert_eq!(
-        ov[0].1.regs,
-        [
-            0x4000_0001,
-            u32::from_le_bytes(*b"Nest"),
-            u32::from_le_bytes(*b"bedV"),
-            0x4d4d
-        ]
-    );
+    assert_eq!(ov[0].1.regs, [0x4000_0001, u32::from_le_bytes(*b"Nest"), u32::from_le_bytes(*b"bedV"), 0x4d4d]);
     let mut c = io_exit(Level::L1, 0x80, true);
     assert!(script_err(h.on_exit(&mut c)).contains("only possible in on_start"));
-    let bad = ScriptHost::load(
-        &[file("top.rhai", "cpuid_set(\"L1\", 1, 0, 0, 0, 0, 0);")],
-        ScriptOptions::default(),
-    );
+    let bad = ScriptHost::load(&[file("top.rhai", "cpuid_set(\"L1\", 1, 0, 0, 0, 0, 0);")], ScriptOptions::default());
     assert!(matches!(bad, Err(Error::Script(_))));
 }
 
@@ -312,12 +250,9 @@ fn memory_access() {
     let mut b = [0u8; 3];
     c.ram.read(0x3000, &mut b).unwrap();
     assert_eq!(b, [1, 0x88, 3]);
-    for bad in [
-        "e.read_u64(0x7fff_ffff)",
-        "e.read_phys(-1, 8)",
-        "e.write_phys(0x3ffffe, [1,2,3])",
-        "e.read_phys(0, -1)",
-    ] {
+    for bad in
+        ["e.read_u64(0x7fff_ffff)", "e.read_phys(-1, 8)", "e.write_phys(0x3ffffe, [1,2,3])", "e.read_phys(0, -1)"]
+    {
         let mut h = host(&format!("fn on_exit(e) {{ {bad}; }}"));
         let m = script_err(h.on_exit(&mut c));
         assert!(m.contains("t.rhai:1:"), "{bad}: {m}");
@@ -334,10 +269,7 @@ fn kept_exit_expires() {
 
 #[test]
 fn on_stop_runs_once_for_every_script() {
-    let a = file(
-        "a.rhai",
-        "let n = 0; fn on_stop() { n += 1; throw \"boom\"; }",
-    );
+    let a = file("a.rhai", "let n = 0; fn on_stop() { n += 1; throw \"boom\"; }");
     let b = file("b.rhai", "let n = 0; fn on_stop() { n += 1; }");
     let mut h = ScriptHost::load(&[a, b], ScriptOptions::default()).unwrap();
     assert!(!h.has_on_exit());
@@ -359,9 +291,7 @@ fn documented() -> BTreeSet<String> {
         .filter_map(|l| l.strip_prefix("| `"))
         .map(|cell| {
             let cell = cell.strip_prefix("e.").unwrap_or(cell);
-            cell.chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect()
+            cell.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
         })
         .collect()
 }
@@ -375,25 +305,14 @@ fn scripting_md_matches_the_engine() {
         .iter()
         .map(|s| {
             let name = s.split('(').next().unwrap_or("");
-            name.trim_start_matches("get$")
-                .trim_start_matches("set$")
-                .to_string()
+            name.trim_start_matches("get$").trim_start_matches("set$").to_string()
         })
         .collect();
     let doc = documented();
     let missing: Vec<_> = registered.difference(&doc).collect();
-    let stale: Vec<_> = doc
-        .difference(&registered)
-        .filter(|n| !["print", "debug"].contains(&n.as_str()))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "registered but not in SCRIPTING.md: {missing:?}"
-    );
-    assert!(
-        stale.is_empty(),
-        "in SCRIPTING.md but not registered: {stale:?}"
-    );
+    let stale: Vec<_> = doc.difference(&registered).filter(|n| !["print", "debug"].contains(&n.as_str())).collect();
+    assert!(missing.is_empty(), "registered but not in SCRIPTING.md: {missing:?}");
+    assert!(stale.is_empty(), "in SCRIPTING.md but not registered: {stale:?}");
 }
 
 #[test]
@@ -416,21 +335,13 @@ fn example_scripts_run() {
             qualification: 0,
             rip: 0x2000,
             insn: vec![0x0f, 0x32],
-            detail: ExitDetail::Msr {
-                index: 0x48a,
-                write: false,
-                value: 0,
-            },
+            detail: ExitDetail::Msr { index: 0x48a, write: false, value: 0 },
         };
-        let mut contexts = vec![
-            io_exit(Level::L2, 0x80, true),
-            io_exit(Level::L1, 0x3f8, false),
-        ];
+        let mut contexts = vec![io_exit(Level::L2, 0x80, true), io_exit(Level::L1, 0x3f8, false)];
         contexts.push(ExitContext::new(msr, GuestRam::new(4).unwrap()));
         for mut c in contexts {
             c.vmcs = Some(Vmcs::new(1));
-            h.on_exit(&mut c)
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            h.on_exit(&mut c).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         }
         h.on_stop().unwrap();
     }

@@ -1295,14 +1295,15 @@ pub fn check_guest_state(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), V
         let tf = rflags & (1 << 8) != 0;
         let btf = vmcs.get(GUEST_IA32_DEBUGCTL) & 2 != 0;
         let bs = pending & (1 << 14) != 0;
+        let single_step = tf && !btf;
         rule!(
-            tf && !btf && !bs,
+            single_step && !bs,
             G,
             "27.3.1.5",
             "guest pending debug BS clear while single-stepping with interrupts blocked"
         );
         rule!(
-            !(tf && !btf) && bs,
+            !single_step && bs,
             G,
             "27.3.1.5",
             "guest pending debug BS set while not single-stepping"

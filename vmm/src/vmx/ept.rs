@@ -455,15 +455,15 @@ mod tests {
         // A 2M page right after the 4K run with contiguous hpa merges.
         let mut r2 = tables();
         for i in 0..512 {
-            r2.put_u64(PT + 8 * i, (0x10_0000 + 0x1000 * i) | WB | 5);
+            r2.put_u64(PT + 8 * i, (0x20_0000 + 0x1000 * i) | WB | 5);
         }
-        r2.put_u64(PD + 8, 0x30_0000 | 0x80 | WB | 5);
+        r2.put_u64(PD + 8, 0x40_0000 | 0x80 | WB | 5);
         let m = ept_mappings(&r2, EPTP, 0x40_0000).unwrap();
         assert_eq!(
             m,
             vec![EptMapping {
                 gpa: 0,
-                hpa: 0x10_0000,
+                hpa: 0x20_0000,
                 size: 0x40_0000,
                 read: true,
                 write: false,

@@ -1,0 +1,104 @@
+//! Bad input never crashes nestbed: each gets a one-line error naming the file and problem
+//! and a documented exit code (README, "Exit codes").
+
+mod common;
+use common::{nestbed, tmpdir};
+use nestbed::error::code;
+
+fn write(name: &str, bytes: &[u8]) -> String {
+    let p = tmpdir("bad").join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn missing_file() {
+    let r = nestbed(&["run", "--guest", "/nonexistent/kernel.elf"]);
+    assert_eq!(r.code, code::CONFIG);
+    assert!(r.stderr.contains("/nonexistent/kernel.elf"), "{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"));
+}
+
+#[test]
+fn not_elf() {
+    let p = write("notelf.bin", b"just some text, not a kernel");
+    let r = nestbed(&["run", "--guest", &p]);
+    assert_eq!(r.code, code::BAD_IMAGE);
+    assert!(r.stderr.contains(&p) && r.stderr.contains("no multiboot v1 header"), "{}", r.stderr);
+}
+
+#[test]
+fn elf_without_multiboot_header() {
+    let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+    elf.resize(4096, 0);
+    let p = write("nomb.elf", &elf);
+    let r = nestbed(&["run", "--guest", &p]);
+    assert_eq!(r.code, code::BAD_IMAGE);
+    assert!(r.stderr.contains("no multiboot v1 header"), "{}", r.stderr);
+}
+
+#[test]
+fn segments_outside_ram() {
+    // The hello image loads at 1 MiB and needs more than 2 MiB of RAM above it? No: use a
+    // kludge header asking for a load at 64 MiB with 4 MiB of RAM.
+    let mut img = Vec::new();
+    let flags: u32 = 1 << 16;
+    for v in [0x1BAD_B002u32, flags, 0u32.wrapping_sub(0x1BAD_B002u32.wrapping_add(flags))] {
+        img.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [0x400_0000u32, 0x400_0000, 0, 0x400_1000, 0x400_0020] {
+        img.extend_from_slice(&v.to_le_bytes());
+    }
+    let p = write("far.bin", &img);
+    let r = nestbed(&["run", "--guest", &p, "--mem", "4"]);
+    assert_eq!(r.code, code::BAD_IMAGE);
+    assert!(r.stderr.contains("outside guest RAM"), "{}", r.stderr);
+}
+
+#[test]
+fn ram_too_small_or_absurd() {
+    for mem in ["1", "999999"] {
+        let r = nestbed(&["run", "--guest", "hello", "--mem", mem]);
+        assert_eq!(r.code, code::CONFIG, "{}", r.stderr);
+        assert!(r.stderr.contains(&format!("--mem {mem}")), "{}", r.stderr);
+    }
+}
+
+#[test]
+fn unwritable_serial_path() {
+    let r = nestbed(&["run", "--guest", "hello", "--serial", "/nonexistent/dir/console.txt"]);
+    assert_eq!(r.code, code::CONFIG);
+    assert!(r.stderr.contains("/nonexistent/dir/console.txt"), "{}", r.stderr);
+}
+
+#[test]
+fn bad_flag() {
+    let r = nestbed(&["run", "--no-such-flag"]);
+    assert_eq!(r.code, code::CONFIG);
+}
+
+#[test]
+fn timeout_stops_the_guest() {
+    let r = nestbed(&["run", "--guest", "exit-code", "--cmdline", "spin", "--timeout", "1", "--stats"]);
+    assert_eq!(r.code, code::TIMEOUT, "{}", r.stderr);
+    assert!(r.stdout.contains("spinning forever"));
+    assert!(r.stderr.contains("timeout"), "{}", r.stderr);
+    assert!(r.stderr.contains("total:"), "statistics are printed on a timeout too: {}", r.stderr);
+}
+
+#[test]
+fn sigint_stops_cleanly_with_statistics() {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_nestbed"))
+        .args(["run", "--guest", "exit-code", "--cmdline", "spin", "--stats", "--timeout", "30"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code::INTERRUPTED), "{stderr}");
+    assert!(stderr.contains("total:"), "{stderr}");
+}
