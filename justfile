@@ -1,0 +1,26 @@
+# nestbed recipes. Install just with `cargo install just` or `pip install rust-just`.
+
+# List the recipes.
+default:
+    @just --list
+
+# Boot a guest (default: the nested demo), e.g. `just run hello --stats`.
+run guest="nested-demo" *args="":
+    cargo run --release -- run --guest {{guest}} {{args}}
+
+# Run the whole test suite (what CI runs).
+test:
+    cargo test --workspace
+
+# List the embedded guests.
+guests:
+    cargo run --release -- guests
+
+# Measure exit costs side by side and write BENCHMARKS.md.
+bench:
+    cargo run --release --example bench -- BENCHMARKS.md
+
+# Format check and clippy.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
