@@ -8,7 +8,11 @@ use nestbed::error::{code, Error};
 use nestbed::runner::{self, RunConfig};
 
 #[derive(Parser)]
-#[command(name = "nestbed", version, about = "Nested-virtualization research testbed: a KVM VMM with a virtual Intel VMX")]
+#[command(
+    name = "nestbed",
+    version,
+    about = "Nested-virtualization research testbed: a KVM VMM with a virtual Intel VMX"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

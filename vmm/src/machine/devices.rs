@@ -51,7 +51,12 @@ impl Devices {
             }
             DEBUG_EXIT => PortEffect::Exit(data as u8),
             _ => {
-                tracing::debug!(port = format_args!("{port:#x}"), size, data = format_args!("{data:#x}"), "write to unhandled port ignored");
+                tracing::debug!(
+                    port = format_args!("{port:#x}"),
+                    size,
+                    data = format_args!("{data:#x}"),
+                    "write to unhandled port ignored"
+                );
                 PortEffect::None
             }
         }

@@ -126,7 +126,12 @@ fn elf_segments(e: &[u8]) -> Result<(u64, Vec<Segment<'_>>), LoadError> {
     };
     let t = || bad("truncated header");
     let (entry, phoff, phentsize, phnum) = if is64 {
-        (u64_at(e, 24).ok_or_else(t)?, u64_at(e, 32).ok_or_else(t)?, u16_at(e, 54).ok_or_else(t)?, u16_at(e, 56).ok_or_else(t)?)
+        (
+            u64_at(e, 24).ok_or_else(t)?,
+            u64_at(e, 32).ok_or_else(t)?,
+            u16_at(e, 54).ok_or_else(t)?,
+            u16_at(e, 56).ok_or_else(t)?,
+        )
     } else {
         (
             u64::from(u32_at(e, 24).ok_or_else(t)?),

@@ -1,7 +1,9 @@
 //! One KVM vCPU. Registers are read and written through `kvm_run->s.regs` (sync regs: REGS,
 //! SREGS, EVENTS valid on every exit; dirty bits make KVM load them on the next KVM_RUN).
 
-use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs, kvm_vcpu_events, KVM_SYNC_X86_EVENTS, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
+use kvm_bindings::{
+    kvm_regs, kvm_run, kvm_sregs, kvm_vcpu_events, KVM_SYNC_X86_EVENTS, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS,
+};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 
 use super::paging::PagingMode;
@@ -12,22 +14,52 @@ const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
 /// A KVM exit, copied out of `kvm_run` so the vCPU is free again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawExit {
-    IoOut { port: u16, size: u8, data: u64 },
-    IoIn { port: u16, size: u8 },
-    MmioRead { gpa: u64, len: u8 },
-    MmioWrite { gpa: u64, len: u8, data: u64 },
+    IoOut {
+        port: u16,
+        size: u8,
+        data: u64,
+    },
+    IoIn {
+        port: u16,
+        size: u8,
+    },
+    MmioRead {
+        gpa: u64,
+        len: u8,
+    },
+    MmioWrite {
+        gpa: u64,
+        len: u8,
+        data: u64,
+    },
     Hlt,
     Shutdown,
     /// An instruction KVM could not emulate, with up to 15 of its bytes (every VMX
     /// instruction on a host without VMX).
-    EmulationFailure { bytes: Vec<u8> },
-    InternalError { suberror: u32 },
-    RdMsr { index: u32 },
-    WrMsr { index: u32, data: u64 },
-    Debug { exception: u32, pc: u64, dr6: u64, dr7: u64 },
+    EmulationFailure {
+        bytes: Vec<u8>,
+    },
+    InternalError {
+        suberror: u32,
+    },
+    RdMsr {
+        index: u32,
+    },
+    WrMsr {
+        index: u32,
+        data: u64,
+    },
+    Debug {
+        exception: u32,
+        pc: u64,
+        dr6: u64,
+        dr7: u64,
+    },
     /// KVM_RUN returned EINTR (a signal or immediate_exit).
     Interrupted,
-    FailEntry { reason: u64 },
+    FailEntry {
+        reason: u64,
+    },
     Other(String),
 }
 
@@ -116,14 +148,17 @@ impl Vcpu {
     pub fn get_msrs(&self, indices: &[u32]) -> Result<Vec<u64>, Error> {
         let entries: Vec<kvm_bindings::kvm_msr_entry> =
             indices.iter().map(|&index| kvm_bindings::kvm_msr_entry { index, ..Default::default() }).collect();
-        let mut msrs = kvm_bindings::Msrs::from_entries(&entries).map_err(|e| Error::HostIo(format!("MSR list: {e:?}")))?;
+        let mut msrs =
+            kvm_bindings::Msrs::from_entries(&entries).map_err(|e| Error::HostIo(format!("MSR list: {e:?}")))?;
         self.fd.get_msrs(&mut msrs).map_err(host("KVM_GET_MSRS"))?;
         Ok(msrs.as_slice().iter().map(|e| e.data).collect())
     }
 
     pub fn set_msrs(&self, values: &[(u32, u64)]) -> Result<(), Error> {
-        let entries: Vec<kvm_bindings::kvm_msr_entry> =
-            values.iter().map(|&(index, data)| kvm_bindings::kvm_msr_entry { index, data, ..Default::default() }).collect();
+        let entries: Vec<kvm_bindings::kvm_msr_entry> = values
+            .iter()
+            .map(|&(index, data)| kvm_bindings::kvm_msr_entry { index, data, ..Default::default() })
+            .collect();
         let msrs = kvm_bindings::Msrs::from_entries(&entries).map_err(|e| Error::HostIo(format!("MSR list: {e:?}")))?;
         self.fd.set_msrs(&msrs).map_err(host("KVM_SET_MSRS"))?;
         Ok(())

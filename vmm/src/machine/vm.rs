@@ -77,7 +77,8 @@ impl Vm {
     /// Creates vCPU `id` with the host's supported CPUID, plus CPUID.1:ECX.VMX when `vmx`.
     pub fn create_vcpu(&self, kvm: &Kvm, id: u64, vmx: bool, overrides: &[CpuidOverride]) -> Result<Vcpu, Error> {
         let fd = self.fd.create_vcpu(id).map_err(host("KVM_CREATE_VCPU"))?;
-        let mut cpuid = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(host("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut cpuid =
+            kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(host("KVM_GET_SUPPORTED_CPUID"))?;
         adjust_cpuid(&mut cpuid, vmx, overrides);
         fd.set_cpuid2(&cpuid).map_err(host("KVM_SET_CPUID2"))?;
         Ok(Vcpu::new(fd))

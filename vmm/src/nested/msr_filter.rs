@@ -37,7 +37,12 @@ impl MsrFilterState {
             // KVM refuses a deny-all filter without ranges: give it one denied MSR.
             None => vm.fd.set_msr_filter(
                 MsrFilterDefaultAction::DENY,
-                &[MsrFilterRange { flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE, base: 0, msr_count: 1, bitmap: &[0] }],
+                &[MsrFilterRange {
+                    flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+                    base: 0,
+                    msr_count: 1,
+                    bitmap: &[0],
+                }],
             ),
             Some(b) => {
                 // Filter bitmaps allow where the bit is 1; MSR bitmaps exit where it is 1.

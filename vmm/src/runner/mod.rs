@@ -16,8 +16,8 @@ use crate::error::{code, host, Error};
 use crate::exit::{Action, Exit, ExitDetail, Handler, Level};
 use crate::machine::devices::{Devices, PortEffect};
 use crate::machine::{loader, GuestRam, RawExit, Vcpu, Vm};
-use crate::trace::{Stats, TraceWriter};
 use crate::nested::L2;
+use crate::trace::{Stats, TraceWriter};
 use crate::vmx::cpu::VmxCpu;
 use crate::vmx::exits::{io_qualification, ExitReason};
 
@@ -53,7 +53,10 @@ impl RunConfig {
 pub enum Outcome {
     /// The guest wrote this code to the debug-exit port.
     GuestExit(u8),
-    TripleFault { level: Level, registers: String },
+    TripleFault {
+        level: Level,
+        registers: String,
+    },
     Timeout,
     Interrupted,
     ScriptStop(String),
@@ -76,7 +79,9 @@ impl Outcome {
     pub fn message(&self) -> Option<String> {
         match self {
             Outcome::GuestExit(_) => None,
-            Outcome::TripleFault { level, registers } => Some(format!("{} triple fault (shutdown)\n{registers}", level.as_str())),
+            Outcome::TripleFault { level, registers } => {
+                Some(format!("{} triple fault (shutdown)\n{registers}", level.as_str()))
+            }
             Outcome::Timeout => Some("timeout: the guest ran longer than --timeout".into()),
             Outcome::Interrupted => Some("interrupted".into()),
             Outcome::ScriptStop(r) => Some(format!("stopped by script: {r}")),
@@ -117,7 +122,8 @@ pub struct Runner {
 impl Runner {
     pub fn new(mut cfg: RunConfig) -> Result<Self, Error> {
         let ram = GuestRam::new(cfg.mem_mib)?;
-        let cmdline = if cfg.cmdline.is_empty() { cfg.image_name.clone() } else { format!("{} {}", cfg.image_name, cfg.cmdline) };
+        let cmdline =
+            if cfg.cmdline.is_empty() { cfg.image_name.clone() } else { format!("{} {}", cfg.image_name, cfg.cmdline) };
         let boot = loader::load(&ram, &cfg.image, &cmdline)
             .map_err(|source| Error::Image { path: PathBuf::from(&cfg.image_name), source })?;
         let kvm = Kvm::new().map_err(host("opening /dev/kvm"))?;
@@ -156,7 +162,8 @@ impl Runner {
     pub fn run(mut self) -> Result<Report, Error> {
         signals::install();
         let result = self.run_loop();
-        signals::set_running(std::ptr::null_mut());
+        // SAFETY: null clears the registration.
+        unsafe { signals::set_running(std::ptr::null_mut()) };
         self.devices.flush();
         if let Some(t) = self.trace.as_mut() {
             t.flush();
@@ -176,7 +183,9 @@ impl Runner {
     fn run_loop(&mut self) -> Result<Outcome, Error> {
         loop {
             let run = self.active().kvm_run_ptr();
-            signals::set_running(run);
+            // SAFETY: the active vCPU's mapping lives as long as the Runner, which clears the
+            // registration before returning.
+            unsafe { signals::set_running(run) };
             let raw = self.active().run()?;
             let t0 = Instant::now();
             match signals::cause() {
@@ -218,7 +227,12 @@ impl Runner {
         match raw {
             RawExit::IoOut { port, size, data } => {
                 let q = io_qualification(port, size, false, false, false, false);
-                let exit = self.next_exit(Level::L1, ExitReason::IO_INSTRUCTION, q, ExitDetail::Io { port, size, write: true, data });
+                let exit = self.next_exit(
+                    Level::L1,
+                    ExitReason::IO_INSTRUCTION,
+                    q,
+                    ExitDetail::Io { port, size, write: true, data },
+                );
                 let action = self.observe(&exit, Handler::L0);
                 let handler = if action == Action::Default { Handler::L0 } else { Handler::Script };
                 let flow = match action {
@@ -232,7 +246,12 @@ impl Runner {
             }
             RawExit::IoIn { port, size } => {
                 let q = io_qualification(port, size, true, false, false, false);
-                let exit = self.next_exit(Level::L1, ExitReason::IO_INSTRUCTION, q, ExitDetail::Io { port, size, write: false, data: 0 });
+                let exit = self.next_exit(
+                    Level::L1,
+                    ExitReason::IO_INSTRUCTION,
+                    q,
+                    ExitDetail::Io { port, size, write: false, data: 0 },
+                );
                 let action = self.observe(&exit, Handler::L0);
                 let handler = if action == Action::Default { Handler::L0 } else { Handler::Script };
                 let flow = match action {
@@ -267,7 +286,12 @@ impl Runner {
             RawExit::RdMsr { index } => self.l1_rdmsr(index),
             RawExit::WrMsr { index, data } => self.l1_wrmsr(index, data),
             RawExit::MmioRead { gpa, len } => {
-                let exit = self.next_exit(Level::L1, ExitReason::EPT_VIOLATION, 1, ExitDetail::Mmio { gpa, len, write: false, data: 0 });
+                let exit = self.next_exit(
+                    Level::L1,
+                    ExitReason::EPT_VIOLATION,
+                    1,
+                    ExitDetail::Mmio { gpa, len, write: false, data: 0 },
+                );
                 let action = self.observe(&exit, Handler::L0);
                 let flow = match action {
                     Action::Default => {
@@ -280,14 +304,22 @@ impl Runner {
                 Ok((flow, exit.reason, Handler::L0))
             }
             RawExit::MmioWrite { gpa, len, data } => {
-                let exit = self.next_exit(Level::L1, ExitReason::EPT_VIOLATION, 2, ExitDetail::Mmio { gpa, len, write: true, data });
+                let exit = self.next_exit(
+                    Level::L1,
+                    ExitReason::EPT_VIOLATION,
+                    2,
+                    ExitDetail::Mmio { gpa, len, write: true, data },
+                );
                 let action = self.observe(&exit, Handler::L0);
                 tracing::debug!(gpa = format_args!("{gpa:#x}"), "L1 write outside RAM ignored");
                 let flow = self.apply_action(action)?;
                 Ok((flow, exit.reason, Handler::L0))
             }
             other => Ok((
-                Flow::Stop(Outcome::Unsupported(format!("unexpected L1 exit {other:?}\n{}", dump_registers(&mut self.l1)))),
+                Flow::Stop(Outcome::Unsupported(format!(
+                    "unexpected L1 exit {other:?}\n{}",
+                    dump_registers(&mut self.l1)
+                ))),
                 0,
                 Handler::L0,
             )),

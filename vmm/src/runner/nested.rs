@@ -174,7 +174,8 @@ impl Runner {
             match op {
                 0xe4..=0xe7 => {
                     let is_in = op & 2 == 0;
-                    (is_in == input && (op & 1 == 1) == want_size_bit && u16::from(imm) == port).then_some((prefix + 2, true))
+                    (is_in == input && (op & 1 == 1) == want_size_bit && u16::from(imm) == port)
+                        .then_some((prefix + 2, true))
                 }
                 0xec..=0xef => {
                     let is_in = op & 2 == 0;
@@ -213,28 +214,39 @@ impl Runner {
                 };
                 let (insn, imm) = self.io_insn(rip, !write, port, size);
                 let q = io_qualification(port, size, !write, false, false, imm);
-                let mut exit = self.next_exit(Level::L2, ExitReason::IO_INSTRUCTION, q, ExitDetail::Io { port, size, write, data });
+                let mut exit = self.next_exit(
+                    Level::L2,
+                    ExitReason::IO_INSTRUCTION,
+                    q,
+                    ExitDetail::Io { port, size, write, data },
+                );
                 exit.rip = insn.rip;
                 let wants = match self.vmx.current_vmcs() {
                     Some(v) => l1_wants_io(v, &RamView(&self.l1_vm.ram), port, size),
                     None => false,
                 };
                 let action = self.observe(&exit, if wants { Handler::L1 } else { Handler::L0 });
-                self.l2_route(exit.reason, action, wants, |me| {
-                    me.reflect(ExitReason::IO_INSTRUCTION, q, &insn, 0)?;
-                    Ok(Flow::Continue)
-                }, move |me| {
-                    Ok(if write {
-                        match me.devices.write(port, size, data) {
-                            PortEffect::Exit(c) => Flow::Stop(Outcome::GuestExit(c)),
-                            PortEffect::None => Flow::Continue,
-                        }
-                    } else {
-                        let v = me.devices.read(port, size);
-                        me.active().complete_read(v);
-                        Flow::Continue
-                    })
-                })
+                self.l2_route(
+                    exit.reason,
+                    action,
+                    wants,
+                    |me| {
+                        me.reflect(ExitReason::IO_INSTRUCTION, q, &insn, 0)?;
+                        Ok(Flow::Continue)
+                    },
+                    move |me| {
+                        Ok(if write {
+                            match me.devices.write(port, size, data) {
+                                PortEffect::Exit(c) => Flow::Stop(Outcome::GuestExit(c)),
+                                PortEffect::None => Flow::Continue,
+                            }
+                        } else {
+                            let v = me.devices.read(port, size);
+                            me.active().complete_read(v);
+                            Flow::Continue
+                        })
+                    },
+                )
             }
             RawExit::Hlt => {
                 let mut b = [0u8; 1];
@@ -258,13 +270,19 @@ impl Runner {
                 let exit = self.next_exit(Level::L2, ExitReason::TRIPLE_FAULT, 0, ExitDetail::None);
                 let action = self.observe(&exit, Handler::L1);
                 let insn = Insn { rip, len: 0, pending: false };
-                self.l2_route(exit.reason, action, true, |me| {
-                    me.reflect(ExitReason::TRIPLE_FAULT, 0, &insn, 0)?;
-                    Ok(Flow::Continue)
-                }, |me| {
-                    let registers = super::dump_registers(me.active());
-                    Ok(Flow::Stop(Outcome::TripleFault { level: Level::L2, registers }))
-                })
+                self.l2_route(
+                    exit.reason,
+                    action,
+                    true,
+                    |me| {
+                        me.reflect(ExitReason::TRIPLE_FAULT, 0, &insn, 0)?;
+                        Ok(Flow::Continue)
+                    },
+                    |me| {
+                        let registers = super::dump_registers(me.active());
+                        Ok(Flow::Stop(Outcome::TripleFault { level: Level::L2, registers }))
+                    },
+                )
             }
             RawExit::EmulationFailure { bytes } => {
                 let insn = match self.l2.as_ref().map(|l2| trap::decode_trap(&bytes, l2.vcpu.peek_sregs(), rip)) {
@@ -278,17 +296,28 @@ impl Runner {
                 let reason = insn.op.exit_reason();
                 let q = exit_qualification(&insn);
                 let info = instruction_info(&insn);
-                let mut exit = self.next_exit(Level::L2, reason, q, ExitDetail::Vmx { mnemonic: insn.op.name().to_string(), operands: insn.to_string() });
+                let mut exit = self.next_exit(
+                    Level::L2,
+                    reason,
+                    q,
+                    ExitDetail::Vmx { mnemonic: insn.op.name().to_string(), operands: insn.to_string() },
+                );
                 exit.insn = bytes[..usize::from(insn.len).min(bytes.len())].to_vec();
                 let action = self.observe(&exit, Handler::L1);
                 let at = Insn { rip, len: insn.len, pending: false };
-                self.l2_route(exit.reason, action, true, |me| {
-                    me.reflect(reason, q, &at, info)?;
-                    Ok(Flow::Continue)
-                }, |me| {
-                    me.active().inject_exception(6, None);
-                    Ok(Flow::Continue)
-                })
+                self.l2_route(
+                    exit.reason,
+                    action,
+                    true,
+                    |me| {
+                        me.reflect(reason, q, &at, info)?;
+                        Ok(Flow::Continue)
+                    },
+                    |me| {
+                        me.active().inject_exception(6, None);
+                        Ok(Flow::Continue)
+                    },
+                )
             }
             RawExit::RdMsr { .. } | RawExit::WrMsr { .. } => {
                 let (index, write, value) = match raw {
@@ -301,18 +330,29 @@ impl Runner {
                 // Only MSRs L1 intercepts reach here (the L2 VM's MSR filter mirrors L1's bitmap).
                 let action = self.observe(&exit, Handler::L1);
                 let insn = Insn { rip, len: 2, pending: true };
-                self.l2_route(exit.reason, action, true, |me| {
-                    me.reflect(reason, 0, &insn, 0)?;
-                    Ok(Flow::Continue)
-                }, |me| {
-                    if !write {
-                        me.active().complete_read(0);
-                    }
-                    Ok(Flow::Continue)
-                })
+                self.l2_route(
+                    exit.reason,
+                    action,
+                    true,
+                    |me| {
+                        me.reflect(reason, 0, &insn, 0)?;
+                        Ok(Flow::Continue)
+                    },
+                    |me| {
+                        if !write {
+                            me.active().complete_read(0);
+                        }
+                        Ok(Flow::Continue)
+                    },
+                )
             }
             RawExit::MmioRead { gpa, len } => {
-                let exit = self.next_exit(Level::L2, ExitReason::EPT_VIOLATION, 1, ExitDetail::Mmio { gpa, len, write: false, data: 0 });
+                let exit = self.next_exit(
+                    Level::L2,
+                    ExitReason::EPT_VIOLATION,
+                    1,
+                    ExitDetail::Mmio { gpa, len, write: false, data: 0 },
+                );
                 let action = self.observe(&exit, Handler::L0);
                 let flow = match action {
                     Action::Default => {
@@ -324,11 +364,20 @@ impl Runner {
                 Ok((flow, exit.reason, Handler::L0))
             }
             RawExit::MmioWrite { gpa, len, data } => {
-                let exit = self.next_exit(Level::L2, ExitReason::EPT_VIOLATION, 2, ExitDetail::Mmio { gpa, len, write: true, data });
+                let exit = self.next_exit(
+                    Level::L2,
+                    ExitReason::EPT_VIOLATION,
+                    2,
+                    ExitDetail::Mmio { gpa, len, write: true, data },
+                );
                 let action = self.observe(&exit, Handler::L0);
                 Ok((self.apply_action(action)?, exit.reason, Handler::L0))
             }
-            other => Ok((Flow::Stop(Outcome::Unsupported(format!("unexpected L2 exit {other:?} at RIP {rip:#x}"))), 0, Handler::L0)),
+            other => Ok((
+                Flow::Stop(Outcome::Unsupported(format!("unexpected L2 exit {other:?} at RIP {rip:#x}"))),
+                0,
+                Handler::L0,
+            )),
         }
     }
 

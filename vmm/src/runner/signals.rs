@@ -53,7 +53,10 @@ pub fn arm_timeout(secs: u32) {
 }
 
 /// Registers the kvm_run of the vCPU about to run (null when none).
-pub fn set_running(run: *mut kvm_run) {
+///
+/// # Safety
+/// `run` must be null or the live kvm_run mapping of a vCPU that outlives the registration.
+pub unsafe fn set_running(run: *mut kvm_run) {
     RUNNING.store(run, Ordering::SeqCst);
     if !run.is_null() && CAUSE.load(Ordering::SeqCst) != NONE {
         // SAFETY: as in on_signal: a live kvm_run mapping.

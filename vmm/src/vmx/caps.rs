@@ -228,18 +228,13 @@ pub struct VmxCaps {
 /// Default CR4_FIXED1: VME, PVI, TSD, DE, PSE, PAE, MCE, PGE, PCE, OSFXSR, OSXMMEXCPT
 /// (bits 0-10), UMIP (11), VMXE (13), FSGSBASE (16), PCIDE (17), OSXSAVE (18), SMEP (20),
 /// SMAP (21).
-pub const DEFAULT_CR4_FIXED1: u64 =
-    0x7ff | 1 << 11 | 1 << 13 | 1 << 16 | 1 << 17 | 1 << 18 | 1 << 20 | 1 << 21;
+pub const DEFAULT_CR4_FIXED1: u64 = 0x7ff | 1 << 11 | 1 << 13 | 1 << 16 | 1 << 17 | 1 << 18 | 1 << 20 | 1 << 21;
 
 impl Default for VmxCaps {
     fn default() -> Self {
         // SDM A.1: revision 30:0, region size 44:32, memory type 53:50 (6 = WB), bit 54 INS/OUTS
         // instruction information, bit 55 TRUE control MSRs.
-        let basic = u64::from(NESTBED_VMCS_REVISION)
-            | (4096u64 << 32)
-            | (6u64 << 50)
-            | (1u64 << 54)
-            | (1u64 << 55);
+        let basic = u64::from(NESTBED_VMCS_REVISION) | (4096u64 << 32) | (6u64 << 50) | (1u64 << 54) | (1u64 << 55);
         let primary1 = proc::DEFAULT1
             | proc::HLT_EXITING
             | proc::UNCOND_IO_EXITING
@@ -247,8 +242,7 @@ impl Default for VmxCaps {
             | proc::MONITOR_TRAP_FLAG
             | proc::USE_MSR_BITMAPS
             | proc::ACTIVATE_SECONDARY_CONTROLS;
-        let secondary1 =
-            proc2::ENABLE_EPT | proc2::ENABLE_RDTSCP | proc2::ENABLE_VPID | proc2::ENABLE_INVPCID;
+        let secondary1 = proc2::ENABLE_EPT | proc2::ENABLE_RDTSCP | proc2::ENABLE_VPID | proc2::ENABLE_INVPCID;
         let exit1 = exit::DEFAULT1
             | exit::HOST_ADDR_SPACE_SIZE
             | exit::ACK_INTR_ON_EXIT
@@ -256,10 +250,7 @@ impl Default for VmxCaps {
             | exit::LOAD_IA32_PAT
             | exit::SAVE_IA32_EFER
             | exit::LOAD_IA32_EFER;
-        let entry1 = entry::DEFAULT1
-            | entry::IA32E_MODE_GUEST
-            | entry::LOAD_IA32_PAT
-            | entry::LOAD_IA32_EFER;
+        let entry1 = entry::DEFAULT1 | entry::IA32E_MODE_GUEST | entry::LOAD_IA32_PAT | entry::LOAD_IA32_EFER;
         let cap = |allowed0, allowed1| CtlCap { allowed0, allowed1 };
         VmxCaps {
             feature_control: FEATURE_CONTROL_LOCKED | FEATURE_CONTROL_VMXON_OUTSIDE_SMX,
@@ -422,10 +413,7 @@ mod tests {
         assert_eq!(c.cr4_fixed1, 0x0037_2fff);
         assert_eq!(c.cr4_fixed0 & c.cr4_fixed1, c.cr4_fixed0);
         assert_eq!(c.ept_vpid_cap, 0x0000_0f01_0613_4040);
-        assert_eq!(
-            c.vmcs_enum,
-            u64::from(super::super::fields::max_index()) << 1
-        );
+        assert_eq!(c.vmcs_enum, u64::from(super::super::fields::max_index()) << 1);
         assert!(!c.vmcs_shadowing());
     }
 

@@ -50,18 +50,12 @@ pub const ENTRY_FAIL_VMCS_LINK_PTR: u64 = 4;
 
 const C: CheckClass = CheckClass::Control;
 const H: CheckClass = CheckClass::HostState;
-const G: CheckClass = CheckClass::GuestState {
-    qualification: ENTRY_FAIL_DEFAULT,
-};
+const G: CheckClass = CheckClass::GuestState { qualification: ENTRY_FAIL_DEFAULT };
 
 macro_rules! rule {
     ($bad:expr, $class:expr, $sdm:literal, $rule:literal) => {
         if $bad {
-            return Err(Violation {
-                rule: $rule,
-                sdm: $sdm,
-                class: $class,
-            });
+            return Err(Violation { rule: $rule, sdm: $sdm, class: $class });
         }
     };
 }
@@ -76,9 +70,7 @@ fn bad_page_addr(addr: u64, width: u8) -> bool {
 
 /// A PAT value is valid when each byte is a valid memory type: 0, 1, 4, 5, 6 or 7.
 fn pat_valid(pat: u64) -> bool {
-    pat.to_le_bytes()
-        .iter()
-        .all(|b| matches!(b, 0 | 1 | 4 | 5 | 6 | 7))
+    pat.to_le_bytes().iter().all(|b| matches!(b, 0 | 1 | 4 | 5 | 6 | 7))
 }
 
 /// IA32_EFER bits defined on Intel 64: SCE, LME, LMA, NXE.
@@ -98,30 +90,15 @@ fn check_eptp(eptp: u64, caps: &VmxCaps, width: u8) -> Result<(), Violation> {
         4 => cap & ept_cap::PAGE_WALK_5 != 0,
         _ => false,
     };
-    rule!(
-        !walk_ok,
-        C,
-        "27.2.1.1",
-        "EPTP page-walk length not supported"
-    );
+    rule!(!walk_ok, C, "27.2.1.1", "EPTP page-walk length not supported");
     rule!(
         eptp & (1 << 6) != 0 && cap & ept_cap::AD_FLAGS == 0,
         C,
         "27.2.1.1",
         "EPTP accessed/dirty enable set without support"
     );
-    rule!(
-        eptp & 0xf80 != 0,
-        C,
-        "27.2.1.1",
-        "EPTP reserved bits 11:7 set"
-    );
-    rule!(
-        beyond_width(eptp, width),
-        C,
-        "27.2.1.1",
-        "EPTP address beyond physical-address width"
-    );
+    rule!(eptp & 0xf80 != 0, C, "27.2.1.1", "EPTP reserved bits 11:7 set");
+    rule!(beyond_width(eptp, width), C, "27.2.1.1", "EPTP address beyond physical-address width");
     Ok(())
 }
 
@@ -136,12 +113,7 @@ pub fn check_vm_entry(vmcs: &Vmcs, caps: &VmxCaps, phys_width: u8) -> Result<(),
 }
 
 /// [`check_vm_entry`] for a processor whose IA32_EFER.LMA is `host_lma` (SDM 27.2.4).
-pub fn check_vm_entry_from(
-    vmcs: &Vmcs,
-    caps: &VmxCaps,
-    phys_width: u8,
-    host_lma: bool,
-) -> Result<(), Violation> {
+pub fn check_vm_entry_from(vmcs: &Vmcs, caps: &VmxCaps, phys_width: u8, host_lma: bool) -> Result<(), Violation> {
     check_controls(vmcs, caps, phys_width)?;
     check_host_state(vmcs, caps, phys_width, host_lma)?;
     check_guest_state(vmcs, caps, phys_width)
@@ -182,8 +154,7 @@ pub fn check_controls(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), Viol
         "primary processor-based controls violate IA32_VMX_TRUE_PROCBASED_CTLS"
     );
     rule!(
-        primary & proc::ACTIVATE_SECONDARY_CONTROLS != 0
-            && !caps.cap(Control::Secondary).permits(sec),
+        primary & proc::ACTIVATE_SECONDARY_CONTROLS != 0 && !caps.cap(Control::Secondary).permits(sec),
         C,
         "27.2.1.1",
         "secondary processor-based controls violate IA32_VMX_PROCBASED_CTLS2"
@@ -275,12 +246,7 @@ pub fn check_controls(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), Viol
     }
 
     // 27.2.1.2 VM-exit control fields.
-    rule!(
-        !caps.cap(Control::Exit).permits(exitv),
-        C,
-        "27.2.1.2",
-        "VM-exit controls violate IA32_VMX_TRUE_EXIT_CTLS"
-    );
+    rule!(!caps.cap(Control::Exit).permits(exitv), C, "27.2.1.2", "VM-exit controls violate IA32_VMX_TRUE_EXIT_CTLS");
     rule!(
         pinv & pin::ACTIVATE_PREEMPTION_TIMER == 0 && exitv & exit::SAVE_PREEMPTION_TIMER != 0,
         C,
@@ -288,21 +254,13 @@ pub fn check_controls(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), Viol
         "save VMX-preemption timer set while activate VMX-preemption timer is clear"
     );
     rule!(
-        msr_list_bad(
-            vmcs.get(VM_EXIT_MSR_STORE_ADDR),
-            vmcs.get(VM_EXIT_MSR_STORE_COUNT),
-            width
-        ),
+        msr_list_bad(vmcs.get(VM_EXIT_MSR_STORE_ADDR), vmcs.get(VM_EXIT_MSR_STORE_COUNT), width),
         C,
         "27.2.1.2",
         "VM-exit MSR-store address not 16-byte aligned or list beyond physical-address width"
     );
     rule!(
-        msr_list_bad(
-            vmcs.get(VM_EXIT_MSR_LOAD_ADDR),
-            vmcs.get(VM_EXIT_MSR_LOAD_COUNT),
-            width
-        ),
+        msr_list_bad(vmcs.get(VM_EXIT_MSR_LOAD_ADDR), vmcs.get(VM_EXIT_MSR_LOAD_COUNT), width),
         C,
         "27.2.1.2",
         "VM-exit MSR-load address not 16-byte aligned or list beyond physical-address width"
@@ -320,52 +278,22 @@ pub fn check_controls(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), Viol
         let ty = (info >> 8) & 7;
         let vector = info & 0xff;
         let mtf = caps.cap(Control::Primary).allowed1 & proc::MONITOR_TRAP_FLAG != 0;
-        rule!(
-            ty == 1 || (ty == 7 && !mtf),
-            C,
-            "27.2.1.3",
-            "VM-entry interruption type reserved"
-        );
-        rule!(
-            ty == 2 && vector != 2,
-            C,
-            "27.2.1.3",
-            "VM-entry NMI injection with vector other than 2"
-        );
-        rule!(
-            ty == 3 && vector > 31,
-            C,
-            "27.2.1.3",
-            "VM-entry hardware exception with vector above 31"
-        );
-        rule!(
-            ty == 7 && vector != 0,
-            C,
-            "27.2.1.3",
-            "VM-entry other-event injection with vector other than 0"
-        );
+        rule!(ty == 1 || (ty == 7 && !mtf), C, "27.2.1.3", "VM-entry interruption type reserved");
+        rule!(ty == 2 && vector != 2, C, "27.2.1.3", "VM-entry NMI injection with vector other than 2");
+        rule!(ty == 3 && vector > 31, C, "27.2.1.3", "VM-entry hardware exception with vector above 31");
+        rule!(ty == 7 && vector != 0, C, "27.2.1.3", "VM-entry other-event injection with vector other than 0");
         let unrestricted = secondary(vmcs) & proc2::UNRESTRICTED_GUEST != 0;
         let pe = vmcs.get(GUEST_CR0) & cr::CR0_PE != 0;
         let has_code = ty == 3 && matches!(vector, 8 | 10..=14 | 17 | 21) && (!unrestricted || pe);
         let deliver = info & (1 << 11) != 0;
-        rule!(
-            deliver && !has_code,
-            C,
-            "27.2.1.3",
-            "VM-entry deliver-error-code set for event without error code"
-        );
+        rule!(deliver && !has_code, C, "27.2.1.3", "VM-entry deliver-error-code set for event without error code");
         rule!(
             !deliver && has_code && caps.basic & (1 << 56) == 0,
             C,
             "27.2.1.3",
             "VM-entry deliver-error-code clear for exception with error code"
         );
-        rule!(
-            info & 0x7fff_f000 != 0,
-            C,
-            "27.2.1.3",
-            "VM-entry interruption-information reserved bits 30:12 set"
-        );
+        rule!(info & 0x7fff_f000 != 0, C, "27.2.1.3", "VM-entry interruption-information reserved bits 30:12 set");
         rule!(
             deliver && vmcs.get(VM_ENTRY_EXCEPTION_ERROR_CODE) & 0xffff_8000 != 0,
             C,
@@ -382,11 +310,7 @@ pub fn check_controls(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), Viol
         );
     }
     rule!(
-        msr_list_bad(
-            vmcs.get(VM_ENTRY_MSR_LOAD_ADDR),
-            vmcs.get(VM_ENTRY_MSR_LOAD_COUNT),
-            width
-        ),
+        msr_list_bad(vmcs.get(VM_ENTRY_MSR_LOAD_ADDR), vmcs.get(VM_ENTRY_MSR_LOAD_COUNT), width),
         C,
         "27.2.1.3",
         "VM-entry MSR-load address not 16-byte aligned or list beyond physical-address width"
@@ -405,12 +329,7 @@ fn fixed_ok(v: u64, fixed0: u64, fixed1: u64) -> bool {
 }
 
 /// SDM 27.2.2 - 27.2.4: host-state area.
-pub fn check_host_state(
-    vmcs: &Vmcs,
-    caps: &VmxCaps,
-    width: u8,
-    host_lma: bool,
-) -> Result<(), Violation> {
+pub fn check_host_state(vmcs: &Vmcs, caps: &VmxCaps, width: u8, host_lma: bool) -> Result<(), Violation> {
     let exitv = vmcs.get32(VM_EXIT_CONTROLS);
     let host64 = exitv & exit::HOST_ADDR_SPACE_SIZE != 0;
     let cr4 = vmcs.get(HOST_CR4);
@@ -428,24 +347,9 @@ pub fn check_host_state(
         "27.2.2",
         "host CR4 violates IA32_VMX_CR4_FIXED0/FIXED1"
     );
-    rule!(
-        beyond_width(vmcs.get(HOST_CR3), width),
-        H,
-        "27.2.2",
-        "host CR3 beyond physical-address width"
-    );
-    rule!(
-        !is_canonical(vmcs.get(HOST_IA32_SYSENTER_ESP), 48),
-        H,
-        "27.2.2",
-        "host IA32_SYSENTER_ESP not canonical"
-    );
-    rule!(
-        !is_canonical(vmcs.get(HOST_IA32_SYSENTER_EIP), 48),
-        H,
-        "27.2.2",
-        "host IA32_SYSENTER_EIP not canonical"
-    );
+    rule!(beyond_width(vmcs.get(HOST_CR3), width), H, "27.2.2", "host CR3 beyond physical-address width");
+    rule!(!is_canonical(vmcs.get(HOST_IA32_SYSENTER_ESP), 48), H, "27.2.2", "host IA32_SYSENTER_ESP not canonical");
+    rule!(!is_canonical(vmcs.get(HOST_IA32_SYSENTER_EIP), 48), H, "27.2.2", "host IA32_SYSENTER_EIP not canonical");
     rule!(
         exitv & exit::LOAD_IA32_PAT != 0 && !pat_valid(vmcs.get(HOST_IA32_PAT)),
         H,
@@ -454,12 +358,7 @@ pub fn check_host_state(
     );
     if exitv & exit::LOAD_IA32_EFER != 0 {
         let efer = vmcs.get(HOST_IA32_EFER);
-        rule!(
-            efer & !EFER_VALID != 0,
-            H,
-            "27.2.2",
-            "host IA32_EFER reserved bits set"
-        );
+        rule!(efer & !EFER_VALID != 0, H, "27.2.2", "host IA32_EFER reserved bits set");
         rule!(
             (efer & cr::EFER_LMA != 0) != host64,
             H,
@@ -485,98 +384,34 @@ pub fn check_host_state(
         (HOST_TR_SELECTOR, "host TR selector RPL or TI not 0"),
     ] {
         if vmcs.get(enc) & 7 != 0 {
-            return Err(Violation {
-                rule,
-                sdm: "27.2.3",
-                class: H,
-            });
+            return Err(Violation { rule, sdm: "27.2.3", class: H });
         }
     }
-    rule!(
-        vmcs.get(HOST_CS_SELECTOR) == 0,
-        H,
-        "27.2.3",
-        "host CS selector is 0"
-    );
-    rule!(
-        vmcs.get(HOST_TR_SELECTOR) == 0,
-        H,
-        "27.2.3",
-        "host TR selector is 0"
-    );
+    rule!(vmcs.get(HOST_CS_SELECTOR) == 0, H, "27.2.3", "host CS selector is 0");
+    rule!(vmcs.get(HOST_TR_SELECTOR) == 0, H, "27.2.3", "host TR selector is 0");
     rule!(
         !host64 && vmcs.get(HOST_SS_SELECTOR) == 0,
         H,
         "27.2.3",
         "host SS selector is 0 while host address-space size is 0"
     );
-    rule!(
-        !is_canonical(vmcs.get(HOST_FS_BASE), 48),
-        H,
-        "27.2.3",
-        "host FS base not canonical"
-    );
-    rule!(
-        !is_canonical(vmcs.get(HOST_GS_BASE), 48),
-        H,
-        "27.2.3",
-        "host GS base not canonical"
-    );
-    rule!(
-        !is_canonical(vmcs.get(HOST_GDTR_BASE), 48),
-        H,
-        "27.2.3",
-        "host GDTR base not canonical"
-    );
-    rule!(
-        !is_canonical(vmcs.get(HOST_IDTR_BASE), 48),
-        H,
-        "27.2.3",
-        "host IDTR base not canonical"
-    );
-    rule!(
-        !is_canonical(vmcs.get(HOST_TR_BASE), 48),
-        H,
-        "27.2.3",
-        "host TR base not canonical"
-    );
+    rule!(!is_canonical(vmcs.get(HOST_FS_BASE), 48), H, "27.2.3", "host FS base not canonical");
+    rule!(!is_canonical(vmcs.get(HOST_GS_BASE), 48), H, "27.2.3", "host GS base not canonical");
+    rule!(!is_canonical(vmcs.get(HOST_GDTR_BASE), 48), H, "27.2.3", "host GDTR base not canonical");
+    rule!(!is_canonical(vmcs.get(HOST_IDTR_BASE), 48), H, "27.2.3", "host IDTR base not canonical");
+    rule!(!is_canonical(vmcs.get(HOST_TR_BASE), 48), H, "27.2.3", "host TR base not canonical");
 
     // 27.2.4 Checks related to address-space size.
     let entryv = vmcs.get32(VM_ENTRY_CONTROLS);
     if host_lma {
-        rule!(
-            !host64,
-            H,
-            "27.2.4",
-            "host address-space size is 0 in IA-32e mode"
-        );
+        rule!(!host64, H, "27.2.4", "host address-space size is 0 in IA-32e mode");
     } else {
-        rule!(
-            entryv & entry::IA32E_MODE_GUEST != 0,
-            C,
-            "27.2.4",
-            "IA-32e mode guest set outside IA-32e mode"
-        );
-        rule!(
-            host64,
-            C,
-            "27.2.4",
-            "host address-space size set outside IA-32e mode"
-        );
+        rule!(entryv & entry::IA32E_MODE_GUEST != 0, C, "27.2.4", "IA-32e mode guest set outside IA-32e mode");
+        rule!(host64, C, "27.2.4", "host address-space size set outside IA-32e mode");
     }
     if host64 {
-        rule!(
-            cr4 & cr::CR4_PAE == 0,
-            H,
-            "27.2.4",
-            "host CR4.PAE clear while host address-space size is 1"
-        );
-        rule!(
-            !is_canonical(vmcs.get(HOST_RIP), 48),
-            H,
-            "27.2.4",
-            "host RIP not canonical"
-        );
+        rule!(cr4 & cr::CR4_PAE == 0, H, "27.2.4", "host CR4.PAE clear while host address-space size is 1");
+        rule!(!is_canonical(vmcs.get(HOST_RIP), 48), H, "27.2.4", "host RIP not canonical");
     } else {
         rule!(
             entryv & entry::IA32E_MODE_GUEST != 0,
@@ -584,18 +419,8 @@ pub fn check_host_state(
             "27.2.4",
             "IA-32e mode guest set while host address-space size is 0"
         );
-        rule!(
-            cr4 & cr::CR4_PCIDE != 0,
-            H,
-            "27.2.4",
-            "host CR4.PCIDE set while host address-space size is 0"
-        );
-        rule!(
-            vmcs.get(HOST_RIP) >> 32 != 0,
-            H,
-            "27.2.4",
-            "host RIP bits 63:32 set while host address-space size is 0"
-        );
+        rule!(cr4 & cr::CR4_PCIDE != 0, H, "27.2.4", "host CR4.PCIDE set while host address-space size is 0");
+        rule!(vmcs.get(HOST_RIP) >> 32 != 0, H, "27.2.4", "host RIP bits 63:32 set while host address-space size is 0");
     }
     Ok(())
 }
@@ -631,12 +456,7 @@ struct Seg {
 
 impl Seg {
     fn read(v: &Vmcs, sel: u32, base: u32, limit: u32, ar: u32) -> Seg {
-        Seg {
-            sel: v.get(sel),
-            base: v.get(base),
-            limit: v.get32(limit),
-            ar: v.get32(ar),
-        }
+        Seg { sel: v.get(sel), base: v.get(base), limit: v.get32(limit), ar: v.get32(ar) }
     }
     fn usable(&self) -> bool {
         self.ar & ar::UNUSABLE == 0
@@ -663,18 +483,8 @@ pub fn check_guest_state(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), V
     if unrestricted {
         fixed0 &= !(cr::CR0_PE | cr::CR0_PG);
     }
-    rule!(
-        !fixed_ok(cr0, fixed0, caps.cr0_fixed1),
-        G,
-        "27.3.1.1",
-        "guest CR0 violates IA32_VMX_CR0_FIXED0/FIXED1"
-    );
-    rule!(
-        cr0 & cr::CR0_PG != 0 && cr0 & cr::CR0_PE == 0,
-        G,
-        "27.3.1.1",
-        "guest CR0.PG set while CR0.PE clear"
-    );
+    rule!(!fixed_ok(cr0, fixed0, caps.cr0_fixed1), G, "27.3.1.1", "guest CR0 violates IA32_VMX_CR0_FIXED0/FIXED1");
+    rule!(cr0 & cr::CR0_PG != 0 && cr0 & cr::CR0_PE == 0, G, "27.3.1.1", "guest CR0.PG set while CR0.PE clear");
     rule!(
         !fixed_ok(cr4, caps.cr4_fixed0, caps.cr4_fixed1),
         G,
@@ -690,50 +500,20 @@ pub fn check_guest_state(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), V
         );
     }
     if ia32e {
-        rule!(
-            cr0 & cr::CR0_PG == 0,
-            G,
-            "27.3.1.1",
-            "IA-32e mode guest with CR0.PG clear"
-        );
-        rule!(
-            cr4 & cr::CR4_PAE == 0,
-            G,
-            "27.3.1.1",
-            "IA-32e mode guest with CR4.PAE clear"
-        );
+        rule!(cr0 & cr::CR0_PG == 0, G, "27.3.1.1", "IA-32e mode guest with CR0.PG clear");
+        rule!(cr4 & cr::CR4_PAE == 0, G, "27.3.1.1", "IA-32e mode guest with CR4.PAE clear");
     } else {
-        rule!(
-            cr4 & cr::CR4_PCIDE != 0,
-            G,
-            "27.3.1.1",
-            "guest CR4.PCIDE set outside IA-32e mode"
-        );
+        rule!(cr4 & cr::CR4_PCIDE != 0, G, "27.3.1.1", "guest CR4.PCIDE set outside IA-32e mode");
     }
-    rule!(
-        beyond_width(vmcs.get(GUEST_CR3), width),
-        G,
-        "27.3.1.1",
-        "guest CR3 beyond physical-address width"
-    );
+    rule!(beyond_width(vmcs.get(GUEST_CR3), width), G, "27.3.1.1", "guest CR3 beyond physical-address width");
     rule!(
         entryv & entry::LOAD_DEBUG_CONTROLS != 0 && vmcs.get(GUEST_DR7) >> 32 != 0,
         G,
         "27.3.1.1",
         "guest DR7 bits 63:32 set"
     );
-    rule!(
-        !is_canonical(vmcs.get(GUEST_SYSENTER_ESP), 48),
-        G,
-        "27.3.1.1",
-        "guest IA32_SYSENTER_ESP not canonical"
-    );
-    rule!(
-        !is_canonical(vmcs.get(GUEST_SYSENTER_EIP), 48),
-        G,
-        "27.3.1.1",
-        "guest IA32_SYSENTER_EIP not canonical"
-    );
+    rule!(!is_canonical(vmcs.get(GUEST_SYSENTER_ESP), 48), G, "27.3.1.1", "guest IA32_SYSENTER_ESP not canonical");
+    rule!(!is_canonical(vmcs.get(GUEST_SYSENTER_EIP), 48), G, "27.3.1.1", "guest IA32_SYSENTER_EIP not canonical");
     rule!(
         entryv & entry::LOAD_IA32_PAT != 0 && !pat_valid(vmcs.get(GUEST_IA32_PAT)),
         G,
@@ -742,18 +522,8 @@ pub fn check_guest_state(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), V
     );
     if entryv & entry::LOAD_IA32_EFER != 0 {
         let efer = vmcs.get(GUEST_IA32_EFER);
-        rule!(
-            efer & !EFER_VALID != 0,
-            G,
-            "27.3.1.1",
-            "guest IA32_EFER reserved bits set"
-        );
-        rule!(
-            (efer & cr::EFER_LMA != 0) != ia32e,
-            G,
-            "27.3.1.1",
-            "guest IA32_EFER.LMA differs from IA-32e mode guest"
-        );
+        rule!(efer & !EFER_VALID != 0, G, "27.3.1.1", "guest IA32_EFER reserved bits set");
+        rule!((efer & cr::EFER_LMA != 0) != ia32e, G, "27.3.1.1", "guest IA32_EFER.LMA differs from IA-32e mode guest");
         rule!(
             cr0 & cr::CR0_PG != 0 && (efer & cr::EFER_LME != 0) != ia32e,
             G,
@@ -763,75 +533,17 @@ pub fn check_guest_state(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), V
     }
 
     // 27.3.1.2 Segment registers.
-    let cs = Seg::read(
-        vmcs,
-        GUEST_CS_SELECTOR,
-        GUEST_CS_BASE,
-        GUEST_CS_LIMIT,
-        GUEST_CS_AR_BYTES,
-    );
-    let ss = Seg::read(
-        vmcs,
-        GUEST_SS_SELECTOR,
-        GUEST_SS_BASE,
-        GUEST_SS_LIMIT,
-        GUEST_SS_AR_BYTES,
-    );
-    let ds = Seg::read(
-        vmcs,
-        GUEST_DS_SELECTOR,
-        GUEST_DS_BASE,
-        GUEST_DS_LIMIT,
-        GUEST_DS_AR_BYTES,
-    );
-    let es = Seg::read(
-        vmcs,
-        GUEST_ES_SELECTOR,
-        GUEST_ES_BASE,
-        GUEST_ES_LIMIT,
-        GUEST_ES_AR_BYTES,
-    );
-    let fs = Seg::read(
-        vmcs,
-        GUEST_FS_SELECTOR,
-        GUEST_FS_BASE,
-        GUEST_FS_LIMIT,
-        GUEST_FS_AR_BYTES,
-    );
-    let gs = Seg::read(
-        vmcs,
-        GUEST_GS_SELECTOR,
-        GUEST_GS_BASE,
-        GUEST_GS_LIMIT,
-        GUEST_GS_AR_BYTES,
-    );
-    let tr = Seg::read(
-        vmcs,
-        GUEST_TR_SELECTOR,
-        GUEST_TR_BASE,
-        GUEST_TR_LIMIT,
-        GUEST_TR_AR_BYTES,
-    );
-    let ldtr = Seg::read(
-        vmcs,
-        GUEST_LDTR_SELECTOR,
-        GUEST_LDTR_BASE,
-        GUEST_LDTR_LIMIT,
-        GUEST_LDTR_AR_BYTES,
-    );
+    let cs = Seg::read(vmcs, GUEST_CS_SELECTOR, GUEST_CS_BASE, GUEST_CS_LIMIT, GUEST_CS_AR_BYTES);
+    let ss = Seg::read(vmcs, GUEST_SS_SELECTOR, GUEST_SS_BASE, GUEST_SS_LIMIT, GUEST_SS_AR_BYTES);
+    let ds = Seg::read(vmcs, GUEST_DS_SELECTOR, GUEST_DS_BASE, GUEST_DS_LIMIT, GUEST_DS_AR_BYTES);
+    let es = Seg::read(vmcs, GUEST_ES_SELECTOR, GUEST_ES_BASE, GUEST_ES_LIMIT, GUEST_ES_AR_BYTES);
+    let fs = Seg::read(vmcs, GUEST_FS_SELECTOR, GUEST_FS_BASE, GUEST_FS_LIMIT, GUEST_FS_AR_BYTES);
+    let gs = Seg::read(vmcs, GUEST_GS_SELECTOR, GUEST_GS_BASE, GUEST_GS_LIMIT, GUEST_GS_AR_BYTES);
+    let tr = Seg::read(vmcs, GUEST_TR_SELECTOR, GUEST_TR_BASE, GUEST_TR_LIMIT, GUEST_TR_AR_BYTES);
+    let ldtr = Seg::read(vmcs, GUEST_LDTR_SELECTOR, GUEST_LDTR_BASE, GUEST_LDTR_LIMIT, GUEST_LDTR_AR_BYTES);
 
-    rule!(
-        tr.sel & 4 != 0,
-        G,
-        "27.3.1.2",
-        "guest TR selector TI flag set"
-    );
-    rule!(
-        ldtr.usable() && ldtr.sel & 4 != 0,
-        G,
-        "27.3.1.2",
-        "guest LDTR selector TI flag set"
-    );
+    rule!(tr.sel & 4 != 0, G, "27.3.1.2", "guest TR selector TI flag set");
+    rule!(ldtr.usable() && ldtr.sel & 4 != 0, G, "27.3.1.2", "guest LDTR selector TI flag set");
     rule!(
         !v86 && !unrestricted && ss.sel & 3 != cs.sel & 3,
         G,
@@ -878,13 +590,7 @@ pub fn check_guest_state(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), V
                 "guest GS access rights not 0xf3 in virtual-8086 mode",
             ),
         ] {
-            let fail = |rule| {
-                Err(Violation {
-                    rule,
-                    sdm: "27.3.1.2",
-                    class: G,
-                })
-            };
+            let fail = |rule| Err(Violation { rule, sdm: "27.3.1.2", class: G });
             if s.base != s.sel << 4 {
                 return fail(base_rule);
             }
@@ -898,54 +604,14 @@ pub fn check_guest_state(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), V
     }
 
     // Base-address checks.
-    rule!(
-        !is_canonical(tr.base, 48),
-        G,
-        "27.3.1.2",
-        "guest TR base not canonical"
-    );
-    rule!(
-        !is_canonical(fs.base, 48),
-        G,
-        "27.3.1.2",
-        "guest FS base not canonical"
-    );
-    rule!(
-        !is_canonical(gs.base, 48),
-        G,
-        "27.3.1.2",
-        "guest GS base not canonical"
-    );
-    rule!(
-        ldtr.usable() && !is_canonical(ldtr.base, 48),
-        G,
-        "27.3.1.2",
-        "guest LDTR base not canonical"
-    );
-    rule!(
-        cs.base >> 32 != 0,
-        G,
-        "27.3.1.2",
-        "guest CS base bits 63:32 set"
-    );
-    rule!(
-        ss.usable() && ss.base >> 32 != 0,
-        G,
-        "27.3.1.2",
-        "guest SS base bits 63:32 set"
-    );
-    rule!(
-        ds.usable() && ds.base >> 32 != 0,
-        G,
-        "27.3.1.2",
-        "guest DS base bits 63:32 set"
-    );
-    rule!(
-        es.usable() && es.base >> 32 != 0,
-        G,
-        "27.3.1.2",
-        "guest ES base bits 63:32 set"
-    );
+    rule!(!is_canonical(tr.base, 48), G, "27.3.1.2", "guest TR base not canonical");
+    rule!(!is_canonical(fs.base, 48), G, "27.3.1.2", "guest FS base not canonical");
+    rule!(!is_canonical(gs.base, 48), G, "27.3.1.2", "guest GS base not canonical");
+    rule!(ldtr.usable() && !is_canonical(ldtr.base, 48), G, "27.3.1.2", "guest LDTR base not canonical");
+    rule!(cs.base >> 32 != 0, G, "27.3.1.2", "guest CS base bits 63:32 set");
+    rule!(ss.usable() && ss.base >> 32 != 0, G, "27.3.1.2", "guest SS base bits 63:32 set");
+    rule!(ds.usable() && ds.base >> 32 != 0, G, "27.3.1.2", "guest DS base bits 63:32 set");
+    rule!(es.usable() && es.base >> 32 != 0, G, "27.3.1.2", "guest ES base bits 63:32 set");
 
     if !v86 {
         // CS.
@@ -957,12 +623,7 @@ pub fn check_guest_state(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), V
             "guest CS type not an accessed code segment"
         );
         rule!(cs.ar & ar::S == 0, G, "27.3.1.2", "guest CS S flag clear");
-        rule!(
-            cs_ty == 3 && ar::dpl(cs.ar) != 0,
-            G,
-            "27.3.1.2",
-            "guest CS DPL not 0 for type 3"
-        );
+        rule!(cs_ty == 3 && ar::dpl(cs.ar) != 0, G, "27.3.1.2", "guest CS DPL not 0 for type 3");
         rule!(
             matches!(cs_ty, 9 | 11) && ar::dpl(cs.ar) != ar::dpl(ss.ar),
             G,
@@ -976,47 +637,22 @@ pub fn check_guest_state(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), V
             "guest CS DPL greater than SS DPL for conforming code"
         );
         rule!(cs.ar & ar::P == 0, G, "27.3.1.2", "guest CS not present");
-        rule!(
-            cs.ar & ar::RESERVED != 0,
-            G,
-            "27.3.1.2",
-            "guest CS access-rights reserved bits set"
-        );
+        rule!(cs.ar & ar::RESERVED != 0, G, "27.3.1.2", "guest CS access-rights reserved bits set");
         rule!(
             ia32e && cs.ar & ar::L != 0 && cs.ar & ar::DB != 0,
             G,
             "27.3.1.2",
             "guest CS.L and CS.D both set in IA-32e mode"
         );
-        rule!(
-            !granularity_ok(cs.limit, cs.ar),
-            G,
-            "27.3.1.2",
-            "guest CS granularity inconsistent with limit"
-        );
+        rule!(!granularity_ok(cs.limit, cs.ar), G, "27.3.1.2", "guest CS granularity inconsistent with limit");
 
         // SS.
         if ss.usable() {
-            rule!(
-                !matches!(ss.ty(), 3 | 7),
-                G,
-                "27.3.1.2",
-                "guest SS type not read/write accessed data"
-            );
+            rule!(!matches!(ss.ty(), 3 | 7), G, "27.3.1.2", "guest SS type not read/write accessed data");
             rule!(ss.ar & ar::S == 0, G, "27.3.1.2", "guest SS S flag clear");
             rule!(ss.ar & ar::P == 0, G, "27.3.1.2", "guest SS not present");
-            rule!(
-                ss.ar & ar::RESERVED != 0,
-                G,
-                "27.3.1.2",
-                "guest SS access-rights reserved bits set"
-            );
-            rule!(
-                !granularity_ok(ss.limit, ss.ar),
-                G,
-                "27.3.1.2",
-                "guest SS granularity inconsistent with limit"
-            );
+            rule!(ss.ar & ar::RESERVED != 0, G, "27.3.1.2", "guest SS access-rights reserved bits set");
+            rule!(!granularity_ok(ss.limit, ss.ar), G, "27.3.1.2", "guest SS granularity inconsistent with limit");
         }
         rule!(
             !unrestricted && ar::dpl(ss.ar) != (ss.sel & 3) as u32,
@@ -1091,111 +727,42 @@ pub fn check_guest_state(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), V
                 !granularity_ok(s.limit, s.ar),
             ];
             if let Some(i) = bad.iter().position(|b| *b) {
-                return Err(Violation {
-                    rule: rules[i],
-                    sdm: "27.3.1.2",
-                    class: G,
-                });
+                return Err(Violation { rule: rules[i], sdm: "27.3.1.2", class: G });
             }
         }
     }
 
     // TR.
     rule!(!tr.usable(), G, "27.3.1.2", "guest TR unusable");
-    rule!(
-        !(tr.ty() == 11 || (tr.ty() == 3 && !ia32e)),
-        G,
-        "27.3.1.2",
-        "guest TR type not a busy TSS"
-    );
+    rule!(!(tr.ty() == 11 || (tr.ty() == 3 && !ia32e)), G, "27.3.1.2", "guest TR type not a busy TSS");
     rule!(tr.ar & ar::S != 0, G, "27.3.1.2", "guest TR S flag set");
     rule!(tr.ar & ar::P == 0, G, "27.3.1.2", "guest TR not present");
-    rule!(
-        tr.ar & ar::RESERVED != 0,
-        G,
-        "27.3.1.2",
-        "guest TR access-rights reserved bits set"
-    );
-    rule!(
-        !granularity_ok(tr.limit, tr.ar),
-        G,
-        "27.3.1.2",
-        "guest TR granularity inconsistent with limit"
-    );
+    rule!(tr.ar & ar::RESERVED != 0, G, "27.3.1.2", "guest TR access-rights reserved bits set");
+    rule!(!granularity_ok(tr.limit, tr.ar), G, "27.3.1.2", "guest TR granularity inconsistent with limit");
     // LDTR.
     if ldtr.usable() {
         rule!(ldtr.ty() != 2, G, "27.3.1.2", "guest LDTR type not LDT");
         rule!(ldtr.ar & ar::S != 0, G, "27.3.1.2", "guest LDTR S flag set");
-        rule!(
-            ldtr.ar & ar::P == 0,
-            G,
-            "27.3.1.2",
-            "guest LDTR not present"
-        );
-        rule!(
-            ldtr.ar & ar::RESERVED != 0,
-            G,
-            "27.3.1.2",
-            "guest LDTR access-rights reserved bits set"
-        );
-        rule!(
-            !granularity_ok(ldtr.limit, ldtr.ar),
-            G,
-            "27.3.1.2",
-            "guest LDTR granularity inconsistent with limit"
-        );
+        rule!(ldtr.ar & ar::P == 0, G, "27.3.1.2", "guest LDTR not present");
+        rule!(ldtr.ar & ar::RESERVED != 0, G, "27.3.1.2", "guest LDTR access-rights reserved bits set");
+        rule!(!granularity_ok(ldtr.limit, ldtr.ar), G, "27.3.1.2", "guest LDTR granularity inconsistent with limit");
     }
 
     // 27.3.1.3 Descriptor-table registers.
-    rule!(
-        !is_canonical(vmcs.get(GUEST_GDTR_BASE), 48),
-        G,
-        "27.3.1.3",
-        "guest GDTR base not canonical"
-    );
-    rule!(
-        !is_canonical(vmcs.get(GUEST_IDTR_BASE), 48),
-        G,
-        "27.3.1.3",
-        "guest IDTR base not canonical"
-    );
-    rule!(
-        vmcs.get(GUEST_GDTR_LIMIT) >> 16 != 0,
-        G,
-        "27.3.1.3",
-        "guest GDTR limit bits 31:16 set"
-    );
-    rule!(
-        vmcs.get(GUEST_IDTR_LIMIT) >> 16 != 0,
-        G,
-        "27.3.1.3",
-        "guest IDTR limit bits 31:16 set"
-    );
+    rule!(!is_canonical(vmcs.get(GUEST_GDTR_BASE), 48), G, "27.3.1.3", "guest GDTR base not canonical");
+    rule!(!is_canonical(vmcs.get(GUEST_IDTR_BASE), 48), G, "27.3.1.3", "guest IDTR base not canonical");
+    rule!(vmcs.get(GUEST_GDTR_LIMIT) >> 16 != 0, G, "27.3.1.3", "guest GDTR limit bits 31:16 set");
+    rule!(vmcs.get(GUEST_IDTR_LIMIT) >> 16 != 0, G, "27.3.1.3", "guest IDTR limit bits 31:16 set");
 
     // 27.3.1.4 RIP and RFLAGS.
     let rip = vmcs.get(GUEST_RIP);
     let cs_l = cs.ar & ar::L != 0;
     if ia32e && cs_l {
-        rule!(
-            !is_canonical(rip, 48),
-            G,
-            "27.3.1.4",
-            "guest RIP not canonical in 64-bit mode"
-        );
+        rule!(!is_canonical(rip, 48), G, "27.3.1.4", "guest RIP not canonical in 64-bit mode");
     } else {
-        rule!(
-            rip >> 32 != 0,
-            G,
-            "27.3.1.4",
-            "guest RIP bits 63:32 set outside 64-bit mode"
-        );
+        rule!(rip >> 32 != 0, G, "27.3.1.4", "guest RIP bits 63:32 set outside 64-bit mode");
     }
-    rule!(
-        rflags & 0xffff_ffff_ffc0_8028 != 0,
-        G,
-        "27.3.1.4",
-        "guest RFLAGS reserved bits set"
-    );
+    rule!(rflags & 0xffff_ffff_ffc0_8028 != 0, G, "27.3.1.4", "guest RFLAGS reserved bits set");
     rule!(rflags & 2 == 0, G, "27.3.1.4", "guest RFLAGS bit 1 clear");
     rule!(
         (ia32e || cr0 & cr::CR0_PE == 0) && rflags & (1 << 17) != 0,
@@ -1222,75 +789,35 @@ pub fn check_guest_state(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), V
         "27.3.1.5",
         "guest activity state not supported"
     );
-    rule!(
-        activity == 1 && ar::dpl(ss.ar) != 0,
-        G,
-        "27.3.1.5",
-        "guest activity state HLT with SS.DPL not 0"
-    );
+    rule!(activity == 1 && ar::dpl(ss.ar) != 0, G, "27.3.1.5", "guest activity state HLT with SS.DPL not 0");
     let intr = vmcs.get(GUEST_INTERRUPTIBILITY_INFO);
     let sti = intr & 1 != 0;
     let movss = intr & 2 != 0;
-    rule!(
-        intr & 0xffff_ffe0 != 0,
-        G,
-        "27.3.1.5",
-        "guest interruptibility-state reserved bits set"
-    );
-    rule!(
-        sti && movss,
-        G,
-        "27.3.1.5",
-        "guest blocking by STI and by MOV SS both set"
-    );
-    rule!(
-        sti && rflags & (1 << 9) == 0,
-        G,
-        "27.3.1.5",
-        "guest blocking by STI set while RFLAGS.IF clear"
-    );
+    rule!(intr & 0xffff_ffe0 != 0, G, "27.3.1.5", "guest interruptibility-state reserved bits set");
+    rule!(sti && movss, G, "27.3.1.5", "guest blocking by STI and by MOV SS both set");
+    rule!(sti && rflags & (1 << 9) == 0, G, "27.3.1.5", "guest blocking by STI set while RFLAGS.IF clear");
     rule!(
         injecting && inj_type == 0 && (sti || movss),
         G,
         "27.3.1.5",
         "guest blocking by STI or MOV SS while injecting an external interrupt"
     );
-    rule!(
-        injecting && inj_type == 2 && movss,
-        G,
-        "27.3.1.5",
-        "guest blocking by MOV SS while injecting an NMI"
-    );
-    rule!(
-        intr & 4 != 0,
-        G,
-        "27.3.1.5",
-        "guest blocking by SMI set outside SMM"
-    );
+    rule!(injecting && inj_type == 2 && movss, G, "27.3.1.5", "guest blocking by MOV SS while injecting an NMI");
+    rule!(intr & 4 != 0, G, "27.3.1.5", "guest blocking by SMI set outside SMM");
     rule!(
         injecting && inj_type == 2 && sti,
-        CheckClass::GuestState {
-            qualification: ENTRY_FAIL_NMI
-        },
+        CheckClass::GuestState { qualification: ENTRY_FAIL_NMI },
         "27.3.1.5",
         "guest blocking by STI while injecting an NMI"
     );
     rule!(
-        injecting
-            && inj_type == 2
-            && vmcs.get32(PIN_BASED_VM_EXEC_CONTROL) & pin::VIRTUAL_NMIS != 0
-            && intr & 8 != 0,
+        injecting && inj_type == 2 && vmcs.get32(PIN_BASED_VM_EXEC_CONTROL) & pin::VIRTUAL_NMIS != 0 && intr & 8 != 0,
         G,
         "27.3.1.5",
         "guest blocking by NMI while injecting an NMI with virtual NMIs"
     );
     let pending = vmcs.get(GUEST_PENDING_DBG_EXCEPTIONS);
-    rule!(
-        pending & !0x0001_5000_u64 & !0xf != 0,
-        G,
-        "27.3.1.5",
-        "guest pending debug exceptions reserved bits set"
-    );
+    rule!(pending & !0x0001_5000_u64 & !0xf != 0, G, "27.3.1.5", "guest pending debug exceptions reserved bits set");
     if sti || movss || activity == 1 {
         let tf = rflags & (1 << 8) != 0;
         let btf = vmcs.get(GUEST_IA32_DEBUGCTL) & 2 != 0;
@@ -1302,18 +829,11 @@ pub fn check_guest_state(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), V
             "27.3.1.5",
             "guest pending debug BS clear while single-stepping with interrupts blocked"
         );
-        rule!(
-            !single_step && bs,
-            G,
-            "27.3.1.5",
-            "guest pending debug BS set while not single-stepping"
-        );
+        rule!(!single_step && bs, G, "27.3.1.5", "guest pending debug BS set while not single-stepping");
     }
     rule!(
         vmcs.get(VMCS_LINK_POINTER) != u64::MAX,
-        CheckClass::GuestState {
-            qualification: ENTRY_FAIL_VMCS_LINK_PTR
-        },
+        CheckClass::GuestState { qualification: ENTRY_FAIL_VMCS_LINK_PTR },
         "27.3.1.5",
         "VMCS link pointer not FFFFFFFF_FFFFFFFFH without VMCS shadowing"
     );
@@ -1326,9 +846,7 @@ pub fn check_guest_state(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), V
             let e = vmcs.get(enc);
             rule!(
                 e & 1 != 0 && e & reserved != 0,
-                CheckClass::GuestState {
-                    qualification: ENTRY_FAIL_PDPTE
-                },
+                CheckClass::GuestState { qualification: ENTRY_FAIL_PDPTE },
                 "27.3.1.6",
                 "guest PDPTE reserved bits set"
             );
@@ -1349,11 +867,7 @@ pub(crate) mod testing {
         let caps = VmxCaps::default();
         let mut v = Vmcs::new(caps.revision());
         let s = |v: &mut Vmcs, e, x| v.set(e, x);
-        s(
-            &mut v,
-            PIN_BASED_VM_EXEC_CONTROL,
-            u64::from(caps.true_pin.allowed0),
-        );
+        s(&mut v, PIN_BASED_VM_EXEC_CONTROL, u64::from(caps.true_pin.allowed0));
         s(
             &mut v,
             CPU_BASED_VM_EXEC_CONTROL,
@@ -1364,19 +878,12 @@ pub(crate) mod testing {
                     | proc::ACTIVATE_SECONDARY_CONTROLS,
             ),
         );
-        s(
-            &mut v,
-            SECONDARY_VM_EXEC_CONTROL,
-            u64::from(proc2::ENABLE_EPT | proc2::ENABLE_VPID),
-        );
+        s(&mut v, SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::ENABLE_EPT | proc2::ENABLE_VPID));
         s(
             &mut v,
             VM_EXIT_CONTROLS,
             u64::from(
-                caps.true_exit.allowed0
-                    | exit::HOST_ADDR_SPACE_SIZE
-                    | exit::SAVE_IA32_EFER
-                    | exit::LOAD_IA32_EFER,
+                caps.true_exit.allowed0 | exit::HOST_ADDR_SPACE_SIZE | exit::SAVE_IA32_EFER | exit::LOAD_IA32_EFER,
             ),
         );
         s(
@@ -1476,11 +983,23 @@ mod tests {
         let cases: &[(&[(u32, u64)], &str)] = &[
             (&[(PIN_BASED_VM_EXEC_CONTROL, 0)], "pin-based controls violate IA32_VMX_TRUE_PINBASED_CTLS"),
             (&[(PIN_BASED_VM_EXEC_CONTROL, pinv | 1)], "pin-based controls violate IA32_VMX_TRUE_PINBASED_CTLS"),
-            (&[(CPU_BASED_VM_EXEC_CONTROL, primary | 1 << 3)], "primary processor-based controls violate IA32_VMX_TRUE_PROCBASED_CTLS"),
-            (&[(SECONDARY_VM_EXEC_CONTROL, sec | 1 << 14)], "secondary processor-based controls violate IA32_VMX_PROCBASED_CTLS2"),
+            (
+                &[(CPU_BASED_VM_EXEC_CONTROL, primary | 1 << 3)],
+                "primary processor-based controls violate IA32_VMX_TRUE_PROCBASED_CTLS",
+            ),
+            (
+                &[(SECONDARY_VM_EXEC_CONTROL, sec | 1 << 14)],
+                "secondary processor-based controls violate IA32_VMX_PROCBASED_CTLS2",
+            ),
             (&[(CR3_TARGET_COUNT, 5)], "CR3-target count greater than supported"),
-            (&[(CPU_BASED_VM_EXEC_CONTROL, primary | 1 << 25), (IO_BITMAP_A, 0x1001)], "I/O bitmap A address not 4-KByte aligned or beyond physical-address width"),
-            (&[(CPU_BASED_VM_EXEC_CONTROL, primary | 1 << 25), (IO_BITMAP_B, 1 << 40)], "I/O bitmap B address not 4-KByte aligned or beyond physical-address width"),
+            (
+                &[(CPU_BASED_VM_EXEC_CONTROL, primary | 1 << 25), (IO_BITMAP_A, 0x1001)],
+                "I/O bitmap A address not 4-KByte aligned or beyond physical-address width",
+            ),
+            (
+                &[(CPU_BASED_VM_EXEC_CONTROL, primary | 1 << 25), (IO_BITMAP_B, 1 << 40)],
+                "I/O bitmap B address not 4-KByte aligned or beyond physical-address width",
+            ),
             (&[(MSR_BITMAP, 0x6008)], "MSR bitmap address not 4-KByte aligned or beyond physical-address width"),
             (&[(VIRTUAL_PROCESSOR_ID, 0)], "VPID is 0 while enable VPID is set"),
             (&[(EPT_POINTER, 0x7000 | 3 << 3)], "EPTP memory type not supported"),
@@ -1489,19 +1008,40 @@ mod tests {
             (&[(EPT_POINTER, 0x7000 | 6 | 3 << 3 | 1 << 8)], "EPTP reserved bits 11:7 set"),
             (&[(EPT_POINTER, 1 << 36 | 6 | 3 << 3)], "EPTP address beyond physical-address width"),
             (&[(VM_EXIT_CONTROLS, 0)], "VM-exit controls violate IA32_VMX_TRUE_EXIT_CTLS"),
-            (&[(VM_EXIT_MSR_STORE_COUNT, 1), (VM_EXIT_MSR_STORE_ADDR, 0x1008)], "VM-exit MSR-store address not 16-byte aligned or list beyond physical-address width"),
-            (&[(VM_EXIT_MSR_LOAD_COUNT, 1), (VM_EXIT_MSR_LOAD_ADDR, 0x1004)], "VM-exit MSR-load address not 16-byte aligned or list beyond physical-address width"),
+            (
+                &[(VM_EXIT_MSR_STORE_COUNT, 1), (VM_EXIT_MSR_STORE_ADDR, 0x1008)],
+                "VM-exit MSR-store address not 16-byte aligned or list beyond physical-address width",
+            ),
+            (
+                &[(VM_EXIT_MSR_LOAD_COUNT, 1), (VM_EXIT_MSR_LOAD_ADDR, 0x1004)],
+                "VM-exit MSR-load address not 16-byte aligned or list beyond physical-address width",
+            ),
             (&[(VM_ENTRY_CONTROLS, entryv | 1 << 13)], "VM-entry controls violate IA32_VMX_TRUE_ENTRY_CTLS"),
-            (&[(VM_ENTRY_MSR_LOAD_COUNT, 2), (VM_ENTRY_MSR_LOAD_ADDR, (1 << 36) - 16)], "VM-entry MSR-load address not 16-byte aligned or list beyond physical-address width"),
+            (
+                &[(VM_ENTRY_MSR_LOAD_COUNT, 2), (VM_ENTRY_MSR_LOAD_ADDR, (1 << 36) - 16)],
+                "VM-entry MSR-load address not 16-byte aligned or list beyond physical-address width",
+            ),
             (&[(VM_ENTRY_INTR_INFO_FIELD, 0x8000_0100)], "VM-entry interruption type reserved"),
             (&[(VM_ENTRY_INTR_INFO_FIELD, 0x8000_0203)], "VM-entry NMI injection with vector other than 2"),
             (&[(VM_ENTRY_INTR_INFO_FIELD, 0x8000_0320)], "VM-entry hardware exception with vector above 31"),
             (&[(VM_ENTRY_INTR_INFO_FIELD, 0x8000_0701)], "VM-entry other-event injection with vector other than 0"),
-            (&[(VM_ENTRY_INTR_INFO_FIELD, 0x8000_0b06)], "VM-entry deliver-error-code set for event without error code"),
-            (&[(VM_ENTRY_INTR_INFO_FIELD, 0x8000_030d)], "VM-entry deliver-error-code clear for exception with error code"),
+            (
+                &[(VM_ENTRY_INTR_INFO_FIELD, 0x8000_0b06)],
+                "VM-entry deliver-error-code set for event without error code",
+            ),
+            (
+                &[(VM_ENTRY_INTR_INFO_FIELD, 0x8000_030d)],
+                "VM-entry deliver-error-code clear for exception with error code",
+            ),
             (&[(VM_ENTRY_INTR_INFO_FIELD, 0x8000_1020)], "VM-entry interruption-information reserved bits 30:12 set"),
-            (&[(VM_ENTRY_INTR_INFO_FIELD, 0x8000_0b0d), (VM_ENTRY_EXCEPTION_ERROR_CODE, 0x1_0000)], "VM-entry exception error code bits 31:15 set"),
-            (&[(VM_ENTRY_INTR_INFO_FIELD, 0x8000_0603), (VM_ENTRY_INSTRUCTION_LEN, 0)], "VM-entry instruction length out of range for software event"),
+            (
+                &[(VM_ENTRY_INTR_INFO_FIELD, 0x8000_0b0d), (VM_ENTRY_EXCEPTION_ERROR_CODE, 0x1_0000)],
+                "VM-entry exception error code bits 31:15 set",
+            ),
+            (
+                &[(VM_ENTRY_INTR_INFO_FIELD, 0x8000_0603), (VM_ENTRY_INSTRUCTION_LEN, 0)],
+                "VM-entry instruction length out of range for software event",
+            ),
         ];
         for (changes, rule) in cases {
             expect(changes, rule, CheckClass::Control);
@@ -1509,10 +1049,7 @@ mod tests {
         // Secondary controls are ignored unless activated.
         let mut v = test_vmcs_64bit();
         v.set(SECONDARY_VM_EXEC_CONTROL, 0xffff_ffff);
-        v.set(
-            CPU_BASED_VM_EXEC_CONTROL,
-            primary & !u64::from(proc::ACTIVATE_SECONDARY_CONTROLS),
-        );
+        v.set(CPU_BASED_VM_EXEC_CONTROL, primary & !u64::from(proc::ACTIVATE_SECONDARY_CONTROLS));
         assert_eq!(check(&v), Ok(()));
         // A valid injected #GP with error code passes.
         let mut v = test_vmcs_64bit();
@@ -1526,58 +1063,19 @@ mod tests {
         let v = test_vmcs_64bit();
         let exitv = v.get(VM_EXIT_CONTROLS);
         let cases: &[(&[(u32, u64)], &str)] = &[
-            (
-                &[(HOST_CR0, 0x8005_0013)],
-                "host CR0 violates IA32_VMX_CR0_FIXED0/FIXED1",
-            ),
-            (
-                &[(HOST_CR0, 0x1_8005_0033)],
-                "host CR0 violates IA32_VMX_CR0_FIXED0/FIXED1",
-            ),
-            (
-                &[(HOST_CR4, 0x20)],
-                "host CR4 violates IA32_VMX_CR4_FIXED0/FIXED1",
-            ),
-            (
-                &[(HOST_CR3, 1 << 40)],
-                "host CR3 beyond physical-address width",
-            ),
-            (
-                &[(HOST_IA32_SYSENTER_ESP, 1 << 47)],
-                "host IA32_SYSENTER_ESP not canonical",
-            ),
-            (
-                &[(HOST_IA32_SYSENTER_EIP, 1 << 50)],
-                "host IA32_SYSENTER_EIP not canonical",
-            ),
-            (
-                &[(VM_EXIT_CONTROLS, exitv | 1 << 19), (HOST_IA32_PAT, 2)],
-                "host IA32_PAT has an invalid memory type",
-            ),
-            (
-                &[(HOST_IA32_EFER, 0xd01 | 1 << 20)],
-                "host IA32_EFER reserved bits set",
-            ),
-            (
-                &[(HOST_IA32_EFER, 0x901)],
-                "host IA32_EFER.LMA differs from host address-space size",
-            ),
-            (
-                &[(HOST_IA32_EFER, 0xc01)],
-                "host IA32_EFER.LME differs from host address-space size",
-            ),
-            (
-                &[(HOST_ES_SELECTOR, 0x13)],
-                "host ES selector RPL or TI not 0",
-            ),
-            (
-                &[(HOST_CS_SELECTOR, 0x0c)],
-                "host CS selector RPL or TI not 0",
-            ),
-            (
-                &[(HOST_TR_SELECTOR, 0x1b)],
-                "host TR selector RPL or TI not 0",
-            ),
+            (&[(HOST_CR0, 0x8005_0013)], "host CR0 violates IA32_VMX_CR0_FIXED0/FIXED1"),
+            (&[(HOST_CR0, 0x1_8005_0033)], "host CR0 violates IA32_VMX_CR0_FIXED0/FIXED1"),
+            (&[(HOST_CR4, 0x20)], "host CR4 violates IA32_VMX_CR4_FIXED0/FIXED1"),
+            (&[(HOST_CR3, 1 << 40)], "host CR3 beyond physical-address width"),
+            (&[(HOST_IA32_SYSENTER_ESP, 1 << 47)], "host IA32_SYSENTER_ESP not canonical"),
+            (&[(HOST_IA32_SYSENTER_EIP, 1 << 50)], "host IA32_SYSENTER_EIP not canonical"),
+            (&[(VM_EXIT_CONTROLS, exitv | 1 << 19), (HOST_IA32_PAT, 2)], "host IA32_PAT has an invalid memory type"),
+            (&[(HOST_IA32_EFER, 0xd01 | 1 << 20)], "host IA32_EFER reserved bits set"),
+            (&[(HOST_IA32_EFER, 0x901)], "host IA32_EFER.LMA differs from host address-space size"),
+            (&[(HOST_IA32_EFER, 0xc01)], "host IA32_EFER.LME differs from host address-space size"),
+            (&[(HOST_ES_SELECTOR, 0x13)], "host ES selector RPL or TI not 0"),
+            (&[(HOST_CS_SELECTOR, 0x0c)], "host CS selector RPL or TI not 0"),
+            (&[(HOST_TR_SELECTOR, 0x1b)], "host TR selector RPL or TI not 0"),
             (&[(HOST_CS_SELECTOR, 0)], "host CS selector is 0"),
             (&[(HOST_TR_SELECTOR, 0)], "host TR selector is 0"),
             (&[(HOST_FS_BASE, 1 << 47)], "host FS base not canonical"),
@@ -1585,14 +1083,8 @@ mod tests {
             (&[(HOST_GDTR_BASE, 1 << 47)], "host GDTR base not canonical"),
             (&[(HOST_IDTR_BASE, 1 << 47)], "host IDTR base not canonical"),
             (&[(HOST_TR_BASE, 1 << 47)], "host TR base not canonical"),
-            (
-                &[(HOST_CR4, 0x2000)],
-                "host CR4.PAE clear while host address-space size is 1",
-            ),
-            (
-                &[(HOST_RIP, 0x0000_8000_0000_0000)],
-                "host RIP not canonical",
-            ),
+            (&[(HOST_CR4, 0x2000)], "host CR4.PAE clear while host address-space size is 1"),
+            (&[(HOST_RIP, 0x0000_8000_0000_0000)], "host RIP not canonical"),
             (
                 &[(VM_EXIT_CONTROLS, exitv & !(1 << 9)), (HOST_IA32_EFER, 0x1)],
                 "host address-space size is 0 in IA-32e mode",
@@ -1611,13 +1103,7 @@ mod tests {
         v.set(HOST_IA32_EFER, 1);
         let caps = VmxCaps::default();
         let e = check_vm_entry_from(&v, &caps, 36, false).unwrap_err();
-        assert_eq!(
-            (e.rule, e.class),
-            (
-                "IA-32e mode guest set outside IA-32e mode",
-                CheckClass::Control
-            )
-        );
+        assert_eq!((e.rule, e.class), ("IA-32e mode guest set outside IA-32e mode", CheckClass::Control));
         let entryv = v.get(VM_ENTRY_CONTROLS) & !(1 << 9);
         v.set(VM_ENTRY_CONTROLS, entryv);
         v.set(HOST_SS_SELECTOR, 0);
@@ -1643,69 +1129,27 @@ mod tests {
         let g = CheckClass::GuestState { qualification: 0 };
         let entryv = test_vmcs_64bit().get(VM_ENTRY_CONTROLS);
         let cases: &[(&[(u32, u64)], &str)] = &[
+            (&[(GUEST_CR0, 0x8000_0011)], "guest CR0 violates IA32_VMX_CR0_FIXED0/FIXED1"),
+            (&[(GUEST_CR4, 0x20)], "guest CR4 violates IA32_VMX_CR4_FIXED0/FIXED1"),
+            (&[(GUEST_CR4, 0x2020 | 1 << 22)], "guest CR4 violates IA32_VMX_CR4_FIXED0/FIXED1"),
             (
-                &[(GUEST_CR0, 0x8000_0011)],
-                "guest CR0 violates IA32_VMX_CR0_FIXED0/FIXED1",
-            ),
-            (
-                &[(GUEST_CR4, 0x20)],
-                "guest CR4 violates IA32_VMX_CR4_FIXED0/FIXED1",
-            ),
-            (
-                &[(GUEST_CR4, 0x2020 | 1 << 22)],
-                "guest CR4 violates IA32_VMX_CR4_FIXED0/FIXED1",
-            ),
-            (
-                &[
-                    (VM_ENTRY_CONTROLS, entryv | 4),
-                    (GUEST_IA32_DEBUGCTL, 1 << 3),
-                ],
+                &[(VM_ENTRY_CONTROLS, entryv | 4), (GUEST_IA32_DEBUGCTL, 1 << 3)],
                 "guest IA32_DEBUGCTL reserved bits set",
             ),
-            (
-                &[(GUEST_CR4, 0x2000)],
-                "IA-32e mode guest with CR4.PAE clear",
-            ),
-            (
-                &[(GUEST_CR3, 1 << 36)],
-                "guest CR3 beyond physical-address width",
-            ),
-            (
-                &[(VM_ENTRY_CONTROLS, entryv | 4), (GUEST_DR7, 1 << 32)],
-                "guest DR7 bits 63:32 set",
-            ),
-            (
-                &[(GUEST_SYSENTER_ESP, 1 << 47)],
-                "guest IA32_SYSENTER_ESP not canonical",
-            ),
-            (
-                &[(GUEST_SYSENTER_EIP, 1 << 47)],
-                "guest IA32_SYSENTER_EIP not canonical",
-            ),
+            (&[(GUEST_CR4, 0x2000)], "IA-32e mode guest with CR4.PAE clear"),
+            (&[(GUEST_CR3, 1 << 36)], "guest CR3 beyond physical-address width"),
+            (&[(VM_ENTRY_CONTROLS, entryv | 4), (GUEST_DR7, 1 << 32)], "guest DR7 bits 63:32 set"),
+            (&[(GUEST_SYSENTER_ESP, 1 << 47)], "guest IA32_SYSENTER_ESP not canonical"),
+            (&[(GUEST_SYSENTER_EIP, 1 << 47)], "guest IA32_SYSENTER_EIP not canonical"),
             (
                 &[(VM_ENTRY_CONTROLS, entryv | 1 << 14), (GUEST_IA32_PAT, 3)],
                 "guest IA32_PAT has an invalid memory type",
             ),
-            (
-                &[(GUEST_IA32_EFER, 0x500 | 1 << 9)],
-                "guest IA32_EFER reserved bits set",
-            ),
-            (
-                &[(GUEST_IA32_EFER, 0x100)],
-                "guest IA32_EFER.LMA differs from IA-32e mode guest",
-            ),
-            (
-                &[(GUEST_IA32_EFER, 0x400)],
-                "guest IA32_EFER.LME differs from LMA while CR0.PG set",
-            ),
-            (
-                &[(GUEST_TR_SELECTOR, 0x1c)],
-                "guest TR selector TI flag set",
-            ),
-            (
-                &[(GUEST_LDTR_AR_BYTES, 0x82), (GUEST_LDTR_SELECTOR, 0x24)],
-                "guest LDTR selector TI flag set",
-            ),
+            (&[(GUEST_IA32_EFER, 0x500 | 1 << 9)], "guest IA32_EFER reserved bits set"),
+            (&[(GUEST_IA32_EFER, 0x100)], "guest IA32_EFER.LMA differs from IA-32e mode guest"),
+            (&[(GUEST_IA32_EFER, 0x400)], "guest IA32_EFER.LME differs from LMA while CR0.PG set"),
+            (&[(GUEST_TR_SELECTOR, 0x1c)], "guest TR selector TI flag set"),
+            (&[(GUEST_LDTR_AR_BYTES, 0x82), (GUEST_LDTR_SELECTOR, 0x24)], "guest LDTR selector TI flag set"),
             (
                 &[(GUEST_SS_SELECTOR, 0x13), (GUEST_SS_AR_BYTES, 0xc0f3)],
                 "guest SS selector RPL differs from CS selector RPL",
@@ -1713,199 +1157,83 @@ mod tests {
             (&[(GUEST_TR_BASE, 1 << 47)], "guest TR base not canonical"),
             (&[(GUEST_FS_BASE, 1 << 47)], "guest FS base not canonical"),
             (&[(GUEST_GS_BASE, 1 << 47)], "guest GS base not canonical"),
-            (
-                &[(GUEST_LDTR_AR_BYTES, 0x82), (GUEST_LDTR_BASE, 1 << 47)],
-                "guest LDTR base not canonical",
-            ),
+            (&[(GUEST_LDTR_AR_BYTES, 0x82), (GUEST_LDTR_BASE, 1 << 47)], "guest LDTR base not canonical"),
             (&[(GUEST_CS_BASE, 1 << 32)], "guest CS base bits 63:32 set"),
             (&[(GUEST_SS_BASE, 1 << 32)], "guest SS base bits 63:32 set"),
             (&[(GUEST_DS_BASE, 1 << 32)], "guest DS base bits 63:32 set"),
             (&[(GUEST_ES_BASE, 1 << 32)], "guest ES base bits 63:32 set"),
-            (
-                &[(GUEST_CS_AR_BYTES, 0xa093)],
-                "guest CS type not an accessed code segment",
-            ),
-            (
-                &[(GUEST_CS_AR_BYTES, 0xa09a)],
-                "guest CS type not an accessed code segment",
-            ),
+            (&[(GUEST_CS_AR_BYTES, 0xa093)], "guest CS type not an accessed code segment"),
+            (&[(GUEST_CS_AR_BYTES, 0xa09a)], "guest CS type not an accessed code segment"),
             (&[(GUEST_CS_AR_BYTES, 0xa08b)], "guest CS S flag clear"),
-            (
-                &[(GUEST_CS_AR_BYTES, 0xa0bb)],
-                "guest CS DPL differs from SS DPL for non-conforming code",
-            ),
-            (
-                &[(GUEST_CS_AR_BYTES, 0xa0ff)],
-                "guest CS DPL greater than SS DPL for conforming code",
-            ),
+            (&[(GUEST_CS_AR_BYTES, 0xa0bb)], "guest CS DPL differs from SS DPL for non-conforming code"),
+            (&[(GUEST_CS_AR_BYTES, 0xa0ff)], "guest CS DPL greater than SS DPL for conforming code"),
             (&[(GUEST_CS_AR_BYTES, 0xa01b)], "guest CS not present"),
-            (
-                &[(GUEST_CS_AR_BYTES, 0xa19b)],
-                "guest CS access-rights reserved bits set",
-            ),
-            (
-                &[(GUEST_CS_AR_BYTES, 0xe09b)],
-                "guest CS.L and CS.D both set in IA-32e mode",
-            ),
-            (
-                &[(GUEST_CS_AR_BYTES, 0x209b)],
-                "guest CS granularity inconsistent with limit",
-            ),
-            (
-                &[(GUEST_SS_AR_BYTES, 0xc09b)],
-                "guest SS type not read/write accessed data",
-            ),
+            (&[(GUEST_CS_AR_BYTES, 0xa19b)], "guest CS access-rights reserved bits set"),
+            (&[(GUEST_CS_AR_BYTES, 0xe09b)], "guest CS.L and CS.D both set in IA-32e mode"),
+            (&[(GUEST_CS_AR_BYTES, 0x209b)], "guest CS granularity inconsistent with limit"),
+            (&[(GUEST_SS_AR_BYTES, 0xc09b)], "guest SS type not read/write accessed data"),
             (&[(GUEST_SS_AR_BYTES, 0xc083)], "guest SS S flag clear"),
             (&[(GUEST_SS_AR_BYTES, 0xc013)], "guest SS not present"),
-            (
-                &[(GUEST_SS_AR_BYTES, 0xc293)],
-                "guest SS access-rights reserved bits set",
-            ),
-            (
-                &[(GUEST_SS_LIMIT, 0xfff0)],
-                "guest SS granularity inconsistent with limit",
-            ),
-            (
-                &[(GUEST_DS_AR_BYTES, 0xc092)],
-                "guest DS type not accessed or unreadable code",
-            ),
-            (
-                &[(GUEST_DS_AR_BYTES, 0xc099)],
-                "guest DS type not accessed or unreadable code",
-            ),
+            (&[(GUEST_SS_AR_BYTES, 0xc293)], "guest SS access-rights reserved bits set"),
+            (&[(GUEST_SS_LIMIT, 0xfff0)], "guest SS granularity inconsistent with limit"),
+            (&[(GUEST_DS_AR_BYTES, 0xc092)], "guest DS type not accessed or unreadable code"),
+            (&[(GUEST_DS_AR_BYTES, 0xc099)], "guest DS type not accessed or unreadable code"),
             (&[(GUEST_ES_AR_BYTES, 0xc083)], "guest ES S flag clear"),
             (
-                &[
-                    (GUEST_FS_AR_BYTES, 0xc093),
-                    (GUEST_FS_SELECTOR, 3),
-                    (GUEST_FS_LIMIT, 0xffff_ffff),
-                ],
+                &[(GUEST_FS_AR_BYTES, 0xc093), (GUEST_FS_SELECTOR, 3), (GUEST_FS_LIMIT, 0xffff_ffff)],
                 "guest FS DPL less than RPL",
             ),
+            (&[(GUEST_GS_AR_BYTES, 0xc013), (GUEST_GS_LIMIT, 0xffff_ffff)], "guest GS not present"),
             (
-                &[(GUEST_GS_AR_BYTES, 0xc013), (GUEST_GS_LIMIT, 0xffff_ffff)],
-                "guest GS not present",
-            ),
-            (
-                &[
-                    (GUEST_GS_AR_BYTES, 0xc093 | 1 << 20),
-                    (GUEST_GS_LIMIT, 0xffff_ffff),
-                ],
+                &[(GUEST_GS_AR_BYTES, 0xc093 | 1 << 20), (GUEST_GS_LIMIT, 0xffff_ffff)],
                 "guest GS access-rights reserved bits set",
             ),
-            (
-                &[(GUEST_DS_LIMIT, 0x1_0000)],
-                "guest DS granularity inconsistent with limit",
-            ),
+            (&[(GUEST_DS_LIMIT, 0x1_0000)], "guest DS granularity inconsistent with limit"),
             (&[(GUEST_TR_AR_BYTES, 0x1_008b)], "guest TR unusable"),
             (&[(GUEST_TR_AR_BYTES, 0x83)], "guest TR type not a busy TSS"),
             (&[(GUEST_TR_AR_BYTES, 0x89)], "guest TR type not a busy TSS"),
             (&[(GUEST_TR_AR_BYTES, 0x9b)], "guest TR S flag set"),
             (&[(GUEST_TR_AR_BYTES, 0x0b)], "guest TR not present"),
-            (
-                &[(GUEST_TR_AR_BYTES, 0x2_008b)],
-                "guest TR access-rights reserved bits set",
-            ),
-            (
-                &[(GUEST_TR_LIMIT, 0x10_0000)],
-                "guest TR granularity inconsistent with limit",
-            ),
+            (&[(GUEST_TR_AR_BYTES, 0x2_008b)], "guest TR access-rights reserved bits set"),
+            (&[(GUEST_TR_LIMIT, 0x10_0000)], "guest TR granularity inconsistent with limit"),
             (&[(GUEST_LDTR_AR_BYTES, 0x83)], "guest LDTR type not LDT"),
             (&[(GUEST_LDTR_AR_BYTES, 0x92)], "guest LDTR S flag set"),
             (&[(GUEST_LDTR_AR_BYTES, 0x02)], "guest LDTR not present"),
-            (
-                &[(GUEST_LDTR_AR_BYTES, 0x8082)],
-                "guest LDTR granularity inconsistent with limit",
-            ),
-            (
-                &[(GUEST_GDTR_BASE, 1 << 47)],
-                "guest GDTR base not canonical",
-            ),
-            (
-                &[(GUEST_IDTR_BASE, 1 << 47)],
-                "guest IDTR base not canonical",
-            ),
-            (
-                &[(GUEST_GDTR_LIMIT, 0x1_0000)],
-                "guest GDTR limit bits 31:16 set",
-            ),
-            (
-                &[(GUEST_IDTR_LIMIT, 0x1_0000)],
-                "guest IDTR limit bits 31:16 set",
-            ),
-            (
-                &[(GUEST_RIP, 1 << 47)],
-                "guest RIP not canonical in 64-bit mode",
-            ),
-            (
-                &[(GUEST_CS_AR_BYTES, 0xc09b), (GUEST_RIP, 1 << 32)],
-                "guest RIP bits 63:32 set outside 64-bit mode",
-            ),
-            (
-                &[(GUEST_RFLAGS, 0x2 | 1 << 15)],
-                "guest RFLAGS reserved bits set",
-            ),
-            (
-                &[(GUEST_RFLAGS, 0x2 | 1 << 22)],
-                "guest RFLAGS reserved bits set",
-            ),
+            (&[(GUEST_LDTR_AR_BYTES, 0x8082)], "guest LDTR granularity inconsistent with limit"),
+            (&[(GUEST_GDTR_BASE, 1 << 47)], "guest GDTR base not canonical"),
+            (&[(GUEST_IDTR_BASE, 1 << 47)], "guest IDTR base not canonical"),
+            (&[(GUEST_GDTR_LIMIT, 0x1_0000)], "guest GDTR limit bits 31:16 set"),
+            (&[(GUEST_IDTR_LIMIT, 0x1_0000)], "guest IDTR limit bits 31:16 set"),
+            (&[(GUEST_RIP, 1 << 47)], "guest RIP not canonical in 64-bit mode"),
+            (&[(GUEST_CS_AR_BYTES, 0xc09b), (GUEST_RIP, 1 << 32)], "guest RIP bits 63:32 set outside 64-bit mode"),
+            (&[(GUEST_RFLAGS, 0x2 | 1 << 15)], "guest RFLAGS reserved bits set"),
+            (&[(GUEST_RFLAGS, 0x2 | 1 << 22)], "guest RFLAGS reserved bits set"),
             (&[(GUEST_RFLAGS, 0)], "guest RFLAGS bit 1 clear"),
-            (
-                &[(GUEST_RFLAGS, 0x2 | 1 << 17)],
-                "guest RFLAGS.VM set in IA-32e mode or real mode",
-            ),
-            (
-                &[(VM_ENTRY_INTR_INFO_FIELD, 0x8000_0020)],
-                "guest RFLAGS.IF clear while injecting an external interrupt",
-            ),
-            (
-                &[(GUEST_ACTIVITY_STATE, 1)],
-                "guest activity state not supported",
-            ),
-            (
-                &[(GUEST_INTERRUPTIBILITY_INFO, 1 << 5)],
-                "guest interruptibility-state reserved bits set",
-            ),
+            (&[(GUEST_RFLAGS, 0x2 | 1 << 17)], "guest RFLAGS.VM set in IA-32e mode or real mode"),
+            (&[(VM_ENTRY_INTR_INFO_FIELD, 0x8000_0020)], "guest RFLAGS.IF clear while injecting an external interrupt"),
+            (&[(GUEST_ACTIVITY_STATE, 1)], "guest activity state not supported"),
+            (&[(GUEST_INTERRUPTIBILITY_INFO, 1 << 5)], "guest interruptibility-state reserved bits set"),
             (
                 &[(GUEST_INTERRUPTIBILITY_INFO, 3), (GUEST_RFLAGS, 0x202)],
                 "guest blocking by STI and by MOV SS both set",
             ),
+            (&[(GUEST_INTERRUPTIBILITY_INFO, 1)], "guest blocking by STI set while RFLAGS.IF clear"),
             (
-                &[(GUEST_INTERRUPTIBILITY_INFO, 1)],
-                "guest blocking by STI set while RFLAGS.IF clear",
-            ),
-            (
-                &[
-                    (GUEST_INTERRUPTIBILITY_INFO, 2),
-                    (GUEST_RFLAGS, 0x202),
-                    (VM_ENTRY_INTR_INFO_FIELD, 0x8000_0020),
-                ],
+                &[(GUEST_INTERRUPTIBILITY_INFO, 2), (GUEST_RFLAGS, 0x202), (VM_ENTRY_INTR_INFO_FIELD, 0x8000_0020)],
                 "guest blocking by STI or MOV SS while injecting an external interrupt",
             ),
             (
-                &[
-                    (GUEST_INTERRUPTIBILITY_INFO, 2),
-                    (VM_ENTRY_INTR_INFO_FIELD, 0x8000_0202),
-                ],
+                &[(GUEST_INTERRUPTIBILITY_INFO, 2), (VM_ENTRY_INTR_INFO_FIELD, 0x8000_0202)],
                 "guest blocking by MOV SS while injecting an NMI",
             ),
-            (
-                &[(GUEST_INTERRUPTIBILITY_INFO, 4)],
-                "guest blocking by SMI set outside SMM",
-            ),
-            (
-                &[(GUEST_PENDING_DBG_EXCEPTIONS, 1 << 4)],
-                "guest pending debug exceptions reserved bits set",
-            ),
+            (&[(GUEST_INTERRUPTIBILITY_INFO, 4)], "guest blocking by SMI set outside SMM"),
+            (&[(GUEST_PENDING_DBG_EXCEPTIONS, 1 << 4)], "guest pending debug exceptions reserved bits set"),
             (
                 &[(GUEST_INTERRUPTIBILITY_INFO, 2), (GUEST_RFLAGS, 0x102)],
                 "guest pending debug BS clear while single-stepping with interrupts blocked",
             ),
             (
-                &[
-                    (GUEST_INTERRUPTIBILITY_INFO, 2),
-                    (GUEST_PENDING_DBG_EXCEPTIONS, 1 << 14),
-                ],
+                &[(GUEST_INTERRUPTIBILITY_INFO, 2), (GUEST_PENDING_DBG_EXCEPTIONS, 1 << 14)],
                 "guest pending debug BS set while not single-stepping",
             ),
         ];
@@ -1915,20 +1243,12 @@ mod tests {
         expect(
             &[(VMCS_LINK_POINTER, 0x1000)],
             "VMCS link pointer not FFFFFFFF_FFFFFFFFH without VMCS shadowing",
-            CheckClass::GuestState {
-                qualification: ENTRY_FAIL_VMCS_LINK_PTR,
-            },
+            CheckClass::GuestState { qualification: ENTRY_FAIL_VMCS_LINK_PTR },
         );
         expect(
-            &[
-                (GUEST_INTERRUPTIBILITY_INFO, 1),
-                (GUEST_RFLAGS, 0x202),
-                (VM_ENTRY_INTR_INFO_FIELD, 0x8000_0202),
-            ],
+            &[(GUEST_INTERRUPTIBILITY_INFO, 1), (GUEST_RFLAGS, 0x202), (VM_ENTRY_INTR_INFO_FIELD, 0x8000_0202)],
             "guest blocking by STI while injecting an NMI",
-            CheckClass::GuestState {
-                qualification: ENTRY_FAIL_NMI,
-            },
+            CheckClass::GuestState { qualification: ENTRY_FAIL_NMI },
         );
     }
 
@@ -1937,16 +1257,12 @@ mod tests {
     #[test]
     fn non_ia32e_guests() {
         let mut v = test_vmcs_64bit();
-        let entryv =
-            v.get(VM_ENTRY_CONTROLS) & !u64::from(entry::IA32E_MODE_GUEST | entry::LOAD_IA32_EFER);
+        let entryv = v.get(VM_ENTRY_CONTROLS) & !u64::from(entry::IA32E_MODE_GUEST | entry::LOAD_IA32_EFER);
         v.set(VM_ENTRY_CONTROLS, entryv);
         v.set(GUEST_CS_AR_BYTES, 0xc09b);
         assert_eq!(check(&v), Ok(()));
         v.set(GUEST_CR4, 0x2020 | 1 << 17);
-        assert_eq!(
-            check(&v).unwrap_err().rule,
-            "guest CR4.PCIDE set outside IA-32e mode"
-        );
+        assert_eq!(check(&v).unwrap_err().rule, "guest CR4.PCIDE set outside IA-32e mode");
         v.set(GUEST_CR4, 0x2020);
         v.set(GUEST_TR_AR_BYTES, 0x83);
         assert_eq!(check(&v), Ok(()));
@@ -1954,59 +1270,33 @@ mod tests {
         let e = check(&v).unwrap_err();
         assert_eq!(
             (e.rule, e.class),
-            (
-                "guest PDPTE reserved bits set",
-                CheckClass::GuestState {
-                    qualification: ENTRY_FAIL_PDPTE
-                }
-            )
+            ("guest PDPTE reserved bits set", CheckClass::GuestState { qualification: ENTRY_FAIL_PDPTE })
         );
         v.set(GUEST_PDPTR2, 0x1000 | 1);
         assert_eq!(check(&v), Ok(()));
         // Virtual-8086 segments.
         v.set(GUEST_RFLAGS, 0x2 | 1 << 17);
         v.set(GUEST_CS_BASE, 0x10 << 4);
-        assert_eq!(
-            check(&v).unwrap_err().rule,
-            "guest CS base not selector*16 in virtual-8086 mode"
-        );
+        assert_eq!(check(&v).unwrap_err().rule, "guest CS base not selector*16 in virtual-8086 mode");
         v.set(GUEST_CS_BASE, 0x80);
-        assert_eq!(
-            check(&v).unwrap_err().rule,
-            "guest CS limit not 0xffff in virtual-8086 mode"
-        );
+        assert_eq!(check(&v).unwrap_err().rule, "guest CS limit not 0xffff in virtual-8086 mode");
         // PG without PE.
         let mut v = test_vmcs_64bit();
         v.set(VM_ENTRY_CONTROLS, entryv);
         v.set(GUEST_CS_AR_BYTES, 0xc09b);
         v.set(GUEST_CR0, 0x8000_0030);
-        assert_eq!(
-            check(&v).unwrap_err().rule,
-            "guest CR0 violates IA32_VMX_CR0_FIXED0/FIXED1"
-        );
+        assert_eq!(check(&v).unwrap_err().rule, "guest CR0 violates IA32_VMX_CR0_FIXED0/FIXED1");
         // Unrestricted guest needs EPT (and is not advertised anyway).
         let mut caps = VmxCaps::default();
         caps.secondary.allowed1 |= proc2::UNRESTRICTED_GUEST;
         let mut v = test_vmcs_64bit();
-        v.set(
-            SECONDARY_VM_EXEC_CONTROL,
-            u64::from(proc2::UNRESTRICTED_GUEST | proc2::ENABLE_VPID),
-        );
-        assert_eq!(
-            check_vm_entry(&v, &caps, 36).unwrap_err().rule,
-            "unrestricted guest set while enable EPT is clear"
-        );
+        v.set(SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::UNRESTRICTED_GUEST | proc2::ENABLE_VPID));
+        assert_eq!(check_vm_entry(&v, &caps, 36).unwrap_err().rule, "unrestricted guest set while enable EPT is clear");
         // With unrestricted guest, CR0.PE/PG may be 0 but PG still requires PE.
-        v.set(
-            SECONDARY_VM_EXEC_CONTROL,
-            u64::from(proc2::UNRESTRICTED_GUEST | proc2::ENABLE_VPID | proc2::ENABLE_EPT),
-        );
+        v.set(SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::UNRESTRICTED_GUEST | proc2::ENABLE_VPID | proc2::ENABLE_EPT));
         v.set(VM_ENTRY_CONTROLS, entryv);
         v.set(GUEST_CS_AR_BYTES, 0xc09b);
         v.set(GUEST_CR0, 0x8000_0030);
-        assert_eq!(
-            check_vm_entry(&v, &caps, 36).unwrap_err().rule,
-            "guest CR0.PG set while CR0.PE clear"
-        );
+        assert_eq!(check_vm_entry(&v, &caps, 36).unwrap_err().rule, "guest CR0.PG set while CR0.PE clear");
     }
 }

@@ -136,10 +136,7 @@ pub enum Outcome {
 impl Outcome {
     /// Whether the glue advances RIP past the instruction (VMsucceed / VMfail).
     pub fn advances_rip(&self) -> bool {
-        matches!(
-            self,
-            Outcome::Succeed | Outcome::FailInvalid | Outcome::FailValid(_)
-        )
+        matches!(self, Outcome::Succeed | Outcome::FailInvalid | Outcome::FailValid(_))
     }
 }
 
@@ -177,7 +174,9 @@ pub enum InvvpidType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Invalidation {
     /// Single-context INVEPT (`Some(eptp)`) or all-context (`None`).
-    Ept { eptp: Option<u64> },
+    Ept {
+        eptp: Option<u64>,
+    },
     Vpid {
         kind: InvvpidType,
         vpid: u16,
@@ -217,15 +216,7 @@ type Step = Result<Outcome, Fault>;
 
 impl VmxCpu {
     pub fn new(caps: VmxCaps) -> Self {
-        VmxCpu {
-            caps,
-            vmxe: true,
-            vmxon: false,
-            vmxon_ptr: 0,
-            current: None,
-            vmcs: None,
-            invalidations: Vec::new(),
-        }
+        VmxCpu { caps, vmxe: true, vmxon: false, vmxon_ptr: 0, current: None, vmcs: None, invalidations: Vec::new() }
     }
 
     /// Executes `insn` in VMX root operation (or outside VMX operation).
@@ -273,9 +264,7 @@ impl VmxCpu {
     pub fn entry_check_failed(&mut self, v: &Violation) -> Option<Outcome> {
         match v.class {
             CheckClass::Control => Some(self.vmfail(VmInstructionError::EntryInvalidControlFields)),
-            CheckClass::HostState => {
-                Some(self.vmfail(VmInstructionError::EntryInvalidHostStateFields))
-            }
+            CheckClass::HostState => Some(self.vmfail(VmInstructionError::EntryInvalidHostStateFields)),
             CheckClass::GuestState { .. } => None,
         }
     }
@@ -341,11 +330,7 @@ impl VmxCpu {
             let la = base.wrapping_add(ea);
             let width = if env.cr4() & (1 << 12) != 0 { 57 } else { 48 };
             if !is_canonical(la, width) {
-                return Err(if m.segment == Seg::Ss {
-                    Fault::StackFault(0)
-                } else {
-                    Fault::GeneralProtection(0)
-                });
+                return Err(if m.segment == Seg::Ss { Fault::StackFault(0) } else { Fault::GeneralProtection(0) });
             }
             Ok(la)
         } else {
@@ -353,11 +338,7 @@ impl VmxCpu {
         }
     }
 
-    fn read_mem<const N: usize>(
-        &self,
-        insn: &VmxInsn,
-        env: &mut dyn VmxEnv,
-    ) -> Result<[u8; N], Fault> {
+    fn read_mem<const N: usize>(&self, insn: &VmxInsn, env: &mut dyn VmxEnv) -> Result<[u8; N], Fault> {
         let la = self.linear(insn, env)?;
         let mut b = [0u8; N];
         env.read_virt(la, &mut b)?;
@@ -515,9 +496,7 @@ impl VmxCpu {
             return Ok(Outcome::FailInvalid);
         }
         let enc = Self::reg2_value(insn, env)?;
-        let value = u32::try_from(enc)
-            .ok()
-            .and_then(|e| self.current_vmcs().and_then(|v| v.read(e)));
+        let value = u32::try_from(enc).ok().and_then(|e| self.current_vmcs().and_then(|v| v.read(e)));
         let Some(value) = value else {
             return Ok(self.vmfail(VmInstructionError::UnsupportedVmcsComponent));
         };
@@ -613,11 +592,7 @@ impl VmxCpu {
         if bad {
             return Ok(self.vmfail(VmInstructionError::InvalidInveptInvvpidOperand));
         }
-        self.invalidations.push(Invalidation::Vpid {
-            kind,
-            vpid,
-            address,
-        });
+        self.invalidations.push(Invalidation::Vpid { kind, vpid, address });
         Ok(Outcome::Succeed)
     }
 }
@@ -642,19 +617,13 @@ pub(crate) mod testing {
     impl GuestMemory for Ram {
         fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemFault> {
             let s = usize::try_from(gpa).map_err(|_| MemFault { gpa })?;
-            let src = s
-                .checked_add(buf.len())
-                .and_then(|e| self.0.get(s..e))
-                .ok_or(MemFault { gpa })?;
+            let src = s.checked_add(buf.len()).and_then(|e| self.0.get(s..e)).ok_or(MemFault { gpa })?;
             buf.copy_from_slice(src);
             Ok(())
         }
         fn write_phys(&mut self, gpa: u64, buf: &[u8]) -> Result<(), MemFault> {
             let s = usize::try_from(gpa).map_err(|_| MemFault { gpa })?;
-            let dst = s
-                .checked_add(buf.len())
-                .and_then(|e| self.0.get_mut(s..e))
-                .ok_or(MemFault { gpa })?;
+            let dst = s.checked_add(buf.len()).and_then(|e| self.0.get_mut(s..e)).ok_or(MemFault { gpa })?;
             dst.copy_from_slice(buf);
             Ok(())
         }
@@ -729,16 +698,10 @@ pub(crate) mod testing {
             self.seg_bases[s as usize]
         }
         fn read_virt(&mut self, gva: u64, buf: &mut [u8]) -> Result<(), Fault> {
-            self.ram.read_phys(gva, buf).map_err(|_| Fault::PageFault {
-                address: gva,
-                error_code: 0,
-            })
+            self.ram.read_phys(gva, buf).map_err(|_| Fault::PageFault { address: gva, error_code: 0 })
         }
         fn write_virt(&mut self, gva: u64, buf: &[u8]) -> Result<(), Fault> {
-            self.ram.write_phys(gva, buf).map_err(|_| Fault::PageFault {
-                address: gva,
-                error_code: 2,
-            })
+            self.ram.write_phys(gva, buf).map_err(|_| Fault::PageFault { address: gva, error_code: 2 })
         }
         fn cpl(&self) -> u8 {
             self.cpl
@@ -814,23 +777,14 @@ mod tests {
 
     fn in_root() -> (VmxCpu, FakeEnv) {
         let (mut cpu, mut env) = setup();
-        assert_eq!(
-            run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)),
-            Outcome::Succeed
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::Succeed);
         (cpu, env)
     }
 
     fn with_current() -> (VmxCpu, FakeEnv) {
         let (mut cpu, mut env) = in_root();
-        assert_eq!(
-            run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A)),
-            Outcome::Succeed
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)),
-            Outcome::Succeed
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)), Outcome::Succeed);
         (cpu, env)
     }
 
@@ -865,87 +819,42 @@ mod tests {
         let (mut cpu, mut env) = setup();
         // Outside VMX operation everything but VMXON is #UD.
         for b in [VMPTRLD, VMCLEAR, VMXOFF, VMLAUNCH, VMREAD_RAX_RCX, INVEPT] {
-            assert_eq!(
-                run(&mut cpu, &mut env, b, Some(VMCS_A)),
-                Outcome::Fault(Fault::InvalidOpcode)
-            );
+            assert_eq!(run(&mut cpu, &mut env, b, Some(VMCS_A)), Outcome::Fault(Fault::InvalidOpcode));
         }
         cpu.vmxe = false;
-        assert_eq!(
-            run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)),
-            Outcome::Fault(Fault::InvalidOpcode)
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::Fault(Fault::InvalidOpcode));
         cpu.vmxe = true;
         env.cpl = 3;
-        assert_eq!(
-            run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)),
-            Outcome::Fault(Fault::GeneralProtection(0))
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::Fault(Fault::GeneralProtection(0)));
         env.cpl = 0;
         env.cr0 &= !cr::CR0_NE;
-        assert_eq!(
-            run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)),
-            Outcome::Fault(Fault::GeneralProtection(0))
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::Fault(Fault::GeneralProtection(0)));
         env.cr0 |= cr::CR0_NE;
         cpu.caps.feature_control = 1;
-        assert_eq!(
-            run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)),
-            Outcome::Fault(Fault::GeneralProtection(0))
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::Fault(Fault::GeneralProtection(0)));
         cpu.caps.feature_control = 5;
         // Compatibility mode and virtual-8086 mode.
         env.lm64 = false;
-        assert_eq!(
-            run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)),
-            Outcome::Fault(Fault::InvalidOpcode)
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::Fault(Fault::InvalidOpcode));
         env.lm64 = true;
         env.rflags |= RFLAGS_VM;
-        assert_eq!(
-            run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)),
-            Outcome::Fault(Fault::InvalidOpcode)
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::Fault(Fault::InvalidOpcode));
         env.rflags = 2;
         // Bad address / revision: VMfailInvalid, still outside VMX operation.
-        assert_eq!(
-            run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION + 8)),
-            Outcome::FailInvalid
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMXON, Some(1 << 40)),
-            Outcome::FailInvalid
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION + 8)), Outcome::FailInvalid);
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(1 << 40)), Outcome::FailInvalid);
         env.ram.put_u32(0x4000, 0x1234);
-        assert_eq!(
-            run(&mut cpu, &mut env, VMXON, Some(0x4000)),
-            Outcome::FailInvalid
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(0x4000)), Outcome::FailInvalid);
         env.ram.put_u32(0x4000, cpu.caps.revision() | 1 << 31);
-        assert_eq!(
-            run(&mut cpu, &mut env, VMXON, Some(0x4000)),
-            Outcome::FailInvalid
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(0x4000)), Outcome::FailInvalid);
         assert!(!cpu.vmxon);
-        assert_eq!(
-            run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)),
-            Outcome::Succeed
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::Succeed);
         assert!(cpu.vmxon);
         assert_eq!(cpu.vmxon_ptr, VMXON_REGION);
         // VMXON twice: VMfailInvalid without a current VMCS, VMfailValid(15) with one.
-        assert_eq!(
-            run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)),
-            Outcome::FailInvalid
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)),
-            Outcome::Succeed
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)),
-            Outcome::FailValid(E::VmxonInRoot)
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::FailInvalid);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMXON, Some(VMXON_REGION)), Outcome::FailValid(E::VmxonInRoot));
         assert_eq!(last_error(&cpu), 15);
     }
 
@@ -953,41 +862,21 @@ mod tests {
     fn cpl_and_operand_faults() {
         let (mut cpu, mut env) = in_root();
         env.cpl = 3;
-        for b in [
-            VMPTRLD,
-            VMCLEAR,
-            VMXOFF,
-            VMLAUNCH,
-            VMREAD_RAX_RCX,
-            INVEPT,
-            VMXON,
-        ] {
-            assert_eq!(
-                run(&mut cpu, &mut env, b, Some(VMCS_A)),
-                Outcome::Fault(Fault::GeneralProtection(0))
-            );
+        for b in [VMPTRLD, VMCLEAR, VMXOFF, VMLAUNCH, VMREAD_RAX_RCX, INVEPT, VMXON] {
+            assert_eq!(run(&mut cpu, &mut env, b, Some(VMCS_A)), Outcome::Fault(Fault::GeneralProtection(0)));
         }
         env.cpl = 0;
         env.gprs[3] = 0x8000_0000_0000_0000;
-        assert_eq!(
-            run(&mut cpu, &mut env, VMPTRLD, None),
-            Outcome::Fault(Fault::GeneralProtection(0))
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, None), Outcome::Fault(Fault::GeneralProtection(0)));
         // [rbp] uses SS: #SS(0).
         env.gprs[5] = 0x8000_0000_0000_0000;
         let i = op(&[0x0f, 0xc7, 0x75, 0x00]);
-        assert_eq!(
-            cpu.execute(&i, &mut env),
-            Outcome::Fault(Fault::StackFault(0))
-        );
+        assert_eq!(cpu.execute(&i, &mut env), Outcome::Fault(Fault::StackFault(0)));
         // Page fault from the environment passes through.
         env.gprs[3] = 0x20000;
         assert!(matches!(
             run(&mut cpu, &mut env, VMPTRLD, None),
-            Outcome::Fault(Fault::PageFault {
-                address: 0x20000,
-                ..
-            })
+            Outcome::Fault(Fault::PageFault { address: 0x20000, .. })
         ));
         // FS base is added in 64-bit mode.
         env.seg_bases[Seg::Fs as usize] = 0x100;
@@ -996,52 +885,25 @@ mod tests {
         let i = op(&[0x64, 0x0f, 0xc7, 0x33]);
         assert_eq!(cpu.execute(&i, &mut env), Outcome::Succeed);
         assert_eq!(cpu.current, Some(VMCS_B));
-        assert_eq!(
-            run(&mut cpu, &mut env, &[0x0f, 0x01, 0xd4], None),
-            Outcome::Fault(Fault::InvalidOpcode)
-        );
+        assert_eq!(run(&mut cpu, &mut env, &[0x0f, 0x01, 0xd4], None), Outcome::Fault(Fault::InvalidOpcode));
     }
 
     #[test]
     fn vmptrld_failures() {
         let (mut cpu, mut env) = in_root();
-        assert_eq!(
-            run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A + 1)),
-            Outcome::FailInvalid
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)),
-            Outcome::Succeed
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A + 0x10)),
-            Outcome::FailValid(E::VmptrldInvalidAddress)
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A + 1)), Outcome::FailInvalid);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A + 0x10)), Outcome::FailValid(E::VmptrldInvalidAddress));
         assert_eq!(last_error(&cpu), 9);
-        assert_eq!(
-            run(&mut cpu, &mut env, VMPTRLD, Some(1 << 36)),
-            Outcome::FailValid(E::VmptrldInvalidAddress)
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMPTRLD, Some(VMXON_REGION)),
-            Outcome::FailValid(E::VmptrldVmxonPointer)
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(1 << 36)), Outcome::FailValid(E::VmptrldInvalidAddress));
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMXON_REGION)), Outcome::FailValid(E::VmptrldVmxonPointer));
         assert_eq!(last_error(&cpu), 10);
         env.ram.put_u32(0x5000, 7);
-        assert_eq!(
-            run(&mut cpu, &mut env, VMPTRLD, Some(0x5000)),
-            Outcome::FailValid(E::VmptrldIncorrectRevision)
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(0x5000)), Outcome::FailValid(E::VmptrldIncorrectRevision));
         env.ram.put_u32(0x5000, cpu.caps.revision() | 1 << 31);
-        assert_eq!(
-            run(&mut cpu, &mut env, VMPTRLD, Some(0x5000)),
-            Outcome::FailValid(E::VmptrldIncorrectRevision)
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(0x5000)), Outcome::FailValid(E::VmptrldIncorrectRevision));
         // Outside RAM reads as all-ones.
-        assert_eq!(
-            run(&mut cpu, &mut env, VMPTRLD, Some(0x10_0000)),
-            Outcome::FailValid(E::VmptrldIncorrectRevision)
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(0x10_0000)), Outcome::FailValid(E::VmptrldIncorrectRevision));
         assert_eq!(last_error(&cpu), 11);
         assert_eq!(cpu.current, Some(VMCS_A));
     }
@@ -1049,34 +911,16 @@ mod tests {
     #[test]
     fn vmclear_failures_and_launch_state() {
         let (mut cpu, mut env) = in_root();
-        assert_eq!(
-            run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A + 4)),
-            Outcome::FailInvalid
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMCLEAR, Some(VMXON_REGION)),
-            Outcome::FailInvalid
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)),
-            Outcome::Succeed
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A + 4)),
-            Outcome::FailValid(E::VmclearInvalidAddress)
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A + 4)), Outcome::FailInvalid);
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMXON_REGION)), Outcome::FailInvalid);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A + 4)), Outcome::FailValid(E::VmclearInvalidAddress));
         assert_eq!(last_error(&cpu), 2);
-        assert_eq!(
-            run(&mut cpu, &mut env, VMCLEAR, Some(VMXON_REGION)),
-            Outcome::FailValid(E::VmclearVmxonPointer)
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMXON_REGION)), Outcome::FailValid(E::VmclearVmxonPointer));
         assert_eq!(last_error(&cpu), 3);
         // Clearing a non-current VMCS writes its launch state in memory.
         env.ram.put_u32(VMCS_B + 8, 1);
-        assert_eq!(
-            run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_B)),
-            Outcome::Succeed
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_B)), Outcome::Succeed);
         assert_eq!(env.ram.u32_at(VMCS_B + 8), 0);
         assert_eq!(cpu.current, Some(VMCS_A));
     }
@@ -1084,70 +928,31 @@ mod tests {
     #[test]
     fn read_write_round_trip_through_memory() {
         let (mut cpu, mut env) = with_current();
-        assert_eq!(
-            vmwrite(&mut cpu, &mut env, GUEST_RIP as u64, 0xdead_beef),
-            Outcome::Succeed
-        );
-        assert_eq!(
-            vmwrite(&mut cpu, &mut env, GUEST_CS_SELECTOR as u64, 0x12_3456),
-            Outcome::Succeed
-        );
-        assert_eq!(
-            vmread(&mut cpu, &mut env, GUEST_RIP as u64),
-            (Outcome::Succeed, 0xdead_beef)
-        );
-        assert_eq!(
-            vmread(&mut cpu, &mut env, GUEST_CS_SELECTOR as u64),
-            (Outcome::Succeed, 0x3456)
-        );
+        assert_eq!(vmwrite(&mut cpu, &mut env, GUEST_RIP as u64, 0xdead_beef), Outcome::Succeed);
+        assert_eq!(vmwrite(&mut cpu, &mut env, GUEST_CS_SELECTOR as u64, 0x12_3456), Outcome::Succeed);
+        assert_eq!(vmread(&mut cpu, &mut env, GUEST_RIP as u64), (Outcome::Succeed, 0xdead_beef));
+        assert_eq!(vmread(&mut cpu, &mut env, GUEST_CS_SELECTOR as u64), (Outcome::Succeed, 0x3456));
         // Memory forms: vmwrite rcx, [rbx] and vmread [rbx], rcx.
         env.gprs[1] = HOST_RSP as u64;
         env.gprs[3] = 0x800;
         env.ram.put_u64(0x800, 0x1122_3344_5566_7788);
-        assert_eq!(
-            cpu.execute(&op(&[0x0f, 0x79, 0x0b]), &mut env),
-            Outcome::Succeed
-        );
+        assert_eq!(cpu.execute(&op(&[0x0f, 0x79, 0x0b]), &mut env), Outcome::Succeed);
         env.gprs[3] = 0x900;
-        assert_eq!(
-            cpu.execute(&op(&[0x0f, 0x78, 0x0b]), &mut env),
-            Outcome::Succeed
-        );
+        assert_eq!(cpu.execute(&op(&[0x0f, 0x78, 0x0b]), &mut env), Outcome::Succeed);
         assert_eq!(env.ram.u64_at(0x900), 0x1122_3344_5566_7788);
         // Switch to B (flushes A), write there, switch back: A's values persist.
-        assert_eq!(
-            run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_B)),
-            Outcome::Succeed
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_B)),
-            Outcome::Succeed
-        );
-        assert_eq!(
-            vmread(&mut cpu, &mut env, GUEST_RIP as u64),
-            (Outcome::Succeed, 0)
-        );
-        assert_eq!(
-            vmwrite(&mut cpu, &mut env, GUEST_RIP as u64, 0xb),
-            Outcome::Succeed
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)),
-            Outcome::Succeed
-        );
-        assert_eq!(
-            vmread(&mut cpu, &mut env, GUEST_RIP as u64),
-            (Outcome::Succeed, 0xdead_beef)
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_B)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_B)), Outcome::Succeed);
+        assert_eq!(vmread(&mut cpu, &mut env, GUEST_RIP as u64), (Outcome::Succeed, 0));
+        assert_eq!(vmwrite(&mut cpu, &mut env, GUEST_RIP as u64, 0xb), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(vmread(&mut cpu, &mut env, GUEST_RIP as u64), (Outcome::Succeed, 0xdead_beef));
         // VMPTRST stores the current pointer.
         env.gprs[3] = 0xa00;
         assert_eq!(run(&mut cpu, &mut env, VMPTRST, None), Outcome::Succeed);
         assert_eq!(env.ram.u64_at(0xa00), VMCS_A);
         // VMCLEAR of the current VMCS writes it back and leaves no current VMCS.
-        assert_eq!(
-            run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A)),
-            Outcome::Succeed
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A)), Outcome::Succeed);
         assert_eq!(cpu.current, None);
         let v = Vmcs::from_bytes(&env.ram.0[VMCS_A as usize..VMCS_A as usize + VMCS_SIZE]);
         assert_eq!(v.get(GUEST_RIP), 0xdead_beef);
@@ -1155,60 +960,36 @@ mod tests {
         env.gprs[3] = 0xa00;
         assert_eq!(run(&mut cpu, &mut env, VMPTRST, None), Outcome::Succeed);
         assert_eq!(env.ram.u64_at(0xa00), u64::MAX);
-        assert_eq!(
-            vmread(&mut cpu, &mut env, GUEST_RIP as u64).0,
-            Outcome::FailInvalid
-        );
-        assert_eq!(
-            vmwrite(&mut cpu, &mut env, GUEST_RIP as u64, 1),
-            Outcome::FailInvalid
-        );
+        assert_eq!(vmread(&mut cpu, &mut env, GUEST_RIP as u64).0, Outcome::FailInvalid);
+        assert_eq!(vmwrite(&mut cpu, &mut env, GUEST_RIP as u64, 1), Outcome::FailInvalid);
     }
 
     #[test]
     fn vmread_vmwrite_failures() {
         let (mut cpu, mut env) = with_current();
-        assert_eq!(
-            vmread(&mut cpu, &mut env, 0x7777).0,
-            Outcome::FailValid(E::UnsupportedVmcsComponent)
-        );
+        assert_eq!(vmread(&mut cpu, &mut env, 0x7777).0, Outcome::FailValid(E::UnsupportedVmcsComponent));
         assert_eq!(last_error(&cpu), 12);
         assert_eq!(
             vmread(&mut cpu, &mut env, 1 << 32 | GUEST_RIP as u64).0,
             Outcome::FailValid(E::UnsupportedVmcsComponent)
         );
-        assert_eq!(
-            vmwrite(&mut cpu, &mut env, 0x7777, 0),
-            Outcome::FailValid(E::UnsupportedVmcsComponent)
-        );
+        assert_eq!(vmwrite(&mut cpu, &mut env, 0x7777, 0), Outcome::FailValid(E::UnsupportedVmcsComponent));
         assert_eq!(
             vmwrite(&mut cpu, &mut env, VM_EXIT_REASON as u64, 1),
             Outcome::FailValid(E::VmwriteReadOnlyComponent)
         );
         assert_eq!(last_error(&cpu), 13);
         // VMREAD of the error field itself works.
-        assert_eq!(
-            vmread(&mut cpu, &mut env, VM_INSTRUCTION_ERROR as u64),
-            (Outcome::Succeed, 13)
-        );
+        assert_eq!(vmread(&mut cpu, &mut env, VM_INSTRUCTION_ERROR as u64), (Outcome::Succeed, 13));
         // High access.
-        assert_eq!(
-            vmwrite(&mut cpu, &mut env, u64::from(TSC_OFFSET | 1), 0xabcd),
-            Outcome::Succeed
-        );
-        assert_eq!(
-            vmread(&mut cpu, &mut env, TSC_OFFSET as u64),
-            (Outcome::Succeed, 0xabcd_0000_0000)
-        );
+        assert_eq!(vmwrite(&mut cpu, &mut env, u64::from(TSC_OFFSET | 1), 0xabcd), Outcome::Succeed);
+        assert_eq!(vmread(&mut cpu, &mut env, TSC_OFFSET as u64), (Outcome::Succeed, 0xabcd_0000_0000));
     }
 
     #[test]
     fn vmread_32bit_mode() {
         let (mut cpu, mut env) = with_current();
-        assert_eq!(
-            vmwrite(&mut cpu, &mut env, GUEST_RIP as u64, 0x1_2345_6789),
-            Outcome::Succeed
-        );
+        assert_eq!(vmwrite(&mut cpu, &mut env, GUEST_RIP as u64, 0x1_2345_6789), Outcome::Succeed);
         env.efer = 0;
         env.lm64 = false;
         env.gprs[1] = GUEST_RIP as u64;
@@ -1222,115 +1003,46 @@ mod tests {
     #[test]
     fn launch_and_resume() {
         let (mut cpu, mut env) = in_root();
-        assert_eq!(
-            run(&mut cpu, &mut env, VMLAUNCH, None),
-            Outcome::FailInvalid
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMRESUME, None),
-            Outcome::FailInvalid
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)),
-            Outcome::Succeed
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMRESUME, None),
-            Outcome::FailValid(E::VmresumeNonLaunchedVmcs)
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMLAUNCH, None), Outcome::FailInvalid);
+        assert_eq!(run(&mut cpu, &mut env, VMRESUME, None), Outcome::FailInvalid);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMRESUME, None), Outcome::FailValid(E::VmresumeNonLaunchedVmcs));
         assert_eq!(last_error(&cpu), 5);
-        assert_eq!(
-            run(&mut cpu, &mut env, VMLAUNCH, None),
-            Outcome::Entry { launch: true }
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMLAUNCH, None), Outcome::Entry { launch: true });
         cpu.mark_launched();
-        assert_eq!(
-            run(&mut cpu, &mut env, VMLAUNCH, None),
-            Outcome::FailValid(E::VmlaunchNonClearVmcs)
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMLAUNCH, None), Outcome::FailValid(E::VmlaunchNonClearVmcs));
         assert_eq!(last_error(&cpu), 4);
-        assert_eq!(
-            run(&mut cpu, &mut env, VMRESUME, None),
-            Outcome::Entry { launch: false }
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMRESUME, None), Outcome::Entry { launch: false });
         // Launch state survives a VMPTRLD round trip, VMCLEAR resets it.
-        assert_eq!(
-            run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_B)),
-            Outcome::Succeed
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_B)), Outcome::Succeed);
         assert_eq!(env.ram.u32_at(VMCS_A + 8), 1);
-        assert_eq!(
-            run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)),
-            Outcome::Succeed
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMRESUME, None),
-            Outcome::Entry { launch: false }
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A)),
-            Outcome::Succeed
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)),
-            Outcome::Succeed
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, VMLAUNCH, None),
-            Outcome::Entry { launch: true }
-        );
-        let v = Violation {
-            rule: "x",
-            sdm: "27.2.1.1",
-            class: CheckClass::Control,
-        };
-        assert_eq!(
-            cpu.entry_check_failed(&v),
-            Some(Outcome::FailValid(E::EntryInvalidControlFields))
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMRESUME, None), Outcome::Entry { launch: false });
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMLAUNCH, None), Outcome::Entry { launch: true });
+        let v = Violation { rule: "x", sdm: "27.2.1.1", class: CheckClass::Control };
+        assert_eq!(cpu.entry_check_failed(&v), Some(Outcome::FailValid(E::EntryInvalidControlFields)));
         assert_eq!(last_error(&cpu), 7);
-        let v = Violation {
-            rule: "x",
-            sdm: "27.2.2",
-            class: CheckClass::HostState,
-        };
-        assert_eq!(
-            cpu.entry_check_failed(&v),
-            Some(Outcome::FailValid(E::EntryInvalidHostStateFields))
-        );
-        let v = Violation {
-            rule: "x",
-            sdm: "27.3.1",
-            class: CheckClass::GuestState { qualification: 0 },
-        };
+        let v = Violation { rule: "x", sdm: "27.2.2", class: CheckClass::HostState };
+        assert_eq!(cpu.entry_check_failed(&v), Some(Outcome::FailValid(E::EntryInvalidHostStateFields)));
+        let v = Violation { rule: "x", sdm: "27.3.1", class: CheckClass::GuestState { qualification: 0 } };
         assert_eq!(cpu.entry_check_failed(&v), None);
     }
 
     #[test]
     fn vmxoff_and_vmcall() {
         let (mut cpu, mut env) = with_current();
-        assert_eq!(
-            vmwrite(&mut cpu, &mut env, GUEST_RSP as u64, 0x55),
-            Outcome::Succeed
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, &[0x0f, 0x01, 0xc1], None),
-            Outcome::FailValid(E::VmcallInRoot)
-        );
+        assert_eq!(vmwrite(&mut cpu, &mut env, GUEST_RSP as u64, 0x55), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, &[0x0f, 0x01, 0xc1], None), Outcome::FailValid(E::VmcallInRoot));
         assert_eq!(last_error(&cpu), 1);
         assert_eq!(run(&mut cpu, &mut env, VMXOFF, None), Outcome::Succeed);
         assert!(!cpu.vmxon);
         assert_eq!(cpu.current, None);
         let v = Vmcs::from_bytes(&env.ram.0[VMCS_A as usize..VMCS_A as usize + VMCS_SIZE]);
         assert_eq!(v.get(GUEST_RSP), 0x55);
-        assert_eq!(
-            run(&mut cpu, &mut env, VMXOFF, None),
-            Outcome::Fault(Fault::InvalidOpcode)
-        );
-        assert_eq!(
-            run(&mut cpu, &mut env, &[0x0f, 0x01, 0xc1], None),
-            Outcome::Fault(Fault::InvalidOpcode)
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMXOFF, None), Outcome::Fault(Fault::InvalidOpcode));
+        assert_eq!(run(&mut cpu, &mut env, &[0x0f, 0x01, 0xc1], None), Outcome::Fault(Fault::InvalidOpcode));
     }
 
     fn desc(env: &mut FakeEnv, lo: u64, hi: u64) {
@@ -1344,26 +1056,10 @@ mod tests {
         let (mut cpu, mut env) = with_current();
         let good_eptp = 0x5000 | 6 | 3 << 3;
         for (ty, eptp, want) in [
-            (
-                0,
-                good_eptp,
-                Outcome::FailValid(E::InvalidInveptInvvpidOperand),
-            ),
-            (
-                3,
-                good_eptp,
-                Outcome::FailValid(E::InvalidInveptInvvpidOperand),
-            ),
-            (
-                1 << 40,
-                good_eptp,
-                Outcome::FailValid(E::InvalidInveptInvvpidOperand),
-            ),
-            (
-                1,
-                0x5000 | 6 | 4 << 3,
-                Outcome::FailValid(E::InvalidInveptInvvpidOperand),
-            ),
+            (0, good_eptp, Outcome::FailValid(E::InvalidInveptInvvpidOperand)),
+            (3, good_eptp, Outcome::FailValid(E::InvalidInveptInvvpidOperand)),
+            (1 << 40, good_eptp, Outcome::FailValid(E::InvalidInveptInvvpidOperand)),
+            (1, 0x5000 | 6 | 4 << 3, Outcome::FailValid(E::InvalidInveptInvvpidOperand)),
             (1, good_eptp, Outcome::Succeed),
             (2, 0, Outcome::Succeed),
         ] {
@@ -1372,16 +1068,8 @@ mod tests {
             assert_eq!(run(&mut cpu, &mut env, INVEPT, None), want, "type {ty}");
         }
         assert_eq!(last_error(&cpu), 28);
-        assert_eq!(
-            cpu.take_invalidation(),
-            Some(Invalidation::Ept {
-                eptp: Some(good_eptp)
-            })
-        );
-        assert_eq!(
-            cpu.take_invalidation(),
-            Some(Invalidation::Ept { eptp: None })
-        );
+        assert_eq!(cpu.take_invalidation(), Some(Invalidation::Ept { eptp: Some(good_eptp) }));
+        assert_eq!(cpu.take_invalidation(), Some(Invalidation::Ept { eptp: None }));
         assert_eq!(cpu.take_invalidation(), None);
 
         let fail = Outcome::FailValid(E::InvalidInveptInvvpidOperand);
@@ -1399,25 +1087,14 @@ mod tests {
         ] {
             env.gprs[0] = ty;
             desc(&mut env, lo, hi);
-            assert_eq!(
-                run(&mut cpu, &mut env, INVVPID, None),
-                want,
-                "type {ty} {lo:#x} {hi:#x}"
-            );
+            assert_eq!(run(&mut cpu, &mut env, INVVPID, None), want, "type {ty} {lo:#x} {hi:#x}");
         }
         assert_eq!(
             cpu.take_invalidation(),
-            Some(Invalidation::Vpid {
-                kind: InvvpidType::IndividualAddress,
-                vpid: 1,
-                address: 0xffff_8000_0000_0000
-            })
+            Some(Invalidation::Vpid { kind: InvvpidType::IndividualAddress, vpid: 1, address: 0xffff_8000_0000_0000 })
         );
         // Without a current VMCS, failures are VMfailInvalid.
-        assert_eq!(
-            run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A)),
-            Outcome::Succeed
-        );
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A)), Outcome::Succeed);
         env.gprs[0] = 0;
         assert_eq!(run(&mut cpu, &mut env, INVEPT, None), Outcome::FailInvalid);
     }

@@ -87,16 +87,16 @@ impl Gpr {
     /// Register name at a given operand size (64, 32 or 16 bits).
     pub fn name(self, size: u8) -> &'static str {
         const R64: [&str; 16] = [
-            "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11",
-            "r12", "r13", "r14", "r15",
+            "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
+            "r15",
         ];
         const R32: [&str; 16] = [
-            "eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "r8d", "r9d", "r10d", "r11d",
-            "r12d", "r13d", "r14d", "r15d",
+            "eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "r8d", "r9d", "r10d", "r11d", "r12d", "r13d",
+            "r14d", "r15d",
         ];
         const R16: [&str; 16] = [
-            "ax", "cx", "dx", "bx", "sp", "bp", "si", "di", "r8w", "r9w", "r10w", "r11w", "r12w",
-            "r13w", "r14w", "r15w",
+            "ax", "cx", "dx", "bx", "sp", "bp", "si", "di", "r8w", "r9w", "r10w", "r11w", "r12w", "r13w", "r14w",
+            "r15w",
         ];
         match size {
             64 => R64[self.index()],
@@ -259,11 +259,7 @@ fn mem_operand(ins: &Instruction, bitness: u32) -> Result<MemOperand, DecodeErro
         displacement: disp,
         address_size,
         rip_relative: false,
-        disp_field: if ins.memory_displ_size() == 0 {
-            0
-        } else {
-            disp
-        },
+        disp_field: if ins.memory_displ_size() == 0 { 0 } else { disp },
     })
 }
 
@@ -291,29 +287,17 @@ pub fn decode(bytes: &[u8], bitness: u32, rip: u64) -> Result<VmxInsn, DecodeErr
         Code::Invvpid_r32_m128 | Code::Invvpid_r64_m128 => VmxOp::Invvpid,
         Code::Vmcall => VmxOp::Vmcall,
         Code::Vmfunc => VmxOp::Vmfunc,
-        _ => {
-            return Err(DecodeError::NotVmx(
-                format!("{:?}", ins.mnemonic()).to_lowercase(),
-            ))
-        }
+        _ => return Err(DecodeError::NotVmx(format!("{:?}", ins.mnemonic()).to_lowercase())),
     };
     let mut operands = Vec::with_capacity(2);
     for i in 0..ins.op_count() {
         operands.push(match ins.op_kind(i) {
-            OpKind::Register => {
-                Operand::Reg(Gpr::from_iced(ins.op_register(i)).ok_or(DecodeError::Invalid)?)
-            }
+            OpKind::Register => Operand::Reg(Gpr::from_iced(ins.op_register(i)).ok_or(DecodeError::Invalid)?),
             OpKind::Memory => Operand::Mem(mem_operand(&ins, bitness)?),
             _ => return Err(DecodeError::Invalid),
         });
     }
-    Ok(VmxInsn {
-        op,
-        len: ins.len() as u8,
-        operand_size: if bitness == 64 { 64 } else { 32 },
-        operands,
-        rip,
-    })
+    Ok(VmxInsn { op, len: ins.len() as u8, operand_size: if bitness == 64 { 64 } else { 32 }, operands, rip })
 }
 
 impl VmxInsn {
@@ -355,9 +339,7 @@ impl VmxInsn {
 pub fn effective_address(m: &MemOperand, gprs: &[u64; 16]) -> u64 {
     let base = m.base.map_or(0, |r| gprs[r.index()]);
     let index = m.index.map_or(0, |r| gprs[r.index()]);
-    let ea = base
-        .wrapping_add(index.wrapping_mul(u64::from(m.scale)))
-        .wrapping_add(m.displacement as u64);
+    let ea = base.wrapping_add(index.wrapping_mul(u64::from(m.scale))).wrapping_add(m.displacement as u64);
     match m.address_size {
         16 => ea & 0xffff,
         32 => ea & 0xffff_ffff,
@@ -387,8 +369,7 @@ fn scale_code(scale: u8) -> u32 {
 /// 0 for instructions without such information.
 pub fn instruction_info(insn: &VmxInsn) -> u32 {
     let with_mem = |m: &MemOperand| {
-        let mut v =
-            scale_code(m.scale) | address_size_code(m.address_size) << 7 | (m.segment as u32) << 15;
+        let mut v = scale_code(m.scale) | address_size_code(m.address_size) << 7 | (m.segment as u32) << 15;
         v |= match m.index {
             Some(r) => u32::from(r.0) << 18,
             None => 1 << 22,
@@ -431,11 +412,7 @@ impl fmt::Display for MemOperand {
         if self.rip_relative {
             return write!(f, "[rip:{:#x}]", self.displacement as u64);
         }
-        let default_seg = if matches!(self.base, Some(Gpr::RSP) | Some(Gpr::RBP)) {
-            Seg::Ss
-        } else {
-            Seg::Ds
-        };
+        let default_seg = if matches!(self.base, Some(Gpr::RSP) | Some(Gpr::RBP)) { Seg::Ss } else { Seg::Ds };
         if self.segment != default_seg {
             write!(f, "{}:", self.segment.name())?;
         }
@@ -513,10 +490,7 @@ mod tests {
             assert_eq!(i.op, op);
             assert_eq!(i.len as usize, bytes.len());
             let m = mem(&i);
-            assert_eq!(
-                (m.base, m.index, m.segment, m.address_size),
-                (Some(Gpr::RBX), None, Seg::Ds, 64)
-            );
+            assert_eq!((m.base, m.index, m.segment, m.address_size), (Some(Gpr::RBX), None, Seg::Ds, 64));
             assert_eq!(i.to_string(), format!("{} [rbx]", op.name()));
             assert_eq!(exit_qualification(&i), 0);
             // Scale 0, address size 64 (2), DS (3), no index, base RBX.
@@ -529,10 +503,7 @@ mod tests {
     fn vmread_vmwrite_registers() {
         let r = d64(&[0x0f, 0x78, 0xc8]);
         assert_eq!(r.op, VmxOp::Vmread);
-        assert_eq!(
-            r.operands,
-            vec![Operand::Reg(Gpr::RAX), Operand::Reg(Gpr::RCX)]
-        );
+        assert_eq!(r.operands, vec![Operand::Reg(Gpr::RAX), Operand::Reg(Gpr::RCX)]);
         assert_eq!(r.operand_size, 64);
         assert_eq!(r.to_string(), "vmread rax, rcx");
         // Reg1 = RAX (r/m), mem/reg = 1, Reg2 = RCX.
@@ -540,10 +511,7 @@ mod tests {
 
         let w = d64(&[0x0f, 0x79, 0xc1]);
         assert_eq!(w.op, VmxOp::Vmwrite);
-        assert_eq!(
-            w.operands,
-            vec![Operand::Reg(Gpr::RAX), Operand::Reg(Gpr::RCX)]
-        );
+        assert_eq!(w.operands, vec![Operand::Reg(Gpr::RAX), Operand::Reg(Gpr::RCX)]);
         assert_eq!(w.to_string(), "vmwrite rax, rcx");
         assert_eq!(instruction_info(&w), 1 << 10 | 1 << 3);
 
@@ -553,10 +521,7 @@ mod tests {
         assert_eq!(r32.to_string(), "vmread eax, ecx");
         // r8..r15 via REX.
         let rx = d64(&[0x4d, 0x0f, 0x78, 0xc8]);
-        assert_eq!(
-            rx.operands,
-            vec![Operand::Reg(Gpr(8)), Operand::Reg(Gpr(9))]
-        );
+        assert_eq!(rx.operands, vec![Operand::Reg(Gpr(8)), Operand::Reg(Gpr(9))]);
     }
 
     #[test]
@@ -598,10 +563,7 @@ mod tests {
         // vmptrld [rax+rcx*4-0x10] : 0f c7 74 88 f0
         let i = d64(&[0x0f, 0xc7, 0x74, 0x88, 0xf0]);
         let m = mem(&i);
-        assert_eq!(
-            (m.base, m.index, m.scale, m.displacement),
-            (Some(Gpr::RAX), Some(Gpr::RCX), 4, -16)
-        );
+        assert_eq!((m.base, m.index, m.scale, m.displacement), (Some(Gpr::RAX), Some(Gpr::RCX), 4, -16));
         assert_eq!(i.to_string(), "vmptrld [rax+rcx*4-0x10]");
         let mut g = [0u64; 16];
         g[0] = 0x1000;
@@ -612,10 +574,7 @@ mod tests {
         // vmread [rsp+0x20], rax with a gs override: 65 0f 78 44 24 20
         let r = d64(&[0x65, 0x0f, 0x78, 0x44, 0x24, 0x20]);
         let m = mem(&r);
-        assert_eq!(
-            (m.segment, m.base, m.index),
-            (Seg::Gs, Some(Gpr::RSP), None)
-        );
+        assert_eq!((m.segment, m.base, m.index), (Seg::Gs, Some(Gpr::RSP), None));
         assert_eq!(r.to_string(), "vmread gs:[rsp+0x20], rax");
         assert_eq!(instruction_info(&r), 2 << 7 | 5 << 15 | 1 << 22 | 4 << 23);
         // [rbp+8] defaults to SS.
@@ -638,18 +597,12 @@ mod tests {
         assert_eq!((m.base, m.index), (None, None));
         assert_eq!(effective_address(&m, &[0; 16]), 0x1107);
         assert_eq!(exit_qualification(&i), 0x100);
-        assert_eq!(
-            instruction_info(&i) & (1 << 27 | 1 << 22),
-            1 << 27 | 1 << 22
-        );
+        assert_eq!(instruction_info(&i) & (1 << 27 | 1 << 22), 1 << 27 | 1 << 22);
     }
 
     #[test]
     fn errors() {
-        assert_eq!(
-            decode(&[0x90], 64, 0),
-            Err(DecodeError::NotVmx("nop".into()))
-        );
+        assert_eq!(decode(&[0x90], 64, 0), Err(DecodeError::NotVmx("nop".into())));
         assert_eq!(decode(&[0x0f], 64, 0), Err(DecodeError::Invalid));
         assert_eq!(decode(&[], 64, 0), Err(DecodeError::Invalid));
         assert_eq!(decode(&[0x0f, 0xc7, 0x33], 8, 0), Err(DecodeError::Invalid));

@@ -17,26 +17,14 @@ pub struct EptPerms {
 
 impl EptPerms {
     fn from_entry(e: u64) -> Self {
-        EptPerms {
-            read: e & 1 != 0,
-            write: e & 2 != 0,
-            exec: e & 4 != 0,
-        }
+        EptPerms { read: e & 1 != 0, write: e & 2 != 0, exec: e & 4 != 0 }
     }
 
     fn and(self, o: Self) -> Self {
-        EptPerms {
-            read: self.read && o.read,
-            write: self.write && o.write,
-            exec: self.exec && o.exec,
-        }
+        EptPerms { read: self.read && o.read, write: self.write && o.write, exec: self.exec && o.exec }
     }
 
-    const ALL: EptPerms = EptPerms {
-        read: true,
-        write: true,
-        exec: true,
-    };
+    const ALL: EptPerms = EptPerms { read: true, write: true, exec: true };
 }
 
 /// One contiguous run of L2-physical (`gpa`) to L1-physical (`hpa`) memory.
@@ -106,11 +94,7 @@ fn page_size(level: u8) -> u64 {
 /// Translates `gpa` through the EPT paging structures rooted at `eptp` bits 51:12, using
 /// 52 as the physical-address width for reserved-bit checks. Returns the L1-physical
 /// address and the effective permissions (AND over all levels).
-pub fn ept_translate(
-    mem: &dyn GuestMemory,
-    eptp: u64,
-    gpa: u64,
-) -> Result<(u64, EptPerms), EptFault> {
+pub fn ept_translate(mem: &dyn GuestMemory, eptp: u64, gpa: u64) -> Result<(u64, EptPerms), EptFault> {
     ept_translate_width(mem, eptp, gpa, 52)
 }
 
@@ -124,35 +108,19 @@ pub fn ept_translate_width(
     let mut table = eptp & ADDR_MASK;
     let mut perms = EptPerms::ALL;
     if gpa >> 48 != 0 {
-        return Err(EptFault {
-            gpa,
-            level: 4,
-            misconfig: false,
-        });
+        return Err(EptFault { gpa, level: 4, misconfig: false });
     }
     for level in (1..=4u8).rev() {
         let index = (gpa >> (12 + 9 * (u32::from(level) - 1))) & 0x1ff;
         let Some(e) = read_entry(mem, table, index) else {
-            return Err(EptFault {
-                gpa,
-                level,
-                misconfig: true,
-            });
+            return Err(EptFault { gpa, level, misconfig: true });
         };
         if e & 7 == 0 {
-            return Err(EptFault {
-                gpa,
-                level,
-                misconfig: false,
-            });
+            return Err(EptFault { gpa, level, misconfig: false });
         }
         let leaf = is_leaf(e, level);
         if misconfigured(e, level, leaf, phys_width) {
-            return Err(EptFault {
-                gpa,
-                level,
-                misconfig: true,
-            });
+            return Err(EptFault { gpa, level, misconfig: true });
         }
         perms = perms.and(EptPerms::from_entry(e));
         if leaf {
@@ -162,11 +130,7 @@ pub fn ept_translate_width(
         }
         table = e & ADDR_MASK;
     }
-    Err(EptFault {
-        gpa,
-        level: 1,
-        misconfig: true,
-    })
+    Err(EptFault { gpa, level: 1, misconfig: true })
 }
 
 fn push_mapping(out: &mut Vec<EptMapping>, m: EptMapping) {
@@ -232,30 +196,14 @@ fn walk(
 /// permissions. Entries that are not present or misconfigured are holes (an access there
 /// is an EPT violation or misconfiguration; classify it with [`ept_translate`]). `Err` when
 /// the PML4 table itself cannot be read.
-pub fn ept_mappings(
-    mem: &dyn GuestMemory,
-    eptp: u64,
-    max_gpa: u64,
-) -> Result<Vec<EptMapping>, EptFault> {
+pub fn ept_mappings(mem: &dyn GuestMemory, eptp: u64, max_gpa: u64) -> Result<Vec<EptMapping>, EptFault> {
     let root = eptp & ADDR_MASK;
     let mut probe = [0u8; 8];
     if mem.read_phys(root, &mut probe).is_err() {
-        return Err(EptFault {
-            gpa: 0,
-            level: 4,
-            misconfig: true,
-        });
+        return Err(EptFault { gpa: 0, level: 4, misconfig: true });
     }
     let mut out = Vec::new();
-    walk(
-        mem,
-        root,
-        4,
-        0,
-        EptPerms::ALL,
-        max_gpa.min(1 << 48),
-        &mut out,
-    );
+    walk(mem, root, 4, 0, EptPerms::ALL, max_gpa.min(1 << 48), &mut out);
     Ok(out)
 }
 
@@ -264,13 +212,7 @@ pub fn ept_mappings(
 /// guest-linear-address valid, bit 8 (meaningful when bit 7 is set) the access was to the
 /// translation of that linear address rather than to a paging structure; nestbed sets it
 /// equal to bit 7.
-pub fn ept_violation_qualification(
-    read: bool,
-    write: bool,
-    fetch: bool,
-    perms: EptPerms,
-    gla_valid: bool,
-) -> u64 {
+pub fn ept_violation_qualification(read: bool, write: bool, fetch: bool, perms: EptPerms, gla_valid: bool) -> u64 {
     u64::from(read)
         | u64::from(write) << 1
         | u64::from(fetch) << 2
@@ -315,63 +257,20 @@ mod tests {
     #[test]
     fn translate() {
         let r = tables();
-        let all = EptPerms {
-            read: true,
-            write: true,
-            exec: true,
-        };
+        let all = EptPerms { read: true, write: true, exec: true };
         assert_eq!(ept_translate(&r, EPTP, 0x1234), Ok((0x10_1234, all)));
         assert_eq!(ept_translate(&r, EPTP, 0x3fff), Ok((0x10_3fff, all)));
-        let rx = EptPerms {
-            read: true,
-            write: false,
-            exec: true,
-        };
-        assert_eq!(
-            ept_translate(&r, EPTP, 0x20_0000 + 0x12345),
-            Ok((0x61_2345, rx))
-        );
-        let rw = EptPerms {
-            read: true,
-            write: true,
-            exec: false,
-        };
-        assert_eq!(
-            ept_translate(&r, EPTP, 0x4000_0000 + 0x1234_5678),
-            Ok((0x5234_5678, rw))
-        );
-        assert_eq!(
-            ept_translate(&r, EPTP, 0x4000),
-            Err(EptFault {
-                gpa: 0x4000,
-                level: 1,
-                misconfig: true
-            })
-        );
-        assert_eq!(
-            ept_translate(&r, EPTP, 0x5000),
-            Err(EptFault {
-                gpa: 0x5000,
-                level: 1,
-                misconfig: false
-            })
-        );
+        let rx = EptPerms { read: true, write: false, exec: true };
+        assert_eq!(ept_translate(&r, EPTP, 0x20_0000 + 0x12345), Ok((0x61_2345, rx)));
+        let rw = EptPerms { read: true, write: true, exec: false };
+        assert_eq!(ept_translate(&r, EPTP, 0x4000_0000 + 0x1234_5678), Ok((0x5234_5678, rw)));
+        assert_eq!(ept_translate(&r, EPTP, 0x4000), Err(EptFault { gpa: 0x4000, level: 1, misconfig: true }));
+        assert_eq!(ept_translate(&r, EPTP, 0x5000), Err(EptFault { gpa: 0x5000, level: 1, misconfig: false }));
         assert_eq!(
             ept_translate(&r, EPTP, 0x8000_0000),
-            Err(EptFault {
-                gpa: 0x8000_0000,
-                level: 3,
-                misconfig: false
-            })
+            Err(EptFault { gpa: 0x8000_0000, level: 3, misconfig: false })
         );
-        assert_eq!(
-            ept_translate(&r, EPTP, 1 << 39),
-            Err(EptFault {
-                gpa: 1 << 39,
-                level: 4,
-                misconfig: false
-            })
-        );
+        assert_eq!(ept_translate(&r, EPTP, 1 << 39), Err(EptFault { gpa: 1 << 39, level: 4, misconfig: false }));
         // Bad memory type on a leaf, reserved bits in a 2M page, table outside RAM.
         let mut r2 = tables();
         r2.put_u64(PD + 8, 0x60_0000 | 0x80 | 2 << 3 | 5);
@@ -379,30 +278,12 @@ mod tests {
         r2.put_u64(PD + 8, 0x60_1000 | 0x80 | WB | 5);
         assert!(ept_translate(&r2, EPTP, 0x20_0000).unwrap_err().misconfig);
         r2.put_u64(PD + 8, 0x100_0000 | RWX);
-        assert_eq!(
-            ept_translate(&r2, EPTP, 0x20_0000),
-            Err(EptFault {
-                gpa: 0x20_0000,
-                level: 1,
-                misconfig: true
-            })
-        );
+        assert_eq!(ept_translate(&r2, EPTP, 0x20_0000), Err(EptFault { gpa: 0x20_0000, level: 1, misconfig: true }));
         // Permissions are ANDed over levels.
         r2.put_u64(PDPT, PD | 1);
-        assert_eq!(
-            ept_translate(&r2, EPTP, 0x1000).unwrap().1,
-            EptPerms {
-                read: true,
-                write: false,
-                exec: false
-            }
-        );
+        assert_eq!(ept_translate(&r2, EPTP, 0x1000).unwrap().1, EptPerms { read: true, write: false, exec: false });
         // Physical-address width.
-        assert!(
-            ept_translate_width(&r, EPTP, 0x4000_0000, 30)
-                .unwrap_err()
-                .misconfig
-        );
+        assert!(ept_translate_width(&r, EPTP, 0x4000_0000, 30).unwrap_err().misconfig);
     }
 
     #[test]
@@ -412,22 +293,8 @@ mod tests {
         assert_eq!(
             m,
             vec![
-                EptMapping {
-                    gpa: 0,
-                    hpa: 0x10_0000,
-                    size: 0x4000,
-                    read: true,
-                    write: true,
-                    exec: true
-                },
-                EptMapping {
-                    gpa: 0x20_0000,
-                    hpa: 0x60_0000,
-                    size: 0x20_0000,
-                    read: true,
-                    write: false,
-                    exec: true
-                },
+                EptMapping { gpa: 0, hpa: 0x10_0000, size: 0x4000, read: true, write: true, exec: true },
+                EptMapping { gpa: 0x20_0000, hpa: 0x60_0000, size: 0x20_0000, read: true, write: false, exec: true },
                 EptMapping {
                     gpa: 0x4000_0000,
                     hpa: 0x4000_0000,
@@ -440,17 +307,7 @@ mod tests {
         );
         // max_gpa clips.
         let m = ept_mappings(&r, EPTP, 0x2000).unwrap();
-        assert_eq!(
-            m,
-            vec![EptMapping {
-                gpa: 0,
-                hpa: 0x10_0000,
-                size: 0x2000,
-                read: true,
-                write: true,
-                exec: true
-            }]
-        );
+        assert_eq!(m, vec![EptMapping { gpa: 0, hpa: 0x10_0000, size: 0x2000, read: true, write: true, exec: true }]);
         assert!(ept_mappings(&r, 0x100_0000 | 6 | 3 << 3, 1 << 32).is_err());
         // A 2M page right after the 4K run with contiguous hpa merges.
         let mut r2 = tables();
@@ -461,31 +318,14 @@ mod tests {
         let m = ept_mappings(&r2, EPTP, 0x40_0000).unwrap();
         assert_eq!(
             m,
-            vec![EptMapping {
-                gpa: 0,
-                hpa: 0x20_0000,
-                size: 0x40_0000,
-                read: true,
-                write: false,
-                exec: true
-            }]
+            vec![EptMapping { gpa: 0, hpa: 0x20_0000, size: 0x40_0000, read: true, write: false, exec: true }]
         );
     }
 
     #[test]
     fn qualification() {
-        let p = EptPerms {
-            read: true,
-            write: false,
-            exec: true,
-        };
-        assert_eq!(
-            ept_violation_qualification(false, true, false, p, true),
-            0x1aa
-        );
-        assert_eq!(
-            ept_violation_qualification(true, false, false, EptPerms::default(), false),
-            1
-        );
+        let p = EptPerms { read: true, write: false, exec: true };
+        assert_eq!(ept_violation_qualification(false, true, false, p, true), 0x1aa);
+        assert_eq!(ept_violation_qualification(true, false, false, EptPerms::default(), false), 1);
     }
 }

@@ -105,10 +105,7 @@ exit_reasons! {
 
 impl ExitReason {
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|r| r.name().eq_ignore_ascii_case(name))
+        Self::ALL.iter().copied().find(|r| r.name().eq_ignore_ascii_case(name))
     }
 }
 
@@ -124,14 +121,7 @@ pub fn reason_name(raw: u32) -> String {
 }
 
 /// Exit qualification for I/O instructions (SDM 28.2.1, Table 28-5).
-pub fn io_qualification(
-    port: u16,
-    size: u8,
-    input: bool,
-    string: bool,
-    rep: bool,
-    imm: bool,
-) -> u64 {
+pub fn io_qualification(port: u16, size: u8, input: bool, string: bool, rep: bool, imm: bool) -> u64 {
     (u64::from(size.saturating_sub(1)) & 7)
         | (u64::from(input) << 3)
         | (u64::from(string) << 4)
@@ -151,22 +141,13 @@ mod tests {
             assert_eq!(ExitReason::from_name(r.name()), Some(*r));
         }
         assert_eq!(ExitReason::IO_INSTRUCTION as u32, 30);
-        assert_eq!(
-            reason_name(33 | VM_ENTRY_FAILURE),
-            "ENTRY_FAIL_GUEST_STATE|ENTRY_FAILURE"
-        );
+        assert_eq!(reason_name(33 | VM_ENTRY_FAILURE), "ENTRY_FAIL_GUEST_STATE|ENTRY_FAILURE");
     }
 
     #[test]
     fn io_qualification_layout() {
         // out dx, al to port 0x3f8: size 1 -> 0, output, not string, dx form.
-        assert_eq!(
-            io_qualification(0x3f8, 1, false, false, false, false),
-            0x03f8_0000
-        );
-        assert_eq!(
-            io_qualification(0x80, 4, true, true, true, true),
-            0x0080_007b
-        );
+        assert_eq!(io_qualification(0x3f8, 1, false, false, false, false), 0x03f8_0000);
+        assert_eq!(io_qualification(0x80, 4, true, true, true, true), 0x0080_007b);
     }
 }

@@ -298,10 +298,7 @@ pub fn by_encoding(enc: u32) -> Option<(usize, &'static Field)> {
         return None;
     }
     let full = enc & !1;
-    let (i, f) = FIELDS
-        .iter()
-        .enumerate()
-        .find(|(_, f)| f.encoding == full)?;
+    let (i, f) = FIELDS.iter().enumerate().find(|(_, f)| f.encoding == full)?;
     if is_high_access(enc) && f.width() != Width::W64 {
         return None;
     }
@@ -310,10 +307,7 @@ pub fn by_encoding(enc: u32) -> Option<(usize, &'static Field)> {
 
 /// Finds a field by name, ignoring case.
 pub fn by_name(name: &str) -> Option<(usize, &'static Field)> {
-    FIELDS
-        .iter()
-        .enumerate()
-        .find(|(_, f)| f.name.eq_ignore_ascii_case(name))
+    FIELDS.iter().enumerate().find(|(_, f)| f.name.eq_ignore_ascii_case(name))
 }
 
 /// Highest index (encoding bits 9:1) of any field, for IA32_VMX_VMCS_ENUM (SDM A.9).
@@ -348,19 +342,9 @@ mod tests {
             (VIRTUAL_PROCESSOR_ID, 0x0000, Width::W16, FieldKind::Control),
             (HOST_TR_SELECTOR, 0x0c0c, Width::W16, FieldKind::Host),
             (GUEST_ACTIVITY_STATE, 0x4826, Width::W32, FieldKind::Guest),
-            (
-                EXIT_QUALIFICATION,
-                0x6400,
-                Width::Natural,
-                FieldKind::ReadOnly,
-            ),
+            (EXIT_QUALIFICATION, 0x6400, Width::Natural, FieldKind::ReadOnly),
             (HOST_IA32_EFER, 0x2c02, Width::W64, FieldKind::Host),
-            (
-                SECONDARY_VM_EXEC_CONTROL,
-                0x401e,
-                Width::W32,
-                FieldKind::Control,
-            ),
+            (SECONDARY_VM_EXEC_CONTROL, 0x401e, Width::W32, FieldKind::Control),
         ];
         for (enc, want, width, kind) in cases {
             assert_eq!(enc, want);

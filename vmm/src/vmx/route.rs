@@ -60,11 +60,7 @@ pub fn l1_wants_io(vmcs: &Vmcs, mem: &dyn GuestMemory, port: u16, size: u8) -> b
         if p > 0xffff {
             return true;
         }
-        let bitmap = if p < 0x8000 {
-            vmcs.get(IO_BITMAP_A)
-        } else {
-            vmcs.get(IO_BITMAP_B)
-        };
+        let bitmap = if p < 0x8000 { vmcs.get(IO_BITMAP_A) } else { vmcs.get(IO_BITMAP_B) };
         bitmap_bit(mem, bitmap, u64::from(p & 0x7fff)).unwrap_or(true)
     })
 }
@@ -82,12 +78,7 @@ pub fn l1_wants_msr(vmcs: &Vmcs, mem: &dyn GuestMemory, msr: u32, write: bool) -
         _ => return true,
     };
     let offset = offset + if write { 0x800 } else { 0 };
-    bitmap_bit(
-        mem,
-        vmcs.get(MSR_BITMAP).wrapping_add(offset),
-        u64::from(bit),
-    )
-    .unwrap_or(true)
+    bitmap_bit(mem, vmcs.get(MSR_BITMAP).wrapping_add(offset), u64::from(bit)).unwrap_or(true)
 }
 
 /// HLT exits when "HLT exiting" is set (SDM 26.1.3).
@@ -104,8 +95,7 @@ pub fn l1_wants_exception(vmcs: &Vmcs, vector: u8, error_code: u32) -> bool {
     }
     let bit = vmcs.get32(EXCEPTION_BITMAP) & (1 << vector) != 0;
     if vector == 14 {
-        let matches = error_code & vmcs.get32(PAGE_FAULT_ERROR_CODE_MASK)
-            == vmcs.get32(PAGE_FAULT_ERROR_CODE_MATCH);
+        let matches = error_code & vmcs.get32(PAGE_FAULT_ERROR_CODE_MASK) == vmcs.get32(PAGE_FAULT_ERROR_CODE_MATCH);
         bit == matches
     } else {
         bit

@@ -70,54 +70,14 @@ pub struct CpuState {
 
 /// The eight segment registers with their (selector, base, limit, AR) field encodings.
 const SEGMENTS: [(u32, u32, u32, u32); 8] = [
-    (
-        GUEST_ES_SELECTOR,
-        GUEST_ES_BASE,
-        GUEST_ES_LIMIT,
-        GUEST_ES_AR_BYTES,
-    ),
-    (
-        GUEST_CS_SELECTOR,
-        GUEST_CS_BASE,
-        GUEST_CS_LIMIT,
-        GUEST_CS_AR_BYTES,
-    ),
-    (
-        GUEST_SS_SELECTOR,
-        GUEST_SS_BASE,
-        GUEST_SS_LIMIT,
-        GUEST_SS_AR_BYTES,
-    ),
-    (
-        GUEST_DS_SELECTOR,
-        GUEST_DS_BASE,
-        GUEST_DS_LIMIT,
-        GUEST_DS_AR_BYTES,
-    ),
-    (
-        GUEST_FS_SELECTOR,
-        GUEST_FS_BASE,
-        GUEST_FS_LIMIT,
-        GUEST_FS_AR_BYTES,
-    ),
-    (
-        GUEST_GS_SELECTOR,
-        GUEST_GS_BASE,
-        GUEST_GS_LIMIT,
-        GUEST_GS_AR_BYTES,
-    ),
-    (
-        GUEST_LDTR_SELECTOR,
-        GUEST_LDTR_BASE,
-        GUEST_LDTR_LIMIT,
-        GUEST_LDTR_AR_BYTES,
-    ),
-    (
-        GUEST_TR_SELECTOR,
-        GUEST_TR_BASE,
-        GUEST_TR_LIMIT,
-        GUEST_TR_AR_BYTES,
-    ),
+    (GUEST_ES_SELECTOR, GUEST_ES_BASE, GUEST_ES_LIMIT, GUEST_ES_AR_BYTES),
+    (GUEST_CS_SELECTOR, GUEST_CS_BASE, GUEST_CS_LIMIT, GUEST_CS_AR_BYTES),
+    (GUEST_SS_SELECTOR, GUEST_SS_BASE, GUEST_SS_LIMIT, GUEST_SS_AR_BYTES),
+    (GUEST_DS_SELECTOR, GUEST_DS_BASE, GUEST_DS_LIMIT, GUEST_DS_AR_BYTES),
+    (GUEST_FS_SELECTOR, GUEST_FS_BASE, GUEST_FS_LIMIT, GUEST_FS_AR_BYTES),
+    (GUEST_GS_SELECTOR, GUEST_GS_BASE, GUEST_GS_LIMIT, GUEST_GS_AR_BYTES),
+    (GUEST_LDTR_SELECTOR, GUEST_LDTR_BASE, GUEST_LDTR_LIMIT, GUEST_LDTR_AR_BYTES),
+    (GUEST_TR_SELECTOR, GUEST_TR_BASE, GUEST_TR_LIMIT, GUEST_TR_AR_BYTES),
 ];
 
 impl CpuState {
@@ -135,9 +95,7 @@ impl CpuState {
     }
 
     fn segments(&self) -> [&Segment; 8] {
-        [
-            &self.es, &self.cs, &self.ss, &self.ds, &self.fs, &self.gs, &self.ldtr, &self.tr,
-        ]
+        [&self.es, &self.cs, &self.ss, &self.ds, &self.fs, &self.gs, &self.ldtr, &self.tr]
     }
 }
 
@@ -163,14 +121,8 @@ pub fn load_guest_state_with_efer(vmcs: &Vmcs, current_efer: u64) -> CpuState {
         sysenter_cs: vmcs.get32(GUEST_SYSENTER_CS),
         sysenter_esp: vmcs.get(GUEST_SYSENTER_ESP),
         sysenter_eip: vmcs.get(GUEST_SYSENTER_EIP),
-        gdtr: DescTable {
-            base: vmcs.get(GUEST_GDTR_BASE),
-            limit: vmcs.get32(GUEST_GDTR_LIMIT),
-        },
-        idtr: DescTable {
-            base: vmcs.get(GUEST_IDTR_BASE),
-            limit: vmcs.get32(GUEST_IDTR_LIMIT),
-        },
+        gdtr: DescTable { base: vmcs.get(GUEST_GDTR_BASE), limit: vmcs.get32(GUEST_GDTR_LIMIT) },
+        idtr: DescTable { base: vmcs.get(GUEST_IDTR_BASE), limit: vmcs.get32(GUEST_IDTR_LIMIT) },
         activity_state: vmcs.get32(GUEST_ACTIVITY_STATE),
         interruptibility: vmcs.get32(GUEST_INTERRUPTIBILITY_INFO),
         pending_dbg_exceptions: vmcs.get(GUEST_PENDING_DBG_EXCEPTIONS),
@@ -305,12 +257,7 @@ pub fn load_host_state(vmcs: &Vmcs, current_efer: u64) -> CpuState {
         sysenter_cs: vmcs.get32(HOST_IA32_SYSENTER_CS),
         sysenter_esp: vmcs.get(HOST_IA32_SYSENTER_ESP),
         sysenter_eip: vmcs.get(HOST_IA32_SYSENTER_EIP),
-        cs: Segment {
-            selector: vmcs.get(HOST_CS_SELECTOR) as u16,
-            base: 0,
-            limit: 0xffff_ffff,
-            ar: cs_ar,
-        },
+        cs: Segment { selector: vmcs.get(HOST_CS_SELECTOR) as u16, base: 0, limit: 0xffff_ffff, ar: cs_ar },
         ss: data(HOST_SS_SELECTOR, 0),
         ds: data(HOST_DS_SELECTOR, 0),
         es: data(HOST_ES_SELECTOR, 0),
@@ -322,20 +269,9 @@ pub fn load_host_state(vmcs: &Vmcs, current_efer: u64) -> CpuState {
             limit: 0x67,
             ar: 11 | P,
         },
-        ldtr: Segment {
-            selector: 0,
-            base: 0,
-            limit: 0,
-            ar: AR_UNUSABLE,
-        },
-        gdtr: DescTable {
-            base: vmcs.get(HOST_GDTR_BASE),
-            limit: 0xffff,
-        },
-        idtr: DescTable {
-            base: vmcs.get(HOST_IDTR_BASE),
-            limit: 0xffff,
-        },
+        ldtr: Segment { selector: 0, base: 0, limit: 0, ar: AR_UNUSABLE },
+        gdtr: DescTable { base: vmcs.get(HOST_GDTR_BASE), limit: 0xffff },
+        idtr: DescTable { base: vmcs.get(HOST_IDTR_BASE), limit: 0xffff },
         activity_state: 0,
         interruptibility: 0,
         pending_dbg_exceptions: 0,
@@ -346,13 +282,7 @@ pub fn load_host_state(vmcs: &Vmcs, current_efer: u64) -> CpuState {
 /// length and information; clears the valid bits of the VM-exit interruption-information
 /// and IDT-vectoring fields (no event), and clears the valid bit of the VM-entry
 /// interruption-information field (SDM 28.2.4).
-pub fn record_exit(
-    vmcs: &mut Vmcs,
-    reason: u32,
-    qualification: u64,
-    insn_len: u32,
-    insn_info: u32,
-) {
+pub fn record_exit(vmcs: &mut Vmcs, reason: u32, qualification: u64, insn_len: u32, insn_info: u32) {
     vmcs.set(VM_EXIT_REASON, u64::from(reason));
     vmcs.set(EXIT_QUALIFICATION, qualification);
     vmcs.set(VM_EXIT_INSTRUCTION_LEN, u64::from(insn_len));
@@ -384,26 +314,12 @@ mod tests {
         let v = test_vmcs_64bit();
         let st = load_guest_state(&v);
         assert_eq!(st.rip, 0x1000);
-        assert_eq!(
-            st.cs,
-            Segment {
-                selector: 8,
-                base: 0,
-                limit: 0xffff_ffff,
-                ar: 0xa09b
-            }
-        );
+        assert_eq!(st.cs, Segment { selector: 8, base: 0, limit: 0xffff_ffff, ar: 0xa09b });
         assert!(!st.fs.usable());
         assert_eq!(st.tr.base, 0x3000);
         assert_eq!(st.efer, 0x500);
         assert_eq!(st.pat, None);
-        assert_eq!(
-            st.gdtr,
-            DescTable {
-                base: 0x4000,
-                limit: 0x27
-            }
-        );
+        assert_eq!(st.gdtr, DescTable { base: 0x4000, limit: 0x27 });
         let mut w = v.clone();
         save_guest_state(&mut w, &st);
         assert_eq!(w, v);
@@ -415,11 +331,7 @@ mod tests {
         save_guest_state(&mut w, &st2);
         assert_eq!(w.get(GUEST_RIP), 0x2000);
         assert_eq!(w.get(GUEST_IA32_EFER), 0xd00);
-        assert_eq!(
-            w.get(GUEST_IA32_PAT),
-            v.get(GUEST_IA32_PAT),
-            "save IA32_PAT is off"
-        );
+        assert_eq!(w.get(GUEST_IA32_PAT), v.get(GUEST_IA32_PAT), "save IA32_PAT is off");
         // EFER.LMA is stored into the IA-32e mode guest control.
         st2.efer = 0;
         save_guest_state(&mut w, &st2);
@@ -443,39 +355,14 @@ mod tests {
     fn host_state() {
         let mut v = test_vmcs_64bit();
         let h = load_host_state(&v, 0);
-        assert_eq!(
-            (h.rip, h.rsp, h.rflags, h.dr7),
-            (0xffff_ffff_8000_1000, 0xffff_8000_0001_0000, 2, 0x400)
-        );
+        assert_eq!((h.rip, h.rsp, h.rflags, h.dr7), (0xffff_ffff_8000_1000, 0xffff_8000_0001_0000, 2, 0x400));
         assert_eq!(h.cs.ar, 0xa09b);
-        assert_eq!(
-            h.ss,
-            Segment {
-                selector: 0x10,
-                base: 0,
-                limit: 0xffff_ffff,
-                ar: 0xc093
-            }
-        );
+        assert_eq!(h.ss, Segment { selector: 0x10, base: 0, limit: 0xffff_ffff, ar: 0xc093 });
         assert!(!h.fs.usable());
         assert_eq!(h.gs.base, 0xffff_8000_0000_6000);
-        assert_eq!(
-            h.tr,
-            Segment {
-                selector: 0x18,
-                base: 0xffff_8000_0000_3000,
-                limit: 0x67,
-                ar: 0x8b
-            }
-        );
+        assert_eq!(h.tr, Segment { selector: 0x18, base: 0xffff_8000_0000_3000, limit: 0x67, ar: 0x8b });
         assert!(!h.ldtr.usable());
-        assert_eq!(
-            h.gdtr,
-            DescTable {
-                base: 0xffff_8000_0000_4000,
-                limit: 0xffff
-            }
-        );
+        assert_eq!(h.gdtr, DescTable { base: 0xffff_8000_0000_4000, limit: 0xffff });
         assert_eq!(h.efer, 0xd01);
         assert_eq!(h.pat, None);
         assert_eq!(h.cr4, 0x2020);

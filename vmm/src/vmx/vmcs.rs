@@ -50,11 +50,7 @@ impl Vmcs {
     pub fn read(&self, enc: u32) -> Option<u64> {
         let (i, _) = fields::by_encoding(enc)?;
         let v = self.values[i];
-        Some(if fields::is_high_access(enc) {
-            v >> 32
-        } else {
-            v
-        })
+        Some(if fields::is_high_access(enc) { v >> 32 } else { v })
     }
 
     /// VMWRITE semantics without the read-only check: stores `v` truncated to the field's
@@ -64,11 +60,8 @@ impl Vmcs {
         let Some((i, f)) = fields::by_encoding(enc) else {
             return false;
         };
-        self.values[i] = if fields::is_high_access(enc) {
-            (self.values[i] & 0xffff_ffff) | (v << 32)
-        } else {
-            v & f.width().mask()
-        };
+        self.values[i] =
+            if fields::is_high_access(enc) { (self.values[i] & 0xffff_ffff) | (v << 32) } else { v & f.width().mask() };
         true
     }
 
@@ -116,11 +109,7 @@ impl Vmcs {
         };
         let u64_at = |o: usize| u64::from(u32_at(o)) | (u64::from(u32_at(o + 4)) << 32);
         let head = u32_at(OFFSET_REVISION);
-        let values = FIELDS
-            .iter()
-            .enumerate()
-            .map(|(i, f)| u64_at(OFFSET_FIELDS + 8 * i) & f.width().mask())
-            .collect();
+        let values = FIELDS.iter().enumerate().map(|(i, f)| u64_at(OFFSET_FIELDS + 8 * i) & f.width().mask()).collect();
         Vmcs {
             revision: head & 0x7fff_ffff,
             shadow: head >> 31 == 1,
