@@ -103,8 +103,9 @@ impl Runner {
                 _ => 0,
             };
             let reason = ExitReason::ENTRY_FAIL_GUEST_STATE as u32 | VM_ENTRY_FAILURE;
-            let vmcs = self.vmx.current_vmcs_mut().expect("checked above");
-            record_exit(vmcs, reason, qualification, 0, 0);
+            if let Some(vmcs) = self.vmx.current_vmcs_mut() {
+                record_exit(vmcs, reason, qualification, 0, 0);
+            }
             self.load_host_state();
             return Ok(Flow::Continue);
         }
