@@ -8,7 +8,7 @@ pub mod signals;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kvm_ioctls::Kvm;
 
@@ -357,9 +357,4 @@ pub fn dump_registers(v: &mut Vcpu) -> String {
 /// Runs a guest to completion.
 pub fn run(cfg: RunConfig) -> Result<Report, Error> {
     Runner::new(cfg)?.run()
-}
-
-#[allow(dead_code)]
-fn elapsed_ns(d: Duration) -> u64 {
-    d.as_nanos() as u64
 }
