@@ -1,5 +1,9 @@
-//! One KVM vCPU. Registers are read and written through `kvm_run->s.regs` (sync regs: REGS,
-//! SREGS, EVENTS valid on every exit; dirty bits make KVM load them on the next KVM_RUN).
+//! One KVM vCPU. Registers are read and written through `kvm_run->s.regs` (sync regs; dirty
+//! bits make KVM load them on the next KVM_RUN).
+//!
+//! KVM copies every valid sync-regs set out on every exit, which costs measurably (see
+//! BENCHMARKS.md). A *lean* vCPU asks for REGS only; its SREGS and EVENTS are then fetched with
+//! one ioctl each, on demand, the first time they are used after an exit.
 
 use kvm_bindings::{
     kvm_regs, kvm_run, kvm_sregs, kvm_vcpu_events, KVM_SYNC_X86_EVENTS, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS,
@@ -67,6 +71,9 @@ pub struct Vcpu {
     fd: VcpuFd,
     /// The vCPU's kvm_run mapping, stable for the life of `fd`.
     run: *mut kvm_run,
+    lean: bool,
+    /// The SREGS and EVENTS in the sync area predate the last exit (lean vCPUs only).
+    stale: bool,
 }
 
 impl Vcpu {
@@ -75,11 +82,53 @@ impl Vcpu {
         fd.set_sync_valid_reg(SyncReg::SystemRegister);
         fd.set_sync_valid_reg(SyncReg::VcpuEvents);
         let run = fd.get_kvm_run() as *mut kvm_run;
-        Vcpu { fd, run }
+        Vcpu { fd, run, lean: false, stale: false }
+    }
+
+    /// Lean: only REGS are synced on exits, SREGS and EVENTS are fetched when first used.
+    pub fn set_lean(&mut self, lean: bool) {
+        if lean == self.lean {
+            return;
+        }
+        self.lean = lean;
+        if lean {
+            self.fd.clear_sync_valid_reg(SyncReg::SystemRegister);
+            self.fd.clear_sync_valid_reg(SyncReg::VcpuEvents);
+        } else {
+            self.fd.set_sync_valid_reg(SyncReg::SystemRegister);
+            self.fd.set_sync_valid_reg(SyncReg::VcpuEvents);
+        }
+    }
+
+    /// Makes SREGS and EVENTS in the sync area current (a no-op unless lean and stale).
+    pub fn refresh(&mut self) -> Result<(), Error> {
+        if !self.stale {
+            return Ok(());
+        }
+        let sregs = self.fd.get_sregs().map_err(host("KVM_GET_SREGS"))?;
+        let events = self.fd.get_vcpu_events().map_err(host("KVM_GET_VCPU_EVENTS"))?;
+        let s = self.fd.sync_regs_mut();
+        s.sregs = sregs;
+        s.events = events;
+        self.stale = false;
+        Ok(())
+    }
+
+    /// `refresh`, for paths that cannot report an error: on failure the registers stay as of
+    /// the last full sync and the failure is logged.
+    fn refresh_or_log(&mut self) {
+        if let Err(e) = self.refresh() {
+            tracing::error!("{e}");
+        }
     }
 
     pub fn fd(&self) -> &VcpuFd {
         &self.fd
+    }
+
+    /// The bare KVM vCPU, for loops that bypass nestbed (the benchmark's raw baseline).
+    pub fn into_fd(self) -> VcpuFd {
+        self.fd
     }
 
     /// Loads registers from KVM once (after creation, before any KVM_RUN filled the sync area).
@@ -94,7 +143,8 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Registers without `&mut` (the sync-regs area as of the last exit or change).
+    /// Registers without `&mut` (the sync-regs area as of the last exit or change; for a lean
+    /// vCPU, SREGS only after `refresh`).
     pub fn peek_regs(&self) -> &kvm_regs {
         &self.regs_area().regs
     }
@@ -120,15 +170,18 @@ impl Vcpu {
     }
 
     pub fn sregs(&mut self) -> &kvm_sregs {
+        self.refresh_or_log();
         &self.fd.sync_regs_mut().sregs
     }
 
     pub fn sregs_mut(&mut self) -> &mut kvm_sregs {
+        self.refresh_or_log();
         self.fd.set_sync_dirty_reg(SyncReg::SystemRegister);
         &mut self.fd.sync_regs_mut().sregs
     }
 
     pub fn events_mut(&mut self) -> &mut kvm_vcpu_events {
+        self.refresh_or_log();
         self.fd.set_sync_dirty_reg(SyncReg::VcpuEvents);
         &mut self.fd.sync_regs_mut().events
     }
@@ -183,6 +236,7 @@ impl Vcpu {
 
     /// KVM_RUN once, with the exit copied out.
     pub fn run(&mut self) -> Result<RawExit, Error> {
+        self.stale = self.lean;
         let exit = match self.fd.run() {
             Ok(e) => e,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return Ok(RawExit::Interrupted),

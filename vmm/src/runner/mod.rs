@@ -2,7 +2,7 @@
 //! its exit, pass it through trace, statistics and the script hook, then let nestbed handle it
 //! (devices, the virtual VMX) or reflect it to L1.
 
-mod boot;
+pub mod boot;
 mod nested;
 pub mod signals;
 
@@ -17,7 +17,7 @@ use crate::exit::{Action, Exit, ExitDetail, Handler, Level};
 use crate::machine::devices::{Devices, PortEffect};
 use crate::machine::{loader, GuestRam, RawExit, Vcpu, Vm};
 use crate::nested::L2;
-use crate::trace::{Stats, TraceWriter};
+use crate::trace::{Clock, Stats, TraceWriter};
 use crate::vmx::cpu::VmxCpu;
 use crate::vmx::exits::{io_qualification, ExitReason};
 
@@ -113,6 +113,7 @@ pub struct Runner {
     trace: Option<TraceWriter>,
     seq: u64,
     start: Instant,
+    clock: Clock,
     /// CPUID answers for the L2 vCPU, applied when it is created.
     l2_cpuid: Vec<crate::machine::vm::CpuidOverride>,
     /// What happened beside the exits (failed entry checks...), for the trace and scripts.
@@ -129,6 +130,7 @@ impl Runner {
         let kvm = Kvm::new().map_err(host("opening /dev/kvm"))?;
         let l1_vm = Vm::new(&kvm, ram)?;
         let mut l1 = l1_vm.create_vcpu(&kvm, 0, true, &[])?;
+        let clock = Clock::new(l1.fd().get_tsc_khz().ok().map(u64::from));
         l1.prime()?;
         boot::set_entry_state(&mut l1, &boot);
         let console = cfg.console.take().unwrap_or_else(|| Box::new(std::io::LineWriter::new(std::io::stdout())));
@@ -148,6 +150,7 @@ impl Runner {
             trace,
             seq: 0,
             start: Instant::now(),
+            clock,
             l2_cpuid: Vec::new(),
             notes: Vec::new(),
         })
@@ -182,12 +185,16 @@ impl Runner {
 
     fn run_loop(&mut self) -> Result<Outcome, Error> {
         loop {
+            // SREGS/EVENTS are synced on every exit only where they are used on most exits:
+            // L1 in VMX operation (VMX instructions, VM entries) and L2.
+            let lean = !self.vmx.vmxon && self.level == Level::L1;
+            self.l1.set_lean(lean);
             let run = self.active().kvm_run_ptr();
             // SAFETY: the active vCPU's mapping lives as long as the Runner, which clears the
             // registration before returning.
             unsafe { signals::set_running(run) };
             let raw = self.active().run()?;
-            let t0 = Instant::now();
+            let t0 = self.clock.now();
             match signals::cause() {
                 signals::INTERRUPT => return Ok(Outcome::Interrupted),
                 signals::TIMEOUT => return Ok(Outcome::Timeout),
@@ -202,7 +209,7 @@ impl Runner {
                 Level::L1 => self.l1_exit(raw)?,
                 Level::L2 => self.l2_exit(raw)?,
             };
-            self.stats.record(level, reason, handler, t0.elapsed());
+            self.stats.record(level, reason, handler, self.clock.since(t0));
             if let Flow::Stop(o) = flow {
                 return Ok(o);
             }

@@ -39,6 +39,7 @@ impl Runner {
 
     /// A VMX instruction L1 executed, trapped as an emulation failure.
     pub(super) fn l1_vmx_instruction(&mut self, bytes: &[u8]) -> Step {
+        self.l1.refresh()?;
         let rip = self.l1.regs().rip;
         let insn = match trap::decode_trap(bytes, self.l1.peek_sregs(), rip) {
             Ok(i) => i,
