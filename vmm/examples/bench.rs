@@ -88,8 +88,24 @@ fn raw_same_guest(exits: u64) -> f64 {
 }
 
 fn nestbed_loop(exits: u64) -> f64 {
+    nestbed_scripted(exits, None)
+}
+
+fn nestbed_empty_on_exit(exits: u64) -> f64 {
+    let path = std::env::temp_dir().join(format!("nestbed-bench-{}-empty.rhai", std::process::id()));
+    std::fs::write(&path, "fn on_exit(e) { }\n").expect("writing the empty script");
+    nestbed_scripted(exits, Some(path))
+}
+
+fn nestbed_counting(exits: u64) -> f64 {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/count-exits.rhai");
+    nestbed_scripted(exits, Some(path))
+}
+
+fn nestbed_scripted(exits: u64, script: Option<std::path::PathBuf>) -> f64 {
     let image = nestbed::guests::find("io-bench").expect("io-bench guest").to_vec();
     let mut cfg = RunConfig::new("io-bench", image);
+    cfg.scripts.extend(script);
     cfg.cmdline = exits.to_string();
     cfg.console = Some(Box::new(std::io::sink()));
     let t = Instant::now();
@@ -122,6 +138,8 @@ fn main() {
             label: "nestbed, port-I/O exit of an L1 guest (whole exit path: normalize, stats, devices)",
             run: nestbed_loop,
         },
+        Variant { label: "nestbed, the same with an empty `on_exit` script", run: nestbed_empty_on_exit },
+        Variant { label: "nestbed, the same with scripts/count-exits.rhai", run: nestbed_counting },
     ];
     // Interleaved: every repetition measures each variant once, so a burst of background load
     // hits them alike; ratios are taken within a repetition, then the median over repetitions.

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use nestbed::error::{code, Error};
 use nestbed::runner::{self, RunConfig};
+use nestbed::script::{OnScriptError, ScriptOptions};
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +50,22 @@ struct RunArgs {
     /// Write every exit as one JSON line to FILE.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
+    /// Run a Rhai script on every exit (repeatable; hooks run in the order given). See SCRIPTING.md.
+    #[arg(long = "script", value_name = "FILE")]
+    scripts: Vec<PathBuf>,
+    /// What a runtime error in a script does: stop nestbed (exit code 206) or print it and continue.
+    #[arg(long, value_enum, default_value_t = ScriptErrorArg::Stop)]
+    on_script_error: ScriptErrorArg,
+    /// Operation budget of one script hook call (0 = unlimited).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    script_ops: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Default)]
+enum ScriptErrorArg {
+    #[default]
+    Stop,
+    Continue,
 }
 
 fn load_guest(spec: Option<&str>) -> Result<(String, Vec<u8>), Error> {
@@ -68,6 +85,14 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     cfg.cmdline = args.cmdline;
     cfg.timeout = args.timeout;
     cfg.trace = args.trace;
+    cfg.scripts = args.scripts;
+    cfg.script_options = ScriptOptions {
+        max_operations: args.script_ops,
+        on_error: match args.on_script_error {
+            ScriptErrorArg::Stop => OnScriptError::Stop,
+            ScriptErrorArg::Continue => OnScriptError::Continue,
+        },
+    };
     if let Some(path) = &args.serial {
         let f = std::fs::File::create(path).map_err(|source| Error::File { path: path.clone(), source })?;
         cfg.console = Some(Box::new(std::io::LineWriter::new(f)));
@@ -94,15 +119,16 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { code::CONFIG as u8 } else { 0 });
         }
     };
-    let result = match cli.command.unwrap_or(Command::Run(RunArgs { mem: 128, ..Default::default() })) {
-        Command::Run(args) => run(args),
-        Command::Guests => {
-            for (name, desc, _) in nestbed::guests::GUESTS {
-                println!("{name:<16} {desc}");
+    let result =
+        match cli.command.unwrap_or(Command::Run(RunArgs { mem: 128, script_ops: 1_000_000, ..Default::default() })) {
+            Command::Run(args) => run(args),
+            Command::Guests => {
+                for (name, desc, _) in nestbed::guests::GUESTS {
+                    println!("{name:<16} {desc}");
+                }
+                Ok(0)
             }
-            Ok(0)
-        }
-    };
+        };
     match result {
         Ok(c) => ExitCode::from(c as u8),
         Err(e) => {

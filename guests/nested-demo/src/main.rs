@@ -1,6 +1,9 @@
 //! nestbed's demo: an L1 hypervisor launches an L2 that prints and computes. L2 writes every
 //! byte to the UART data port 0x3f8, which L1 intercepts through its I/O bitmap and relays to
-//! the real serial port; L2 hands its result to L1 on port 0x500 and halts.
+//! the real serial port; L2 hands its result to L1 on port 0x500 and halts. On the way L2 asks
+//! CPUID for the hypervisor vendor (answered by nestbed's CPUID table for L2, which
+//! `scripts/l2-cpuid.rhai` changes) and writes a POST code to port 0x80, which L1 does not
+//! intercept, so nestbed handles it as the L0 (`scripts/stop-on-port.rhai` stops there).
 #![no_std]
 #![no_main]
 
@@ -19,6 +22,8 @@ static L2_STACK: Stack = Stack::new();
 const UART_DATA: u16 = 0x3f8;
 const RESULT_PORT: u16 = 0x500;
 const FIB_N: u32 = 30;
+const POST_PORT: u16 = 0x80;
+const POST_CODE: u8 = 0x42;
 
 fn fib(n: u32) -> u32 {
     let (mut a, mut b) = (0u32, 1u32);
@@ -38,6 +43,19 @@ extern "C" fn l2_main() -> ! {
         rt::print!(" ", fib(n));
     }
     rt::println!();
+    // SAFETY: CPUID has no side effects.
+    let id = unsafe { core::arch::x86_64::__cpuid(0x4000_0000) };
+    let mut vendor = [0u8; 12];
+    for (i, r) in [id.ebx, id.ecx, id.edx].iter().enumerate() {
+        vendor[i * 4..i * 4 + 4].copy_from_slice(&r.to_le_bytes());
+    }
+    rt::print!("Hypervisor vendor at CPUID 0x40000000: '");
+    for &b in vendor.iter().filter(|b| b.is_ascii_graphic()) {
+        rt::serial::write_byte(b);
+    }
+    rt::println!("'");
+    rt::println!("POST code 0x42 to port 0x80 (not intercepted by L1: nestbed handles it).");
+    rt::io::outb(POST_PORT, POST_CODE);
     rt::println!("Handing fib(", FIB_N, ") to L1 on port 0x500, then HLT.");
     outl(RESULT_PORT, fib(FIB_N));
     loop {

@@ -106,4 +106,22 @@ fn adjust_cpuid(cpuid: &mut CpuId, vmx: bool, overrides: &[CpuidOverride]) {
             [e.eax, e.ebx, e.ecx, e.edx] = o.regs;
         }
     }
+    for o in overrides {
+        if !cpuid.as_slice().iter().any(|e| e.function == o.leaf && e.index == o.subleaf) {
+            let [eax, ebx, ecx, edx] = o.regs;
+            let entry = kvm_bindings::kvm_cpuid_entry2 {
+                function: o.leaf,
+                index: o.subleaf,
+                flags: if o.subleaf != 0 { kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX } else { 0 },
+                eax,
+                ebx,
+                ecx,
+                edx,
+                ..Default::default()
+            };
+            if cpuid.push(entry).is_err() {
+                tracing::warn!(leaf = o.leaf, "CPUID table full: override of leaf {:#x} dropped", o.leaf);
+            }
+        }
+    }
 }

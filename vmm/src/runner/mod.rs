@@ -3,6 +3,7 @@
 //! (devices, the virtual VMX) or reflect it to L1.
 
 pub mod boot;
+mod hooks;
 mod nested;
 pub mod signals;
 
@@ -17,6 +18,7 @@ use crate::exit::{Action, Exit, ExitDetail, Handler, Level};
 use crate::machine::devices::{Devices, PortEffect};
 use crate::machine::{loader, GuestRam, RawExit, Vcpu, Vm};
 use crate::nested::L2;
+use crate::script::{ScriptHost, ScriptOptions};
 use crate::trace::{Clock, Stats, TraceWriter};
 use crate::vmx::cpu::VmxCpu;
 use crate::vmx::exits::{io_qualification, ExitReason};
@@ -32,6 +34,9 @@ pub struct RunConfig {
     pub console: Option<Box<dyn Write + Send>>,
     pub timeout: Option<u32>,
     pub trace: Option<PathBuf>,
+    /// Rhai scripts, run in this order on every event.
+    pub scripts: Vec<PathBuf>,
+    pub script_options: ScriptOptions,
 }
 
 impl RunConfig {
@@ -44,6 +49,8 @@ impl RunConfig {
             console: None,
             timeout: None,
             trace: None,
+            scripts: Vec::new(),
+            script_options: ScriptOptions::default(),
         }
     }
 }
@@ -62,6 +69,12 @@ pub enum Outcome {
     ScriptStop(String),
     /// The guest did something nestbed cannot continue from.
     Unsupported(String),
+    /// nestbed stopped on an error (a script error, a failed KVM call) after the run started;
+    /// statistics and traces are still complete.
+    Failed {
+        code: i32,
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -73,6 +86,7 @@ impl Outcome {
             Outcome::Interrupted => code::INTERRUPTED,
             Outcome::ScriptStop(_) => code::SCRIPT_STOP,
             Outcome::Unsupported(_) => code::GUEST_UNSUPPORTED,
+            Outcome::Failed { code, .. } => *code,
         }
     }
 
@@ -86,6 +100,7 @@ impl Outcome {
             Outcome::Interrupted => Some("interrupted".into()),
             Outcome::ScriptStop(r) => Some(format!("stopped by script: {r}")),
             Outcome::Unsupported(r) => Some(r.clone()),
+            Outcome::Failed { message, .. } => Some(format!("error: {message}")),
         }
     }
 }
@@ -118,10 +133,26 @@ pub struct Runner {
     l2_cpuid: Vec<crate::machine::vm::CpuidOverride>,
     /// What happened beside the exits (failed entry checks...), for the trace and scripts.
     notes: Vec<String>,
+    scripts: Option<ScriptHost>,
+    /// VMCS writes scripts made on the current L2 exit, replayed over the exit information if
+    /// the exit is reflected to L1.
+    script_vmcs_writes: Vec<(u32, u64)>,
 }
 
 impl Runner {
     pub fn new(mut cfg: RunConfig) -> Result<Self, Error> {
+        // Scripts compile, and set CPUID answers in on_start, before the guest exists.
+        let mut scripts =
+            if cfg.scripts.is_empty() { None } else { Some(ScriptHost::load(&cfg.scripts, cfg.script_options)?) };
+        let (mut l1_cpuid, mut l2_cpuid) = (Vec::new(), Vec::new());
+        if let Some(s) = scripts.as_mut() {
+            for (level, ov) in s.on_start()? {
+                match level {
+                    Level::L1 => l1_cpuid.push(ov),
+                    Level::L2 => l2_cpuid.push(ov),
+                }
+            }
+        }
         let ram = GuestRam::new(cfg.mem_mib)?;
         let cmdline =
             if cfg.cmdline.is_empty() { cfg.image_name.clone() } else { format!("{} {}", cfg.image_name, cfg.cmdline) };
@@ -129,7 +160,7 @@ impl Runner {
             .map_err(|source| Error::Image { path: PathBuf::from(&cfg.image_name), source })?;
         let kvm = Kvm::new().map_err(host("opening /dev/kvm"))?;
         let l1_vm = Vm::new(&kvm, ram)?;
-        let mut l1 = l1_vm.create_vcpu(&kvm, 0, true, &[])?;
+        let mut l1 = l1_vm.create_vcpu(&kvm, 0, true, &l1_cpuid)?;
         let clock = Clock::new(l1.fd().get_tsc_khz().ok().map(u64::from));
         l1.prime()?;
         boot::set_entry_state(&mut l1, &boot);
@@ -151,8 +182,10 @@ impl Runner {
             seq: 0,
             start: Instant::now(),
             clock,
-            l2_cpuid: Vec::new(),
+            l2_cpuid,
             notes: Vec::new(),
+            scripts,
+            script_vmcs_writes: Vec::new(),
         })
     }
 
@@ -164,15 +197,23 @@ impl Runner {
     /// every way out.
     pub fn run(mut self) -> Result<Report, Error> {
         signals::install();
-        let result = self.run_loop();
+        let mut result = self.run_loop();
         // SAFETY: null clears the registration.
         unsafe { signals::set_running(std::ptr::null_mut()) };
+        if let Some(s) = self.scripts.as_mut() {
+            let stopped = s.on_stop();
+            if result.is_ok() {
+                if let Err(e) = stopped {
+                    result = Err(e);
+                }
+            }
+        }
         self.devices.flush();
         if let Some(t) = self.trace.as_mut() {
             t.flush();
         }
         self.stats.wall = self.start.elapsed();
-        let outcome = result?;
+        let outcome = result.unwrap_or_else(|e| Outcome::Failed { code: e.exit_code(), message: e.to_string() });
         Ok(Report { outcome, stats: self.stats })
     }
 
@@ -187,7 +228,7 @@ impl Runner {
         loop {
             // SREGS/EVENTS are synced on every exit only where they are used on most exits:
             // L1 in VMX operation (VMX instructions, VM entries) and L2.
-            let lean = !self.vmx.vmxon && self.level == Level::L1;
+            let lean = !self.vmx.vmxon && self.level == Level::L1 && self.scripts.is_none();
             self.l1.set_lean(lean);
             let run = self.active().kvm_run_ptr();
             // SAFETY: the active vCPU's mapping lives as long as the Runner, which clears the
@@ -210,6 +251,7 @@ impl Runner {
                 Level::L2 => self.l2_exit(raw)?,
             };
             self.stats.record(level, reason, handler, self.clock.since(t0));
+            self.script_vmcs_writes.clear();
             if let Flow::Stop(o) = flow {
                 return Ok(o);
             }
@@ -222,14 +264,6 @@ impl Runner {
         Exit { seq: self.seq, level, reason: reason as u32, qualification, rip, insn: Vec::new(), detail }
     }
 
-    /// Trace and script hook for one exit; returns the action to take.
-    fn observe(&mut self, exit: &Exit, handler_hint: Handler) -> Action {
-        if let Some(t) = self.trace.as_mut() {
-            t.record(exit, handler_hint, std::mem::take(&mut self.notes), self.start.elapsed().as_nanos() as u64);
-        }
-        Action::Default
-    }
-
     fn l1_exit(&mut self, raw: RawExit) -> Result<(Flow, u32, Handler), Error> {
         match raw {
             RawExit::IoOut { port, size, data } => {
@@ -240,7 +274,7 @@ impl Runner {
                     q,
                     ExitDetail::Io { port, size, write: true, data },
                 );
-                let action = self.observe(&exit, Handler::L0);
+                let action = self.observe(&exit, Handler::L0)?;
                 let handler = if action == Action::Default { Handler::L0 } else { Handler::Script };
                 let flow = match action {
                     Action::Default => match self.devices.write(port, size, data) {
@@ -259,7 +293,7 @@ impl Runner {
                     q,
                     ExitDetail::Io { port, size, write: false, data: 0 },
                 );
-                let action = self.observe(&exit, Handler::L0);
+                let action = self.observe(&exit, Handler::L0)?;
                 let handler = if action == Action::Default { Handler::L0 } else { Handler::Script };
                 let flow = match action {
                     Action::Default => {
@@ -273,13 +307,13 @@ impl Runner {
             }
             RawExit::Shutdown => {
                 let exit = self.next_exit(Level::L1, ExitReason::TRIPLE_FAULT, 0, ExitDetail::None);
-                self.observe(&exit, Handler::L0);
+                self.observe(&exit, Handler::L0)?;
                 let registers = dump_registers(&mut self.l1);
                 Ok((Flow::Stop(Outcome::TripleFault { level: Level::L1, registers }), exit.reason, Handler::L0))
             }
             RawExit::Hlt => {
                 let exit = self.next_exit(Level::L1, ExitReason::HLT, 0, ExitDetail::None);
-                let action = self.observe(&exit, Handler::L0);
+                let action = self.observe(&exit, Handler::L0)?;
                 let flow = match action {
                     Action::Default => Flow::Stop(Outcome::Unsupported(format!(
                         "L1 executed HLT at RIP {:#x}; nestbed has no interrupt sources, so it would never wake",
@@ -299,7 +333,7 @@ impl Runner {
                     1,
                     ExitDetail::Mmio { gpa, len, write: false, data: 0 },
                 );
-                let action = self.observe(&exit, Handler::L0);
+                let action = self.observe(&exit, Handler::L0)?;
                 let flow = match action {
                     Action::Default => {
                         tracing::debug!(gpa = format_args!("{gpa:#x}"), "L1 read outside RAM: all ones");
@@ -317,7 +351,7 @@ impl Runner {
                     2,
                     ExitDetail::Mmio { gpa, len, write: true, data },
                 );
-                let action = self.observe(&exit, Handler::L0);
+                let action = self.observe(&exit, Handler::L0)?;
                 tracing::debug!(gpa = format_args!("{gpa:#x}"), "L1 write outside RAM ignored");
                 let flow = self.apply_action(action)?;
                 Ok((flow, exit.reason, Handler::L0))

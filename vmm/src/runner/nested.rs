@@ -60,7 +60,7 @@ impl Runner {
         );
         exit.insn = bytes[..usize::from(insn.len).min(bytes.len())].to_vec();
         let reason = exit.reason;
-        match self.observe(&exit, Handler::L0) {
+        match self.observe(&exit, Handler::L0)? {
             Action::Default => {}
             Action::Skip => {
                 self.l1.regs_mut().rip = rip.wrapping_add(len);
@@ -148,6 +148,9 @@ impl Runner {
         st.rip = insn.rip;
         save_guest_state(vmcs, &st);
         record_exit(vmcs, reason as u32, qualification, u32::from(insn.len), info);
+        for &(enc, v) in &self.script_vmcs_writes {
+            vmcs.write(enc, v);
+        }
         transfer::copy_gprs(&l2.vcpu, &mut self.l1);
         if insn.pending {
             // Let KVM finish the instruction it is holding, without running L2: the state it
@@ -227,7 +230,7 @@ impl Runner {
                     Some(v) => l1_wants_io(v, &RamView(&self.l1_vm.ram), port, size),
                     None => false,
                 };
-                let action = self.observe(&exit, if wants { Handler::L1 } else { Handler::L0 });
+                let action = self.observe(&exit, if wants { Handler::L1 } else { Handler::L0 })?;
                 self.l2_route(
                     exit.reason,
                     action,
@@ -257,7 +260,7 @@ impl Runner {
                 let mut exit = self.next_exit(Level::L2, ExitReason::HLT, 0, ExitDetail::None);
                 exit.rip = insn.rip;
                 let wants = self.vmx.current_vmcs().is_some_and(l1_wants_hlt);
-                let action = self.observe(&exit, if wants { Handler::L1 } else { Handler::L0 });
+                let action = self.observe(&exit, if wants { Handler::L1 } else { Handler::L0 })?;
                 self.l2_route(exit.reason, action, wants, |me| {
                     me.reflect(ExitReason::HLT, 0, &insn, 0)?;
                     Ok(Flow::Continue)
@@ -270,7 +273,7 @@ impl Runner {
             }
             RawExit::Shutdown => {
                 let exit = self.next_exit(Level::L2, ExitReason::TRIPLE_FAULT, 0, ExitDetail::None);
-                let action = self.observe(&exit, Handler::L1);
+                let action = self.observe(&exit, Handler::L1)?;
                 let insn = Insn { rip, len: 0, pending: false };
                 self.l2_route(
                     exit.reason,
@@ -305,7 +308,7 @@ impl Runner {
                     ExitDetail::Vmx { mnemonic: insn.op.name().to_string(), operands: insn.to_string() },
                 );
                 exit.insn = bytes[..usize::from(insn.len).min(bytes.len())].to_vec();
-                let action = self.observe(&exit, Handler::L1);
+                let action = self.observe(&exit, Handler::L1)?;
                 let at = Insn { rip, len: insn.len, pending: false };
                 self.l2_route(
                     exit.reason,
@@ -330,7 +333,7 @@ impl Runner {
                 let reason = if write { ExitReason::WRMSR } else { ExitReason::RDMSR };
                 let exit = self.next_exit(Level::L2, reason, 0, ExitDetail::Msr { index, write, value });
                 // Only MSRs L1 intercepts reach here (the L2 VM's MSR filter mirrors L1's bitmap).
-                let action = self.observe(&exit, Handler::L1);
+                let action = self.observe(&exit, Handler::L1)?;
                 let insn = Insn { rip, len: 2, pending: true };
                 self.l2_route(
                     exit.reason,
@@ -355,7 +358,7 @@ impl Runner {
                     1,
                     ExitDetail::Mmio { gpa, len, write: false, data: 0 },
                 );
-                let action = self.observe(&exit, Handler::L0);
+                let action = self.observe(&exit, Handler::L0)?;
                 let flow = match action {
                     Action::Default => {
                         self.active().complete_read(u64::MAX);
@@ -372,7 +375,7 @@ impl Runner {
                     2,
                     ExitDetail::Mmio { gpa, len, write: true, data },
                 );
-                let action = self.observe(&exit, Handler::L0);
+                let action = self.observe(&exit, Handler::L0)?;
                 Ok((self.apply_action(action)?, exit.reason, Handler::L0))
             }
             other => Ok((
@@ -404,7 +407,7 @@ impl Runner {
 
     pub(super) fn l1_rdmsr(&mut self, index: u32) -> Step {
         let exit = self.next_exit(Level::L1, ExitReason::RDMSR, 0, ExitDetail::Msr { index, write: false, value: 0 });
-        let action = self.observe(&exit, Handler::L0);
+        let action = self.observe(&exit, Handler::L0)?;
         if action != Action::Default {
             return Ok((self.apply_action(action)?, exit.reason, Handler::Script));
         }
@@ -420,7 +423,7 @@ impl Runner {
 
     pub(super) fn l1_wrmsr(&mut self, index: u32, value: u64) -> Step {
         let exit = self.next_exit(Level::L1, ExitReason::WRMSR, 0, ExitDetail::Msr { index, write: true, value });
-        let action = self.observe(&exit, Handler::L0);
+        let action = self.observe(&exit, Handler::L0)?;
         if action != Action::Default {
             return Ok((self.apply_action(action)?, exit.reason, Handler::Script));
         }

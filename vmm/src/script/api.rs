@@ -78,7 +78,8 @@ fn register_exit(engine: &mut Engine) {
         .register_get("seq", |e: &mut ExitRef| e.get(|c| c.exit.seq as i64).map_err(err))
         .register_get("insn", |e: &mut ExitRef| e.get(|c| Blob::from(c.exit.insn.clone())).map_err(err))
         .register_get("insn_len", |e: &mut ExitRef| e.get(|c| c.exit.insn.len() as i64).map_err(err))
-        .register_get("action", |e: &mut ExitRef| e.get(|c| action_name(&c.action).to_string()).map_err(err));
+        .register_get("action", |e: &mut ExitRef| e.get(|c| action_name(&c.action).to_string()).map_err(err))
+        .register_get("route", |e: &mut ExitRef| e.get(|c| c.route.as_str().to_string()).map_err(err));
 
     // Registers.
     for (i, reg) in GPR_NAMES.iter().enumerate() {

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use crate::exit::{Action, Exit, ExitDetail, Level};
+use crate::exit::{Action, Exit, ExitDetail, Handler, Level};
 use crate::machine::memory::{GuestRam, MemFault};
 use crate::machine::paging::{self, PagingMode, WalkError};
 use crate::vmx::fields;
@@ -23,6 +23,8 @@ pub const MAX_READ: i64 = 1 << 20;
 pub struct ExitContext {
     /// The exit as nestbed normalized it.
     pub exit: Exit,
+    /// Who handles the exit unless a script decides: L1 for an L2 exit L1 asked for, else L0.
+    pub route: Handler,
     /// RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8..R15.
     pub gprs: [u64; 16],
     pub rip: u64,
@@ -56,6 +58,7 @@ impl ExitContext {
     pub fn new(exit: Exit, ram: GuestRam) -> Self {
         ExitContext {
             exit,
+            route: Handler::L0,
             gprs: [0; 16],
             rip: 0,
             rflags: 0,

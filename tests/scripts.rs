@@ -1,0 +1,180 @@
+//! The example scripts in scripts/ and the script options, run against the guests: each test
+//! asserts the effect a script has on the guest or what it reports, not only that it ran.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{nestbed, run_guest, tmpdir, Run};
+
+fn script(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts").join(name).display().to_string()
+}
+
+fn with_scripts(guest: &str, scripts: &[&str], extra: &[&str]) -> Run {
+    let paths: Vec<String> = scripts.iter().map(|s| script(s)).collect();
+    let mut args = Vec::new();
+    for p in &paths {
+        args.push("--script");
+        args.push(p.as_str());
+    }
+    args.extend_from_slice(extra);
+    run_guest(guest, &args)
+}
+
+fn write_script(dir: &str, body: &str) -> String {
+    let p = tmpdir(dir).join("s.rhai");
+    std::fs::write(&p, body).expect("writing a script");
+    p.display().to_string()
+}
+
+/// The total an `--stats` table ends with.
+fn stats_total(stderr: &str) -> u64 {
+    let line = stderr.lines().find(|l| l.starts_with("total: ")).expect("stats total line");
+    line["total: ".len()..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn count_exits_sees_every_exit_of_both_levels() {
+    let r = with_scripts("vmx-basic", &["count-exits.rhai"], &["--stats"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let counted: u64 = r
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("count-exits.rhai: ").or_else(|| l.split("count-exits.rhai: ").nth(1)))
+        .and_then(|l| l.strip_suffix(" exits"))
+        .expect("the total line of count-exits")
+        .parse()
+        .unwrap();
+    assert_eq!(counted, stats_total(&r.stderr), "the script must see exactly the exits nestbed counted\n{}", r.stderr);
+    for key in ["L1 VMLAUNCH: 1", "L1 VMXON: 1", "L2 IO_INSTRUCTION: ", "L2 HLT: "] {
+        assert!(r.stderr.contains(key), "missing {key:?}\n{}", r.stderr);
+    }
+}
+
+#[test]
+fn log_io_prints_each_console_byte() {
+    let r = with_scripts("hello", &["log-io.rhai"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let outs: Vec<&str> = r.stderr.lines().filter(|l| l.contains("L1 out port 0x3f8 size 1")).collect();
+    assert_eq!(outs.len(), r.stdout.len(), "one logged out per console byte\n{}", r.stderr);
+    let first = format!("data {:#x} ", r.stdout.as_bytes()[0]);
+    assert!(outs[0].contains(&first), "{} should log {first}", outs[0]);
+    assert!(r.stderr.contains("L1 out port 0xf4 size 4 data 0x0"), "{}", r.stderr);
+}
+
+#[test]
+fn spoof_msr_changes_what_l1_reads() {
+    let plain = run_guest("sdm-l1", &[]);
+    assert!(plain.stdout.contains("ok   IA32_FEATURE_CONTROL 0x5"), "{}", plain.stdout);
+    let r = with_scripts("sdm-l1", &["spoof-msr.rhai"], &[]);
+    assert!(r.stderr.contains("spoofed RDMSR 0x3a = 0x1 for L1"), "{}", r.stderr);
+    assert!(r.stdout.contains("FAIL IA32_FEATURE_CONTROL 0x1"), "{}", r.stdout);
+    assert_ne!(r.code, 0);
+}
+
+#[test]
+fn fuzzing_the_qualification_is_reproducible_and_seen_by_l1() {
+    let a = with_scripts("nested-demo", &["fuzz-qualification.rhai"], &[]);
+    let b = with_scripts("nested-demo", &["fuzz-qualification.rhai"], &[]);
+    let flips = |r: &Run| -> Vec<String> {
+        r.stderr.lines().filter(|l| l.contains("flipped")).map(str::to_string).collect::<Vec<_>>()
+    };
+    assert!(!flips(&a).is_empty(), "{}", a.stderr);
+    assert_eq!(flips(&a), flips(&b), "same seed, same flips");
+    assert_eq!(a.stdout, b.stdout);
+    // L1 decodes the port from the qualification it VMREADs: the flips reach it.
+    assert!(a.stdout.contains("L1: unexpected I/O exit, port"), "{}", a.stdout);
+    let plain = run_guest("nested-demo", &[]);
+    assert!(!plain.stdout.contains("unexpected"), "{}", plain.stdout);
+}
+
+#[test]
+fn stop_on_port_stops_at_the_first_l2_write() {
+    let r = with_scripts("nested-demo", &["stop-on-port.rhai"], &["--stats"]);
+    assert_eq!(r.code, 207, "{}", r.stderr);
+    assert!(r.stderr.contains("stopped by script: L2 wrote 0x42 to port 0x80"), "{}", r.stderr);
+    assert!(r.stdout.contains("POST code 0x42"), "{}", r.stdout);
+    assert!(!r.stdout.contains("Handing fib"), "L2 must not run past the stop\n{}", r.stdout);
+    assert!(r.stderr.contains("total: "), "statistics are printed on a script stop");
+}
+
+#[test]
+fn l2_cpuid_changes_only_l2s_answers() {
+    let plain = run_guest("nested-demo", &[]);
+    assert!(plain.stdout.contains("CPUID 0x40000000: 'KVMKVMKVM'"), "{}", plain.stdout);
+    let r = with_scripts("nested-demo", &["l2-cpuid.rhai"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("CPUID 0x40000000: 'NestbedL2VMM'"), "{}", r.stdout);
+}
+
+#[test]
+fn a_syntax_error_names_file_line_and_column() {
+    let p = write_script("syntax", "fn on_exit(e) {\n  let x = ;\n}\n");
+    let r = run_guest("hello", &["--script", &p]);
+    assert_eq!(r.code, 205, "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("{p}:2:")), "{}", r.stderr);
+    assert!(r.stdout.is_empty(), "the guest must not start");
+}
+
+#[test]
+fn a_runtime_error_stops_with_the_line_and_keeps_stats_and_trace() {
+    let p = write_script("runtime", "fn on_exit(e) {\n  if e.seq == 3 { e.vmcs_read(\"NO_SUCH_FIELD\"); }\n}\n");
+    let trace = tmpdir("runtime").join("t.jsonl");
+    let r = run_guest("hello", &["--script", &p, "--stats", "--trace", trace.to_str().unwrap()]);
+    assert_eq!(r.code, 206, "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("{p}:2:")), "{}", r.stderr);
+    // Statistics count the exits nestbed finished handling; the trace also has the exit the
+    // script failed on.
+    assert!(r.stderr.contains("total: 2 exits"), "{}", r.stderr);
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert_eq!(text.lines().count(), 3, "every exit seen, the failing one included, is in the trace");
+}
+
+#[test]
+fn on_script_error_continue_runs_the_guest_to_the_end() {
+    let p = write_script("continue", "fn on_exit(e) { e.vmcs_read(\"NO_SUCH_FIELD\"); }\n");
+    let r = run_guest("hello", &["--script", &p, "--on-script-error", "continue"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("Hello"), "{}", r.stdout);
+}
+
+#[test]
+fn the_operation_limit_stops_a_runaway_hook() {
+    let p = write_script("oplimit", "fn on_exit(e) {\n  loop { }\n}\n");
+    let r = run_guest("hello", &["--script", &p, "--script-ops", "5000"]);
+    assert_eq!(r.code, 206, "{}", r.stderr);
+    assert!(r.stderr.contains(&p) && r.stderr.contains("5000 operations"), "{}", r.stderr);
+}
+
+#[test]
+fn scripts_change_registers_and_skip_instructions() {
+    // The exit-code guest writes its code to port 0xf4; the script turns the write into a
+    // skipped instruction the first time, then changes the data register the guest re-reads.
+    let p = write_script(
+        "regs",
+        "let seen = 0;\nfn on_exit(e) {\n  if e.port == 0xf4 && seen == 0 { seen = 1; e.skip(); print(`skipped ${e.data}`); }\n}\nfn on_stop() { print(`seen ${seen}`); }\n",
+    );
+    let r = run_guest("exit-code", &["--cmdline", "7", "--script", &p]);
+    assert!(r.stderr.contains("skipped 7"), "{}", r.stderr);
+    assert!(r.stderr.contains("seen 1"), "on_stop sees the global\n{}", r.stderr);
+    assert_ne!(r.code, 7, "the exit was skipped, so the guest went on\n{}", r.stderr);
+}
+
+#[test]
+fn the_trace_records_script_changes() {
+    let p = write_script("trace", "fn on_exit(e) { if e.seq == 1 { e.rbx = 5; } }\n");
+    let trace = tmpdir("trace").join("t.jsonl");
+    let r = run_guest("hello", &["--script", &p, "--trace", trace.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let first = text.lines().next().unwrap();
+    assert!(first.contains("\"script\":[\"rbx=0x5\"]"), "{first}");
+}
+
+#[test]
+fn a_missing_script_file_is_a_clear_error() {
+    let r = nestbed(&["run", "--guest", "hello", "--script", "/nonexistent/x.rhai"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("/nonexistent/x.rhai"), "{}", r.stderr);
+}

@@ -1,0 +1,84 @@
+//! The hooks every exit passes through before nestbed handles it: the scripts' `on_exit`
+//! (with the registers, memory and VMCS of the exiting guest), then the trace line that records
+//! what the scripts changed and who handled the exit.
+
+use super::Runner;
+use crate::error::Error;
+use crate::exit::{Action, Exit, Handler, Level};
+use crate::nested::env::{gpr, set_gpr};
+use crate::script::ExitContext;
+use crate::vmx::decode::Gpr;
+use crate::vmx::fields::{EXIT_QUALIFICATION, VM_EXIT_REASON};
+
+impl Runner {
+    /// Runs the scripts on `exit`, applies their register and VMCS changes, writes the trace
+    /// line, and returns their decision. A script error is traced, then returned.
+    pub(super) fn observe(&mut self, exit: &Exit, hint: Handler) -> Result<Action, Error> {
+        let mut notes = std::mem::take(&mut self.notes);
+        let mut result = Ok(Action::Default);
+        if self.scripts.as_ref().is_some_and(|s| s.has_on_exit()) {
+            let mut ctx = self.exit_context(exit);
+            ctx.route = hint;
+            let r = match self.scripts.as_mut() {
+                Some(s) => s.on_exit(&mut ctx),
+                None => Ok(()),
+            };
+            self.apply_context(&ctx);
+            notes.append(&mut ctx.changes);
+            result = r.map(|()| ctx.action);
+        }
+        let handler = match &result {
+            Ok(Action::Default) => hint,
+            _ => Handler::Script,
+        };
+        if let Some(t) = self.trace.as_mut() {
+            t.record(exit, handler, notes, self.start.elapsed().as_nanos() as u64);
+        }
+        result
+    }
+
+    fn exit_context(&mut self, exit: &Exit) -> ExitContext {
+        let mut ctx = ExitContext::new(exit.clone(), self.l1_vm.ram.clone());
+        ctx.vmcs = self.vmx.current_vmcs().cloned();
+        if let (Level::L2, Some(v)) = (exit.level, ctx.vmcs.as_mut()) {
+            // What L1 will read if the exit is reflected (SDM 28.2.1), so scripts see and change
+            // this exit's values rather than the previous one's.
+            v.set(VM_EXIT_REASON, u64::from(exit.reason));
+            v.set(EXIT_QUALIFICATION, exit.qualification);
+        }
+        let v = self.active();
+        let r = *v.regs();
+        let s = *v.sregs();
+        for (i, slot) in ctx.gprs.iter_mut().enumerate() {
+            *slot = gpr(&r, Gpr(i as u8));
+        }
+        ctx.rip = r.rip;
+        ctx.rflags = r.rflags;
+        (ctx.cr0, ctx.cr2, ctx.cr3, ctx.cr4, ctx.efer) = (s.cr0, s.cr2, s.cr3, s.cr4, s.efer);
+        ctx.paging = v.paging();
+        ctx
+    }
+
+    /// Carries the scripts' register and VMCS changes back. VMCS writes are also kept to be
+    /// replayed over the exit information a reflected L2 exit is about to record.
+    fn apply_context(&mut self, ctx: &ExitContext) {
+        if ctx.regs_dirty {
+            let r = self.active().regs_mut();
+            for (i, v) in ctx.gprs.iter().enumerate() {
+                set_gpr(r, Gpr(i as u8), *v);
+            }
+            r.rip = ctx.rip;
+            r.rflags = ctx.rflags;
+        }
+        if ctx.vmcs_dirty {
+            if let Some(vmcs) = self.vmx.current_vmcs_mut() {
+                for &(enc, v) in &ctx.vmcs_writes {
+                    vmcs.write(enc, v);
+                }
+            }
+            if ctx.exit.level == Level::L2 {
+                self.script_vmcs_writes.extend_from_slice(&ctx.vmcs_writes);
+            }
+        }
+    }
+}
