@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod exit;
+pub mod gdb;
 pub mod guests;
 pub mod machine;
 pub mod nested;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use nestbed::error::{code, Error};
+use nestbed::gdb::GdbOptions;
 use nestbed::runner::{self, RunConfig};
 use nestbed::script::{OnScriptError, ScriptOptions};
 
@@ -24,7 +25,11 @@ enum Command {
     /// Boot a guest (the embedded default when --guest is not given).
     Run(RunArgs),
     /// List the embedded guests.
-    Guests,
+    Guests {
+        /// Print the path of NAME's ELF image with symbols (for gdb's `file`) instead.
+        #[arg(long, value_name = "NAME")]
+        symbols: Option<String>,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -56,6 +61,15 @@ struct RunArgs {
     /// What a runtime error in a script does: stop nestbed (exit code 206) or print it and continue.
     #[arg(long, value_enum, default_value_t = ScriptErrorArg::Stop)]
     on_script_error: ScriptErrorArg,
+    /// Serve gdb on ADDR (default 127.0.0.1:1234; a non-loopback address is reachable by others).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = nestbed::gdb::DEFAULT_ADDR)]
+    gdb: Option<String>,
+    /// With the gdb server: hold before the first guest instruction until gdb continues (implies --gdb).
+    #[arg(long)]
+    gdb_wait: bool,
+    /// With the gdb server: end nestbed (exit code 130) when gdb detaches, instead of running on.
+    #[arg(long)]
+    gdb_exit_on_detach: bool,
     /// Operation budget of one script hook call (0 = unlimited).
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     script_ops: u64,
@@ -97,7 +111,14 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         let f = std::fs::File::create(path).map_err(|source| Error::File { path: path.clone(), source })?;
         cfg.console = Some(Box::new(std::io::LineWriter::new(f)));
     }
-    let report = runner::run(cfg)?;
+    let gdb = args.gdb.or_else(|| args.gdb_wait.then(|| nestbed::gdb::DEFAULT_ADDR.to_string()));
+    let report = match gdb {
+        Some(addr) => nestbed::gdb::run(
+            runner::Runner::new(cfg)?,
+            GdbOptions { addr, wait: args.gdb_wait, exit_on_detach: args.gdb_exit_on_detach },
+        )?,
+        None => runner::run(cfg)?,
+    };
     if args.stats {
         eprint!("{}", report.stats.report());
     }
@@ -122,7 +143,14 @@ fn main() -> ExitCode {
     let result =
         match cli.command.unwrap_or(Command::Run(RunArgs { mem: 128, script_ops: 1_000_000, ..Default::default() })) {
             Command::Run(args) => run(args),
-            Command::Guests => {
+            Command::Guests { symbols: Some(name) } => match nestbed::guests::find(&name) {
+                Some(_) => {
+                    println!("{}", std::path::Path::new(nestbed::guests::SYMBOLS_DIR).join(&name).display());
+                    Ok(0)
+                }
+                None => Err(Error::Config(format!("no embedded guest named '{name}' (see `nestbed guests`)"))),
+            },
+            Command::Guests { symbols: None } => {
                 for (name, desc, _) in nestbed::guests::GUESTS {
                     println!("{name:<16} {desc}");
                 }

@@ -7,6 +7,8 @@
 #![no_std]
 #![no_main]
 
+use core::sync::atomic::{AtomicU32, Ordering};
+
 use hv::{ctl, reason, Caps, Config, Io, Page, Stack, Vcpu};
 use rt::io::outl;
 use rt::vmx::{self, VmFail};
@@ -23,6 +25,10 @@ const UART_DATA: u16 = 0x3f8;
 const RESULT_PORT: u16 = 0x500;
 const FIB_N: u32 = 30;
 const POST_PORT: u16 = 0x80;
+
+/// Where L2 keeps its result before handing it over: a known value in L2's memory for
+/// debugger tests (`watch L2_RESULT`, `print L2_RESULT`).
+static L2_RESULT: AtomicU32 = AtomicU32::new(0);
 const POST_CODE: u8 = 0x42;
 
 fn fib(n: u32) -> u32 {
@@ -57,7 +63,8 @@ extern "C" fn l2_main() -> ! {
     rt::println!("POST code 0x42 to port 0x80 (not intercepted by L1: nestbed handles it).");
     rt::io::outb(POST_PORT, POST_CODE);
     rt::println!("Handing fib(", FIB_N, ") to L1 on port 0x500, then HLT.");
-    outl(RESULT_PORT, fib(FIB_N));
+    L2_RESULT.store(fib(FIB_N), Ordering::Relaxed);
+    outl(RESULT_PORT, L2_RESULT.load(Ordering::Relaxed));
     loop {
         rt::io::hlt();
     }

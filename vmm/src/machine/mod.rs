@@ -5,6 +5,7 @@
 //! `KVM_RUN` (see HOST-KVM.md: every ioctl costs about half an exit).
 
 pub mod devices;
+pub mod insn;
 pub mod loader;
 pub mod memory;
 pub mod paging;

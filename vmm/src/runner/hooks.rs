@@ -31,7 +31,8 @@ impl Runner {
             Ok(Action::Default) => hint,
             _ => Handler::Script,
         };
-        if let Some(t) = self.trace.as_mut() {
+        self.check_break_on_exit(exit);
+        if let (Some(t), true) = (self.trace.as_mut(), self.tracing) {
             t.record(exit, handler, notes, self.start.elapsed().as_nanos() as u64);
         }
         result

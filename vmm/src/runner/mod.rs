@@ -3,6 +3,7 @@
 //! (devices, the virtual VMX) or reflect it to L1.
 
 pub mod boot;
+pub mod debug;
 mod hooks;
 mod nested;
 pub mod signals;
@@ -22,6 +23,7 @@ use crate::script::{ScriptHost, ScriptOptions};
 use crate::trace::{Clock, Stats, TraceWriter};
 use crate::vmx::cpu::VmxCpu;
 use crate::vmx::exits::{io_qualification, ExitReason};
+use debug::{DebugEvent, DebugState, INT3};
 
 /// Everything `nestbed run` needs.
 pub struct RunConfig {
@@ -69,6 +71,8 @@ pub enum Outcome {
     ScriptStop(String),
     /// The guest did something nestbed cannot continue from.
     Unsupported(String),
+    /// The debugger ended the run (`kill`, or a detach with --gdb-exit-on-detach).
+    Debugger(String),
     /// nestbed stopped on an error (a script error, a failed KVM call) after the run started;
     /// statistics and traces are still complete.
     Failed {
@@ -87,6 +91,7 @@ impl Outcome {
             Outcome::ScriptStop(_) => code::SCRIPT_STOP,
             Outcome::Unsupported(_) => code::GUEST_UNSUPPORTED,
             Outcome::Failed { code, .. } => *code,
+            Outcome::Debugger(_) => code::INTERRUPTED,
         }
     }
 
@@ -101,6 +106,7 @@ impl Outcome {
             Outcome::ScriptStop(r) => Some(format!("stopped by script: {r}")),
             Outcome::Unsupported(r) => Some(r.clone()),
             Outcome::Failed { message, .. } => Some(format!("error: {message}")),
+            Outcome::Debugger(why) => Some(why.clone()),
         }
     }
 }
@@ -114,6 +120,14 @@ pub struct Report {
 enum Flow {
     Continue,
     Stop(Outcome),
+}
+
+/// Why `run_until_stop` returned.
+pub enum Stop {
+    Finished(Outcome),
+    Debug(DebugEvent),
+    /// The debugger has data for us, or a debugger is connecting.
+    Debugger,
 }
 
 pub struct Runner {
@@ -137,6 +151,11 @@ pub struct Runner {
     /// VMCS writes scripts made on the current L2 exit, replayed over the exit information if
     /// the exit is reflected to L1.
     script_vmcs_writes: Vec<(u32, u64)>,
+    script_paths: Vec<PathBuf>,
+    script_options: ScriptOptions,
+    /// Whether exits are written to the trace file (gdb's `monitor trace on|off`).
+    tracing: bool,
+    debug: DebugState,
 }
 
 impl Runner {
@@ -186,6 +205,10 @@ impl Runner {
             notes: Vec::new(),
             scripts,
             script_vmcs_writes: Vec::new(),
+            script_paths: cfg.scripts.clone(),
+            script_options: cfg.script_options,
+            tracing: true,
+            debug: DebugState::default(),
         })
     }
 
@@ -195,12 +218,22 @@ impl Runner {
 
     /// Runs until the guest exits or something stops it; statistics and traces are flushed on
     /// every way out.
-    pub fn run(mut self) -> Result<Report, Error> {
+    pub fn run(self) -> Result<Report, Error> {
+        self.run_with(|mut r| {
+            let outcome = r.run_loop();
+            (r, outcome)
+        })
+    }
+
+    /// Runs `drive` (the plain run loop, or a gdb server around it), then ends the run: scripts'
+    /// `on_stop`, console, trace and statistics flushed, whatever way `drive` ended.
+    pub fn run_with(self, drive: impl FnOnce(Runner) -> (Runner, Result<Outcome, Error>)) -> Result<Report, Error> {
         signals::install();
-        let mut result = self.run_loop();
+        let (mut this, mut result) = drive(self);
+        let this = &mut this;
         // SAFETY: null clears the registration.
         unsafe { signals::set_running(std::ptr::null_mut()) };
-        if let Some(s) = self.scripts.as_mut() {
+        if let Some(s) = this.scripts.as_mut() {
             let stopped = s.on_stop();
             if result.is_ok() {
                 if let Err(e) = stopped {
@@ -208,13 +241,13 @@ impl Runner {
                 }
             }
         }
-        self.devices.flush();
-        if let Some(t) = self.trace.as_mut() {
+        this.devices.flush();
+        if let Some(t) = this.trace.as_mut() {
             t.flush();
         }
-        self.stats.wall = self.start.elapsed();
+        this.stats.wall = this.start.elapsed();
         let outcome = result.unwrap_or_else(|e| Outcome::Failed { code: e.exit_code(), message: e.to_string() });
-        Ok(Report { outcome, stats: self.stats })
+        Ok(Report { outcome, stats: std::mem::take(&mut this.stats) })
     }
 
     fn active(&mut self) -> &mut Vcpu {
@@ -226,9 +259,26 @@ impl Runner {
 
     fn run_loop(&mut self) -> Result<Outcome, Error> {
         loop {
+            if let Stop::Finished(o) = self.run_until_stop()? {
+                return Ok(o);
+            }
+        }
+    }
+
+    /// Runs the guest until it finishes, or, with a debugger attached, until a debug event or
+    /// data from the debugger.
+    pub fn run_until_stop(&mut self) -> Result<Stop, Error> {
+        loop {
+            if let Some(link) = self.debug.link.as_ref() {
+                if link.wants_attention() {
+                    return Ok(Stop::Debugger);
+                }
+            }
+            self.apply_guest_debug()?;
+            self.prepare_watch_step();
             // SREGS/EVENTS are synced on every exit only where they are used on most exits:
             // L1 in VMX operation (VMX instructions, VM entries) and L2.
-            let lean = !self.vmx.vmxon && self.level == Level::L1 && self.scripts.is_none();
+            let lean = !self.vmx.vmxon && self.level == Level::L1 && self.scripts.is_none() && !self.debug.attached;
             self.l1.set_lean(lean);
             let run = self.active().kvm_run_ptr();
             // SAFETY: the active vCPU's mapping lives as long as the Runner, which clears the
@@ -237,23 +287,46 @@ impl Runner {
             let raw = self.active().run()?;
             let t0 = self.clock.now();
             match signals::cause() {
-                signals::INTERRUPT => return Ok(Outcome::Interrupted),
-                signals::TIMEOUT => return Ok(Outcome::Timeout),
+                signals::INTERRUPT => return Ok(Stop::Finished(Outcome::Interrupted)),
+                signals::TIMEOUT => return Ok(Stop::Finished(Outcome::Timeout)),
                 _ => {}
             }
             if raw == RawExit::Interrupted {
                 self.active().set_immediate_exit(false);
                 continue;
             }
+            // int3 reaches us as a #BP debug exit, or, on hosts whose KVM cannot run it, as an
+            // emulation failure with its byte: both are the same breakpoint event.
+            let debug = match &raw {
+                RawExit::Debug { exception, pc, dr6, .. } => Some((*exception, *pc, *dr6)),
+                RawExit::EmulationFailure { bytes } if bytes.first() == Some(&INT3) => {
+                    Some((3, self.active().regs().rip, 0))
+                }
+                _ => None,
+            };
+            if let Some((exception, pc, dr6)) = debug {
+                match self.debug_exit(exception, pc, dr6) {
+                    Some(ev) => return Ok(Stop::Debug(ev)),
+                    None => continue,
+                }
+            }
             let level = self.level;
+            let rip_before = self.active().regs().rip;
             let (flow, reason, handler) = match level {
                 Level::L1 => self.l1_exit(raw)?,
                 Level::L2 => self.l2_exit(raw)?,
             };
             self.stats.record(level, reason, handler, self.clock.since(t0));
             self.script_vmcs_writes.clear();
-            if let Flow::Stop(o) = flow {
-                return Ok(o);
+            match flow {
+                Flow::Stop(Outcome::ScriptStop(why)) if self.debug.attached => {
+                    return Ok(Stop::Debug(DebugEvent::ScriptStop(why)));
+                }
+                Flow::Stop(o) => return Ok(Stop::Finished(o)),
+                Flow::Continue => {}
+            }
+            if let Some(ev) = self.debug_after_exit(level, rip_before) {
+                return Ok(Stop::Debug(ev));
             }
         }
     }
