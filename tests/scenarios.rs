@@ -34,6 +34,15 @@ fn copy_golden(name: &str, dir: &Path) -> PathBuf {
     to
 }
 
+/// Removes the scratch folders that failed scenario runs keep (named in their verdict).
+fn remove_kept(stdout: &str) {
+    for line in stdout.lines() {
+        if let Some(dir) = line.trim().strip_prefix("(console, trace and stderr of this run kept in ") {
+            let _ = std::fs::remove_dir_all(dir.trim_end_matches(')'));
+        }
+    }
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -62,6 +71,7 @@ fn changed_console_or_exit_code_fails_with_the_first_difference() {
     assert!(r.stdout.contains("   1 | Hello from a nestbed guest!"), "context line: {}", r.stdout);
     assert!(r.stdout.contains("args \"a b\"   [expected]"), "{}", r.stdout);
     assert!(r.stdout.contains("args \"a b c\"   [got]"), "{}", r.stdout);
+    remove_kept(&r.stdout);
 
     let exit = copy_scenario("exit-code", &d);
     let text = std::fs::read_to_string(&exit).unwrap().replace("exit_code = 42", "exit_code = 41");
@@ -70,6 +80,8 @@ fn changed_console_or_exit_code_fails_with_the_first_difference() {
     assert_eq!(r.code, code::SCENARIO_FAILED, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("exit code: expected 41, got 42"), "{}", r.stdout);
     assert!(r.stdout.contains("PASS ") && r.stdout.contains("2 scenarios: 1 passed, 1 failed"), "{}", r.stdout);
+    remove_kept(&r.stdout);
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -90,6 +102,8 @@ fn changed_golden_trace_fails_naming_exit_and_field() {
     assert!(r.stdout.contains("first difference at exit 5 "), "{}", r.stdout);
     assert!(r.stdout.contains(&format!("- seq {seq} ")), "{}", r.stdout);
     assert!(r.stdout.contains("rip  expected: \"0xdead\"  got: \"0x"), "{}", r.stdout);
+    remove_kept(&r.stdout);
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -99,6 +113,7 @@ fn bless_writes_an_untimed_golden_trace_that_then_passes() {
     let r = nestbed(&["scenario", "run", s(&sc)]);
     assert_eq!(r.code, code::SCENARIO_FAILED);
     assert!(r.stdout.contains("does not exist; write it with `nestbed scenario bless"), "{}", r.stdout);
+    remove_kept(&r.stdout);
     let r = nestbed(&["scenario", "bless", s(&sc)]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.starts_with("BLESSED "), "{}", r.stdout);
@@ -107,6 +122,7 @@ fn bless_writes_an_untimed_golden_trace_that_then_passes() {
     let committed = std::fs::read_to_string(scenarios_dir().join("vmx-basic.trace.jsonl")).unwrap();
     assert_eq!(blessed, committed, "a fresh run must reproduce the committed golden trace");
     assert_eq!(nestbed(&["scenario", "run", s(&sc)]).code, 0);
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -140,6 +156,7 @@ fn trace_diff_same_different_and_malformed() {
     let r = nestbed(&["trace", "diff", s(&a), s(&b)]);
     assert_eq!(r.code, code::CONFIG, "{}{}", r.stdout, r.stderr);
     assert!(r.stderr.contains(&format!("{}:3: malformed JSON", b.display())), "{}", r.stderr);
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -162,6 +179,7 @@ fn trace_report_prints_the_table_and_draws_svg() {
     let out = d.join("custom.svg");
     assert_eq!(nestbed(&["trace", "report", s(&trace), "--svg", s(&out)]).code, 0);
     assert!(std::fs::read_to_string(&out).unwrap().starts_with("<svg"));
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -186,6 +204,7 @@ fn bad_scenario_files_give_one_line_and_202() {
     let r = nestbed(&["scenario", "run", s(&d.join("absent.toml"))]);
     assert_eq!(r.code, code::CONFIG);
     assert!(r.stderr.contains("absent.toml"), "{}", r.stderr);
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 // Scripts: a scenario whose `scripts = [..]` changes a guest's behaviour (and whose

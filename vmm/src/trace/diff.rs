@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::file::Event;
 
@@ -26,24 +26,37 @@ pub struct Difference {
     pub context: Vec<Event>,
     pub a: Option<Event>,
     pub b: Option<Event>,
-    /// Differing fields: name, value in A, value in B (`None`: absent).
-    pub fields: Vec<(String, Option<Value>, Option<Value>)>,
+    pub fields: Vec<FieldDiff>,
 }
+
+/// A differing field: name, value in A, value in B (`None`: absent).
+pub type FieldDiff = (String, Option<Value>, Option<Value>);
 
 /// The events a comparison with these options looks at.
 pub fn selected(events: &[Event], opts: DiffOptions) -> Vec<&Event> {
     events.iter().filter(|e| !(opts.skip_console && e.is_console_io())).collect()
 }
 
-fn field_diffs(a: &Event, b: &Event, opts: DiffOptions) -> Vec<(String, Option<Value>, Option<Value>)> {
-    let compared = |k: &&String| !opts.coarse || COARSE_FIELDS.contains(&k.as_str());
-    a.fields
-        .keys()
-        .chain(b.fields.keys().filter(|k| !a.fields.contains_key(*k)))
-        .filter(compared)
-        .filter(|k| a.fields.get(*k) != b.fields.get(*k))
-        .map(|k| (k.clone(), a.fields.get(k).cloned(), b.fields.get(k).cloned()))
-        .collect()
+/// Differences between two JSON objects, by key in A's order then B's; nested objects are
+/// compared key by key (`detail.port`).
+fn object_diffs(prefix: &str, a: &Map<String, Value>, b: &Map<String, Value>, out: &mut Vec<FieldDiff>) {
+    for k in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
+        let name = format!("{prefix}{k}");
+        match (a.get(k), b.get(k)) {
+            (Some(Value::Object(x)), Some(Value::Object(y))) => object_diffs(&format!("{name}."), x, y, out),
+            (x, y) if x != y => out.push((name, x.cloned(), y.cloned())),
+            _ => {}
+        }
+    }
+}
+
+fn field_diffs(a: &Event, b: &Event, opts: DiffOptions) -> Vec<FieldDiff> {
+    let mut out = Vec::new();
+    object_diffs("", &a.fields, &b.fields, &mut out);
+    if opts.coarse {
+        out.retain(|(k, _, _)| COARSE_FIELDS.contains(&k.as_str()));
+    }
+    out
 }
 
 /// The first difference between two traces, or `None` when they match.
@@ -128,6 +141,15 @@ mod tests {
         assert!(r.contains("rip  expected: \"0x3\"  got: \"0x4\""), "{r}");
         let coarse = DiffOptions { coarse: true, ..Default::default() };
         assert!(first_difference(&trace(&["0x1"]), &trace(&["0x2"]), coarse).is_none());
+    }
+
+    #[test]
+    fn nested_fields_are_named_with_a_dot() {
+        let a = parse("{\"seq\":1,\"detail\":{\"kind\":\"io\",\"port\":1}}").unwrap();
+        let b = parse("{\"seq\":1,\"detail\":{\"kind\":\"io\",\"port\":2,\"x\":0}}").unwrap();
+        let d = first_difference(&a, &b, DiffOptions::default()).unwrap();
+        let names: Vec<&str> = d.fields.iter().map(|f| f.0.as_str()).collect();
+        assert_eq!(names, ["detail.port", "detail.x"]);
     }
 
     #[test]
