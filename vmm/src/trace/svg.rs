@@ -137,7 +137,7 @@ pub fn render(events: &[Event], title: &str) -> String {
     }
     if rows.is_empty() {
         let _ = writeln!(body, r##"<text x="{PLOT_X}" y="{}" font-size="12" fill="#777">no exits</text>"##, y + 11.0);
-        y += 21.0;
+        return document(&body, y + 21.0 + MARGIN);
     }
 
     // Timeline: x is time (or the exit number when a trace has no timing), one row per level.
@@ -145,13 +145,13 @@ pub fn render(events: &[Event], title: &str) -> String {
     let _ = writeln!(body, r#"<text x="{MARGIN}" y="{y}" font-size="14" font-weight="600">Timeline</text>"#);
     y += 14.0;
     let plot_w = (WIDTH - MARGIN - PLOT_X).floor();
-    let x_of = |i: usize, e: &Event| if timed { e.t.unwrap_or(0) as f64 } else { i as f64 };
+    let x_of = |i: usize, e: &Event| if timed { e.t.unwrap_or(0) as f64 } else { (i + 1) as f64 };
     let (lo, hi) = events
         .iter()
         .enumerate()
         .map(|(i, e)| x_of(i, e))
         .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    let range = if events.is_empty() { 1.0 } else { (hi - lo).max(1.0) };
+    let range = (hi - lo).max(1.0);
     let columns = plot_w as usize;
     let present: Vec<usize> =
         [0, 1].into_iter().filter(|&l| per_level[l] > 0 || (l == 0 && events.is_empty())).collect();
@@ -189,7 +189,7 @@ pub fn render(events: &[Event], title: &str) -> String {
         PLOT_X + plot_w
     );
     let (scale, unit) = if timed { (1e6, "time since the start of the run (ms)") } else { (1.0, "exit number") };
-    let (lo_u, range_u) = if events.is_empty() { (0.0, 1.0) } else { (lo / scale, range / scale) };
+    let (lo_u, range_u) = (lo / scale, range / scale);
     for k in 0..=5 {
         let x = PLOT_X + plot_w * k as f64 / 5.0;
         let v = lo_u + range_u * k as f64 / 5.0;
@@ -203,7 +203,7 @@ pub fn render(events: &[Event], title: &str) -> String {
             r##"<line x1="{x:.1}" y1="{y}" x2="{x:.1}" y2="{}" stroke="#888"/><text x="{x:.1}" y="{}" font-size="11" text-anchor="{anchor}" fill="#444">{}</text>"##,
             y + 4.0,
             y + 16.0,
-            axis_label(v, range_u)
+            if timed { axis_label(v, range_u) } else { format!("{v:.0}") }
         );
     }
     y += 32.0;
@@ -233,7 +233,10 @@ pub fn render(events: &[Event], title: &str) -> String {
         );
         x += w;
     }
-    let height = y + MARGIN;
+    document(&body, y + MARGIN)
+}
+
+fn document(body: &str, height: f64) -> String {
     format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" viewBox=\"0 0 {WIDTH} {height}\" {FONT}>\n<rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>\n{body}</svg>\n"
     )
