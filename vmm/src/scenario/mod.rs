@@ -76,7 +76,7 @@ pub struct Scenario {
 fn toml_problem(text: &str, e: &toml::de::Error) -> String {
     let msg = e.message().trim().replace('\n', "; ");
     match e.span() {
-        Some(span) if !(span.start == 0 && span.end >= text.len()) => {
+        Some(span) if !(span.start == 0 && (span.end == 0 || span.end >= text.trim_end().len())) => {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
             let col = before.chars().rev().take_while(|&c| c != '\n').count() + 1;
@@ -220,7 +220,7 @@ mod tests {
     #[test]
     fn problems_are_one_line() {
         for (text, want) in [
-            ("cmdline = \"x\"", "missing field `guest`"),
+            ("cmdline = \"x\"\n", "missing field `guest`"),
             ("guest = \"hello\"\nbogus = 1", "line 2, column 1: unknown field `bogus`"),
             ("guest = \"hello", "line 1"),
             ("guest = \"no/such.elf\"", "neither an embedded guest nor a file"),
@@ -232,5 +232,6 @@ mod tests {
             assert!(e.contains(want), "{text:?}: {e}");
             assert!(!e.contains('\n'), "{text:?}: {e}");
         }
+        assert_eq!(parse("cmdline = \"x\"\n").unwrap_err(), "missing field `guest`");
     }
 }

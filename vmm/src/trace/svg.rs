@@ -77,13 +77,11 @@ pub fn render(events: &[Event], title: &str) -> String {
     );
     y += 20.0;
     let timed = !events.is_empty() && events.iter().all(|e| e.t.is_some());
-    let span_ms = |evs: &[Event]| {
-        let ts: Vec<u64> = evs.iter().filter_map(|e| e.t).collect();
-        (ts.iter().max().unwrap_or(&0) - ts.iter().min().unwrap_or(&0)) as f64 / 1e6
-    };
     let mut subtitle = format!("{} exits: {} at L1, {} at L2", events.len(), per_level[0], per_level[1]);
     if timed {
-        let _ = write!(subtitle, "; {:.3} ms from the first exit to the last", span_ms(events));
+        let ts = || events.iter().filter_map(|e| e.t);
+        let span = ts().max().unwrap_or(0) - ts().min().unwrap_or(0);
+        let _ = write!(subtitle, "; {:.3} ms from the first exit to the last", span as f64 / 1e6);
     }
     let _ = writeln!(body, r##"<text x="{MARGIN}" y="{y}" font-size="12" fill="#555">{}</text>"##, esc(&subtitle));
 
@@ -153,8 +151,7 @@ pub fn render(events: &[Event], title: &str) -> String {
         .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let range = (hi - lo).max(1.0);
     let columns = plot_w as usize;
-    let present: Vec<usize> =
-        [0, 1].into_iter().filter(|&l| per_level[l] > 0 || (l == 0 && events.is_empty())).collect();
+    let present: Vec<usize> = [0, 1].into_iter().filter(|&l| per_level[l] > 0).collect();
     let row_h = 28.0;
     let mut buckets: Vec<Vec<BTreeSet<usize>>> = vec![vec![BTreeSet::new(); columns]; 2];
     for (i, e) in events.iter().enumerate() {
