@@ -24,3 +24,19 @@ bench:
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
+
+# Run one scenario: `just scenario vmx-basic` runs tests/scenarios/vmx-basic.toml.
+scenario name:
+    cargo run --release -- scenario run tests/scenarios/{{name}}.toml
+
+# Run every scenario in tests/scenarios.
+scenarios:
+    cargo run --release -- scenario run tests/scenarios/*.toml
+
+# Rerun a scenario and rewrite its golden trace (review the diff before committing).
+bless name:
+    cargo run --release -- scenario bless tests/scenarios/{{name}}.toml
+
+# Print a trace's statistics table and draw it next to it as SVG (FILE with .svg).
+trace-report file:
+    cargo run --release -- trace report "{{join(invocation_directory(), file)}}"

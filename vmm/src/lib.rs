@@ -3,7 +3,8 @@
 //! One folder per concern: `machine` (one KVM guest: memory, boot, devices, vCPU), `runner`
 //! (the run loop and the path of one exit), `vmx` (the pure VMX model, no KVM types),
 //! `nested` (drives the model with the L1 and L2 vCPUs), `script` (Rhai on every exit), `gdb`
-//! (the remote stub), `trace` (JSON lines and statistics).
+//! (the remote stub), `trace` (JSON lines, statistics, diff and report), `scenario` (scenario
+//! files: a guest run with its expected exit code, console and golden trace).
 
 pub mod error;
 pub mod exit;
@@ -12,6 +13,7 @@ pub mod guests;
 pub mod machine;
 pub mod nested;
 pub mod runner;
+pub mod scenario;
 pub mod script;
 pub mod trace;
 pub mod vmx;

@@ -30,6 +30,52 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         symbols: Option<String>,
     },
+    /// Run scenario files (tests/scenarios/*.toml) or rewrite their golden traces.
+    Scenario {
+        #[command(subcommand)]
+        command: ScenarioCommand,
+    },
+    /// Compare or summarize `--trace` files.
+    Trace {
+        #[command(subcommand)]
+        command: TraceCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScenarioCommand {
+    /// Run each scenario and check its expectations; exit 0 when all pass, 210 otherwise.
+    Run {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Run each scenario and rewrite its golden trace (exit code and console must still match).
+    Bless {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TraceCommand {
+    /// Show where two traces part, ignoring timing; exit 0 when they match, 1 when they differ.
+    Diff {
+        a: PathBuf,
+        b: PathBuf,
+        /// Compare only the level, reason and handler of each exit.
+        #[arg(long)]
+        coarse: bool,
+        /// Leave out the console I/O exits nestbed handled (as golden traces do).
+        #[arg(long)]
+        skip_console: bool,
+    },
+    /// Print the statistics table of a trace and draw it as SVG.
+    Report {
+        file: PathBuf,
+        /// Where to write the SVG (default: FILE with the extension .svg).
+        #[arg(long, value_name = "OUT")]
+        svg: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -128,6 +174,42 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     Ok(report.outcome.exit_code())
 }
 
+fn scenario(command: ScenarioCommand) -> Result<i32, Error> {
+    use nestbed::scenario::{run_files, Mode};
+    let exe = std::env::current_exe().map_err(|e| Error::HostIo(format!("finding the nestbed binary: {e}")))?;
+    let (files, mode) = match command {
+        ScenarioCommand::Run { files } => (files, Mode::Run),
+        ScenarioCommand::Bless { files } => (files, Mode::Bless),
+    };
+    run_files(&exe, &files, mode, &mut std::io::stdout())
+}
+
+fn trace(command: TraceCommand) -> Result<i32, Error> {
+    use nestbed::trace::{diff, file, report};
+    match command {
+        TraceCommand::Diff { a, b, coarse, skip_console } => {
+            let (ta, tb) = (file::read(&a)?, file::read(&b)?);
+            let opts = diff::DiffOptions { coarse, skip_console };
+            match diff::first_difference(&ta, &tb, opts) {
+                None => {
+                    println!("traces match ({} exits compared)", diff::selected(&ta, opts).len());
+                    Ok(0)
+                }
+                Some(d) => {
+                    println!("traces differ: A = {}, B = {}", a.display(), b.display());
+                    let (na, nb) = (diff::selected(&ta, opts).len(), diff::selected(&tb, opts).len());
+                    print!("{}", d.render("A", "B", na, nb));
+                    Ok(1)
+                }
+            }
+        }
+        TraceCommand::Report { file, svg } => {
+            print!("{}", report::report_file(&file, svg.as_deref())?);
+            Ok(0)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
@@ -156,6 +238,8 @@ fn main() -> ExitCode {
                 }
                 Ok(0)
             }
+            Command::Scenario { command } => scenario(command),
+            Command::Trace { command } => trace(command),
         };
     match result {
         Ok(c) => ExitCode::from(c as u8),

@@ -1,7 +1,12 @@
-//! Exit events as JSON lines, and the per-reason statistics.
+//! Exit events as JSON lines, the per-reason statistics, and reading traces back (diff,
+//! report, SVG).
 
 pub mod clock;
+pub mod diff;
+pub mod file;
+pub mod report;
 pub mod stats;
+pub mod svg;
 pub mod writer;
 
 pub use clock::Clock;

@@ -1,0 +1,242 @@
+//! Scenario files (`tests/scenarios/NAME.toml`): a guest, how to run it and what must come
+//! out of it (exit code, console, golden trace). The format is described in
+//! `tests/scenarios/README.md`.
+
+pub mod compare;
+pub mod run;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::error::{code, Error};
+use crate::trace::diff::DiffOptions;
+
+const DEFAULT_TIMEOUT: u32 = 60;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFormat {
+    guest: String,
+    #[serde(default)]
+    cmdline: String,
+    mem: Option<u64>,
+    #[serde(default)]
+    scripts: Vec<String>,
+    timeout: Option<u32>,
+    #[serde(default)]
+    timers: bool,
+    #[serde(default)]
+    console_exits: bool,
+    #[serde(default)]
+    expect: ExpectFormat,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectFormat {
+    exit_code: Option<i64>,
+    console: Option<String>,
+    #[serde(default)]
+    console_contains: Vec<String>,
+    console_regex: Option<String>,
+    #[serde(default)]
+    stderr_contains: Vec<String>,
+    golden: Option<String>,
+}
+
+/// What a run must produce.
+#[derive(Debug)]
+pub struct Expect {
+    pub exit_code: i32,
+    pub console: Option<String>,
+    pub console_contains: Vec<String>,
+    pub console_regex: Option<Regex>,
+    /// Lines nestbed's stderr must contain (what scripts print, nestbed's own messages).
+    pub stderr_contains: Vec<String>,
+    pub golden: Option<PathBuf>,
+}
+
+/// A checked scenario with its paths resolved against the scenario file's folder.
+#[derive(Debug)]
+pub struct Scenario {
+    pub path: PathBuf,
+    /// An embedded guest's name, or the path of an image.
+    pub guest: String,
+    pub cmdline: String,
+    pub mem: Option<u64>,
+    pub scripts: Vec<PathBuf>,
+    pub timeout: u32,
+    /// The guest takes timer interrupts: golden traces compare only level, reason and handler.
+    pub timers: bool,
+    /// Keep the console's I/O exits in the golden trace.
+    pub console_exits: bool,
+    pub expect: Expect,
+}
+
+/// Turns a TOML error into one line: position (when it points somewhere) and message.
+fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', "; ");
+    match e.span() {
+        Some(span) if !(span.start == 0 && (span.end == 0 || span.end >= text.trim_end().len())) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.chars().rev().take_while(|&c| c != '\n').count() + 1;
+            format!("line {line}, column {col}: {msg}")
+        }
+        _ => msg,
+    }
+}
+
+/// The last line of a regex error ("error: unclosed group"), which says what is wrong.
+fn regex_problem(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid")
+        .trim()
+        .trim_start_matches("error: ")
+        .to_string()
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file; any problem is a one-line error naming the file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::File { path: path.to_owned(), source })?;
+        Self::parse(path, &text).map_err(|problem| Error::Config(format!("{}: {problem}", path.display())))
+    }
+
+    /// Parses scenario text; relative paths are taken relative to `path`'s folder.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, String> {
+        let f: FileFormat = toml::from_str(text).map_err(|e| toml_problem(text, &e))?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let guest = match f.guest.trim() {
+            "" => return Err("`guest` is empty".into()),
+            name if crate::guests::find(name).is_some() => name.to_string(),
+            file => {
+                let p = dir.join(file);
+                if !p.is_file() {
+                    return Err(format!("guest `{file}` is neither an embedded guest nor a file ({})", p.display()));
+                }
+                p.display().to_string()
+            }
+        };
+        let mut scripts = Vec::new();
+        for s in &f.scripts {
+            let p = dir.join(s);
+            if !p.is_file() {
+                return Err(format!("script `{s}` not found ({})", p.display()));
+            }
+            scripts.push(p);
+        }
+        if f.mem == Some(0) {
+            return Err("`mem` must be at least 1 (MiB)".into());
+        }
+        let timeout = f.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        if timeout == 0 {
+            return Err("`timeout` must be at least 1 (second)".into());
+        }
+        let e = f.expect;
+        let exit_code = match e.exit_code {
+            None => 0,
+            Some(c) => i32::try_from(c)
+                .ok()
+                .filter(|c| (0..=255).contains(c))
+                .ok_or_else(|| format!("expect.exit_code {c} is not an exit code (0-255)"))?,
+        };
+        let console_regex = match e.console_regex {
+            None => None,
+            Some(r) => Some(Regex::new(&r).map_err(|err| format!("expect.console_regex: {}", regex_problem(&err)))?),
+        };
+        if e.golden.as_deref().is_some_and(|g| g.trim().is_empty()) {
+            return Err("expect.golden is empty".into());
+        }
+        Ok(Scenario {
+            path: path.to_owned(),
+            guest,
+            cmdline: f.cmdline,
+            mem: f.mem,
+            scripts,
+            timeout,
+            timers: f.timers,
+            console_exits: f.console_exits,
+            expect: Expect {
+                exit_code,
+                console: e.console,
+                console_contains: e.console_contains,
+                console_regex,
+                stderr_contains: e.stderr_contains,
+                golden: e.golden.map(|g| dir.join(g)),
+            },
+        })
+    }
+
+    /// How the golden trace is compared.
+    pub fn trace_options(&self) -> DiffOptions {
+        DiffOptions { coarse: self.timers, skip_console: !self.console_exits }
+    }
+}
+
+/// Whether to check scenarios or rewrite their golden traces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Run,
+    Bless,
+}
+
+/// Runs scenario files with `exe` (the nestbed binary), printing a verdict per file on `out`.
+/// Every file is checked before any runs. Returns the exit code: 0 when all pass, else
+/// [`code::SCENARIO_FAILED`].
+pub fn run_files(exe: &Path, files: &[PathBuf], mode: Mode, out: &mut dyn Write) -> Result<i32, Error> {
+    let scenarios = files.iter().map(|f| Scenario::load(f)).collect::<Result<Vec<_>, _>>()?;
+    let mut failed = 0;
+    for sc in &scenarios {
+        let verdict = run::run_one(exe, sc, mode)?;
+        let _ = out.write_all(verdict.text.as_bytes());
+        let _ = out.flush();
+        failed += usize::from(!verdict.passed);
+    }
+    if scenarios.len() > 1 {
+        let _ = writeln!(out, "{} scenarios: {} passed, {failed} failed", scenarios.len(), scenarios.len() - failed);
+    }
+    Ok(if failed == 0 { 0 } else { code::SCENARIO_FAILED })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Scenario, String> {
+        Scenario::parse(Path::new("dir/x.toml"), text)
+    }
+
+    #[test]
+    fn defaults_and_paths() {
+        let sc = parse("guest = \"hello\"\n[expect]\ngolden = \"x.trace.jsonl\"\n").unwrap();
+        assert_eq!(sc.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(sc.expect.exit_code, 0);
+        assert_eq!(sc.expect.golden, Some(PathBuf::from("dir/x.trace.jsonl")));
+        assert!(sc.trace_options().skip_console && !sc.trace_options().coarse);
+    }
+
+    #[test]
+    fn problems_are_one_line() {
+        for (text, want) in [
+            ("cmdline = \"x\"\n", "missing field `guest`"),
+            ("guest = \"hello\"\nbogus = 1", "line 2, column 1: unknown field `bogus`"),
+            ("guest = \"hello", "line 1"),
+            ("guest = \"no/such.elf\"", "neither an embedded guest nor a file"),
+            ("guest = \"hello\"\n[expect]\nexit_code = 300", "not an exit code"),
+            ("guest = \"hello\"\n[expect]\nconsole_regex = \"a(b\"", "console_regex: unclosed group"),
+            ("guest = \"hello\"\nscripts = [\"none.rhai\"]", "script `none.rhai` not found"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+            assert!(!e.contains('\n'), "{text:?}: {e}");
+        }
+        assert_eq!(parse("cmdline = \"x\"\n").unwrap_err(), "missing field `guest`");
+    }
+}
