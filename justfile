@@ -40,3 +40,14 @@ bless name:
 # Print a trace's statistics table and draw it next to it as SVG (FILE with .svg).
 trace-report file:
     cargo run --release -- trace report "{{join(invocation_directory(), file)}}"
+
+# Debug a guest: nestbed waits for gdb on 127.0.0.1:1234, gdb attaches with gdb/nestbed.gdb and symbols.
+gdb guest="nested-demo" *args="":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --release
+    nb=./target/release/nestbed
+    "$nb" run --guest {{guest}} --gdb-wait {{args}} &
+    trap 'kill $! 2>/dev/null || true' EXIT
+    sleep 0.5
+    gdb -x gdb/nestbed.gdb -ex "target remote 127.0.0.1:1234" "$("$nb" guests --symbols {{guest}})"

@@ -4,6 +4,7 @@
 //! data from gdb (Ctrl-C) into a kick out of KVM_RUN.
 
 mod arch;
+mod conn;
 mod monitor;
 mod regs;
 mod target;
@@ -166,7 +167,7 @@ fn session(mut r: Runner, stream: TcpStream, link: &Arc<Link>, kicker: Kicker) -
         }
     };
     r.debug_attach();
-    let conn: Box<dyn ConnectionExt<Error = std::io::Error>> = Box::new(stream);
+    let conn: Box<dyn ConnectionExt<Error = std::io::Error>> = Box::new(conn::Checked::new(stream));
     let mut target = Debuggee::new(r, link.clone(), rearm);
     let result = GdbStub::new(conn).run_blocking::<EventLoop>(&mut target);
     let outcome = target.outcome.take();

@@ -265,6 +265,12 @@ impl BlockingEventLoop for EventLoop {
         conn: &mut Self::Connection,
     ) -> Result<Event<Self::StopReason>, WaitForStopReasonError<Error, std::io::Error>> {
         target.link.data.store(false, Ordering::SeqCst);
+        // Bytes already read off the socket (a packet right behind another) are not seen by
+        // the watcher: hand them over first.
+        if let Ok(Some(_)) = conn.peek() {
+            let byte = conn.read().map_err(WaitForStopReasonError::Connection)?;
+            return Ok(Event::IncomingData(byte));
+        }
         let _ = target.rearm.send(());
         loop {
             let stop = match target.runner.run_until_stop() {

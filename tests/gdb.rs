@@ -1,0 +1,263 @@
+//! Real gdb, in batch mode, against nestbed's gdb server: breakpoints in L2 code and thread 2,
+//! stepping across VM exits and entries, watchpoints, registers, the VMCS through `monitor`,
+//! Ctrl-C, and clients that misbehave. gdb is required (CI installs it).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::tmpdir;
+
+const NESTBED: &str = env!("CARGO_BIN_EXE_nestbed");
+
+struct Server {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `nestbed run --guest GUEST --gdb 127.0.0.1:PORT` plus `extra`, and waits until it
+/// listens.
+fn serve(name: &str, guest: &str, extra: &[&str]) -> Server {
+    let dir = tmpdir(name);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(NESTBED)
+        .args(["run", "--guest", guest, "--timeout", "90", "--gdb", &addr])
+        .args(extra)
+        .stdout(std::fs::File::create(dir.join("console")).unwrap())
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+        .spawn()
+        .expect("starting nestbed");
+    let t = Instant::now();
+    while !std::fs::read_to_string(dir.join("stderr")).unwrap_or_default().contains("gdb server on") {
+        assert!(t.elapsed() < Duration::from_secs(30), "nestbed did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server { child, port, dir }
+}
+
+impl Server {
+    /// Waits for nestbed to end; returns its exit code, console and stderr.
+    fn finish(mut self) -> (i32, String, String) {
+        let t = Instant::now();
+        let code = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s.code().unwrap_or(-1);
+            }
+            if t.elapsed() > Duration::from_secs(90) {
+                let _ = self.child.kill();
+                panic!("nestbed did not finish");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+        let out = (code, read("console"), read("stderr"));
+        let _ = std::fs::remove_dir_all(&self.dir);
+        out
+    }
+}
+
+fn symbols(guest: &str) -> String {
+    let out = Command::new(NESTBED).args(["guests", "--symbols", guest]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Runs gdb in batch mode with the command file `script` (after connecting) on `guest`'s
+/// symbols; returns what it printed.
+fn gdb(server: &Server, guest: &str, script: &str) -> String {
+    gdb_with(server, guest, script, None)
+}
+
+/// `gdb`, sending gdb a SIGINT (Ctrl-C) after `interrupt_after` when given.
+fn gdb_with(server: &Server, guest: &str, script: &str, interrupt_after: Option<Duration>) -> String {
+    let file = server.dir.join("cmds.gdb");
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::write(&file, format!("target remote 127.0.0.1:{}\n{script}\n", server.port)).unwrap();
+    let mut child = Command::new("gdb")
+        .args(["-batch", "-nx", "-x"])
+        .arg(repo.join("gdb/nestbed.gdb"))
+        .arg("-x")
+        .arg(&file)
+        .arg(symbols(guest))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gdb is required for these tests (apt-get install gdb)");
+    let t = Instant::now();
+    let mut interrupt_after = interrupt_after;
+    while child.try_wait().unwrap().is_none() {
+        if interrupt_after.is_some_and(|d| t.elapsed() > d) {
+            interrupt_after = None;
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("gdb did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The value printed after `label` (e.g. "GUEST_RIP = 0x100118").
+fn hex_after(text: &str, label: &str) -> u64 {
+    let at = text.find(label).unwrap_or_else(|| panic!("{label:?} not in:\n{text}")) + label.len();
+    let word: String = text[at..].trim_start().chars().take_while(|c| c.is_ascii_hexdigit() || *c == 'x').collect();
+    u64::from_str_radix(word.trim_start_matches("0x"), 16).unwrap_or_else(|_| panic!("no number after {label:?}"))
+}
+
+#[test]
+fn breakpoint_in_l2_code_stops_thread_2_and_the_vmcs_agrees() {
+    let s = serve("gdb-l2bp", "nested-demo", &["--gdb-wait"]);
+    let out = gdb(
+        &s,
+        "nested-demo",
+        "break nested_demo::l2_main\ncontinue\ninfo threads\nprintf \"pc=%#lx\\n\", $pc\nvmcs GUEST_RIP\ndelete",
+    );
+    assert!(out.contains("Thread 2 hit Breakpoint 1, nested_demo::l2_main"), "{out}");
+    assert!(out.contains("L1 vcpu0 (waiting)") && out.contains("L2 vmcs@0x"), "{out}");
+    assert_eq!(hex_after(&out, "pc="), hex_after(&out, "GUEST_RIP = "), "{out}");
+    let (code, console, _) = s.finish();
+    assert_eq!(code, 0, "after gdb detaches the guest runs to its end");
+    assert!(console.contains("L1 agrees"), "{console}");
+}
+
+#[test]
+fn stepi_leaves_l2_at_host_rip_and_reenters_at_guest_rip() {
+    let s = serve("gdb-step", "nested-demo", &["--gdb-wait"]);
+    let script = r#"break nested_demo::l2_main
+continue
+delete
+set $n = 0
+while $_thread == 2 && $n < 5000
+  stepi
+  set $n = $n + 1
+end
+printf "in L1 thread=%d pc=%#lx\n", $_thread, $pc
+vmcs HOST_RIP
+vmcs VM_EXIT_REASON
+set $m = 0
+while $_thread == 1 && $m < 50000
+  stepi
+  set $m = $m + 1
+end
+printf "in L2 thread=%d pc=%#lx\n", $_thread, $pc
+vmcs GUEST_RIP"#;
+    let out = gdb(&s, "nested-demo", script);
+    assert!(out.contains("in L1 thread=1"), "{out}");
+    assert_eq!(hex_after(&out, "in L1 thread=1 pc="), hex_after(&out, "HOST_RIP = "), "{out}");
+    assert_eq!(hex_after(&out, "VM_EXIT_REASON = "), 30, "an I/O exit took L2 to L1\n{out}");
+    assert!(out.contains("in L2 thread=2"), "{out}");
+    assert_eq!(hex_after(&out, "in L2 thread=2 pc="), hex_after(&out, "GUEST_RIP = "), "{out}");
+    assert_eq!(s.finish().0, 0);
+}
+
+#[test]
+fn watchpoint_on_l2_data_and_hardware_breakpoint_in_l1() {
+    let s = serve("gdb-watch", "nested-demo", &["--gdb-wait"]);
+    let script = "hbreak rt::vmx::vm_run\ncontinue\ninfo registers efer cr0 cr3\ndelete\n\
+                  set language c\nwatch *(unsigned int *) &nested_demo::L2_RESULT\nset language auto\ncontinue\ninfo threads";
+    let out = gdb(&s, "nested-demo", script);
+    assert!(out.contains("Breakpoint 1, rt::vmx::vm_run"), "{out}");
+    assert!(out.contains("Thread 1 hit") || out.contains("Breakpoint 1, rt::vmx::vm_run"), "{out}");
+    assert_eq!(hex_after(&out, "efer") & 0x500, 0x500, "64-bit L1: LME and LMA\n{out}");
+    assert!(out.contains("Thread 2 hit Hardware watchpoint 2"), "{out}");
+    assert!(out.contains("Old value = 0") && out.contains("New value = 832040"), "{out}");
+    assert_eq!(s.finish().0, 0);
+}
+
+#[test]
+fn monitor_commands_and_break_on_exit() {
+    let s = serve("gdb-monitor", "nested-demo", &["--gdb-wait"]);
+    let script =
+        "monitor help\nexit-break HLT L2\ncontinue\ninfo threads\nexits\nvmcs VM_EXIT_REASON\nmonitor nonsense";
+    let out = gdb(&s, "nested-demo", script);
+    assert!(out.contains("break-on-exit REASON [L1|L2]"), "{out}");
+    assert!(out.contains("break on HLT (12) at L2"), "{out}");
+    assert!(out.contains("VM_EXIT_REASON = 0xc"), "stopped after L2's HLT reached L1\n{out}");
+    assert!(out.contains("L2    HLT"), "the statistics table\n{out}");
+    assert!(out.contains("unknown command 'nonsense'"), "{out}");
+    let (code, _, stderr) = s.finish();
+    assert_eq!(code, 0);
+    assert!(stderr.contains("break on exit: L2 HLT"), "{stderr}");
+}
+
+#[test]
+fn ctrl_c_interrupts_a_spinning_guest() {
+    let s = serve("gdb-intr", "exit-code", &["--gdb-wait", "--cmdline", "spin", "--gdb-exit-on-detach"]);
+    // Ctrl-C is SIGINT to gdb while `continue` waits: gdb sends the interrupt byte.
+    let out = gdb_with(&s, "exit-code", "continue\ninfo threads\ndetach", Some(Duration::from_millis(1500)));
+    assert!(out.contains("received signal SIGINT"), "{out}");
+    assert!(out.contains("L1 vcpu0"), "{out}");
+    let (code, _, stderr) = s.finish();
+    assert_eq!(code, 130, "--gdb-exit-on-detach ends the run on detach\n{stderr}");
+}
+
+fn packet(body: &str) -> String {
+    let sum = body.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+    format!("${body}#{sum:02x}")
+}
+
+/// Reads until `want` appears or a second passes.
+fn read_until(c: &mut TcpStream, want: &str) -> String {
+    c.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut got = String::new();
+    let t = Instant::now();
+    let mut buf = [0u8; 4096];
+    while !got.contains(want) && t.elapsed() < Duration::from_secs(2) {
+        if let Ok(n) = c.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    got
+}
+
+#[test]
+fn malformed_packets_and_a_second_client_are_refused_cleanly() {
+    let s = serve("gdb-robust", "hello", &["--gdb-wait"]);
+    let mut first = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    // A bad checksum is NACKed, garbage outside packets ignored; the stub still answers.
+    first.write_all(b"$qSupported#00garbage").unwrap();
+    assert!(read_until(&mut first, "-").contains('-'));
+    first.write_all(packet("?").as_bytes()).unwrap();
+    let reply = read_until(&mut first, "#");
+    assert!(reply.contains("$T05") || reply.contains("$S05"), "{reply}");
+    // A second client is told and closed while the first stays attached.
+    let mut second = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    let refused = read_until(&mut second, "#");
+    assert!(refused.starts_with("$O"), "{refused}");
+    first.write_all(packet("?").as_bytes()).unwrap();
+    assert!(read_until(&mut first, "#").contains("05"));
+    // Detach: the guest runs to its end.
+    first.write_all(packet("D").as_bytes()).unwrap();
+    drop(first);
+    let (code, console, _) = s.finish();
+    assert_eq!(code, 0);
+    assert!(console.contains("Hello"), "{console}");
+}
+
+#[test]
+fn a_non_loopback_address_warns() {
+    let port = free_port();
+    let out = Command::new(NESTBED)
+        .args(["run", "--guest", "hello", "--timeout", "30", "--gdb", &format!("0.0.0.0:{port}")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning") && stderr.contains("reachable from other machines"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "without --gdb-wait the guest runs while nobody attaches");
+}
