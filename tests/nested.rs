@@ -33,6 +33,14 @@ fn vmx_msr_bitmap() {
 }
 
 #[test]
+fn vmx_ept() {
+    let r = passes("vmx-ept");
+    assert!(r.stdout.contains("vmx-ept: all checks passed"), "{}", r.stdout);
+    assert!(r.stderr.contains("L2    EPT_VIOLATION              L1"), "{}", r.stderr);
+    assert!(r.stderr.contains("L2    EPT_MISCONFIG              L1"), "{}", r.stderr);
+}
+
+#[test]
 fn sdm_l1() {
     passes("sdm-l1");
 }

@@ -67,7 +67,7 @@ impl Stats {
     pub fn report(&self) -> String {
         let total = self.total_exits().max(1);
         let mut rows = self.rows();
-        rows.sort_by(|a, b| b.3.count.cmp(&a.3.count));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.3.count));
         let mut s = String::new();
         let _ = writeln!(
             s,

@@ -5,7 +5,19 @@
 //! translations and no mode-based execute control. An entry that cannot be read (outside
 //! L1 RAM) counts as a misconfiguration, as all-ones would on real hardware.
 
+use super::caps::{proc, proc2};
 use super::cpu::GuestMemory;
+use super::fields::{CPU_BASED_VM_EXEC_CONTROL, EPT_POINTER, SECONDARY_VM_EXEC_CONTROL};
+use super::vmcs::Vmcs;
+
+/// The EPTP a VM entry with `vmcs` uses: `Some` when "activate secondary controls" and
+/// "enable EPT" are both set (SDM 25.6.2, 25.6.11).
+pub fn active_eptp(vmcs: &Vmcs) -> Option<u64> {
+    let primary = vmcs.get32(CPU_BASED_VM_EXEC_CONTROL);
+    let secondary = vmcs.get32(SECONDARY_VM_EXEC_CONTROL);
+    (primary & proc::ACTIVATE_SECONDARY_CONTROLS != 0 && secondary & proc2::ENABLE_EPT != 0)
+        .then(|| vmcs.get(EPT_POINTER))
+}
 
 /// Read/write/execute permissions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -320,6 +332,18 @@ mod tests {
             m,
             vec![EptMapping { gpa: 0, hpa: 0x20_0000, size: 0x40_0000, read: true, write: false, exec: true }]
         );
+    }
+
+    #[test]
+    fn eptp_needs_both_controls() {
+        let mut v = Vmcs::new(1);
+        v.set(EPT_POINTER, EPTP);
+        v.set(SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::ENABLE_EPT));
+        assert_eq!(active_eptp(&v), None);
+        v.set(CPU_BASED_VM_EXEC_CONTROL, u64::from(proc::ACTIVATE_SECONDARY_CONTROLS));
+        assert_eq!(active_eptp(&v), Some(EPTP));
+        v.set(SECONDARY_VM_EXEC_CONTROL, 0);
+        assert_eq!(active_eptp(&v), None);
     }
 
     #[test]
