@@ -409,6 +409,18 @@ impl Runner {
 
     pub(super) fn l2_exit(&mut self, raw: RawExit) -> Step {
         let rip = self.active().regs().rip;
+        if let Some(eptp) = self.l2_eptp() {
+            match raw {
+                RawExit::MmioRead { gpa, len } => return self.l2_ept_access(eptp, gpa, len, None),
+                RawExit::MmioWrite { gpa, len, data } => return self.l2_ept_access(eptp, gpa, len, Some(data)),
+                // KVM could not fetch the instruction: an emulation failure without its bytes.
+                RawExit::InternalError { suberror: 1 } => return self.l2_fetch_failure(eptp, rip, &raw),
+                RawExit::EmulationFailure { ref bytes } if bytes.is_empty() => {
+                    return self.l2_fetch_failure(eptp, rip, &raw)
+                }
+                _ => {}
+            }
+        }
         match raw {
             RawExit::IoOut { .. } | RawExit::IoIn { .. } => {
                 let (port, size, write, data) = match raw {
@@ -488,10 +500,6 @@ impl Runner {
                     },
                 )
             }
-            RawExit::EmulationFailure { ref bytes } if bytes.is_empty() && self.l2_eptp().is_some() => {
-                self.l2_fetch_failure(rip, raw)
-            }
-            RawExit::InternalError { suberror: 1 } if self.l2_eptp().is_some() => self.l2_fetch_failure(rip, raw),
             RawExit::EmulationFailure { bytes } => {
                 let insn = match self.l2.as_ref().map(|l2| trap::decode_trap(&bytes, l2.vcpu.peek_sregs(), rip)) {
                     Some(Ok(i)) => i,
@@ -554,14 +562,6 @@ impl Runner {
                     },
                 )
             }
-            RawExit::MmioRead { gpa, len } if self.l2_eptp().is_some() => {
-                let eptp = self.l2_eptp().unwrap_or_default();
-                self.l2_ept_access(eptp, gpa, len, None)
-            }
-            RawExit::MmioWrite { gpa, len, data } if self.l2_eptp().is_some() => {
-                let eptp = self.l2_eptp().unwrap_or_default();
-                self.l2_ept_access(eptp, gpa, len, Some(data))
-            }
             RawExit::MmioRead { gpa, len } => {
                 let exit = self.next_exit(
                     Level::L2,
@@ -597,9 +597,9 @@ impl Runner {
         }
     }
 
-    /// KVM could not fetch L2's instruction at `rip` (an emulation failure without bytes).
-    fn l2_fetch_failure(&mut self, rip: u64, raw: RawExit) -> Step {
-        if let Some(step) = self.l2_eptp().and_then(|eptp| self.l2_ept_fetch(eptp, rip)) {
+    /// KVM could not fetch L2's instruction at `rip` while L2's memslots follow L1's EPT.
+    fn l2_fetch_failure(&mut self, eptp: u64, rip: u64, raw: &RawExit) -> Step {
+        if let Some(step) = self.l2_ept_fetch(eptp, rip) {
             return step;
         }
         Ok((
