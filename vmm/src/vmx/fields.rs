@@ -298,7 +298,15 @@ pub fn by_encoding(enc: u32) -> Option<(usize, &'static Field)> {
         return None;
     }
     let full = enc & !1;
-    let (i, f) = FIELDS.iter().enumerate().find(|(_, f)| f.encoding == full)?;
+    // Every VM entry and exit looks up about a hundred fields: search a sorted index.
+    static SORTED: std::sync::OnceLock<Vec<(u32, usize)>> = std::sync::OnceLock::new();
+    let sorted = SORTED.get_or_init(|| {
+        let mut v: Vec<(u32, usize)> = FIELDS.iter().enumerate().map(|(i, f)| (f.encoding, i)).collect();
+        v.sort_unstable();
+        v
+    });
+    let i = sorted.binary_search_by_key(&full, |&(e, _)| e).ok().map(|k| sorted[k].1)?;
+    let f = &FIELDS[i];
     if is_high_access(enc) && f.width() != Width::W64 {
         return None;
     }
