@@ -20,11 +20,13 @@ use crate::machine::memory::MemFault;
 use crate::machine::paging::PhysMem;
 use crate::machine::{GuestRam, Vm};
 use crate::nested::env::RamView;
-use crate::vmx::ept::{ept_mappings, EptMapping};
+use crate::vmx::ept::{ept_mappings_bounded, EptMapping};
 
 /// Most memslots an EPT layout may take. KVM allows far more (32764 on our hosts), but each
 /// memslot change is a costly ioctl and L1s map their RAM with a few large runs.
 pub const MAX_REGIONS: usize = 1024;
+/// Most runs an EPT walk may find before clipping to RAM (runs outside RAM need no memslot).
+pub const MAX_RUNS: usize = 16 * MAX_REGIONS;
 
 /// One memslot: L2-physical `gpa..gpa+size` onto L1-physical `l1..l1+size`, inside L1 RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -53,7 +55,7 @@ pub enum Source {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
     #[error(
-        "L1's EPT maps {runs} separate runs of memory; nestbed gives L2 at most {max} memslots (map L2's memory with fewer, larger runs)"
+        "L1's EPT maps {runs} or more separate runs of memory; nestbed gives L2 at most {max} memslots (map L2's memory with fewer, larger runs)"
     )]
     TooManyRuns { runs: usize, max: usize },
 }
@@ -167,8 +169,9 @@ impl AddressSpace {
             Source::Identity => identity(ram.size()),
             // An EPT PML4 table outside RAM reads as all ones: every access is a misconfiguration,
             // nothing is mapped.
-            Source::Ept(eptp) => match ept_mappings(&RamView(ram), eptp, max_gpa) {
-                Ok(runs) => regions(&runs, ram.size(), MAX_REGIONS)?,
+            Source::Ept(eptp) => match ept_mappings_bounded(&RamView(ram), eptp, max_gpa, MAX_RUNS) {
+                Ok(Some(runs)) => regions(&runs, ram.size(), MAX_REGIONS)?,
+                Ok(None) => return Err(LayoutError::TooManyRuns { runs: MAX_RUNS + 1, max: MAX_REGIONS }.into()),
                 Err(_) => Vec::new(),
             },
         };

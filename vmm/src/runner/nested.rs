@@ -9,7 +9,7 @@ use crate::machine::devices::PortEffect;
 use crate::machine::paging::{self, Access};
 use crate::machine::RawExit;
 use crate::nested::access::{find_access, AccessInsn};
-use crate::nested::env::{L1Env, RamView, PHYS_ADDR_WIDTH};
+use crate::nested::env::{gpr, L1Env, RamView, PHYS_ADDR_WIDTH};
 use crate::nested::space::{Source, SyncError};
 use crate::nested::{transfer, trap, L2};
 use crate::vmx::checks::{check_vm_entry, CheckClass};
@@ -17,7 +17,7 @@ use crate::vmx::cpu::{apply_rflags, Fault, Invalidation, Outcome as VmxOutcome};
 use crate::vmx::decode::{exit_qualification, instruction_info, VmxOp};
 use crate::vmx::ept::{active_eptp, ept_translate_width, ept_violation_qualification, EptPerms};
 use crate::vmx::exits::{io_qualification, ExitReason, VM_ENTRY_FAILURE};
-use crate::vmx::fields::{GUEST_LINEAR_ADDRESS, GUEST_PHYSICAL_ADDRESS};
+use crate::vmx::fields::{EPT_POINTER, GUEST_LINEAR_ADDRESS, GUEST_PHYSICAL_ADDRESS};
 use crate::vmx::route::{l1_wants_hlt, l1_wants_io};
 use crate::vmx::state::{load_guest_state, load_host_state, record_exit, save_guest_state};
 
@@ -75,9 +75,11 @@ impl Runner {
             }
             other => return Ok((self.apply_action(other)?, reason, Handler::Script)),
         }
+        // The field a VMWRITE writes, read before the instruction can change registers.
+        let written = insn.reg2().filter(|_| insn.op == VmxOp::Vmwrite).map(|r| gpr(self.l1.peek_regs(), r));
         let outcome = self.vmx.execute(&insn, &mut L1Env { vcpu: &mut self.l1, ram: &self.l1_vm.ram });
         tracing::debug!(rip = format_args!("{rip:#x}"), insn = %insn, ?outcome, "L1 VMX instruction");
-        self.apply_invalidations(insn.op, &outcome);
+        self.apply_invalidations(insn.op, written, &outcome);
         match outcome {
             VmxOutcome::Fault(f) => self.inject_fault(f),
             VmxOutcome::Entry { .. } => return self.vm_entry(rip, len).map(|f| (f, reason, Handler::L0)),
@@ -91,14 +93,17 @@ impl Runner {
     }
 
     /// Cached guest-physical translations of L2 go away after INVEPT (SDM 29.4.3.1) and, as
-    /// nestbed's choice, when L1 enters or leaves VMX operation.
-    fn apply_invalidations(&mut self, op: VmxOp, outcome: &VmxOutcome) {
+    /// nestbed's choice, when L1 enters or leaves VMX operation or writes EPT_POINTER
+    /// (`written`: the field encoding of a VMWRITE).
+    fn apply_invalidations(&mut self, op: VmxOp, written: Option<u64>, outcome: &VmxOutcome) {
         while let Some(inv) = self.vmx.take_invalidation() {
             if let (Invalidation::Ept { eptp }, Some(l2)) = (inv, self.l2.as_mut()) {
                 l2.space.invept(eptp);
             }
         }
-        if matches!(op, VmxOp::Vmxon | VmxOp::Vmxoff) && *outcome == VmxOutcome::Succeed {
+        let eptp_written = written.is_some_and(|f| f & !1 == u64::from(EPT_POINTER));
+        let flush = matches!(op, VmxOp::Vmxon | VmxOp::Vmxoff) || eptp_written;
+        if flush && *outcome == VmxOutcome::Succeed {
             if let Some(l2) = self.l2.as_mut() {
                 l2.space.invalidate();
             }
@@ -265,7 +270,8 @@ impl Runner {
         let Some(AccessInsn { rip: at, len: insn_len, linear }) = found else {
             return Ok((
                 Flow::Stop(Outcome::Unsupported(format!(
-                    "L2 wrote to L2-physical {gpa:#x}, which L1's EPT does not let it write, with an instruction                      nestbed cannot identify before RIP {rip:#x}, so it cannot report the EPT violation at it"
+                    "L2 wrote to L2-physical {gpa:#x}, which L1's EPT does not let it write, with an instruction \
+                     nestbed cannot identify before RIP {rip:#x}, so it cannot report the EPT violation at it"
                 ))),
                 reason as u32,
                 Handler::L0,
