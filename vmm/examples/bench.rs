@@ -92,11 +92,12 @@ fn main() {
     let text = format!(
         "# nestbed benchmarks\n\nMeasured by `just bench` (vmm/examples/bench.rs), medians of {reps} runs, each a difference of \
          two runs ({n2} and {n1} operations; {m2} and {m1} for nested exits) so boot time cancels. Machines are noisy: \
-         compare the ratios, not the absolute numbers.\n\n\
+         compare the ratios, not the absolute numbers. Every guest loop takes two or three instructions per operation: \
+         some hosts' KVM (kvm_pvm) emulates each guest instruction, which costs about a microsecond each.\n\n\
          | what | µs per operation | ratio to raw KVM |\n|---|---|---|\n\
          | raw KVM round trip, port-I/O exit (bare kvm-ioctls loop) | {raw:.2} | 1.00 |\n\
          | nestbed, port-I/O exit of an L1 guest (whole exit path: normalize, stats, devices) | {nb:.2} | {:.3} |\n\
-         | nestbed, one VMREAD by L1 (trapped as an emulation failure, decoded, emulated) | {vmread:.2} | {:.3} |\n\
+         | nestbed, one VMREAD by L1 (trapped as an emulation failure, decoded, executed on the model) | {vmread:.2} | {:.3} |\n\
          | nestbed, one L2 exit handled by L1 (L2 `out` reflected to L1, L1 `vmresume`: two KVM round trips) | {l2exit:.2} | {:.3} |\n",
         nb / raw,
         vmread / raw,

@@ -5,7 +5,8 @@
 //! an instruction fetch, and an EPT misconfiguration. L1 checks each exit (reason, exit
 //! qualification per SDM 28.2.1 Table 28-7, guest-physical and guest-linear address, GUEST_RIP
 //! at the faulting instruction), fixes the entry, executes INVEPT and resumes L2, which then
-//! completes the access.
+//! completes the access. Then L1 maps a page without INVEPT (allowed: not-present entries are
+//! not cached, SDM 29.4.3.1), and switches EPT_POINTER to a second hierarchy and back.
 #![no_std]
 #![no_main]
 
@@ -45,6 +46,8 @@ static EPT_PML4: Page = Page::new();
 static EPT_PDPT: Page = Page::new();
 static EPT_PD: Page = Page::new();
 static EPT_PT: Page = Page::new();
+static EPT_PML4_B: Page = Page::new();
+static EPT_PDPT_B: Page = Page::new();
 static REMAP_PAGE: Page = Page::new();
 static BIG_PAGE: Page = Page::new();
 static LATE_PAGE: Page = Page::new();
@@ -84,6 +87,14 @@ global_asm!(
         mov rsi, rax
         mov al, 6
         out 0x80, al
+        mov rsi, qword ptr [{window} + 0x5000]
+        mov al, 7
+        out 0x80, al
+    .global vmx_ept_l2_switch
+    vmx_ept_l2_switch:
+        mov rsi, qword ptr [r12]
+        mov al, 8
+        out 0x80, al
     2:  hlt
         jmp 2b
 
@@ -104,6 +115,7 @@ extern "C" {
     static vmx_ept_l2_read: u8;
     static vmx_ept_l2_write: u8;
     static vmx_ept_l2_misconfig: u8;
+    static vmx_ept_l2_switch: u8;
     static vmx_ept_far: u8;
     fn vmx_ept_l2() -> !;
 }
@@ -135,6 +147,15 @@ fn build_ept() -> u64 {
     // PT[2] and PT[4] not present; PT[3] write-only, a misconfiguration (SDM 29.3.3.1).
     EPT_PT.write_u64(24, REMAP_PAGE.addr() | WB | W);
     EPT_PML4.addr() | EPTP_FLAGS
+}
+
+/// A second hierarchy: the same first GiB, no 1-GByte page.
+fn build_ept_b() -> u64 {
+    EPT_PML4_B.clear();
+    EPT_PDPT_B.clear();
+    EPT_PML4_B.write_u64(0, EPT_PDPT_B.addr() | R | W | X);
+    EPT_PDPT_B.write_u64(0, EPT_PD.addr() | R | W | X);
+    EPT_PML4_B.addr() | EPTP_FLAGS
 }
 
 fn main(_: &rt::BootInfo) -> u32 {
@@ -215,11 +236,12 @@ fn run() -> Result<u32, VmFail> {
     hv::write(field::EPT_POINTER, eptp)?;
 
     // SAFETY: addresses of labels in L2's code; nothing is read through them.
-    let (read_at, write_at, misconfig_at, far) = unsafe {
+    let (read_at, write_at, misconfig_at, switch_at, far) = unsafe {
         (
             label(&raw const vmx_ept_l2_read),
             label(&raw const vmx_ept_l2_write),
             label(&raw const vmx_ept_l2_misconfig),
+            label(&raw const vmx_ept_l2_switch),
             label(&raw const vmx_ept_far),
         )
     };
@@ -286,6 +308,25 @@ fn run() -> Result<u32, VmFail> {
     invept(true, eptp)?;
     let e = vcpu.run()?;
     if !expect_io(&mut failures, &e, &vcpu, 6, FAR_RESULT, "L2 ran the code page mapped at 0x30004000") {
+        return Ok(failures.max(1));
+    }
+
+    rt::println!("a page mapped without INVEPT:");
+    EPT_PT.write_u64(40, LATE_PAGE.addr() | WB | R);
+    let e = vcpu.run()?;
+    if !expect_io(&mut failures, &e, &vcpu, 7, MAGIC_LATE, "L2 read it at once") {
+        return Ok(failures.max(1));
+    }
+
+    rt::println!("EPT_POINTER switched to tables without the 1-GByte page:");
+    hv::write(field::EPT_POINTER, build_ept_b())?;
+    let e = vcpu.run()?;
+    if !expect_ept(&mut failures, &e, reason::EPT_VIOLATION, vcpu.regs.r12, switch_at, Some(0x181))? {
+        return Ok(failures);
+    }
+    hv::write(field::EPT_POINTER, eptp)?;
+    let e = vcpu.run()?;
+    if !expect_io(&mut failures, &e, &vcpu, 8, MAGIC_1G, "back on the first tables, through the 1-GByte page") {
         return Ok(failures.max(1));
     }
 
