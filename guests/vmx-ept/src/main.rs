@@ -2,7 +2,8 @@
 //! low memory), a 1-GByte page (L2-physical 1 GiB onto L1-physical 0) and a table of 4-KByte
 //! pages (a window at L2-physical 0x3000_0000 onto pages elsewhere in L1), then runs an L2
 //! that reads through the remapped pages and provokes EPT violations on a read, a write and
-//! an instruction fetch, and an EPT misconfiguration. L1 checks each exit (reason, exit
+//! an instruction fetch, and an EPT misconfiguration. First, L2 starts with its page tables
+//! unmapped: an EPT violation on the paging-structure read (bit 8 clear). L1 checks each exit (reason, exit
 //! qualification per SDM 28.2.1 Table 28-7, guest-physical and guest-linear address, GUEST_RIP
 //! at the faulting instruction), fixes the entry, executes INVEPT and resumes L2, which then
 //! completes the access. Then L1 maps a page without INVEPT (allowed: not-present entries are
@@ -248,6 +249,21 @@ fn run() -> Result<u32, VmFail> {
     let mut vcpu = Vcpu::default();
     vcpu.regs.r12 = ALIAS_1G + BIG_PAGE.addr();
     vcpu.regs.r13 = WINDOW + 0x4000;
+
+    rt::println!("L2 starts with the first 2 MiB (its code and page tables) not mapped:");
+    EPT_PD.write_u64(0, 0);
+    let e = vcpu.run()?;
+    // Data read of a paging-structure entry (the PML4E at CR3) while translating GUEST_RIP:
+    // guest-linear address valid, bit 8 clear.
+    let pml4e = rt::io::cr3() & !0xfff;
+    if !expect_ept(&mut failures, &e, reason::EPT_VIOLATION, pml4e, l2_main as usize as u64, None)? {
+        return Ok(failures);
+    }
+    let gla = hv::read(field::GUEST_LINEAR_ADDRESS)?;
+    rt::check!(failures, e.qualification & 0x1bf == 0x81, "  exit qualification ", Hex(e.qualification), " (expected 0x81 in bits 0-5, 7, 8)");
+    rt::check!(failures, gla == e.rip, "  GUEST_LINEAR_ADDRESS ", Hex(gla), " is the address being translated");
+    EPT_PD.write_u64(0, WB | PAGE | R | W | X);
+    invept(true, eptp)?;
 
     let e = vcpu.run()?;
     if !expect_io(&mut failures, &e, &vcpu, 1, MAGIC_REMAP, "L2-physical 0x30000000 through a 4-KByte page onto another L1 page") {

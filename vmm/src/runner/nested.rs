@@ -6,7 +6,7 @@ use super::{Flow, Outcome, Runner};
 use crate::error::Error;
 use crate::exit::{Action, ExitDetail, Handler, Level};
 use crate::machine::devices::PortEffect;
-use crate::machine::paging::{self, Access};
+use crate::machine::paging::{self, Access, WalkError};
 use crate::machine::RawExit;
 use crate::nested::access::{find_access, AccessInsn};
 use crate::nested::env::{gpr, L1Env, RamView, PHYS_ADDR_WIDTH};
@@ -32,6 +32,10 @@ struct Insn {
     /// KVM completes the instruction on the next KVM_RUN (IN, RDMSR, WRMSR, MMIO).
     pending: bool,
 }
+
+/// Exit qualification bit 8 of an EPT violation: the access was to the translated linear
+/// address, not to a paging-structure entry (SDM 28.2.1, Table 28-7).
+const EPT_QUAL_TRANSLATED_ACCESS: u64 = 1 << 8;
 
 /// L2-physical addresses below this are followed through L1's EPT (the physical-address
 /// width nestbed reports).
@@ -329,16 +333,21 @@ impl Runner {
         Ok((flow.unwrap_or(Flow::Continue), exit.reason, Handler::L0))
     }
 
-    /// An instruction fetch KVM could not do (no memslot at L2's RIP) while L2's memslots
-    /// follow L1's EPT: an EPT violation with the fetch bit, or a misconfiguration. `None`
-    /// when the fetch is not EPT's doing.
-    fn l2_ept_fetch(&mut self, eptp: u64, rip: u64) -> Option<Step> {
+    /// An instruction fetch KVM could not do (no memslot at L2's RIP, or at a paging structure
+    /// of its translation) while L2's memslots follow L1's EPT: an EPT violation (fetch, or a
+    /// read of a paging-structure entry with bit 8 clear, SDM 28.2.1) or a misconfiguration.
+    /// `None` when the fetch is not EPT's doing, or (unless `retry`) when L1's tables allow it.
+    fn l2_ept_fetch(&mut self, eptp: u64, rip: u64, retry: bool) -> Option<Step> {
         let l2 = self.l2.as_ref()?;
         let v = l2.view();
-        let gpa = paging::translate(&v.mem, v.paging, rip, Access::default()).ok()?;
+        let (gpa, paging_structure) = match paging::translate(&v.mem, v.paging, rip, Access::default()) {
+            Ok(gpa) => (gpa, false),
+            Err(WalkError::Memory(f)) => (f.gpa, true),
+            Err(WalkError::PageFault { .. }) => return None,
+        };
         let (reason, perms) = match ept_translate_width(&RamView(&self.l1_vm.ram), eptp, gpa, PHYS_ADDR_WIDTH) {
-            Ok((hpa, p)) if p.exec => {
-                if !self.l1_vm.ram.contains(hpa, 1) || l2.space.lookup(gpa).is_some() {
+            Ok((hpa, p)) if p.exec || paging_structure => {
+                if !retry || !self.l1_vm.ram.contains(hpa, 1) || l2.space.lookup(gpa).is_some() {
                     return None;
                 }
                 return Some(
@@ -350,8 +359,11 @@ impl Runner {
             Err(f) if f.misconfig => (ExitReason::EPT_MISCONFIG, EptPerms::default()),
             Err(_) => (ExitReason::EPT_VIOLATION, EptPerms::default()),
         };
-        let q = match reason {
-            ExitReason::EPT_VIOLATION => ept_violation_qualification(false, false, true, perms, true),
+        let q = match (reason, paging_structure) {
+            (ExitReason::EPT_VIOLATION, false) => ept_violation_qualification(false, false, true, perms, true),
+            (ExitReason::EPT_VIOLATION, true) => {
+                ept_violation_qualification(true, false, false, perms, true) & !EPT_QUAL_TRANSLATED_ACCESS
+            }
             _ => 0,
         };
         let mut exit = self.next_exit(Level::L2, reason, q, ExitDetail::Mmio { gpa, len: 0, write: false, data: 0 });
@@ -423,6 +435,14 @@ impl Runner {
                 RawExit::InternalError { suberror: 1 } => return self.l2_fetch_failure(eptp, rip, &raw),
                 RawExit::EmulationFailure { ref bytes } if bytes.is_empty() => {
                     return self.l2_fetch_failure(eptp, rip, &raw)
+                }
+                // KVM turns a paging structure it cannot read into a fault, and ends in a
+                // shutdown when the exception handlers are unmapped too; on hardware the
+                // fetch's EPT violation comes first.
+                RawExit::Shutdown => {
+                    if let Some(step) = self.l2_ept_fetch(eptp, rip, false) {
+                        return step;
+                    }
                 }
                 _ => {}
             }
@@ -605,7 +625,7 @@ impl Runner {
 
     /// KVM could not fetch L2's instruction at `rip` while L2's memslots follow L1's EPT.
     fn l2_fetch_failure(&mut self, eptp: u64, rip: u64, raw: &RawExit) -> Step {
-        if let Some(step) = self.l2_ept_fetch(eptp, rip) {
+        if let Some(step) = self.l2_ept_fetch(eptp, rip, true) {
             return step;
         }
         Ok((
