@@ -18,6 +18,9 @@ pub struct L2 {
     pub vcpu: Vcpu,
     pub msr_filter: MsrFilterState,
     pub space: AddressSpace,
+    /// IA32_SYSENTER_CS/ESP/EIP as the vCPU holds them (last loaded or saved), so that a VM
+    /// entry with the same values needs no KVM_SET_MSRS.
+    pub sysenter: Option<[u64; 3]>,
 }
 
 impl L2 {
@@ -25,7 +28,7 @@ impl L2 {
         let vm = Vm::new(kvm, ram.clone())?;
         let mut vcpu = vm.create_vcpu(kvm, 0, false, cpuid)?;
         vcpu.prime()?;
-        Ok(L2 { vm, vcpu, msr_filter: MsrFilterState::default(), space: AddressSpace::new(ram.size()) })
+        Ok(L2 { vm, vcpu, msr_filter: MsrFilterState::default(), space: AddressSpace::new(ram.size()), sysenter: None })
     }
 
     /// L2-physical memory as L2's memslots currently map it.

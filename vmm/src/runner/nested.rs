@@ -168,7 +168,11 @@ impl Runner {
         let st = load_guest_state(vmcs);
         transfer::copy_gprs(&self.l1, &mut l2.vcpu);
         transfer::load(&mut l2.vcpu, &st);
-        transfer::load_msrs(&l2.vcpu, &st)?;
+        let sysenter = [u64::from(st.sysenter_cs), st.sysenter_esp, st.sysenter_eip];
+        if l2.sysenter != Some(sysenter) {
+            transfer::load_msrs(&l2.vcpu, &st)?;
+            l2.sysenter = Some(sysenter);
+        }
         self.vmx.mark_launched();
         self.level = Level::L2;
         Ok(Flow::Continue)
@@ -193,6 +197,7 @@ impl Runner {
         let mut st = load_guest_state(vmcs);
         transfer::save(&l2.vcpu, &mut st);
         transfer::save_msrs(&l2.vcpu, &mut st)?;
+        l2.sysenter = Some([u64::from(st.sysenter_cs), st.sysenter_esp, st.sysenter_eip]);
         st.rip = insn.rip;
         save_guest_state(vmcs, &st);
         record_exit(vmcs, reason as u32, qualification, u32::from(insn.len), info);
