@@ -5,8 +5,8 @@
 //! the runner turns into EPT violations (or misconfigurations) for L1.
 //!
 //! The memslots act as L2's TLB for guest-physical translations (SDM 29.4): they are rebuilt
-//! at VM entry when the EPTP changed, after INVEPT, VMXON/VMXOFF, or when an exit showed that
-//! L1's tables now allow an access the slots do not.
+//! at VM entry when the EPTP changed, after INVEPT, VMXON/VMXOFF or a VMWRITE of EPT_POINTER,
+//! and when an exit showed that L1's tables now allow an access the slots do not.
 //!
 //! Approximations: execute permission is not enforced (a memslot cannot deny instruction
 //! fetches while allowing reads), so readable runs without execute access are mapped like the
