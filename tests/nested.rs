@@ -33,6 +33,16 @@ fn vmx_msr_bitmap() {
 }
 
 #[test]
+fn vmx_ept() {
+    let r = passes("vmx-ept");
+    assert!(r.stdout.contains("vmx-ept: all checks passed"), "{}", r.stdout);
+    assert!(r.stderr.contains("L2    EPT_VIOLATION              L1"), "{}", r.stderr);
+    assert!(r.stderr.contains("L2    EPT_MISCONFIG              L1"), "{}", r.stderr);
+    // The page L1 mapped without INVEPT: found in its tables and done by nestbed.
+    assert!(r.stderr.contains("L2    EPT_VIOLATION              L0"), "{}", r.stderr);
+}
+
+#[test]
 fn sdm_l1() {
     passes("sdm-l1");
 }
@@ -43,4 +53,24 @@ fn nested_demo_is_the_default() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("L2 | Hello from L2!"), "{}", r.stdout);
     assert!(r.stdout.contains("fib(30) = 832040"), "{}", r.stdout);
+}
+
+/// The count column of the statistics row for `level reason handler`.
+fn stat_count(stderr: &str, level: &str, reason: &str, handler: &str) -> Option<u64> {
+    stderr.lines().find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+        [lv, r, h, count, ..] if (lv, r, h) == (level, reason, handler) => count.parse().ok(),
+        _ => None,
+    })
+}
+
+#[test]
+fn vmx_bench_modes() {
+    let r = run_guest("vmx-bench", &["--stats", "--cmdline", "vmread 50"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(stat_count(&r.stderr, "L1", "VMREAD", "L0"), Some(50), "{}", r.stderr);
+    let r = run_guest("vmx-bench", &["--stats", "--cmdline", "l2exit 40"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(stat_count(&r.stderr, "L2", "IO_INSTRUCTION", "L1"), Some(40), "{}", r.stderr);
+    assert_eq!(stat_count(&r.stderr, "L1", "VMRESUME", "L0"), Some(39), "{}", r.stderr);
+    assert_eq!(run_guest("vmx-bench", &["--cmdline", "nothing"]).code, 2);
 }

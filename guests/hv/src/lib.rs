@@ -125,6 +125,8 @@ pub mod reason {
     pub const WRMSR: u32 = 32;
     pub const ENTRY_FAIL_GUEST_STATE: u32 = 33;
     pub const ENTRY_FAIL_MSR_LOADING: u32 = 34;
+    pub const EPT_VIOLATION: u32 = 48;
+    pub const EPT_MISCONFIG: u32 = 49;
     /// Bit 31 of VM_EXIT_REASON: VM-entry failure (SDM 25.9.1).
     pub const ENTRY_FAILURE: u32 = 1 << 31;
 }
@@ -218,6 +220,18 @@ impl Page {
         assert!(offset + 4 <= 4096);
         // SAFETY: in bounds of this page.
         unsafe { core::ptr::read_volatile(self.0.get().cast::<u8>().add(offset).cast::<u32>()) }
+    }
+
+    pub fn write_u64(&self, offset: usize, v: u64) {
+        assert!(offset + 8 <= 4096);
+        // SAFETY: in bounds of this page.
+        unsafe { core::ptr::write_volatile(self.0.get().cast::<u8>().add(offset).cast::<u64>(), v) }
+    }
+
+    pub fn read_u64(&self, offset: usize) -> u64 {
+        assert!(offset + 8 <= 4096);
+        // SAFETY: in bounds of this page.
+        unsafe { core::ptr::read_volatile(self.0.get().cast::<u8>().add(offset).cast::<u64>()) }
     }
 
     pub fn clear(&self) {

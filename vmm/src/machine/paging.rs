@@ -40,7 +40,35 @@ pub struct Access {
     pub user: bool,
 }
 
-pub fn translate(ram: &GuestRam, m: PagingMode, gva: u64, acc: Access) -> Result<u64, WalkError> {
+/// Guest-physical memory a walk goes through: L1's RAM, or L2's address space as its memslots
+/// map it.
+pub trait PhysMem {
+    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemFault>;
+    fn write_phys(&self, gpa: u64, buf: &[u8]) -> Result<(), MemFault>;
+}
+
+impl PhysMem for GuestRam {
+    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemFault> {
+        self.read(gpa, buf)
+    }
+    fn write_phys(&self, gpa: u64, buf: &[u8]) -> Result<(), MemFault> {
+        self.write(gpa, buf)
+    }
+}
+
+fn read_u64<M: PhysMem + ?Sized>(ram: &M, gpa: u64) -> Result<u64, MemFault> {
+    let mut b = [0u8; 8];
+    ram.read_phys(gpa, &mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn read_u32<M: PhysMem + ?Sized>(ram: &M, gpa: u64) -> Result<u32, MemFault> {
+    let mut b = [0u8; 4];
+    ram.read_phys(gpa, &mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+pub fn translate<M: PhysMem + ?Sized>(ram: &M, m: PagingMode, gva: u64, acc: Access) -> Result<u64, WalkError> {
     if m.cr0 & CR0_PG == 0 {
         return Ok(gva & 0xffff_ffff);
     }
@@ -65,7 +93,7 @@ pub fn translate(ram: &GuestRam, m: PagingMode, gva: u64, acc: Access) -> Result
         let mut table = m.cr3 & ADDR;
         for level in (1..=4).rev() {
             let shift = 12 + 9 * (level - 1);
-            let e = ram.read_u64(table + ((gva >> shift) & 0x1ff) * 8)?;
+            let e = read_u64(ram, table + ((gva >> shift) & 0x1ff) * 8)?;
             check(e)?;
             if level == 1 || (level <= 3 && e & PS != 0) {
                 let size = 1u64 << shift;
@@ -76,53 +104,53 @@ pub fn translate(ram: &GuestRam, m: PagingMode, gva: u64, acc: Access) -> Result
         unreachable!("level 1 always returns")
     } else if m.cr4 & CR4_PAE != 0 {
         let gva = gva & 0xffff_ffff;
-        let pdpte = ram.read_u64((m.cr3 & 0xffff_ffe0) + ((gva >> 30) & 3) * 8)?;
+        let pdpte = read_u64(ram, (m.cr3 & 0xffff_ffe0) + ((gva >> 30) & 3) * 8)?;
         if pdpte & P == 0 {
             return Err(fault(false));
         }
-        let pde = ram.read_u64((pdpte & ADDR) + ((gva >> 21) & 0x1ff) * 8)?;
+        let pde = read_u64(ram, (pdpte & ADDR) + ((gva >> 21) & 0x1ff) * 8)?;
         check(pde)?;
         if pde & PS != 0 {
             return Ok((pde & ADDR & !0x1f_ffff) | (gva & 0x1f_ffff));
         }
-        let pte = ram.read_u64((pde & ADDR) + ((gva >> 12) & 0x1ff) * 8)?;
+        let pte = read_u64(ram, (pde & ADDR) + ((gva >> 12) & 0x1ff) * 8)?;
         check(pte)?;
         Ok((pte & ADDR) | (gva & 0xfff))
     } else {
         let gva = gva & 0xffff_ffff;
-        let pde = u64::from(ram.read_u32((m.cr3 & 0xffff_f000) + ((gva >> 22) & 0x3ff) * 4)?);
+        let pde = u64::from(read_u32(ram, (m.cr3 & 0xffff_f000) + ((gva >> 22) & 0x3ff) * 4)?);
         check(pde)?;
         if pde & PS != 0 && m.cr4 & CR4_PSE != 0 {
             let high = ((pde >> 13) & 0xff) << 32;
             return Ok(high | (pde & 0xffc0_0000) | (gva & 0x3f_ffff));
         }
-        let pte = u64::from(ram.read_u32((pde & 0xffff_f000) + ((gva >> 12) & 0x3ff) * 4)?);
+        let pte = u64::from(read_u32(ram, (pde & 0xffff_f000) + ((gva >> 12) & 0x3ff) * 4)?);
         check(pte)?;
         Ok((pte & 0xffff_f000) | (gva & 0xfff))
     }
 }
 
 /// Reads `buf.len()` bytes at a linear address, page by page.
-pub fn read_virt(ram: &GuestRam, m: PagingMode, gva: u64, buf: &mut [u8]) -> Result<(), WalkError> {
+pub fn read_virt<M: PhysMem + ?Sized>(ram: &M, m: PagingMode, gva: u64, buf: &mut [u8]) -> Result<(), WalkError> {
     let mut done = 0;
     while done < buf.len() {
         let addr = gva.wrapping_add(done as u64);
         let n = (4096 - (addr & 0xfff) as usize).min(buf.len() - done);
         let gpa = translate(ram, m, addr, Access::default())?;
-        ram.read(gpa, &mut buf[done..done + n])?;
+        ram.read_phys(gpa, &mut buf[done..done + n])?;
         done += n;
     }
     Ok(())
 }
 
 /// Writes bytes at a linear address, page by page; the walk checks write permission.
-pub fn write_virt(ram: &GuestRam, m: PagingMode, gva: u64, buf: &[u8]) -> Result<(), WalkError> {
+pub fn write_virt<M: PhysMem + ?Sized>(ram: &M, m: PagingMode, gva: u64, buf: &[u8]) -> Result<(), WalkError> {
     let mut done = 0;
     while done < buf.len() {
         let addr = gva.wrapping_add(done as u64);
         let n = (4096 - (addr & 0xfff) as usize).min(buf.len() - done);
         let gpa = translate(ram, m, addr, Access { write: true, user: false })?;
-        ram.write(gpa, &buf[done..done + n])?;
+        ram.write_phys(gpa, &buf[done..done + n])?;
         done += n;
     }
     Ok(())

@@ -56,10 +56,25 @@ impl Vm {
         self.fd.enable_cap(&c)
     }
 
-    /// Maps `size` bytes of host memory at `host` to guest-physical `gpa` in a new memslot.
-    /// Memslots are how an L2 address space follows L1's EPT later on.
+    /// Maps `size` bytes of host memory at `host_addr` to guest-physical `gpa` in a new memslot.
     pub fn map(&mut self, gpa: u64, size: u64, host_addr: u64, readonly: bool) -> Result<u32, Error> {
         let slot = self.next_slot;
+        self.set_slot(slot, gpa, size, host_addr, readonly)?;
+        self.next_slot += 1;
+        Ok(slot)
+    }
+
+    /// Creates memslot `slot` (deleted or never used before): guest-physical `gpa..gpa+size`
+    /// onto `size` bytes of guest RAM at host address `host_addr`. The caller keeps the range
+    /// inside the RAM mapping.
+    pub fn set_slot(&self, slot: u32, gpa: u64, size: u64, host_addr: u64, readonly: bool) -> Result<(), Error> {
+        let base = self.ram.host_base();
+        let inside = host_addr >= base && host_addr.checked_add(size).is_some_and(|end| end <= base + self.ram.size());
+        if !inside {
+            return Err(Error::HostIo(format!(
+                "memslot {slot}: host range {host_addr:#x}+{size:#x} outside guest RAM"
+            )));
+        }
         let region = kvm_userspace_memory_region {
             slot,
             flags: if readonly { KVM_MEM_READONLY } else { 0 },
@@ -67,11 +82,16 @@ impl Vm {
             memory_size: size,
             userspace_addr: host_addr,
         };
-        // SAFETY: `host_addr..host_addr+size` lies inside the GuestRam mapping, which outlives the VM (the
-        // Vm holds a clone of it).
-        unsafe { self.fd.set_user_memory_region(region) }.map_err(host("KVM_SET_USER_MEMORY_REGION"))?;
-        self.next_slot += 1;
-        Ok(slot)
+        // SAFETY: `host_addr..host_addr+size` lies inside the GuestRam mapping (checked above),
+        // which outlives the VM (the Vm holds a clone of it).
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(host("KVM_SET_USER_MEMORY_REGION"))
+    }
+
+    /// Deletes memslot `slot` (KVM: the same ioctl with size 0).
+    pub fn remove_slot(&self, slot: u32) -> Result<(), Error> {
+        let region = kvm_userspace_memory_region { slot, ..Default::default() };
+        // SAFETY: deleting a slot maps no memory.
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(host("KVM_SET_USER_MEMORY_REGION (delete)"))
     }
 
     /// Creates vCPU `id` with the host's supported CPUID, plus CPUID.1:ECX.VMX when `vmx`.

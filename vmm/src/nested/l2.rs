@@ -1,18 +1,26 @@
 //! The L2 guest: a second KVM VM with one vCPU whose memslots map L2-physical addresses onto
-//! the same host memory as L1-physical (identity, without EPT in this round). The memslot list
-//! is where an EPT-following address space plugs in: one slot per contiguous run of an EPT
-//! walk, read-only runs as KVM_MEM_READONLY, holes left unmapped (MMIO exits → EPT violations).
+//! the same host memory as L1-physical: one to one without EPT, following L1's EPT with it
+//! ([`AddressSpace`]).
 
+use iced_x86::Register;
+use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::Kvm;
 
+use super::access::InsnContext;
 use super::msr_filter::MsrFilterState;
+use super::space::{AddressSpace, L2Memory};
 use crate::error::Error;
+use crate::machine::paging::{self, Access, PagingMode};
 use crate::machine::{GuestRam, Vcpu, Vm};
 
 pub struct L2 {
     pub vm: Vm,
     pub vcpu: Vcpu,
     pub msr_filter: MsrFilterState,
+    pub space: AddressSpace,
+    /// IA32_SYSENTER_CS/ESP/EIP as the vCPU holds them (last loaded or saved), so that a VM
+    /// entry with the same values needs no KVM_SET_MSRS.
+    pub sysenter: Option<[u64; 3]>,
 }
 
 impl L2 {
@@ -20,6 +28,80 @@ impl L2 {
         let vm = Vm::new(kvm, ram.clone())?;
         let mut vcpu = vm.create_vcpu(kvm, 0, false, cpuid)?;
         vcpu.prime()?;
-        Ok(L2 { vm, vcpu, msr_filter: MsrFilterState::default() })
+        Ok(L2 { vm, vcpu, msr_filter: MsrFilterState::default(), space: AddressSpace::new(ram.size()), sysenter: None })
+    }
+
+    /// L2-physical memory as L2's memslots currently map it.
+    pub fn memory(&self) -> L2Memory<'_> {
+        L2Memory { ram: &self.vm.ram, space: &self.space }
+    }
+}
+
+impl L2 {
+    /// L2's vCPU and memory as of its last exit, for finding the instruction of an access.
+    pub fn view(&self) -> L2View<'_> {
+        let sregs = *self.vcpu.peek_sregs();
+        let paging = PagingMode { cr0: sregs.cr0, cr3: sregs.cr3, cr4: sregs.cr4, efer: sregs.efer };
+        L2View { mem: self.memory(), regs: *self.vcpu.peek_regs(), sregs, paging }
+    }
+}
+
+pub struct L2View<'a> {
+    pub mem: L2Memory<'a>,
+    regs: kvm_regs,
+    sregs: kvm_sregs,
+    pub paging: PagingMode,
+}
+
+impl InsnContext for L2View<'_> {
+    fn read_linear(&self, addr: u64, buf: &mut [u8]) -> bool {
+        paging::read_virt(&self.mem, self.paging, addr, buf).is_ok()
+    }
+    fn linear_to_phys(&self, addr: u64) -> Option<u64> {
+        paging::translate(&self.mem, self.paging, addr, Access::default()).ok()
+    }
+    fn gpr(&self, r: Register) -> u64 {
+        let r2 = &self.regs;
+        match r {
+            Register::RAX => r2.rax,
+            Register::RCX => r2.rcx,
+            Register::RDX => r2.rdx,
+            Register::RBX => r2.rbx,
+            Register::RSP => r2.rsp,
+            Register::RBP => r2.rbp,
+            Register::RSI => r2.rsi,
+            Register::RDI => r2.rdi,
+            Register::R8 => r2.r8,
+            Register::R9 => r2.r9,
+            Register::R10 => r2.r10,
+            Register::R11 => r2.r11,
+            Register::R12 => r2.r12,
+            Register::R13 => r2.r13,
+            Register::R14 => r2.r14,
+            Register::R15 => r2.r15,
+            _ => 0,
+        }
+    }
+    fn segment_base(&self, r: Register) -> u64 {
+        let s = &self.sregs;
+        match r {
+            Register::ES => s.es.base,
+            Register::CS => s.cs.base,
+            Register::SS => s.ss.base,
+            Register::DS => s.ds.base,
+            Register::FS => s.fs.base,
+            Register::GS => s.gs.base,
+            _ => 0,
+        }
+    }
+    fn bitness(&self) -> u32 {
+        let s = &self.sregs;
+        if s.efer & (1 << 10) != 0 && s.cs.l != 0 {
+            64
+        } else if s.cs.db != 0 {
+            32
+        } else {
+            16
+        }
     }
 }

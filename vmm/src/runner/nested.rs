@@ -6,14 +6,18 @@ use super::{Flow, Outcome, Runner};
 use crate::error::Error;
 use crate::exit::{Action, ExitDetail, Handler, Level};
 use crate::machine::devices::PortEffect;
-use crate::machine::paging;
+use crate::machine::paging::{self, Access, WalkError};
 use crate::machine::RawExit;
-use crate::nested::env::{L1Env, RamView, PHYS_ADDR_WIDTH};
+use crate::nested::access::{find_access, AccessInsn};
+use crate::nested::env::{gpr, L1Env, RamView, PHYS_ADDR_WIDTH};
+use crate::nested::space::{Source, SyncError};
 use crate::nested::{transfer, trap, L2};
 use crate::vmx::checks::{check_vm_entry, CheckClass};
-use crate::vmx::cpu::{apply_rflags, Fault, Outcome as VmxOutcome};
-use crate::vmx::decode::{exit_qualification, instruction_info};
+use crate::vmx::cpu::{apply_rflags, Fault, Invalidation, Outcome as VmxOutcome};
+use crate::vmx::decode::{exit_qualification, instruction_info, VmxOp};
+use crate::vmx::ept::{active_eptp, ept_translate_width, ept_violation_qualification, EptPerms};
 use crate::vmx::exits::{io_qualification, ExitReason, VM_ENTRY_FAILURE};
+use crate::vmx::fields::{EPT_POINTER, GUEST_LINEAR_ADDRESS, GUEST_PHYSICAL_ADDRESS};
 use crate::vmx::route::{l1_wants_hlt, l1_wants_io};
 use crate::vmx::state::{load_guest_state, load_host_state, record_exit, save_guest_state};
 
@@ -25,9 +29,17 @@ type Step = Result<(Flow, u32, Handler), Error>;
 struct Insn {
     rip: u64,
     len: u8,
-    /// KVM completes the instruction on the next KVM_RUN (IN, RDMSR, WRMSR).
+    /// KVM completes the instruction on the next KVM_RUN (IN, RDMSR, WRMSR, MMIO).
     pending: bool,
 }
+
+/// Exit qualification bit 8 of an EPT violation: the access was to the translated linear
+/// address, not to a paging-structure entry (SDM 28.2.1, Table 28-7).
+const EPT_QUAL_TRANSLATED_ACCESS: u64 = 1 << 8;
+
+/// L2-physical addresses below this are followed through L1's EPT (the physical-address
+/// width nestbed reports).
+const MAX_L2_GPA: u64 = 1 << PHYS_ADDR_WIDTH;
 
 impl Runner {
     fn inject_fault(&mut self, f: Fault) {
@@ -68,8 +80,11 @@ impl Runner {
             }
             other => return Ok((self.apply_action(other)?, reason, Handler::Script)),
         }
+        // The field a VMWRITE writes, read before the instruction can change registers.
+        let written = insn.reg2().filter(|_| insn.op == VmxOp::Vmwrite).map(|r| gpr(self.l1.peek_regs(), r));
         let outcome = self.vmx.execute(&insn, &mut L1Env { vcpu: &mut self.l1, ram: &self.l1_vm.ram });
         tracing::debug!(rip = format_args!("{rip:#x}"), insn = %insn, ?outcome, "L1 VMX instruction");
+        self.apply_invalidations(insn.op, written, &outcome);
         match outcome {
             VmxOutcome::Fault(f) => self.inject_fault(f),
             VmxOutcome::Entry { .. } => return self.vm_entry(rip, len).map(|f| (f, reason, Handler::L0)),
@@ -80,6 +95,24 @@ impl Runner {
             }
         }
         Ok((Flow::Continue, reason, Handler::L0))
+    }
+
+    /// Cached guest-physical translations of L2 go away after INVEPT (SDM 29.4.3.1) and, as
+    /// nestbed's choice, when L1 enters or leaves VMX operation or writes EPT_POINTER
+    /// (`written`: the field encoding of a VMWRITE).
+    fn apply_invalidations(&mut self, op: VmxOp, written: Option<u64>, outcome: &VmxOutcome) {
+        while let Some(inv) = self.vmx.take_invalidation() {
+            if let (Invalidation::Ept { eptp }, Some(l2)) = (inv, self.l2.as_mut()) {
+                l2.space.invept(eptp);
+            }
+        }
+        let eptp_written = written.is_some_and(|f| f & !1 == u64::from(EPT_POINTER));
+        let flush = matches!(op, VmxOp::Vmxon | VmxOp::Vmxoff) || eptp_written;
+        if flush && *outcome == VmxOutcome::Succeed {
+            if let Some(l2) = self.l2.as_mut() {
+                l2.space.invalidate();
+            }
+        }
     }
 
     /// VMLAUNCH/VMRESUME passed the instruction checks: VM-entry checks (SDM 27.2, 27.3),
@@ -117,10 +150,30 @@ impl Runner {
             return Ok(Flow::Continue);
         };
         l2.msr_filter.sync(&l2.vm, &self.l1_vm.ram, vmcs)?;
+        let source = active_eptp(vmcs).map_or(Source::Identity, Source::Ept);
+        match l2.space.sync(&l2.vm, &self.l1_vm.ram, source, MAX_L2_GPA) {
+            Ok(false) => {}
+            Ok(true) => {
+                let n = l2.space.regions().count();
+                tracing::debug!(?source, regions = n, "L2 memslots rebuilt");
+                self.notes.push(format!("L2 memslots rebuilt for {source:?}: {n} regions"));
+            }
+            Err(e) => {
+                let why = match e {
+                    SyncError::Layout(e) => e.to_string(),
+                    SyncError::Host(e) => format!("KVM refused L2's memory layout: {e}"),
+                };
+                return Ok(Flow::Stop(Outcome::Unsupported(format!("VM entry at L1 RIP {rip:#x}: {why}"))));
+            }
+        }
         let st = load_guest_state(vmcs);
         transfer::copy_gprs(&self.l1, &mut l2.vcpu);
         transfer::load(&mut l2.vcpu, &st);
-        transfer::load_msrs(&l2.vcpu, &st)?;
+        let sysenter = [u64::from(st.sysenter_cs), st.sysenter_esp, st.sysenter_eip];
+        if l2.sysenter != Some(sysenter) {
+            transfer::load_msrs(&l2.vcpu, &st)?;
+            l2.sysenter = Some(sysenter);
+        }
         self.vmx.mark_launched();
         self.level = Level::L2;
         Ok(Flow::Continue)
@@ -145,6 +198,7 @@ impl Runner {
         let mut st = load_guest_state(vmcs);
         transfer::save(&l2.vcpu, &mut st);
         transfer::save_msrs(&l2.vcpu, &mut st)?;
+        l2.sysenter = Some([u64::from(st.sysenter_cs), st.sysenter_esp, st.sysenter_eip]);
         st.rip = insn.rip;
         save_guest_state(vmcs, &st);
         record_exit(vmcs, reason as u32, qualification, u32::from(insn.len), info);
@@ -154,9 +208,16 @@ impl Runner {
         transfer::copy_gprs(&l2.vcpu, &mut self.l1);
         if insn.pending {
             // Let KVM finish the instruction it is holding, without running L2: the state it
-            // leaves behind is replaced at the next VM entry.
+            // leaves behind is replaced at the next VM entry. An MMIO access split in pieces
+            // comes back once per piece.
             l2.vcpu.set_immediate_exit(true);
-            let _ = l2.vcpu.run();
+            for _ in 0..4 {
+                match l2.vcpu.run() {
+                    Ok(RawExit::MmioRead { .. }) => l2.vcpu.complete_read(u64::MAX),
+                    Ok(RawExit::MmioWrite { .. }) => {}
+                    _ => break,
+                }
+            }
             l2.vcpu.set_immediate_exit(false);
         }
         self.load_host_state();
@@ -164,9 +225,177 @@ impl Runner {
     }
 
     fn l2_bytes(&mut self, rip: u64, buf: &mut [u8]) -> bool {
-        let Some(l2) = self.l2.as_mut() else { return false };
-        let m = l2.vcpu.paging();
-        paging::read_virt(&self.l1_vm.ram, m, rip, buf).is_ok()
+        let Some(l2) = self.l2.as_ref() else { return false };
+        let v = l2.view();
+        paging::read_virt(&v.mem, v.paging, rip, buf).is_ok()
+    }
+
+    /// The EPTP L2's address space follows, if L1 enabled EPT.
+    fn l2_eptp(&self) -> Option<u64> {
+        self.l2.as_ref().and_then(|l2| l2.space.eptp())
+    }
+
+    /// A VM exit for an EPT violation or misconfiguration (SDM 28.2.1, 29.3.3): the
+    /// guest-physical address, and the guest-linear address when known, are saved too.
+    fn reflect_ept(
+        &mut self,
+        reason: ExitReason,
+        q: u64,
+        gpa: u64,
+        linear: Option<u64>,
+        insn: &Insn,
+    ) -> Result<(), Error> {
+        if let Some(vmcs) = self.vmx.current_vmcs_mut() {
+            vmcs.set(GUEST_PHYSICAL_ADDRESS, gpa);
+            if reason == ExitReason::EPT_VIOLATION {
+                vmcs.set(GUEST_LINEAR_ADDRESS, linear.unwrap_or(0));
+            }
+        }
+        self.reflect(reason, q, insn, 0)
+    }
+
+    /// Makes L2's memslots follow L1's current EPT tables again (they allowed an access the
+    /// memslots did not: a stale TLB in SDM 29.4 terms).
+    fn refresh_l2_space(&mut self, eptp: u64) -> Result<Option<Flow>, Error> {
+        let Some(l2) = self.l2.as_mut() else { return Ok(None) };
+        l2.space.invalidate();
+        match l2.space.sync(&l2.vm, &self.l1_vm.ram, Source::Ept(eptp), MAX_L2_GPA) {
+            Ok(_) => Ok(None),
+            Err(SyncError::Layout(e)) => Ok(Some(Flow::Stop(Outcome::Unsupported(e.to_string())))),
+            Err(SyncError::Host(e)) => Err(e),
+        }
+    }
+
+    /// An L2 data access its memslots did not allow while they follow L1's EPT: an EPT
+    /// violation or misconfiguration for L1, unless L1's tables allow it now, in which case
+    /// nestbed performs it on L1's memory and refreshes the memslots.
+    fn l2_ept_access(&mut self, eptp: u64, gpa: u64, len: u8, data: Option<u64>) -> Step {
+        let write = data.is_some();
+        let rip = self.active().regs().rip;
+        let detail = ExitDetail::Mmio { gpa, len, write, data: data.unwrap_or(0) };
+        let (reason, perms) = match ept_translate_width(&RamView(&self.l1_vm.ram), eptp, gpa, PHYS_ADDR_WIDTH) {
+            Ok((hpa, p)) if !write || p.write => return self.l2_ept_allowed(eptp, hpa, len, data, detail),
+            Ok((_, p)) => (ExitReason::EPT_VIOLATION, p),
+            Err(f) if f.misconfig => (ExitReason::EPT_MISCONFIG, EptPerms::default()),
+            Err(_) => (ExitReason::EPT_VIOLATION, EptPerms::default()),
+        };
+        let found = self.l2.as_ref().and_then(|l2| find_access(&l2.view(), rip, gpa, len, write));
+        let Some(AccessInsn { rip: at, len: insn_len, linear }) = found else {
+            return Ok((
+                Flow::Stop(Outcome::Unsupported(format!(
+                    "L2 wrote to L2-physical {gpa:#x}, which L1's EPT does not let it write, with an instruction \
+                     nestbed cannot identify before RIP {rip:#x}, so it cannot report the EPT violation at it"
+                ))),
+                reason as u32,
+                Handler::L0,
+            ));
+        };
+        let q = match reason {
+            ExitReason::EPT_VIOLATION => ept_violation_qualification(!write, write, false, perms, linear.is_some()),
+            _ => 0,
+        };
+        let mut exit = self.next_exit(Level::L2, reason, q, detail);
+        exit.rip = at;
+        let action = self.observe(&exit, Handler::L1)?;
+        let insn = Insn { rip: at, len: insn_len, pending: true };
+        self.l2_route(
+            exit.reason,
+            action,
+            true,
+            |me| {
+                me.reflect_ept(reason, q, gpa, linear, &insn)?;
+                Ok(Flow::Continue)
+            },
+            |me| {
+                if !write {
+                    me.active().complete_read(u64::MAX);
+                }
+                Ok(Flow::Continue)
+            },
+        )
+    }
+
+    /// An access L1's EPT allows at L1-physical `hpa`: done on L1 RAM (outside it, reads
+    /// return all ones and writes are dropped, as with no device there).
+    fn l2_ept_allowed(&mut self, eptp: u64, hpa: u64, len: u8, data: Option<u64>, detail: ExitDetail) -> Step {
+        let exit = self.next_exit(Level::L2, ExitReason::EPT_VIOLATION, 0, detail);
+        let action = self.observe(&exit, Handler::L0)?;
+        if action != Action::Default {
+            return Ok((self.apply_action(action)?, exit.reason, Handler::Script));
+        }
+        let n = usize::from(len.min(8));
+        let ram = &self.l1_vm.ram;
+        match data {
+            Some(v) => {
+                let _ = ram.write(hpa, &v.to_le_bytes()[..n]);
+            }
+            None => {
+                let mut b = [0xffu8; 8];
+                if ram.read(hpa, &mut b[..n]).is_err() {
+                    b = [0xff; 8];
+                }
+                let v = u64::from_le_bytes(b);
+                self.active().complete_read(v);
+            }
+        }
+        let flow = if self.l1_vm.ram.contains(hpa, n as u64) { self.refresh_l2_space(eptp)? } else { None };
+        Ok((flow.unwrap_or(Flow::Continue), exit.reason, Handler::L0))
+    }
+
+    /// An instruction fetch KVM could not do (no memslot at L2's RIP, or at a paging structure
+    /// of its translation) while L2's memslots follow L1's EPT: an EPT violation (fetch, or a
+    /// read of a paging-structure entry with bit 8 clear, SDM 28.2.1) or a misconfiguration.
+    /// `None` when the fetch is not EPT's doing, or (unless `retry`) when L1's tables allow it.
+    fn l2_ept_fetch(&mut self, eptp: u64, rip: u64, retry: bool) -> Option<Step> {
+        let l2 = self.l2.as_ref()?;
+        let v = l2.view();
+        let (gpa, paging_structure) = match paging::translate(&v.mem, v.paging, rip, Access::default()) {
+            Ok(gpa) => (gpa, false),
+            Err(WalkError::Memory(f)) => (f.gpa, true),
+            Err(WalkError::PageFault { .. }) => return None,
+        };
+        let (reason, perms) = match ept_translate_width(&RamView(&self.l1_vm.ram), eptp, gpa, PHYS_ADDR_WIDTH) {
+            Ok((hpa, p)) if p.exec || paging_structure => {
+                if !retry || !self.l1_vm.ram.contains(hpa, 1) || l2.space.lookup(gpa).is_some() {
+                    return None;
+                }
+                return Some(
+                    self.refresh_l2_space(eptp)
+                        .map(|f| (f.unwrap_or(Flow::Continue), ExitReason::EPT_VIOLATION as u32, Handler::L0)),
+                );
+            }
+            Ok((_, p)) => (ExitReason::EPT_VIOLATION, p),
+            Err(f) if f.misconfig => (ExitReason::EPT_MISCONFIG, EptPerms::default()),
+            Err(_) => (ExitReason::EPT_VIOLATION, EptPerms::default()),
+        };
+        let q = match (reason, paging_structure) {
+            (ExitReason::EPT_VIOLATION, false) => ept_violation_qualification(false, false, true, perms, true),
+            (ExitReason::EPT_VIOLATION, true) => {
+                ept_violation_qualification(true, false, false, perms, true) & !EPT_QUAL_TRANSLATED_ACCESS
+            }
+            _ => 0,
+        };
+        let mut exit = self.next_exit(Level::L2, reason, q, ExitDetail::Mmio { gpa, len: 0, write: false, data: 0 });
+        exit.rip = rip;
+        let action = match self.observe(&exit, Handler::L1) {
+            Ok(a) => a,
+            Err(e) => return Some(Err(e)),
+        };
+        let insn = Insn { rip, len: 0, pending: false };
+        Some(self.l2_route(
+            exit.reason,
+            action,
+            true,
+            |me| {
+                me.reflect_ept(reason, q, gpa, Some(rip), &insn)?;
+                Ok(Flow::Continue)
+            },
+            |_| {
+                Ok(Flow::Stop(Outcome::Unsupported(format!(
+                    "L2 executes at RIP {rip:#x} (L2-physical {gpa:#x}), which L1's EPT does not map; kept in L0, it cannot continue"
+                ))))
+            },
+        ))
     }
 
     /// Finds the I/O instruction of an exit: KVM may report RIP at it (IN) or past it (OUT,
@@ -210,6 +439,26 @@ impl Runner {
 
     pub(super) fn l2_exit(&mut self, raw: RawExit) -> Step {
         let rip = self.active().regs().rip;
+        if let Some(eptp) = self.l2_eptp() {
+            match raw {
+                RawExit::MmioRead { gpa, len } => return self.l2_ept_access(eptp, gpa, len, None),
+                RawExit::MmioWrite { gpa, len, data } => return self.l2_ept_access(eptp, gpa, len, Some(data)),
+                // KVM could not fetch the instruction: an emulation failure without its bytes.
+                RawExit::InternalError { suberror: 1 } => return self.l2_fetch_failure(eptp, rip, &raw),
+                RawExit::EmulationFailure { ref bytes } if bytes.is_empty() => {
+                    return self.l2_fetch_failure(eptp, rip, &raw)
+                }
+                // KVM turns a paging structure it cannot read into a fault, and ends in a
+                // shutdown when the exception handlers are unmapped too; on hardware the
+                // fetch's EPT violation comes first.
+                RawExit::Shutdown => {
+                    if let Some(step) = self.l2_ept_fetch(eptp, rip, false) {
+                        return step;
+                    }
+                }
+                _ => {}
+            }
+        }
         match raw {
             RawExit::IoOut { .. } | RawExit::IoIn { .. } => {
                 let (port, size, write, data) = match raw {
@@ -384,6 +633,18 @@ impl Runner {
                 Handler::L0,
             )),
         }
+    }
+
+    /// KVM could not fetch L2's instruction at `rip` while L2's memslots follow L1's EPT.
+    fn l2_fetch_failure(&mut self, eptp: u64, rip: u64, raw: &RawExit) -> Step {
+        if let Some(step) = self.l2_ept_fetch(eptp, rip, true) {
+            return step;
+        }
+        Ok((
+            Flow::Stop(Outcome::Unsupported(format!("L2 cannot fetch its instruction at RIP {rip:#x} ({raw:?})"))),
+            0,
+            Handler::L0,
+        ))
     }
 
     /// Applies the reflect-or-keep decision for an L2 exit, with a script's action on top.

@@ -5,7 +5,19 @@
 //! translations and no mode-based execute control. An entry that cannot be read (outside
 //! L1 RAM) counts as a misconfiguration, as all-ones would on real hardware.
 
+use super::caps::{proc, proc2};
 use super::cpu::GuestMemory;
+use super::fields::{CPU_BASED_VM_EXEC_CONTROL, EPT_POINTER, SECONDARY_VM_EXEC_CONTROL};
+use super::vmcs::Vmcs;
+
+/// The EPTP a VM entry with `vmcs` uses: `Some` when "activate secondary controls" and
+/// "enable EPT" are both set (SDM 25.6.2, 25.6.11).
+pub fn active_eptp(vmcs: &Vmcs) -> Option<u64> {
+    let primary = vmcs.get32(CPU_BASED_VM_EXEC_CONTROL);
+    let secondary = vmcs.get32(SECONDARY_VM_EXEC_CONTROL);
+    (primary & proc::ACTIVATE_SECONDARY_CONTROLS != 0 && secondary & proc2::ENABLE_EPT != 0)
+        .then(|| vmcs.get(EPT_POINTER))
+}
 
 /// Read/write/execute permissions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -146,6 +158,8 @@ fn push_mapping(out: &mut Vec<EptMapping>, m: EptMapping) {
     out.push(m);
 }
 
+/// Appends the runs below `table` to `out`; false once `out` holds more than `max_runs`.
+#[allow(clippy::too_many_arguments)]
 fn walk(
     mem: &dyn GuestMemory,
     table: u64,
@@ -153,8 +167,9 @@ fn walk(
     base_gpa: u64,
     perms: EptPerms,
     max_gpa: u64,
+    max_runs: usize,
     out: &mut Vec<EptMapping>,
-) {
+) -> bool {
     let size = page_size(level);
     for index in 0..512u64 {
         let gpa = base_gpa + index * size;
@@ -185,10 +200,14 @@ fn walk(
                     exec: p.exec,
                 },
             );
-        } else {
-            walk(mem, e & ADDR_MASK, level - 1, gpa, p, max_gpa, out);
+            if out.len() > max_runs {
+                return false;
+            }
+        } else if !walk(mem, e & ADDR_MASK, level - 1, gpa, p, max_gpa, max_runs, out) {
+            return false;
         }
     }
+    true
 }
 
 /// Every translation for L2-physical addresses below `max_gpa`, in ascending `gpa` order,
@@ -197,14 +216,25 @@ fn walk(
 /// is an EPT violation or misconfiguration; classify it with [`ept_translate`]). `Err` when
 /// the PML4 table itself cannot be read.
 pub fn ept_mappings(mem: &dyn GuestMemory, eptp: u64, max_gpa: u64) -> Result<Vec<EptMapping>, EptFault> {
+    ept_mappings_bounded(mem, eptp, max_gpa, usize::MAX).map(Option::unwrap_or_default)
+}
+
+/// [`ept_mappings`] that gives up (`Ok(None)`) as soon as there are more than `max_runs`
+/// runs, so that tables built to map many scattered pages cannot make the walk unbounded.
+pub fn ept_mappings_bounded(
+    mem: &dyn GuestMemory,
+    eptp: u64,
+    max_gpa: u64,
+    max_runs: usize,
+) -> Result<Option<Vec<EptMapping>>, EptFault> {
     let root = eptp & ADDR_MASK;
     let mut probe = [0u8; 8];
     if mem.read_phys(root, &mut probe).is_err() {
         return Err(EptFault { gpa: 0, level: 4, misconfig: true });
     }
     let mut out = Vec::new();
-    walk(mem, root, 4, 0, EptPerms::ALL, max_gpa.min(1 << 48), &mut out);
-    Ok(out)
+    let complete = walk(mem, root, 4, 0, EptPerms::ALL, max_gpa.min(1 << 48), max_runs, &mut out);
+    Ok(complete.then_some(out))
 }
 
 /// Exit qualification for an EPT violation (SDM 28.2.1, Table 28-7): bits 0-2 the access
@@ -320,6 +350,21 @@ mod tests {
             m,
             vec![EptMapping { gpa: 0, hpa: 0x20_0000, size: 0x40_0000, read: true, write: false, exec: true }]
         );
+        // The bounded walk stops past its limit.
+        assert_eq!(ept_mappings_bounded(&r, EPTP, 1 << 32, 3).unwrap().map(|m| m.len()), Some(3));
+        assert_eq!(ept_mappings_bounded(&r, EPTP, 1 << 32, 2).unwrap(), None);
+    }
+
+    #[test]
+    fn eptp_needs_both_controls() {
+        let mut v = Vmcs::new(1);
+        v.set(EPT_POINTER, EPTP);
+        v.set(SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::ENABLE_EPT));
+        assert_eq!(active_eptp(&v), None);
+        v.set(CPU_BASED_VM_EXEC_CONTROL, u64::from(proc::ACTIVATE_SECONDARY_CONTROLS));
+        assert_eq!(active_eptp(&v), Some(EPTP));
+        v.set(SECONDARY_VM_EXEC_CONTROL, 0);
+        assert_eq!(active_eptp(&v), None);
     }
 
     #[test]

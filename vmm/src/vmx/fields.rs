@@ -297,8 +297,18 @@ pub fn by_encoding(enc: u32) -> Option<(usize, &'static Field)> {
     if enc & ENCODING_RESERVED != 0 {
         return None;
     }
-    let full = enc & !1;
-    let (i, f) = FIELDS.iter().enumerate().find(|(_, f)| f.encoding == full)?;
+    // Every VM entry and exit looks up about a hundred fields: a table indexed by encoding
+    // bits 14:1 (bits 15 and 12 are reserved, checked above).
+    static INDEX: std::sync::OnceLock<Vec<u16>> = std::sync::OnceLock::new();
+    let index = INDEX.get_or_init(|| {
+        let mut v = vec![u16::MAX; 1 << 14];
+        for (i, f) in FIELDS.iter().enumerate() {
+            v[(f.encoding >> 1) as usize & 0x3fff] = i as u16;
+        }
+        v
+    });
+    let i = usize::from(*index.get((enc >> 1) as usize)?);
+    let f = FIELDS.get(i)?;
     if is_high_access(enc) && f.width() != Width::W64 {
         return None;
     }
