@@ -261,3 +261,20 @@ fn a_non_loopback_address_warns() {
     assert!(stderr.contains("warning") && stderr.contains("reachable from other machines"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "without --gdb-wait the guest runs while nobody attaches");
 }
+
+#[test]
+fn l2_memory_reads_through_l1s_ept_and_registers_write() {
+    // vmx-ept maps L2-physical 0x3000_0000 onto an L1 page holding 0x4d41474943210001; L1's own
+    // 0x3000_0000 is beyond its RAM.
+    let s = serve("gdb-ept", "vmx-ept", &["--gdb-wait"]);
+    let script = "break vmx_ept_l2_read\ncontinue\nset language c\nx/gx 0x30000000\n\
+                  set {unsigned long}0x30000010 = 0x1122334455667788\nx/gx 0x30000010\n\
+                  set $r15 = 0x7777\nprintf \"r15=%#lx\\n\", $r15\nthread 1\nx/gx 0x30000000";
+    let out = gdb(&s, "vmx-ept", script);
+    assert!(out.contains("Thread 2 hit Breakpoint 1, 0x"), "{out}");
+    assert!(out.contains("0x30000000:\t0x4d41474943210001"), "{out}");
+    assert!(out.contains("0x30000010:\t0x1122334455667788"), "{out}");
+    assert!(out.contains("r15=0x7777"), "{out}");
+    assert!(out.contains("Cannot access memory at address 0x30000000"), "L1 has no such memory\n{out}");
+    assert_eq!(s.finish().0, 0);
+}

@@ -178,3 +178,15 @@ fn a_missing_script_file_is_a_clear_error() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("/nonexistent/x.rhai"), "{}", r.stderr);
 }
+
+#[test]
+fn l2_memory_reads_go_through_l1s_ept() {
+    // vmx-ept maps L2-physical 0x3000_0000 onto an L1 page holding 0x4d41474943210001.
+    let p = write_script(
+        "ept",
+        "let shown = false;\nfn on_exit(e) {\n  if !shown && e.level == \"L2\" && e.port == 0x80 && e.data == 1 {\n    shown = true;\n    print(`phys ${hex(e.read_u64(0x30000000))} virt ${hex(e.read_virt(0x30000000, 8)[7])}`);\n  }\n}\n",
+    );
+    let r = run_guest("vmx-ept", &["--script", &p]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("phys 0x4d41474943210001 virt 0x4d"), "{}", r.stderr);
+}

@@ -17,13 +17,9 @@ use crate::exit::{Exit, Level};
 use crate::machine::insn::memory_accesses;
 use crate::machine::paging::{self, Access};
 use crate::machine::Vcpu;
-use crate::nested::env::RamView;
 use crate::nested::trap::bitness;
 use crate::script::ScriptHost;
-use crate::vmx::caps::{proc, proc2};
-use crate::vmx::ept::ept_translate;
 use crate::vmx::exits::reason_name;
-use crate::vmx::fields::{CPU_BASED_VM_EXEC_CONTROL, EPT_POINTER, SECONDARY_VM_EXEC_CONTROL};
 use crate::vmx::state::{load_guest_state, save_guest_state};
 use crate::vmx::vmcs::Vmcs;
 
@@ -341,24 +337,22 @@ impl Runner {
         self.vmx.current_vmcs().filter(|v| v.launched).and(self.vmx.current)
     }
 
-    fn ept_active(vmcs: &Vmcs) -> bool {
-        vmcs.get32(CPU_BASED_VM_EXEC_CONTROL) & proc::ACTIVATE_SECONDARY_CONTROLS != 0
-            && vmcs.get32(SECONDARY_VM_EXEC_CONTROL) & proc2::ENABLE_EPT != 0
-    }
-
-    /// L1-physical address of a level's linear address: its page tables, then for L2 the EPT
-    /// when L1 enabled it.
+    /// L1-physical address of a level's linear address: its page tables, then for L2 its
+    /// address space (L1's EPT when enabled, else identity), as L2 itself sees memory.
     pub(crate) fn debug_translate(&mut self, level: Level, gva: u64) -> Option<u64> {
-        let m = self.vcpu_of(level)?.paging();
-        let gpa = paging::translate(&self.l1_vm.ram, m, gva, Access::default()).ok()?;
-        if level == Level::L1 {
-            return Some(gpa);
-        }
-        match self.vmx.current_vmcs() {
-            Some(v) if Self::ept_active(v) => {
-                ept_translate(&RamView(&self.l1_vm.ram), v.get(EPT_POINTER), gpa).ok().map(|(hpa, _)| hpa)
+        match level {
+            Level::L1 => {
+                let m = self.l1.paging();
+                paging::translate(&self.l1_vm.ram, m, gva, Access::default()).ok()
             }
-            _ => Some(gpa),
+            Level::L2 => {
+                let l2 = self.l2.as_mut()?;
+                let m = l2.vcpu.paging();
+                let mem = l2.memory();
+                let gpa = paging::translate(&mem, m, gva, Access::default()).ok()?;
+                let r = l2.space.lookup(gpa)?;
+                Some(r.l1 + (gpa - r.gpa))
+            }
         }
     }
 

@@ -47,6 +47,11 @@ impl Runner {
             v.set(VM_EXIT_REASON, u64::from(exit.reason));
             v.set(EXIT_QUALIFICATION, exit.qualification);
         }
+        if let (Level::L2, Some(l2)) = (exit.level, self.l2.as_ref()) {
+            if l2.space.eptp().is_some() {
+                ctx.l2_regions = Some(l2.space.regions().copied().collect());
+            }
+        }
         let v = self.active();
         let r = *v.regs();
         let s = *v.sregs();

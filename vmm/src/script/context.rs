@@ -7,7 +7,8 @@ use std::rc::Rc;
 
 use crate::exit::{Action, Exit, ExitDetail, Handler, Level};
 use crate::machine::memory::{GuestRam, MemFault};
-use crate::machine::paging::{self, PagingMode, WalkError};
+use crate::machine::paging::{self, PagingMode, PhysMem, WalkError};
+use crate::nested::space::Region;
 use crate::vmx::fields;
 use crate::vmx::vmcs::Vmcs;
 
@@ -37,9 +38,12 @@ pub struct ExitContext {
     pub efer: u64,
     /// Set when a script changed `gprs`, `rip` or `rflags`.
     pub regs_dirty: bool,
-    /// Memory of the exiting guest (for L2: L1-physical in this round) and its paging mode.
+    /// L1's RAM and the exiting guest's paging mode.
     pub ram: GuestRam,
     pub paging: PagingMode,
+    /// For an L2 exit while L1 uses EPT: L2-physical memory as L1's EPT maps it (else L2- and
+    /// L1-physical are the same).
+    pub l2_regions: Option<Vec<Region>>,
     /// Copy of L1's current VMCS, `None` when there is none.
     pub vmcs: Option<Vmcs>,
     /// Set when a script wrote `vmcs`.
@@ -70,6 +74,7 @@ impl ExitContext {
             regs_dirty: false,
             ram,
             paging: PagingMode::default(),
+            l2_regions: None,
             vmcs: None,
             vmcs_dirty: false,
             vmcs_writes: Vec::new(),
@@ -90,6 +95,42 @@ impl ExitContext {
             detail: ExitDetail::None,
         };
         ExitContext::new(exit, self.ram.clone())
+    }
+}
+
+impl ExitContext {
+    /// The exiting guest's physical memory.
+    fn mem(&self) -> GuestView<'_> {
+        GuestView { ram: &self.ram, regions: self.l2_regions.as_deref() }
+    }
+}
+
+/// Physical memory as the exiting guest sees it: L1's RAM, through L1's EPT for L2.
+struct GuestView<'a> {
+    ram: &'a GuestRam,
+    regions: Option<&'a [Region]>,
+}
+
+impl GuestView<'_> {
+    fn to_l1(&self, gpa: u64, len: usize, write: bool) -> Result<u64, MemFault> {
+        let Some(regions) = self.regions else { return Ok(gpa) };
+        let fault = MemFault { gpa, len };
+        let i = regions.partition_point(|r| r.gpa <= gpa);
+        let r = regions.get(i.checked_sub(1).ok_or(fault)?).ok_or(fault)?;
+        let end = gpa.checked_add(len as u64).ok_or(fault)?;
+        if end - r.gpa > r.size || (write && r.readonly) {
+            return Err(fault);
+        }
+        Ok(r.l1 + (gpa - r.gpa))
+    }
+}
+
+impl PhysMem for GuestView<'_> {
+    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemFault> {
+        self.ram.read(self.to_l1(gpa, buf.len(), false)?, buf)
+    }
+    fn write_phys(&self, gpa: u64, buf: &[u8]) -> Result<(), MemFault> {
+        self.ram.write(self.to_l1(gpa, buf.len(), true)?, buf)
     }
 }
 
@@ -180,26 +221,30 @@ impl ExitRef {
         let len = read_len(len)?;
         self.with(|c| {
             let mut buf = vec![0; len];
-            c.ram.read(addr as u64, &mut buf)?;
+            c.mem().read_phys(addr as u64, &mut buf)?;
             Ok(buf)
         })
     }
 
     pub fn write_phys(&self, addr: i64, data: &[u8]) -> ApiResult<()> {
         self.with_mut(|c| {
-            c.ram.write(addr as u64, data)?;
+            c.mem().write_phys(addr as u64, data)?;
             c.changes.push(format!("phys[{addr:#x}]<-{} bytes", data.len()));
             Ok(())
         })
     }
 
     pub fn read_u64(&self, addr: i64) -> ApiResult<i64> {
-        self.with(|c| Ok(c.ram.read_u64(addr as u64)? as i64))
+        self.with(|c| {
+            let mut b = [0u8; 8];
+            c.mem().read_phys(addr as u64, &mut b)?;
+            Ok(i64::from_le_bytes(b))
+        })
     }
 
     pub fn write_u64(&self, addr: i64, v: i64) -> ApiResult<()> {
         self.with_mut(|c| {
-            c.ram.write(addr as u64, &v.to_le_bytes())?;
+            c.mem().write_phys(addr as u64, &v.to_le_bytes())?;
             c.changes.push(format!("phys[{addr:#x}]={:#x}", v as u64));
             Ok(())
         })
@@ -209,14 +254,14 @@ impl ExitRef {
         let len = read_len(len)?;
         self.with(|c| {
             let mut buf = vec![0; len];
-            paging::read_virt(&c.ram, c.paging, addr as u64, &mut buf)?;
+            paging::read_virt(&c.mem(), c.paging, addr as u64, &mut buf)?;
             Ok(buf)
         })
     }
 
     pub fn write_virt(&self, addr: i64, data: &[u8]) -> ApiResult<()> {
         self.with_mut(|c| {
-            paging::write_virt(&c.ram, c.paging, addr as u64, data)?;
+            paging::write_virt(&c.mem(), c.paging, addr as u64, data)?;
             c.changes.push(format!("virt[{addr:#x}]<-{} bytes", data.len()));
             Ok(())
         })
