@@ -147,6 +147,8 @@ struct Variant {
     run: fn(u64) -> f64,
     /// The two operation counts whose difference is measured.
     counts: (u64, u64),
+    /// Also compare with this row (scripts: with nestbed without scripts).
+    base: Option<usize>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -165,34 +167,50 @@ fn main() {
             label: "raw KVM round trip, port-I/O exit of the io-bench guest (bare kvm-ioctls loop)",
             run: raw_same_guest,
             counts: n,
+            base: None,
         },
         Variant {
             label: "raw KVM round trip, port-I/O exit of a real-mode loop (for reference)",
             run: raw_loop,
             counts: n,
+            base: None,
         },
         Variant {
             label: "nestbed, port-I/O exit of an L1 guest (whole exit path: normalize, stats, devices)",
             run: nestbed_loop,
             counts: n,
+            base: None,
         },
-        Variant { label: "nestbed, the same with an empty `on_exit` script", run: nestbed_empty_on_exit, counts: n },
-        Variant { label: "nestbed, the same with scripts/count-exits.rhai", run: nestbed_counting, counts: n },
+        Variant {
+            label: "nestbed, the same with an empty `on_exit` script",
+            run: nestbed_empty_on_exit,
+            counts: n,
+            base: Some(2),
+        },
+        Variant {
+            label: "nestbed, the same with scripts/count-exits.rhai",
+            run: nestbed_counting,
+            counts: n,
+            base: Some(2),
+        },
         Variant {
             label: "nestbed, one VMREAD by L1 (trapped as an emulation failure, decoded, executed on the model)",
             run: vmread,
             counts: n,
+            base: None,
         },
         Variant {
             label: "nestbed, one L2 exit handled by L1 (L2 `out` reflected to L1, L1 `vmresume`: two KVM round trips)",
             run: l2exit,
             counts: m,
+            base: None,
         },
     ];
     // Interleaved: every repetition measures each variant once, so a burst of background load
     // hits them alike; ratios are taken within a repetition, then the median over repetitions.
     let mut per_exit = vec![Vec::new(); variants.len()];
     let mut ratios = vec![Vec::new(); variants.len()];
+    let mut base_ratios = vec![Vec::new(); variants.len()];
     for _ in 0..reps {
         let us: Vec<f64> = variants
             .iter()
@@ -204,6 +222,9 @@ fn main() {
         for (i, u) in us.iter().enumerate() {
             per_exit[i].push(*u);
             ratios[i].push(u / us[0]);
+            if let Some(b) = variants[i].base {
+                base_ratios[i].push(u / us[b]);
+            }
         }
     }
     let mut text = format!(
@@ -212,13 +233,15 @@ fn main() {
          the ratio is taken within each repetition against the first row, and the table shows medians. Every loop, \
          raw or guest, takes three instructions per operation (four for a nested exit): this host's KVM emulates \
          guest instructions at about a microsecond each. Machines are noisy: compare the ratios, not the absolute \
-         numbers.\n\n| what | µs per operation | ratio to raw KVM |\n|---|---|---|\n",
+         numbers.\n\n| what | µs per operation | ratio to raw KVM | ratio to nestbed without scripts |\n|---|---|---|---|\n",
         m.1,
         m.0
     );
     for (i, v) in variants.iter().enumerate() {
+        let vs_base =
+            if base_ratios[i].is_empty() { String::new() } else { format!("{:.3}", median(base_ratios[i].clone())) };
         text.push_str(&format!(
-            "| {} | {:.2} | {:.3} |\n",
+            "| {} | {:.2} | {:.3} | {vs_base} |\n",
             v.label,
             median(per_exit[i].clone()),
             median(ratios[i].clone())

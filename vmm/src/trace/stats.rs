@@ -2,7 +2,6 @@
 //! reason, handler) with count, share, total and mean handling time (from the exit to the next
 //! VM entry, in userspace).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -15,9 +14,14 @@ pub struct Row {
     pub total: Duration,
 }
 
+/// (level, reason, handler): a run sees a handful of these, so a short list searched from the
+/// most recent hit is cheaper per exit than a map.
+type Key = (u8, u32, u8);
+
 #[derive(Debug, Default)]
 pub struct Stats {
-    rows: BTreeMap<(u8, u32, u8), Row>,
+    rows: Vec<(Key, Row)>,
+    last: usize,
     pub wall: Duration,
 }
 
@@ -38,13 +42,25 @@ fn handler_key(h: Handler) -> u8 {
 
 impl Stats {
     pub fn record(&mut self, level: Level, reason: u32, handler: Handler, took: Duration) {
-        let r = self.rows.entry((level_key(level), reason, handler_key(handler))).or_default();
+        let key = (level_key(level), reason, handler_key(handler));
+        let i = match self.rows.get(self.last) {
+            Some((k, _)) if *k == key => self.last,
+            _ => match self.rows.iter().position(|(k, _)| *k == key) {
+                Some(i) => i,
+                None => {
+                    self.rows.push((key, Row::default()));
+                    self.rows.len() - 1
+                }
+            },
+        };
+        self.last = i;
+        let r = &mut self.rows[i].1;
         r.count += 1;
         r.total += took;
     }
 
     pub fn total_exits(&self) -> u64 {
-        self.rows.values().map(|r| r.count).sum()
+        self.rows.iter().map(|(_, r)| r.count).sum()
     }
 
     /// Count of exits with this level and reason, whoever handled them.
@@ -54,12 +70,14 @@ impl Stats {
 
     /// Rows as (level, reason name, handler, count, total).
     pub fn rows(&self) -> Vec<(&'static str, String, &'static str, Row)> {
-        self.rows
-            .iter()
-            .map(|(&(l, r, h), row)| {
+        let mut sorted: Vec<&(Key, Row)> = self.rows.iter().collect();
+        sorted.sort_by_key(|(k, _)| *k);
+        sorted
+            .into_iter()
+            .map(|&((l, r, h), row)| {
                 let level = if l == 1 { "L1" } else { "L2" };
                 let handler = ["L0", "L1", "script"][usize::from(h)];
-                (level, reason_name(r), handler, *row)
+                (level, reason_name(r), handler, row)
             })
             .collect()
     }
