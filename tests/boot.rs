@@ -64,3 +64,10 @@ fn elf64_images_boot_too() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("Hello from a nestbed guest!"));
 }
+
+#[test]
+fn a_guests_own_int3_is_delivered_to_it_as_bp() {
+    let r = run_guest("fault", &["--cmdline", "int3"]);
+    assert_eq!(r.code, 100, "{}", r.stderr);
+    assert!(r.stdout.contains("unhandled exception #BP (vector 3)"), "{}", r.stdout);
+}

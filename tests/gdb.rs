@@ -167,23 +167,38 @@ vmcs GUEST_RIP"#;
 fn watchpoint_on_l2_data_and_hardware_breakpoint_in_l1() {
     let s = serve("gdb-watch", "nested-demo", &["--gdb-wait"]);
     let script = "hbreak rt::vmx::vm_run\ncontinue\ninfo registers efer cr0 cr3\ndelete\n\
-                  set language c\nwatch *(unsigned int *) &nested_demo::L2_RESULT\nset language auto\ncontinue\ninfo threads";
+                  set language c\nwatch *(unsigned int *) &nested_demo::L2_RESULT\nset language auto\ncontinue\ninfo threads\n\
+                  delete\nset language c\nawatch *(unsigned int *) &nested_demo::L2_RESULT\ncontinue";
     let out = gdb(&s, "nested-demo", script);
     assert!(out.contains("Breakpoint 1, rt::vmx::vm_run"), "{out}");
     assert!(out.contains("Thread 1 hit") || out.contains("Breakpoint 1, rt::vmx::vm_run"), "{out}");
     assert_eq!(hex_after(&out, "efer") & 0x500, 0x500, "64-bit L1: LME and LMA\n{out}");
     assert!(out.contains("Thread 2 hit Hardware watchpoint 2"), "{out}");
     assert!(out.contains("Old value = 0") && out.contains("New value = 832040"), "{out}");
+    // The access watchpoint then sees L2 read the value back.
+    assert!(out.contains("Thread 2 hit Hardware access (read/write) watchpoint 3"), "{out}");
+    assert!(out.contains("Value = 832040"), "{out}");
     assert_eq!(s.finish().0, 0);
 }
 
 #[test]
 fn monitor_commands_and_break_on_exit() {
-    let s = serve("gdb-monitor", "nested-demo", &["--gdb-wait"]);
-    let script =
-        "monitor help\nexit-break HLT L2\ncontinue\ninfo threads\nexits\nvmcs VM_EXIT_REASON\nmonitor nonsense";
-    let out = gdb(&s, "nested-demo", script);
+    let d = tmpdir("gdb-monitor-files");
+    let trace = d.join("t.jsonl");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/count-exits.rhai");
+    let s = serve(
+        "gdb-monitor",
+        "nested-demo",
+        &["--gdb-wait", "--trace", trace.to_str().unwrap(), "--script", script.to_str().unwrap()],
+    );
+    let cmds = "monitor help\nmonitor phys 0x100000 16\nmonitor script reload\nmonitor trace off\n\
+                exit-break HLT L2\ncontinue\ninfo threads\nexits\nvmcs VM_EXIT_REASON\nmonitor nonsense";
+    let out = gdb(&s, "nested-demo", cmds);
     assert!(out.contains("break-on-exit REASON [L1|L2]"), "{out}");
+    // The multiboot header at 1 MiB: magic 0x1badb002.
+    assert!(out.contains("0x00100000: 02 b0 ad 1b"), "{out}");
+    assert!(out.contains("reloaded 1 script(s)"), "{out}");
+    assert!(out.contains("trace off"), "{out}");
     assert!(out.contains("break on HLT (12) at L2"), "{out}");
     assert!(out.contains("VM_EXIT_REASON = 0xc"), "stopped after L2's HLT reached L1\n{out}");
     assert!(out.contains("L2    HLT"), "the statistics table\n{out}");
@@ -191,6 +206,9 @@ fn monitor_commands_and_break_on_exit() {
     let (code, _, stderr) = s.finish();
     assert_eq!(code, 0);
     assert!(stderr.contains("break on exit: L2 HLT"), "{stderr}");
+    // Tracing was off from the start: nothing written.
+    assert_eq!(std::fs::read_to_string(&trace).unwrap().lines().count(), 0);
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -277,4 +295,14 @@ fn l2_memory_reads_through_l1s_ept_and_registers_write() {
     assert!(out.contains("r15=0x7777"), "{out}");
     assert!(out.contains("Cannot access memory at address 0x30000000"), "L1 has no such memory\n{out}");
     assert_eq!(s.finish().0, 0);
+}
+
+#[test]
+fn the_guests_own_int3_reaches_its_idt_under_gdb() {
+    let s = serve("gdb-int3", "fault", &["--gdb-wait", "--cmdline", "int3"]);
+    let out = gdb(&s, "fault", "continue");
+    assert!(out.contains("exited with code 0144"), "the guest's #BP handler ended it with 100\n{out}");
+    let (code, console, _) = s.finish();
+    assert_eq!(code, 100);
+    assert!(console.contains("unhandled exception #BP (vector 3)"), "{console}");
 }
