@@ -71,3 +71,11 @@ fn a_guests_own_int3_is_delivered_to_it_as_bp() {
     assert_eq!(r.code, 100, "{}", r.stderr);
     assert!(r.stdout.contains("unhandled exception #BP (vector 3)"), "{}", r.stdout);
 }
+
+#[test]
+fn string_io_goes_through_the_devices() {
+    let r = run_guest("string-io", &[]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.starts_with("written by rep outsb\n"), "{}", r.stdout);
+    assert!(r.stdout.contains("string-io: all checks passed"), "{}", r.stdout);
+}

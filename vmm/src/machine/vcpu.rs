@@ -23,9 +23,12 @@ pub enum RawExit {
         size: u8,
         data: u64,
     },
+    /// `in`, or INS: KVM asks for `count` elements at once (measured: one exit per INS
+    /// with count = RCX; OUTS exits once per element).
     IoIn {
         port: u16,
         size: u8,
+        count: u32,
     },
     MmioRead {
         gpa: u64,
@@ -237,6 +240,7 @@ impl Vcpu {
     /// KVM_RUN once, with the exit copied out.
     pub fn run(&mut self) -> Result<RawExit, Error> {
         self.stale = self.lean;
+        let run = self.run;
         let exit = match self.fd.run() {
             Ok(e) => e,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return Ok(RawExit::Interrupted),
@@ -244,7 +248,12 @@ impl Vcpu {
         };
         Ok(match exit {
             VcpuExit::IoOut(port, data) => RawExit::IoOut { port, size: data.len() as u8, data: le(data) },
-            VcpuExit::IoIn(port, data) => RawExit::IoIn { port, size: data.len() as u8 },
+            VcpuExit::IoIn(port, _) => {
+                // SAFETY: the exit is KVM_EXIT_IO, so the io member of the mapped kvm_run is the
+                // active one; only plain integers are read.
+                let io = unsafe { (*run).__bindgen_anon_1.io };
+                RawExit::IoIn { port, size: io.size, count: io.count.max(1) }
+            }
             VcpuExit::MmioRead(gpa, data) => RawExit::MmioRead { gpa, len: data.len() as u8 },
             VcpuExit::MmioWrite(gpa, data) => RawExit::MmioWrite { gpa, len: data.len() as u8, data: le(data) },
             VcpuExit::Hlt => RawExit::Hlt,
@@ -299,6 +308,22 @@ impl Vcpu {
                 run.__bindgen_anon_1.msr.data = value;
             }
             _ => {}
+        }
+    }
+
+    /// Supplies every element of a pending INS (`values` holds `size * count` bytes).
+    pub fn complete_string_in(&mut self, values: &[u8]) {
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason != kvm_bindings::KVM_EXIT_IO {
+            return;
+        }
+        // SAFETY: the io member is active for KVM_EXIT_IO; data_offset points inside the kvm_run
+        // mapping, which holds `size * count` bytes there.
+        unsafe {
+            let io = run.__bindgen_anon_1.io;
+            let p = (run as *mut kvm_run as *mut u8).add(io.data_offset as usize);
+            let n = (usize::from(io.size) * io.count as usize).min(values.len());
+            std::ptr::copy_nonoverlapping(values.as_ptr(), p, n);
         }
     }
 

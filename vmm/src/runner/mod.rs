@@ -358,8 +358,8 @@ impl Runner {
                 };
                 Ok((flow, exit.reason, handler))
             }
-            RawExit::IoIn { port, size } => {
-                let q = io_qualification(port, size, true, false, false, false);
+            RawExit::IoIn { port, size, count } => {
+                let q = io_qualification(port, size, true, count > 1, false, false);
                 let exit = self.next_exit(
                     Level::L1,
                     ExitReason::IO_INSTRUCTION,
@@ -370,8 +370,7 @@ impl Runner {
                 let handler = if action == Action::Default { Handler::L0 } else { Handler::Script };
                 let flow = match action {
                     Action::Default => {
-                        let v = self.devices.read(port, size);
-                        self.l1.complete_read(v);
+                        self.device_in(port, size, count);
                         Flow::Continue
                     }
                     other => self.apply_action(other)?,
@@ -438,6 +437,21 @@ impl Runner {
                 Handler::L0,
             )),
         }
+    }
+
+    /// Completes an `in` (or every element of an INS) on the active vCPU from the devices.
+    fn device_in(&mut self, port: u16, size: u8, count: u32) {
+        if count <= 1 {
+            let v = self.devices.read(port, size);
+            self.active().complete_read(v);
+            return;
+        }
+        let mut bytes = Vec::with_capacity(usize::from(size) * count as usize);
+        for _ in 0..count {
+            let v = self.devices.read(port, size);
+            bytes.extend_from_slice(&v.to_le_bytes()[..usize::from(size).min(8)]);
+        }
+        self.active().complete_string_in(&bytes);
     }
 
     /// Carries out a script's decision on the active vCPU.

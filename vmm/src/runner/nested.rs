@@ -224,6 +224,17 @@ impl Runner {
         Ok(())
     }
 
+    /// Whether the instruction at L2's `rip` is INS or OUTS (after any prefixes).
+    fn l2_string_io(&mut self, rip: u64) -> bool {
+        let mut b = [0u8; 15];
+        if !self.l2_bytes(rip, &mut b) {
+            return false;
+        }
+        let prefixes =
+            |x: u8| matches!(x, 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf2 | 0xf3 | 0x40..=0x4f);
+        b.iter().find(|&&x| !prefixes(x)).is_some_and(|&op| matches!(op, 0x6c..=0x6f))
+    }
+
     fn l2_bytes(&mut self, rip: u64, buf: &mut [u8]) -> bool {
         let Some(l2) = self.l2.as_ref() else { return false };
         let v = l2.view();
@@ -461,13 +472,14 @@ impl Runner {
         }
         match raw {
             RawExit::IoOut { .. } | RawExit::IoIn { .. } => {
-                let (port, size, write, data) = match raw {
-                    RawExit::IoOut { port, size, data } => (port, size, true, data),
-                    RawExit::IoIn { port, size } => (port, size, false, 0),
+                let (port, size, write, data, count) = match raw {
+                    RawExit::IoOut { port, size, data } => (port, size, true, data, 1),
+                    RawExit::IoIn { port, size, count } => (port, size, false, 0, count),
                     _ => unreachable!("matched above"),
                 };
                 let (insn, imm) = self.io_insn(rip, !write, port, size);
-                let q = io_qualification(port, size, !write, false, false, imm);
+                let string = count > 1 || self.l2_string_io(rip);
+                let q = io_qualification(port, size, !write, string, false, imm);
                 let mut exit = self.next_exit(
                     Level::L2,
                     ExitReason::IO_INSTRUCTION,
@@ -484,7 +496,16 @@ impl Runner {
                     exit.reason,
                     action,
                     wants,
-                    |me| {
+                    move |me| {
+                        if string {
+                            // KVM runs INS/OUTS itself, element by element, before userspace sees
+                            // them: there is no point left where L1 could take the exit.
+                            return Ok(Flow::Stop(Outcome::Unsupported(format!(
+                                "L2 executed INS/OUTS on port {port:#x}, which L1 intercepts, at RIP {:#x}: string I/O \
+                                 exits cannot be reflected to L1 (the host's KVM emulates them in the kernel)",
+                                insn.rip
+                            ))));
+                        }
                         me.reflect(ExitReason::IO_INSTRUCTION, q, &insn, 0)?;
                         Ok(Flow::Continue)
                     },
@@ -495,8 +516,7 @@ impl Runner {
                                 PortEffect::None => Flow::Continue,
                             }
                         } else {
-                            let v = me.devices.read(port, size);
-                            me.active().complete_read(v);
+                            me.device_in(port, size, count);
                             Flow::Continue
                         })
                     },
