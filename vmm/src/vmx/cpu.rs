@@ -521,8 +521,12 @@ impl VmxCpu {
         let value = match insn.rm() {
             Some(Operand::Reg(r)) => env.gpr(r) & Self::operand_mask(insn),
             Some(Operand::Mem(_)) => {
-                let b = self.read_mem::<8>(insn, env)?;
-                u64::from_le_bytes(b) & Self::operand_mask(insn)
+                // The source is 32 bits outside 64-bit mode (SDM 31, VMWRITE): reading 8 bytes
+                // could fault on the page after it.
+                let la = self.linear(insn, env)?;
+                let mut b = [0u8; 8];
+                env.read_virt(la, &mut b[..usize::from(insn.operand_size / 8)])?;
+                u64::from_le_bytes(b)
             }
             None => return Err(Fault::InvalidOpcode),
         };
@@ -998,6 +1002,23 @@ mod tests {
         let i = decode(&[0x0f, 0x78, 0x0b], 32, 0).unwrap();
         assert_eq!(cpu.execute(&i, &mut env), Outcome::Succeed);
         assert_eq!(env.ram.u64_at(0x800), 0xffff_ffff_2345_6789);
+    }
+
+    #[test]
+    fn vmwrite_32bit_memory_operand() {
+        let (mut cpu, mut env) = with_current();
+        let end = env.ram.0.len() as u64;
+        env.ram.put_u32(end - 4, 0x1357_9bdf);
+        env.gprs[1] = GUEST_RSP as u64;
+        env.gprs[3] = end - 4;
+        // vmwrite rcx, [rbx] needs 8 bytes in 64-bit mode: the last 4 bytes of RAM fault.
+        assert!(matches!(cpu.execute(&op(&[0x0f, 0x79, 0x0b]), &mut env), Outcome::Fault(Fault::PageFault { .. })));
+        // vmwrite ecx, [ebx] in 32-bit mode reads 4.
+        env.efer = 0;
+        env.lm64 = false;
+        let i = decode(&[0x0f, 0x79, 0x0b], 32, 0).unwrap();
+        assert_eq!(cpu.execute(&i, &mut env), Outcome::Succeed);
+        assert_eq!(cpu.current_vmcs().unwrap().get(GUEST_RSP), 0x1357_9bdf);
     }
 
     #[test]
