@@ -521,8 +521,12 @@ impl VmxCpu {
         let value = match insn.rm() {
             Some(Operand::Reg(r)) => env.gpr(r) & Self::operand_mask(insn),
             Some(Operand::Mem(_)) => {
-                let b = self.read_mem::<8>(insn, env)?;
-                u64::from_le_bytes(b) & Self::operand_mask(insn)
+                // The source is 32 bits outside 64-bit mode (SDM 31, VMWRITE): reading 8 bytes
+                // could fault on the page after it.
+                let la = self.linear(insn, env)?;
+                let mut b = [0u8; 8];
+                env.read_virt(la, &mut b[..usize::from(insn.operand_size / 8)])?;
+                u64::from_le_bytes(b)
             }
             None => return Err(Fault::InvalidOpcode),
         };
@@ -998,6 +1002,78 @@ mod tests {
         let i = decode(&[0x0f, 0x78, 0x0b], 32, 0).unwrap();
         assert_eq!(cpu.execute(&i, &mut env), Outcome::Succeed);
         assert_eq!(env.ram.u64_at(0x800), 0xffff_ffff_2345_6789);
+    }
+
+    #[test]
+    fn vmwrite_32bit_memory_operand() {
+        let (mut cpu, mut env) = with_current();
+        let end = env.ram.0.len() as u64;
+        env.ram.put_u32(end - 4, 0x1357_9bdf);
+        env.gprs[1] = GUEST_RSP as u64;
+        env.gprs[3] = end - 4;
+        // vmwrite rcx, [rbx] needs 8 bytes in 64-bit mode: the last 4 bytes of RAM fault.
+        assert!(matches!(cpu.execute(&op(&[0x0f, 0x79, 0x0b]), &mut env), Outcome::Fault(Fault::PageFault { .. })));
+        // vmwrite ecx, [ebx] in 32-bit mode reads 4.
+        env.efer = 0;
+        env.lm64 = false;
+        let i = decode(&[0x0f, 0x79, 0x0b], 32, 0).unwrap();
+        assert_eq!(cpu.execute(&i, &mut env), Outcome::Succeed);
+        assert_eq!(cpu.current_vmcs().unwrap().get(GUEST_RSP), 0x1357_9bdf);
+    }
+
+    /// The sequence of the vmx-legacy32 guest: legacy protected mode with 32-bit paging,
+    /// 32-bit operands, m64 pointers (SDM 31, VMX instruction reference).
+    #[test]
+    fn legacy_32bit_mode_sequence() {
+        fn go(cpu: &mut VmxCpu, env: &mut FakeEnv, bytes: &[u8]) -> Outcome {
+            cpu.execute(&decode(bytes, 32, 0).unwrap(), env)
+        }
+        // vmwrite ecx, eax and vmread ebx, ecx: the upper halves of the registers are not part
+        // of the operands.
+        fn write(cpu: &mut VmxCpu, env: &mut FakeEnv, enc: u32, v: u32) -> Outcome {
+            (env.gprs[1], env.gprs[0]) = (0xffff_ffff_0000_0000 | u64::from(enc), 0xffff_ffff_0000_0000 | u64::from(v));
+            go(cpu, env, &[0x0f, 0x79, 0xc8])
+        }
+        fn read(cpu: &mut VmxCpu, env: &mut FakeEnv, enc: u32) -> (Outcome, u64) {
+            env.gprs[1] = 0xffff_ffff_0000_0000 | u64::from(enc);
+            (go(cpu, env, &[0x0f, 0x78, 0xcb]), env.gprs[3])
+        }
+        let (mut cpu, mut env) = setup();
+        (env.cr0, env.cr4, env.efer, env.lm64) = (0x8000_0031, 0x10, 0, false);
+        let (c, e) = (&mut cpu, &mut env);
+        // m64 pointers at 0x100 (VMXON region), 0x108 (VMCS A), 0x118 (VMCS A with bit 63 set).
+        e.ram.put_u64(0x100, VMXON_REGION);
+        e.ram.put_u64(0x108, VMCS_A);
+        e.ram.put_u64(0x118, VMCS_A | 1 << 63);
+        let vmxon = [0xf3, 0x0f, 0xc7, 0x35, 0x00, 0x01, 0x00, 0x00];
+        assert_eq!(go(c, e, &vmxon), Outcome::Succeed);
+        assert_eq!(go(c, e, &vmxon), Outcome::FailInvalid);
+        assert_eq!(go(c, e, &[0x66, 0x0f, 0xc7, 0x35, 0x08, 0x01, 0x00, 0x00]), Outcome::Succeed);
+        assert_eq!(go(c, e, &[0x0f, 0xc7, 0x35, 0x08, 0x01, 0x00, 0x00]), Outcome::Succeed);
+        e.ram.put_u64(0x110, u64::MAX);
+        assert_eq!(go(c, e, &[0x0f, 0xc7, 0x3d, 0x10, 0x01, 0x00, 0x00]), Outcome::Succeed);
+        assert_eq!(e.ram.u64_at(0x110), VMCS_A);
+        assert_eq!(go(c, e, &vmxon), Outcome::FailValid(E::VmxonInRoot));
+        assert_eq!(go(c, e, &[0x0f, 0xc7, 0x35, 0x18, 0x01, 0x00, 0x00]), Outcome::FailValid(E::VmptrldInvalidAddress));
+
+        assert_eq!(write(c, e, GUEST_RIP, 0x89ab_cdef), Outcome::Succeed);
+        assert_eq!(write(c, e, TSC_OFFSET | 1, 0xdead_beef), Outcome::Succeed);
+        assert_eq!(read(c, e, TSC_OFFSET | 1), (Outcome::Succeed, 0xdead_beef));
+        assert_eq!(write(c, e, TSC_OFFSET, 0x1234_5678), Outcome::Succeed);
+        assert_eq!(write(c, e, VM_INSTRUCTION_ERROR, 1), Outcome::FailValid(E::VmwriteReadOnlyComponent));
+        assert_eq!(read(c, e, GUEST_RIP), (Outcome::Succeed, 0x89ab_cdef));
+        assert_eq!(read(c, e, TSC_OFFSET), (Outcome::Succeed, 0x1234_5678));
+        assert_eq!(read(c, e, TSC_OFFSET | 1), (Outcome::Succeed, 0));
+        assert_eq!(read(c, e, 0x7777).0, Outcome::FailValid(E::UnsupportedVmcsComponent));
+        assert_eq!(read(c, e, GUEST_RIP | 1).0, Outcome::FailValid(E::UnsupportedVmcsComponent));
+        assert_eq!(read(c, e, VM_INSTRUCTION_ERROR), (Outcome::Succeed, 12));
+        // vmread [0x120], ecx stores 4 bytes.
+        e.ram.put_u64(0x120, 0xa5a5_a5a5_0000_0000);
+        e.gprs[1] = u64::from(GUEST_RIP);
+        assert_eq!(go(c, e, &[0x0f, 0x78, 0x0d, 0x20, 0x01, 0x00, 0x00]), Outcome::Succeed);
+        assert_eq!(e.ram.u64_at(0x120), 0xa5a5_a5a5_89ab_cdef);
+        assert_eq!(go(c, e, &[0x0f, 0x01, 0xc4]), Outcome::Succeed);
+        assert_eq!(read(c, e, GUEST_RIP).0, Outcome::Fault(Fault::InvalidOpcode));
     }
 
     #[test]
