@@ -14,7 +14,9 @@ pub struct MemAccess {
     pub write: bool,
 }
 
-fn value(reg: Register, r: &kvm_regs, s: &kvm_sregs) -> Option<u64> {
+/// A register's value for address computations: general registers (by their full register,
+/// masked to the size asked for) and segment registers (their base).
+pub fn register_value(reg: Register, r: &kvm_regs, s: &kvm_sregs) -> Option<u64> {
     let full = match reg.full_register() {
         Register::RAX => r.rax,
         Register::RCX => r.rcx,
@@ -60,7 +62,7 @@ pub fn memory_accesses(bytes: &[u8], bitness: u32, rip: u64, r: &kvm_regs, s: &k
                 m.access(),
                 OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
             );
-            let addr = m.virtual_address(0, |reg, _, _| value(reg, r, s))?;
+            let addr = m.virtual_address(0, |reg, _, _| register_value(reg, r, s))?;
             Some(MemAccess { addr, size: m.memory_size().size().max(1) as u64, write })
         })
         .collect()

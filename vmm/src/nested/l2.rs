@@ -10,6 +10,7 @@ use super::access::InsnContext;
 use super::msr_filter::MsrFilterState;
 use super::space::{AddressSpace, L2Memory};
 use crate::error::Error;
+use crate::machine::insn::register_value;
 use crate::machine::paging::{self, Access, PagingMode};
 use crate::machine::{GuestRam, Vcpu, Vm};
 
@@ -61,47 +62,12 @@ impl InsnContext for L2View<'_> {
         paging::translate(&self.mem, self.paging, addr, Access::default()).ok()
     }
     fn gpr(&self, r: Register) -> u64 {
-        let r2 = &self.regs;
-        match r {
-            Register::RAX => r2.rax,
-            Register::RCX => r2.rcx,
-            Register::RDX => r2.rdx,
-            Register::RBX => r2.rbx,
-            Register::RSP => r2.rsp,
-            Register::RBP => r2.rbp,
-            Register::RSI => r2.rsi,
-            Register::RDI => r2.rdi,
-            Register::R8 => r2.r8,
-            Register::R9 => r2.r9,
-            Register::R10 => r2.r10,
-            Register::R11 => r2.r11,
-            Register::R12 => r2.r12,
-            Register::R13 => r2.r13,
-            Register::R14 => r2.r14,
-            Register::R15 => r2.r15,
-            _ => 0,
-        }
+        register_value(r.full_register(), &self.regs, &self.sregs).unwrap_or(0)
     }
     fn segment_base(&self, r: Register) -> u64 {
-        let s = &self.sregs;
-        match r {
-            Register::ES => s.es.base,
-            Register::CS => s.cs.base,
-            Register::SS => s.ss.base,
-            Register::DS => s.ds.base,
-            Register::FS => s.fs.base,
-            Register::GS => s.gs.base,
-            _ => 0,
-        }
+        register_value(r, &self.regs, &self.sregs).unwrap_or(0)
     }
     fn bitness(&self) -> u32 {
-        let s = &self.sregs;
-        if s.efer & (1 << 10) != 0 && s.cs.l != 0 {
-            64
-        } else if s.cs.db != 0 {
-            32
-        } else {
-            16
-        }
+        super::trap::bitness(&self.sregs)
     }
 }
