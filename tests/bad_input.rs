@@ -102,3 +102,20 @@ fn sigint_stops_cleanly_with_statistics() {
     assert_eq!(out.status.code(), Some(code::INTERRUPTED), "{stderr}");
     assert!(stderr.contains("total:"), "{stderr}");
 }
+
+#[test]
+fn bad_vmx_msr() {
+    for (arg, want) in [
+        ("0x492=1", "0x492 is not a VMX capability MSR"),
+        ("0xc0000080=0", "is not a VMX capability MSR"),
+        ("0x486", "expected INDEX=VALUE"),
+        ("0x486=0xzz", "VALUE `0xzz` is not"),
+        ("0x486=18446744073709551616", "is not a 64-bit number"),
+    ] {
+        let r = nestbed(&["run", "--guest", "hello", "--vmx-msr", "0x486=0x21", "--vmx-msr", arg]);
+        assert_eq!(r.code, code::CONFIG, "{arg}: {}", r.stderr);
+        assert_eq!(r.stderr.trim_end().lines().count(), 1, "{arg}: {}", r.stderr);
+        assert!(r.stderr.contains(&format!("--vmx-msr {arg}")) && r.stderr.contains(want), "{arg}: {}", r.stderr);
+        assert!(r.stdout.is_empty(), "the guest must not run: {}", r.stdout);
+    }
+}

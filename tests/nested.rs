@@ -46,17 +46,88 @@ fn vmx_ept() {
 /// checks before paging passed.
 const LEGACY_PAGING_REFUSED: i32 = 77;
 
+/// What vmx-legacy32 checks before it turns paging on, with the default capabilities.
+const LEGACY32_BEFORE_PAGING: &[&str] = &[
+    "ok   protected mode without paging: CR0.PE = 1, CR0.PG = 0, IA32_EFER.LME = LMA = 0",
+    "ok   IA32_FEATURE_CONTROL: locked, VMXON outside SMX enabled",
+    "ok   IA32_VMX_CR0_FIXED0 requires CR0.PE, CR0.NE and CR0.PG",
+    "ok   VMREAD outside VMX operation: exception 6",
+    "ok   VMXON [m64] with CR0.PG = 0: exception 13, error code 0x00000000",
+];
+
+/// Checks vmx-legacy32 makes in VMX operation, paged or not.
+const LEGACY32_IN_VMX_OPERATION: &[&str] = &[
+    "ok   CR0 satisfies IA32_VMX_CR0_FIXED0 and IA32_VMX_CR0_FIXED1",
+    "ok   VMPTRLD [m64]: VMsucceed",
+    "ok   VMREAD [m32] stored GUEST_RIP: 0x89abcdef",
+    "ok   VMREAD ebx, ecx: GUEST_RSP: 0x13579bdf",
+    "ok   VMREAD TSC_OFFSET high: the 32-bit VMWRITE cleared bits 63:32: 0x00000000",
+    "ok   VMXOFF: VMsucceed",
+    "ok   VMREAD after VMXOFF: exception 6",
+    "vmx-legacy32: all checks passed",
+];
+
+fn assert_lines(stdout: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(stdout.lines().any(|l| l == *line), "missing {line:?} in:\n{stdout}");
+    }
+}
+
+/// With the default capabilities: all checks with 32-bit paging where the host allows CR0.PG
+/// outside IA-32e mode, else the checks before paging and exit code 77.
 #[test]
 fn vmx_legacy32() {
     let r = run_guest("vmx-legacy32", &["--stats"]);
     assert!(!r.stdout.contains("FAIL"), "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("ok   VMXON [m64] with CR0.PG = 0: exception 13, error code 0x00000000"), "{}", r.stdout);
+    assert_lines(&r.stdout, LEGACY32_BEFORE_PAGING);
     if r.code == LEGACY_PAGING_REFUSED {
-        eprintln!("this host's KVM refuses CR0.PG outside IA-32e mode: vmx-legacy32 ran its checks before paging only");
+        assert_lines(
+            &r.stdout,
+            &["-- the host refused CR0.PG outside IA-32e mode: the checks in VMX operation did not run"],
+        );
+        assert_eq!(
+            r.stdout.lines().filter(|l| l.starts_with("ok ")).count(),
+            LEGACY32_BEFORE_PAGING.len(),
+            "{}",
+            r.stdout
+        );
+        assert!(!r.stdout.contains("all checks passed"), "{}", r.stdout);
         return;
     }
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("vmx-legacy32: all checks passed"), "{}", r.stdout);
+    assert_lines(&r.stdout, LEGACY32_IN_VMX_OPERATION);
+    assert_lines(
+        &r.stdout,
+        &[
+            "ok   legacy protected mode with paging: CR0.PE = CR0.PG = 1, IA32_EFER.LME = LMA = 0",
+            "ok   VMXON [m64]: VMsucceed",
+            "ok   VMWRITE ecx, [m32] ending at an unmapped page: GUEST_RSP := 0x13579bdf: VMsucceed",
+        ],
+    );
+}
+
+/// With an IA32_VMX_CR0_FIXED0 that does not require CR0.PG, vmx-legacy32 enters VMX operation
+/// with paging off and runs every check there.
+#[test]
+fn vmx_legacy32_without_paging() {
+    let fixed0 = nestbed::vmx::caps::VmxCaps::default().cr0_fixed0 & !nestbed::vmx::caps::cr::CR0_PG;
+    let setting = format!("0x486={fixed0:#x}");
+    let r = run_guest("vmx-legacy32", &["--vmx-msr", &setting, "--mem", "64"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(!r.stdout.contains("FAIL"), "{}", r.stdout);
+    assert_lines(
+        &r.stdout,
+        &[
+            "ok   protected mode without paging: CR0.PE = 1, CR0.PG = 0, IA32_EFER.LME = LMA = 0",
+            "ok   IA32_VMX_CR0_FIXED0 requires CR0.PE and CR0.NE, not CR0.PG",
+            "-- IA32_VMX_CR0_FIXED0 allows CR0.PG = 0: the checks in VMX operation run without paging",
+            "ok   VMXON [m64] with CR0.PG = 0: VMsucceed",
+            "ok   the multiboot information gives the end of guest RAM (below 4 GiB): 0x04000000",
+            "ok   VMWRITE ecx, [m32] ending at the end of guest RAM: GUEST_RSP := 0x13579bdf: VMsucceed",
+        ],
+    );
+    assert_lines(&r.stdout, LEGACY32_IN_VMX_OPERATION);
+    assert!(!r.stdout.contains("legacy protected mode with paging"), "{}", r.stdout);
 }
 
 #[test]

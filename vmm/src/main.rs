@@ -116,6 +116,11 @@ struct RunArgs {
     /// With the gdb server: end nestbed (exit code 130) when gdb detaches, instead of running on.
     #[arg(long)]
     gdb_exit_on_detach: bool,
+    /// Advertise VALUE in VMX capability MSR INDEX (IA32_FEATURE_CONTROL 0x3a or 0x480-0x491) instead of
+    /// nestbed's default, e.g. 0x486=0x21 for an IA32_VMX_CR0_FIXED0 without CR0.PG; the virtual VMX
+    /// enforces what it advertises. Hex (0x...) or decimal; repeatable.
+    #[arg(long = "vmx-msr", value_name = "INDEX=VALUE")]
+    vmx_msrs: Vec<String>,
     /// Operation budget of one script hook call (0 = unlimited).
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     script_ops: u64,
@@ -139,6 +144,13 @@ fn load_guest(spec: Option<&str>) -> Result<(String, Vec<u8>), Error> {
 }
 
 fn run(args: RunArgs) -> Result<i32, Error> {
+    let vmx_msrs = args
+        .vmx_msrs
+        .iter()
+        .map(|text| {
+            nestbed::vmx::caps::parse_msr_setting(text).map_err(|e| Error::Config(format!("--vmx-msr {text}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let (name, image) = load_guest(args.guest.as_deref())?;
     let mut cfg = RunConfig::new(&name, image);
     cfg.mem_mib = args.mem;
@@ -146,6 +158,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     cfg.timeout = args.timeout;
     cfg.trace = args.trace;
     cfg.scripts = args.scripts;
+    cfg.vmx_msrs = vmx_msrs;
     cfg.script_options = ScriptOptions {
         max_operations: args.script_ops,
         on_error: match args.on_script_error {

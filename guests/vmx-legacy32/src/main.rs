@@ -5,8 +5,15 @@
 //!
 //! The whole guest is 32-bit code with its own multiboot header and entry (the runtime's entry
 //! switches to long mode). Each check prints `ok` or `FAIL` on the serial port. Before paging:
-//! VMREAD is #UD outside VMX operation and VMXON is #GP(0) while CR0.PG = 0. Then 32-bit paging
-//! with 4-MByte pages, and the instructions in VMX operation.
+//! VMREAD is #UD outside VMX operation.
+//!
+//! When IA32_VMX_CR0_FIXED0 requires CR0.PG (nestbed's default, SDM A.7): VMXON is #GP(0)
+//! while CR0.PG = 0, then 32-bit paging with 4-MByte pages and the instructions in VMX
+//! operation, among them a VMWRITE from an [m32] that ends right before an unmapped page.
+//!
+//! When it does not (e.g. `--vmx-msr 0x486=0x21`), paging stays off: VMXON succeeds with
+//! CR0.PG = 0 and the same checks run without paging, the [m32] VMWRITE source ending exactly
+//! at the end of guest RAM (from the multiboot information).
 //!
 //! Exit code: the number of failures; 77 when the host refuses CR0.PG outside IA-32e mode (a
 //! KVM without legacy paging) and the checks before paging passed. An unexpected exception
@@ -61,6 +68,9 @@ core::arch::global_asm!(
     l32_want: .long 0
     // Where an expected exception resumes (0: none expected), and what it was.
     l32_resume: .long 0
+    // IA32_VMX_CR0_FIXED0 bits 31:0, and the end of guest RAM (0: unknown).
+    l32_fixed0: .long 0
+    l32_ram_end: .long 0
     l32_fault_vector: .long 0
     l32_fault_error: .long 0
 
@@ -80,6 +90,7 @@ core::arch::global_asm!(
     l32_s_unexpected: .asciz "FAIL unexpected "
     l32_s_passed: .asciz "vmx-legacy32: all checks passed\n"
     l32_s_failed: .asciz "vmx-legacy32: checks FAILED: "
+    l32_s_no_paging: .asciz "-- IA32_VMX_CR0_FIXED0 allows CR0.PG = 0: the checks in VMX operation run without paging\n"
     l32_s_refused: .asciz "-- the host refused CR0.PG outside IA-32e mode: the checks in VMX operation did not run\n"
 
     // Loads the address of a string constant into ESI (no flags change).
@@ -150,6 +161,18 @@ core::arch::global_asm!(
     mov fs, ax
     mov gs, ax
 
+    // End of guest RAM from the multiboot information at EBX: mem_upper (offset 8) is the KiB
+    // above 1 MiB, valid when flags bit 0 is set (Multiboot 0.6.96, 3.3). Only below 4 GiB.
+    test dword ptr [ebx], 1
+    jz .Lram_end_unknown
+    mov eax, [ebx + 8]
+    cmp eax, 0x3ffc00
+    jae .Lram_end_unknown
+    shl eax, 10
+    add eax, 0x100000
+    mov [l32_ram_end], eax
+    .Lram_end_unknown:
+
     // 32-bit interrupt gates for the exceptions (SDM Vol. 3A 6.11).
     xor ecx, ecx
     .Lidt_entry:
@@ -168,7 +191,7 @@ core::arch::global_asm!(
     jne .Lidt_entry
     lidt [l32_idt_ptr]
 
-    // CR0.NE now, so that CR0.PG is the only bit IA32_VMX_CR0_FIXED0 (SDM A.7) finds missing.
+    // CR0.NE now, so that CR0.PG is the only bit IA32_VMX_CR0_FIXED0 (SDM A.7) can find missing.
     // CR4.VMXE stays clear: nestbed keeps it virtual.
     mov eax, cr0
     or eax, 0x20
@@ -204,15 +227,30 @@ core::arch::global_asm!(
 
     mov ecx, 0x486
     rdmsr
+    mov [l32_fixed0], eax
+    test eax, 0x80000000
+    jz .Lfixed0_without_pg
     and eax, 0x80000021
     cmp eax, 0x80000021
     sete al
     movzx eax, al
     L32_MSG "IA32_VMX_CR0_FIXED0 requires CR0.PE, CR0.NE and CR0.PG"
     call l32_check
+    jmp .Lfixed0_checked
+    .Lfixed0_without_pg:
+    and eax, 0x21
+    cmp eax, 0x21
+    sete al
+    movzx eax, al
+    L32_MSG "IA32_VMX_CR0_FIXED0 requires CR0.PE and CR0.NE, not CR0.PG"
+    call l32_check
+    .Lfixed0_checked:
 
     mov ecx, 0x681e
     L32_FAULT 6, -1, "VMREAD outside VMX operation", vmread ebx, ecx
+    // Paging only where VMX operation needs it (SDM 24.8, A.7).
+    test dword ptr [l32_fixed0], 0x80000000
+    jz .Lwithout_paging
     L32_FAULT 13, 0, "VMXON [m64] with CR0.PG = 0", vmxon qword ptr [l32_vmxon_ptr]
 
     // 32-bit paging with 4-MByte pages (SDM Vol. 3A 4.3): the first 64 MiB identity-mapped,
@@ -250,26 +288,19 @@ core::arch::global_asm!(
     movzx eax, al
     L32_MSG "legacy protected mode with paging: CR0.PE = CR0.PG = 1, IA32_EFER.LME = LMA = 0"
     call l32_check
-
-    mov ecx, 0x486
-    rdmsr
-    mov ebx, cr0
-    and ebx, eax
-    cmp ebx, eax
-    sete bl
-    mov ecx, 0x487
-    rdmsr
-    not eax
-    mov edx, cr0
-    test edx, eax
-    sete al
-    and al, bl
-    movzx eax, al
-    L32_MSG "CR0 satisfies IA32_VMX_CR0_FIXED0 and IA32_VMX_CR0_FIXED1"
-    call l32_check
-
+    call l32_check_cr0_fixed
     vmxon qword ptr [l32_vmxon_ptr]
     L32_EXPECT 0, "VMXON [m64]"
+    jmp .Lvmx_root
+
+    .Lwithout_paging:
+    mov esi, offset l32_s_no_paging
+    call l32_puts
+    call l32_check_cr0_fixed
+    vmxon qword ptr [l32_vmxon_ptr]
+    L32_EXPECT 0, "VMXON [m64] with CR0.PG = 0"
+
+    .Lvmx_root:
     // VMfail without a current VMCS is VMfailInvalid (SDM 31.2).
     vmxon qword ptr [l32_vmxon_ptr]
     L32_EXPECT -1, "VMXON in VMX root operation without a current VMCS"
@@ -313,11 +344,32 @@ core::arch::global_asm!(
     mov edx, 0xa5a5a5a5
     L32_MSG "VMREAD [m32] left the next 4 bytes alone"
     call l32_expect_eq
-    // A 32-bit source in the last 4 bytes before an unmapped page.
+    // A 32-bit source (SDM 31, VMWRITE) in the last 4 bytes before an unmapped page, or
+    // without paging, of guest RAM.
+    test dword ptr [l32_fixed0], 0x80000000
+    jz .Lm32_at_ram_end
     mov dword ptr [0x083ffffc], 0x13579bdf
     mov ecx, 0x681c
     vmwrite ecx, dword ptr [0x083ffffc]
     L32_EXPECT 0, "VMWRITE ecx, [m32] ending at an unmapped page: GUEST_RSP := 0x13579bdf"
+    jmp .Lm32_written
+    .Lm32_at_ram_end:
+    mov eax, [l32_ram_end]
+    L32_MSG "the multiboot information gives the end of guest RAM (below 4 GiB)"
+    call l32_report
+    mov esi, offset l32_s_colon
+    call l32_puts
+    mov eax, [l32_ram_end]
+    call l32_put_hex
+    call l32_newline
+    mov edi, [l32_ram_end]
+    test edi, edi
+    jz .Lm32_written
+    mov dword ptr [edi - 4], 0x13579bdf
+    mov ecx, 0x681c
+    vmwrite ecx, dword ptr [edi - 4]
+    L32_EXPECT 0, "VMWRITE ecx, [m32] ending at the end of guest RAM: GUEST_RSP := 0x13579bdf"
+    .Lm32_written:
     L32_READ 0x681c, 0x13579bdf, "VMREAD ebx, ecx: GUEST_RSP"
 
     // 64-bit field: a VMWRITE with a 32-bit operand to the full encoding clears bits 63:32
@@ -374,6 +426,25 @@ core::arch::global_asm!(
     mov eax, 77
     out 0xf4, eax
     jmp .Lhalt
+
+    // Checks CR0 against IA32_VMX_CR0_FIXED0 and IA32_VMX_CR0_FIXED1 (SDM A.7).
+    l32_check_cr0_fixed:
+    mov ecx, 0x486
+    rdmsr
+    mov ebx, cr0
+    and ebx, eax
+    cmp ebx, eax
+    sete bl
+    mov ecx, 0x487
+    rdmsr
+    not eax
+    mov edx, cr0
+    test edx, eax
+    sete al
+    and al, bl
+    movzx eax, al
+    L32_MSG "CR0 satisfies IA32_VMX_CR0_FIXED0 and IA32_VMX_CR0_FIXED1"
+    jmp l32_check
 
     // The outcome the flags report (SDM 31.2) in EAX: 0 VMsucceed, -1 VMfailInvalid (CF),
     // else VMfailValid (ZF) with the VM-instruction error. Called right after the instruction.

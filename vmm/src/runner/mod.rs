@@ -21,6 +21,7 @@ use crate::machine::{loader, GuestRam, RawExit, Vcpu, Vm};
 use crate::nested::L2;
 use crate::script::{ScriptHost, ScriptOptions};
 use crate::trace::{Clock, Stats, TraceWriter};
+use crate::vmx::caps::VmxCaps;
 use crate::vmx::cpu::VmxCpu;
 use crate::vmx::exits::{io_qualification, ExitReason};
 use debug::{DebugEvent, DebugState, INT3};
@@ -39,6 +40,9 @@ pub struct RunConfig {
     /// Rhai scripts, run in this order on every event.
     pub scripts: Vec<PathBuf>,
     pub script_options: ScriptOptions,
+    /// Capability MSRs (index, value) advertised and enforced instead of the defaults
+    /// (`--vmx-msr`), applied in order.
+    pub vmx_msrs: Vec<(u32, u64)>,
 }
 
 impl RunConfig {
@@ -53,6 +57,7 @@ impl RunConfig {
             trace: None,
             scripts: Vec::new(),
             script_options: ScriptOptions::default(),
+            vmx_msrs: Vec::new(),
         }
     }
 }
@@ -160,6 +165,10 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(mut cfg: RunConfig) -> Result<Self, Error> {
+        let mut caps = VmxCaps::default();
+        for &(index, value) in &cfg.vmx_msrs {
+            caps.set_msr(index, value).map_err(|e| Error::Config(format!("--vmx-msr {index:#x}={value:#x}: {e}")))?;
+        }
         // Scripts compile, and set CPUID answers in on_start, before the guest exists.
         let mut scripts =
             if cfg.scripts.is_empty() { None } else { Some(ScriptHost::load(&cfg.scripts, cfg.script_options)?) };
@@ -194,7 +203,7 @@ impl Runner {
             l1,
             devices: Devices::new(console),
             level: Level::L1,
-            vmx: VmxCpu::default(),
+            vmx: VmxCpu::new(caps),
             l2: None,
             stats: Stats::default(),
             trace,

@@ -16,6 +16,11 @@ use crate::trace::diff::DiffOptions;
 
 const DEFAULT_TIMEOUT: u32 = 60;
 
+/// `nestbed run` flags the scenario runner sets itself (or that have their own key, or would
+/// stop the run for a debugger).
+const RUNNER_FLAGS: &[&str] =
+    &["--guest", "-g", "--cmdline", "--mem", "--script", "--timeout", "--serial", "--trace", "--gdb", "--gdb-wait"];
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileFormat {
@@ -25,6 +30,8 @@ struct FileFormat {
     mem: Option<u64>,
     #[serde(default)]
     scripts: Vec<String>,
+    #[serde(default)]
+    args: Vec<String>,
     timeout: Option<u32>,
     #[serde(default)]
     timers: bool,
@@ -68,6 +75,8 @@ pub struct Scenario {
     pub cmdline: String,
     pub mem: Option<u64>,
     pub scripts: Vec<PathBuf>,
+    /// More `nestbed run` arguments, e.g. `--vmx-msr`.
+    pub args: Vec<String>,
     pub timeout: u32,
     /// The guest takes timer interrupts: golden traces compare only level, reason and handler.
     pub timers: bool,
@@ -132,6 +141,12 @@ impl Scenario {
             }
             scripts.push(p);
         }
+        for a in &f.args {
+            let flag = a.split_once('=').map_or(a.as_str(), |(flag, _)| flag);
+            if RUNNER_FLAGS.contains(&flag) || (flag.starts_with("-g") && !flag.starts_with("--")) {
+                return Err(format!("`args` may not contain `{flag}`: the scenario sets it (see its own key)"));
+            }
+        }
         if f.mem == Some(0) {
             return Err("`mem` must be at least 1 (MiB)".into());
         }
@@ -160,6 +175,7 @@ impl Scenario {
             cmdline: f.cmdline,
             mem: f.mem,
             scripts,
+            args: f.args,
             timeout,
             timers: f.timers,
             console_exits: f.console_exits,
@@ -238,5 +254,18 @@ mod tests {
             assert!(!e.contains('\n'), "{text:?}: {e}");
         }
         assert_eq!(parse("cmdline = \"x\"\n").unwrap_err(), "missing field `guest`");
+    }
+
+    #[test]
+    fn extra_run_arguments() {
+        let sc = parse("guest = \"hello\"\nargs = [\"--vmx-msr\", \"0x486=0x21\", \"--stats\"]\n").unwrap();
+        assert_eq!(sc.args, ["--vmx-msr", "0x486=0x21", "--stats"]);
+        assert!(parse("guest = \"hello\"\n").unwrap().args.is_empty());
+        for flag in ["--serial=x", "--trace", "-g", "-ghello", "--guest=hello", "--mem", "--gdb"] {
+            let text = format!("guest = \"hello\"\nargs = [\"{flag}\"]\n");
+            let e = parse(&text).unwrap_err();
+            assert!(e.contains("`args` may not contain"), "{flag}: {e}");
+            assert!(!e.contains('\n'), "{flag}: {e}");
+        }
     }
 }

@@ -59,6 +59,7 @@ pub fn execute(exe: &Path, sc: &Scenario) -> Result<Output, Error> {
     for s in &sc.scripts {
         cmd.arg("--script").arg(s);
     }
+    cmd.args(&sc.args);
     let start = Instant::now();
     let out = cmd.output().map_err(|e| Error::HostIo(format!("running {}: {e}", exe.display())))?;
     let elapsed = start.elapsed();

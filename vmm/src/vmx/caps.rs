@@ -317,6 +317,40 @@ impl VmxCaps {
         })
     }
 
+    /// Replaces the value of a capability MSR [`VmxCaps::msr`] serves: the model then enforces
+    /// the new value (VMXON's CR0/CR4 checks, VM-entry control checks...). `Err` names the
+    /// problem for an MSR this module does not own.
+    pub fn set_msr(&mut self, index: u32, value: u64) -> Result<(), String> {
+        let ctl = CtlCap { allowed0: value as u32, allowed1: (value >> 32) as u32 };
+        match index {
+            IA32_FEATURE_CONTROL => self.feature_control = value,
+            IA32_VMX_BASIC => self.basic = value,
+            IA32_VMX_PINBASED_CTLS => self.pin = ctl,
+            IA32_VMX_PROCBASED_CTLS => self.primary = ctl,
+            IA32_VMX_EXIT_CTLS => self.exit = ctl,
+            IA32_VMX_ENTRY_CTLS => self.entry = ctl,
+            IA32_VMX_MISC => self.misc = value,
+            IA32_VMX_CR0_FIXED0 => self.cr0_fixed0 = value,
+            IA32_VMX_CR0_FIXED1 => self.cr0_fixed1 = value,
+            IA32_VMX_CR4_FIXED0 => self.cr4_fixed0 = value,
+            IA32_VMX_CR4_FIXED1 => self.cr4_fixed1 = value,
+            IA32_VMX_VMCS_ENUM => self.vmcs_enum = value,
+            IA32_VMX_PROCBASED_CTLS2 => self.secondary = ctl,
+            IA32_VMX_EPT_VPID_CAP => self.ept_vpid_cap = value,
+            IA32_VMX_TRUE_PINBASED_CTLS => self.true_pin = ctl,
+            IA32_VMX_TRUE_PROCBASED_CTLS => self.true_primary = ctl,
+            IA32_VMX_TRUE_EXIT_CTLS => self.true_exit = ctl,
+            IA32_VMX_TRUE_ENTRY_CTLS => self.true_entry = ctl,
+            IA32_VMX_VMFUNC => self.vmfunc = value,
+            _ => {
+                return Err(format!(
+                    "MSR {index:#x} is not a VMX capability MSR (IA32_FEATURE_CONTROL 0x3a or 0x480-0x491)"
+                ))
+            }
+        }
+        Ok(())
+    }
+
     pub fn revision(&self) -> u32 {
         (self.basic & 0x7fff_ffff) as u32
     }
@@ -361,6 +395,25 @@ impl VmxCaps {
     pub fn vmcs_shadowing(&self) -> bool {
         self.secondary.allowed1 & proc2::VMCS_SHADOWING != 0
     }
+}
+
+/// Parses `INDEX=VALUE` (each hex with `0x` or decimal) naming a capability MSR
+/// [`VmxCaps::set_msr`] accepts; `Err` says what is wrong, in one line.
+pub fn parse_msr_setting(text: &str) -> Result<(u32, u64), String> {
+    fn number(what: &str, s: &str) -> Result<u64, String> {
+        let s = s.trim();
+        let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => s.parse(),
+        };
+        parsed.map_err(|_| format!("{what} `{s}` is not a 64-bit number (hex 0x... or decimal)"))
+    }
+    let (index, value) = text.split_once('=').ok_or("expected INDEX=VALUE, e.g. 0x486=0x21")?;
+    let index = number("INDEX", index)?;
+    let index = u32::try_from(index).map_err(|_| format!("INDEX {index:#x} is not a 32-bit MSR index"))?;
+    let value = number("VALUE", value)?;
+    VmxCaps::default().set_msr(index, value)?;
+    Ok((index, value))
 }
 
 #[cfg(test)]
@@ -416,6 +469,67 @@ mod tests {
         assert_eq!(c.ept_vpid_cap, 0x0000_0f01_0613_4040);
         assert_eq!(c.vmcs_enum, u64::from(super::super::fields::max_index()) << 1);
         assert!(!c.vmcs_shadowing());
+    }
+
+    #[test]
+    fn set_msr_round_trips_every_index() {
+        let indices = std::iter::once(IA32_FEATURE_CONTROL).chain(IA32_VMX_BASIC..=IA32_VMX_VMFUNC);
+        for (n, index) in indices.enumerate() {
+            let mut c = VmxCaps::default();
+            let value = 0x0123_4567_89ab_cdef_u64.rotate_left(n as u32 * 4) ^ u64::from(index);
+            c.set_msr(index, value).unwrap();
+            assert_eq!(c.msr(index), Some(value), "{index:#x}");
+            // Every other MSR keeps its default.
+            let d = VmxCaps::default();
+            for other in std::iter::once(IA32_FEATURE_CONTROL).chain(IA32_VMX_BASIC..=IA32_VMX_VMFUNC) {
+                if other != index {
+                    assert_eq!(c.msr(other), d.msr(other), "{index:#x} changed {other:#x}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn set_msr_fields() {
+        let mut c = VmxCaps::default();
+        c.set_msr(IA32_VMX_PROCBASED_CTLS2, 0x0000_0082_0000_0002).unwrap();
+        assert_eq!(c.secondary, CtlCap { allowed0: 2, allowed1: 0x82 });
+        c.set_msr(IA32_VMX_TRUE_ENTRY_CTLS, 0x0000_f3ff_0000_11fb).unwrap();
+        assert_eq!(c.true_entry, CtlCap { allowed0: 0x11fb, allowed1: 0xf3ff });
+        assert_eq!(c.cap(Control::Entry), c.true_entry);
+        c.set_msr(IA32_VMX_CR0_FIXED0, 0x21).unwrap();
+        assert_eq!(c.cr0_fixed0, 0x21);
+    }
+
+    #[test]
+    fn set_msr_rejects_other_msrs() {
+        for index in [0, 0x39, 0x3b, 0x47f, 0x492, 0xc000_0080, u32::MAX] {
+            let mut c = VmxCaps::default();
+            let e = c.set_msr(index, 1).unwrap_err();
+            assert!(e.contains(&format!("{index:#x}")), "{e}");
+            assert_eq!(c, VmxCaps::default());
+        }
+    }
+
+    #[test]
+    fn msr_settings_parse_hex_and_decimal() {
+        assert_eq!(parse_msr_setting("0x486=0x21"), Ok((0x486, 0x21)));
+        assert_eq!(parse_msr_setting("1158=33"), Ok((0x486, 33)));
+        assert_eq!(parse_msr_setting("0X3A=0xFFFFFFFFFFFFFFFF"), Ok((0x3a, u64::MAX)));
+        for (text, want) in [
+            ("0x486", "expected INDEX=VALUE"),
+            ("0x486=", "VALUE `` is not"),
+            ("zz=1", "INDEX `zz` is not"),
+            ("0x486=0x1_0000_0000_0000_0000", "VALUE"),
+            ("0x486=0x10000000000000000", "VALUE"),
+            ("0x100000486=1", "not a 32-bit MSR index"),
+            ("0x492=1", "0x492 is not a VMX capability MSR"),
+            ("-1=1", "INDEX `-1`"),
+        ] {
+            let e = parse_msr_setting(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+            assert!(!e.contains('\n'), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -1076,6 +1076,20 @@ mod tests {
         assert_eq!(read(c, e, GUEST_RIP).0, Outcome::Fault(Fault::InvalidOpcode));
     }
 
+    /// VMXON checks CR0 against the CR0_FIXED0 advertised (SDM 31, VMXON; A.7): with PG
+    /// dropped from it, VMX operation starts with paging off.
+    #[test]
+    fn vmxon_without_paging_follows_cr0_fixed0() {
+        let (mut cpu, mut env) = setup();
+        (env.cr0, env.cr4, env.efer, env.lm64) = (0x31, 0, 0, false);
+        env.ram.put_u64(0x100, VMXON_REGION);
+        let vmxon = decode(&[0xf3, 0x0f, 0xc7, 0x35, 0x00, 0x01, 0x00, 0x00], 32, 0).unwrap();
+        assert_eq!(cpu.execute(&vmxon, &mut env), Outcome::Fault(Fault::GeneralProtection(0)));
+        cpu.caps.set_msr(super::super::caps::IA32_VMX_CR0_FIXED0, cr::CR0_PE | cr::CR0_NE).unwrap();
+        assert_eq!(cpu.execute(&vmxon, &mut env), Outcome::Succeed);
+        assert!(cpu.vmxon);
+    }
+
     #[test]
     fn launch_and_resume() {
         let (mut cpu, mut env) = in_root();
