@@ -306,3 +306,22 @@ fn the_guests_own_int3_reaches_its_idt_under_gdb() {
     assert_eq!(code, 100);
     assert!(console.contains("unhandled exception #BP (vector 3)"), "{console}");
 }
+
+#[test]
+fn stepi_over_an_out_stops_at_the_next_instruction() {
+    // KVM completes `out` before exiting: the step is over then, not one instruction later.
+    let dump = Command::new("objdump").args(["-d", "--no-show-raw-insn"]).arg(symbols("hello")).output().unwrap();
+    let text = String::from_utf8_lossy(&dump.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines.iter().position(|l| l.contains("out    %al,(%dx)")).expect("an out in hello");
+    let addr = |l: &str| u64::from_str_radix(l.trim().split(':').next().unwrap().trim(), 16).unwrap();
+    let (out, next, after) = (addr(lines[at]), addr(lines[at + 1]), addr(lines[at + 2]));
+    let s = serve("gdb-step-out", "hello", &["--gdb-wait"]);
+    let script = format!(
+        "break *{out:#x}\ncontinue\ndelete\nstepi\nprintf \"one=%#lx\\n\", $pc\nstepi\nprintf \"two=%#lx\\n\", $pc"
+    );
+    let got = gdb(&s, "hello", &script);
+    assert_eq!(hex_after(&got, "one="), next, "{got}");
+    assert_eq!(hex_after(&got, "two="), after, "{got}");
+    assert_eq!(s.finish().0, 0);
+}

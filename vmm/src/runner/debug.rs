@@ -236,15 +236,16 @@ impl Runner {
     }
 
     /// After an exit was handled: a break-on-exit hit, or the end of a step. A step ends when
-    /// the instruction completed in userspace (RIP moved) or control changed level (VM entry,
+    /// the instruction completed (RIP moved from where it stood at KVM_RUN: an `out` KVM
+    /// finished before exiting, a trapped VMX instruction) or control changed level (VM entry,
     /// reflected VM exit); an `in` KVM still has to complete runs on to its debug exit.
-    pub(super) fn debug_after_exit(&mut self, level_before: Level, rip_before: u64) -> Option<DebugEvent> {
+    pub(super) fn debug_after_exit(&mut self, level_before: Level, rip_entry: u64) -> Option<DebugEvent> {
         if let Some(ev) = self.debug.pending.take() {
             return Some(ev);
         }
         if self.debug.attached
             && self.debug.stepping()
-            && (self.level != level_before || self.active().regs().rip != rip_before)
+            && (self.level != level_before || self.active().regs().rip != rip_entry)
         {
             return self.step_done();
         }

@@ -289,6 +289,8 @@ impl Runner {
             // L1 in VMX operation (VMX instructions, VM entries) and L2.
             let lean = !self.vmx.vmxon && self.level == Level::L1 && self.scripts.is_none() && !self.debug.attached;
             self.l1.set_lean(lean);
+            // Where the instruction a debugger steps starts (only read while one is attached).
+            let rip_entry = if self.debug.attached { self.active().regs().rip } else { 0 };
             let run = self.active().kvm_run_ptr();
             // SAFETY: the active vCPU's mapping lives as long as the Runner, which clears the
             // registration before returning.
@@ -320,7 +322,6 @@ impl Runner {
                 }
             }
             let level = self.level;
-            let rip_before = self.active().regs().rip;
             let (flow, reason, handler) = match level {
                 Level::L1 => self.l1_exit(raw)?,
                 Level::L2 => self.l2_exit(raw)?,
@@ -334,7 +335,7 @@ impl Runner {
                 Flow::Stop(o) => return Ok(Stop::Finished(o)),
                 Flow::Continue => {}
             }
-            if let Some(ev) = self.debug_after_exit(level, rip_before) {
+            if let Some(ev) = self.debug_after_exit(level, rip_entry) {
                 return Ok(Stop::Debug(ev));
             }
         }
