@@ -17,6 +17,27 @@ fn vmx_basic() {
 }
 
 #[test]
+fn vmx_l2_vmx() {
+    let r = passes("vmx-l2-vmx");
+    for reason in ["VMCLEAR", "VMLAUNCH", "VMPTRLD", "VMPTRST", "VMRESUME", "VMXOFF", "VMXON", "INVEPT", "INVVPID"] {
+        assert_eq!(stat_count(&r.stderr, "L2", reason, "L1"), Some(1), "{reason}: {}", r.stderr);
+    }
+    assert_eq!(stat_count(&r.stderr, "L2", "VMREAD", "L1"), Some(2), "{}", r.stderr);
+    assert_eq!(stat_count(&r.stderr, "L2", "VMWRITE", "L1"), Some(2), "{}", r.stderr);
+}
+
+/// What the host's KVM does with a VMCALL in the L2 VM: it emulates it as a hypercall
+/// instruction over and over without an exit to userspace, so L2 hangs before its first exit.
+#[test]
+fn vmx_l2_vmcall_never_reaches_nestbed() {
+    let r = common::nestbed(&["run", "--guest", "vmx-l2-vmx", "--cmdline", "vmcall", "--timeout", "3", "--stats"]);
+    assert_eq!(r.code, 204, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("L2 starts with its VMCALL"), "{}", r.stdout);
+    assert!(!r.stdout.contains("vmcall: exit reason"), "{}", r.stdout);
+    assert!(!r.stderr.lines().any(|l| l.starts_with("L2 ")), "{}", r.stderr);
+}
+
+#[test]
 fn vmx_errors() {
     passes("vmx-errors");
 }

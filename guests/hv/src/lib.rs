@@ -127,6 +127,8 @@ pub mod reason {
     pub const ENTRY_FAIL_MSR_LOADING: u32 = 34;
     pub const EPT_VIOLATION: u32 = 48;
     pub const EPT_MISCONFIG: u32 = 49;
+    pub const INVEPT: u32 = 50;
+    pub const INVVPID: u32 = 53;
     /// Bit 31 of VM_EXIT_REASON: VM-entry failure (SDM 25.9.1).
     pub const ENTRY_FAILURE: u32 = 1 << 31;
 }
