@@ -2,7 +2,7 @@
 //!
 //! `Vm` owns a KVM VM and its memslots; `Vcpu` wraps one KVM vCPU whose registers move
 //! through `kvm_run->s.regs` (sync regs), so the common exit path issues no vCPU ioctl besides
-//! `KVM_RUN` (see HOST-KVM.md: every ioctl costs about half an exit).
+//! `KVM_RUN` (every vCPU ioctl costs about half an exit: README, "Host facts").
 
 pub mod devices;
 pub mod insn;

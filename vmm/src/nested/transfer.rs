@@ -1,5 +1,5 @@
 //! Moves state between the model's [`CpuState`] (VMCS layout, SDM 25.4) and a KVM vCPU's
-//! sync-regs area. CR4.VMXE cannot be set on our hosts (HOST-KVM.md), so it is stripped where
+//! sync-regs area. CR4.VMXE cannot be set on our hosts (README, "Host facts"), so it is stripped where
 //! state enters KVM and restored from the VMCS where it comes back.
 
 use kvm_bindings::{kvm_dtable, kvm_segment};

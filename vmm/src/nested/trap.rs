@@ -1,5 +1,5 @@
 //! The one trap source feeding the VMX model: an emulation-failure exit carrying instruction
-//! bytes (how VMX instructions reach userspace on hosts without VMX, see HOST-KVM.md). Another
+//! bytes (how VMX instructions reach userspace on hosts without VMX, README, "Host facts"). Another
 //! source (a #UD forwarded by a guest, a host with real VMX, load-time patching) only needs to
 //! produce the same bytes and mode.
 
