@@ -5,9 +5,7 @@
 //! BENCHMARKS.md). A *lean* vCPU asks for REGS only; its SREGS and EVENTS are then fetched with
 //! one ioctl each, on demand, the first time they are used after an exit.
 
-use kvm_bindings::{
-    kvm_regs, kvm_run, kvm_sregs, kvm_vcpu_events, KVM_SYNC_X86_EVENTS, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS,
-};
+use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs, kvm_vcpu_events};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 
 use super::paging::PagingMode;
@@ -192,12 +190,6 @@ impl Vcpu {
     pub fn paging(&mut self) -> PagingMode {
         let s = self.sregs();
         PagingMode { cr0: s.cr0, cr3: s.cr3, cr4: s.cr4, efer: s.efer }
-    }
-
-    /// Whether a register change is waiting for the next KVM_RUN.
-    pub fn dirty(&mut self) -> bool {
-        let run = self.fd.get_kvm_run();
-        run.kvm_dirty_regs & u64::from(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS) != 0
     }
 
     /// Reads MSRs with one KVM_GET_MSRS (not on the common exit path).

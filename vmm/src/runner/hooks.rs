@@ -38,6 +38,11 @@ impl Runner {
         result
     }
 
+    /// Whether anything reads an exit's details: the trace or a script's `on_exit`.
+    pub(super) fn observed(&self) -> bool {
+        (self.trace.is_some() && self.tracing) || self.scripts.as_ref().is_some_and(|s| s.has_on_exit())
+    }
+
     fn exit_context(&mut self, exit: &Exit) -> ExitContext {
         let mut ctx = ExitContext::new(exit.clone(), self.l1_vm.ram.clone());
         ctx.vmcs = self.vmx.current_vmcs().cloned();

@@ -221,10 +221,6 @@ impl Runner {
         })
     }
 
-    pub fn ram(&self) -> &GuestRam {
-        &self.l1_vm.ram
-    }
-
     /// Runs until the guest exits or something stops it; statistics and traces are flushed on
     /// every way out.
     pub fn run(self) -> Result<Report, Error> {

@@ -4,7 +4,7 @@
 
 use super::{Flow, Outcome, Runner};
 use crate::error::Error;
-use crate::exit::{Action, ExitDetail, Handler, Level};
+use crate::exit::{Action, Exit, ExitDetail, Handler, Level};
 use crate::machine::devices::PortEffect;
 use crate::machine::paging::{self, Access, WalkError};
 use crate::machine::RawExit;
@@ -14,7 +14,7 @@ use crate::nested::space::{Source, SyncError};
 use crate::nested::{transfer, trap, L2};
 use crate::vmx::checks::{check_vm_entry, CheckClass};
 use crate::vmx::cpu::{apply_rflags, Fault, Invalidation, Outcome as VmxOutcome};
-use crate::vmx::decode::{exit_qualification, instruction_info, VmxOp};
+use crate::vmx::decode::{exit_qualification, instruction_info, VmxInsn, VmxOp};
 use crate::vmx::ept::{active_eptp, ept_translate_width, ept_violation_qualification, EptPerms};
 use crate::vmx::exits::{io_qualification, ExitReason, VM_ENTRY_FAILURE};
 use crate::vmx::fields::{EPT_POINTER, GUEST_LINEAR_ADDRESS, GUEST_PHYSICAL_ADDRESS};
@@ -49,6 +49,22 @@ impl Runner {
         self.active().inject_exception(f.vector(), f.error_code());
     }
 
+    /// The exit for a trapped VMX instruction. Its text (mnemonic, operands, bytes) is only
+    /// built when a trace or a script will read it.
+    fn vmx_exit(&mut self, level: Level, insn: &VmxInsn, bytes: &[u8]) -> Exit {
+        let observed = self.observed();
+        let detail = if observed {
+            ExitDetail::Vmx { mnemonic: insn.op.name().to_string(), operands: insn.to_string() }
+        } else {
+            ExitDetail::Vmx { mnemonic: String::new(), operands: String::new() }
+        };
+        let mut exit = self.next_exit(level, insn.op.exit_reason(), exit_qualification(insn), detail);
+        if observed {
+            exit.insn = bytes[..usize::from(insn.len).min(bytes.len())].to_vec();
+        }
+        exit
+    }
+
     /// A VMX instruction L1 executed, trapped as an emulation failure.
     pub(super) fn l1_vmx_instruction(&mut self, bytes: &[u8]) -> Step {
         self.l1.refresh()?;
@@ -64,13 +80,7 @@ impl Runner {
             }
         };
         let len = u64::from(insn.len);
-        let mut exit = self.next_exit(
-            Level::L1,
-            insn.op.exit_reason(),
-            exit_qualification(&insn),
-            ExitDetail::Vmx { mnemonic: insn.op.name().to_string(), operands: insn.to_string() },
-        );
-        exit.insn = bytes[..usize::from(insn.len).min(bytes.len())].to_vec();
+        let exit = self.vmx_exit(Level::L1, &insn, bytes);
         let reason = exit.reason;
         match self.observe(&exit, Handler::L0)? {
             Action::Default => {}
@@ -570,13 +580,7 @@ impl Runner {
                 let reason = insn.op.exit_reason();
                 let q = exit_qualification(&insn);
                 let info = instruction_info(&insn);
-                let mut exit = self.next_exit(
-                    Level::L2,
-                    reason,
-                    q,
-                    ExitDetail::Vmx { mnemonic: insn.op.name().to_string(), operands: insn.to_string() },
-                );
-                exit.insn = bytes[..usize::from(insn.len).min(bytes.len())].to_vec();
+                let exit = self.vmx_exit(Level::L2, &insn, &bytes);
                 let action = self.observe(&exit, Handler::L1)?;
                 let at = Insn { rip, len: insn.len, pending: false };
                 self.l2_route(
