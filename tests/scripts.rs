@@ -52,6 +52,35 @@ fn count_exits_sees_every_exit_of_both_levels() {
     }
 }
 
+/// The `count-exits` table (its lines after the total), from stderr.
+fn count_table(stderr: &str) -> Vec<&str> {
+    let mut lines: Vec<&str> = stderr.lines().filter(|l| l.contains("count-exits.rhai:   ")).collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn count_exits_sees_the_same_exits_pipelined_and_inline() {
+    let pipelined = with_scripts("vmx-basic", &["count-exits.rhai"], &["--stats"]);
+    let inline = with_scripts("vmx-basic", &["count-exits.rhai"], &["--stats", "--script-mode", "inline"]);
+    assert_eq!((pipelined.code, inline.code), (0, 0), "{}\n{}", pipelined.stderr, inline.stderr);
+    assert!(count_table(&pipelined.stderr).len() > 5, "{}", pipelined.stderr);
+    assert_eq!(count_table(&pipelined.stderr), count_table(&inline.stderr));
+    assert_eq!(stats_total(&pipelined.stderr), stats_total(&inline.stderr));
+}
+
+#[test]
+fn a_pipelined_error_stops_nestbed_and_names_the_exit() {
+    let p = write_script("pipelined", "let n = 0;\nfn on_exit(e) {\n  n += 1; if e.seq == 3 { throw `bad ${n}` }\n}\n");
+    let trace = tmpdir("pipelined").join("t.jsonl");
+    let r = run_guest("hello", &["--script", &p, "--stats", "--trace", trace.to_str().unwrap()]);
+    assert_eq!(r.code, 206, "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("{p}:3:")) && r.stderr.contains("bad 3"), "{}", r.stderr);
+    assert!(r.stderr.contains("on exit #3"), "{}", r.stderr);
+    assert!(r.stderr.contains("total: "), "statistics are printed\n{}", r.stderr);
+    assert!(std::fs::read_to_string(&trace).unwrap().lines().count() >= 3);
+}
+
 #[test]
 fn log_io_prints_each_console_byte() {
     let r = with_scripts("hello", &["log-io.rhai"], &[]);

@@ -20,6 +20,7 @@ use std::time::Instant;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit};
 use nestbed::runner::{self, RunConfig};
+use nestbed::script::ScriptMode;
 
 fn raw_loop(exits: u64) -> f64 {
     let kvm = Kvm::new().expect("/dev/kvm");
@@ -118,27 +119,58 @@ fn l2exit(n: u64) -> f64 {
     nestbed_run("vmx-bench", "l2exit", n)
 }
 
-fn nestbed_empty_on_exit(exits: u64) -> f64 {
+fn empty_script() -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("nestbed-bench-{}-empty.rhai", std::process::id()));
     std::fs::write(&path, "fn on_exit(e) { }\n").expect("writing the empty script");
-    nestbed_scripted(exits, Some(path))
+    path
+}
+
+fn counting_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/count-exits.rhai")
+}
+
+fn nestbed_empty_on_exit(exits: u64) -> f64 {
+    nestbed_scripted(exits, Some(empty_script()))
+}
+
+fn nestbed_empty_on_exit_inline(exits: u64) -> f64 {
+    nestbed_with(exits, Some(empty_script()), ScriptMode::Inline)
 }
 
 fn nestbed_counting(exits: u64) -> f64 {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/count-exits.rhai");
-    nestbed_scripted(exits, Some(path))
+    nestbed_scripted(exits, Some(counting_script()))
+}
+
+fn nestbed_counting_inline(exits: u64) -> f64 {
+    nestbed_with(exits, Some(counting_script()), ScriptMode::Inline)
 }
 
 fn nestbed_scripted(exits: u64, script: Option<std::path::PathBuf>) -> f64 {
+    nestbed_with(exits, script, ScriptMode::Auto)
+}
+
+fn nestbed_with(exits: u64, script: Option<std::path::PathBuf>, mode: ScriptMode) -> f64 {
     let image = nestbed::guests::find("io-bench").expect("io-bench guest").to_vec();
     let mut cfg = RunConfig::new("io-bench", image);
     cfg.scripts.extend(script);
+    cfg.script_options.mode = mode;
     cfg.cmdline = exits.to_string();
     cfg.console = Some(Box::new(std::io::sink()));
     let t = Instant::now();
     let report = runner::run(cfg).expect("nestbed run");
     assert_eq!(report.outcome, runner::Outcome::GuestExit(0));
     t.elapsed().as_secs_f64()
+}
+
+/// User and system time of the whole process so far, every thread included (ended ones too).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable rusage.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    assert_eq!(rc, 0, "getrusage");
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(u.ru_utime) + secs(u.ru_stime)
 }
 
 /// One row of the table: a way to make `n` exits, returning the seconds it took.
@@ -182,14 +214,26 @@ fn main() {
             base: None,
         },
         Variant {
-            label: "nestbed, the same with an empty `on_exit` script",
+            label: "nestbed, the same with an empty `on_exit` script (only observes: pipelined)",
             run: nestbed_empty_on_exit,
             counts: n,
             base: Some(2),
         },
         Variant {
-            label: "nestbed, the same with scripts/count-exits.rhai",
+            label: "nestbed, the same with an empty `on_exit` script, `--script-mode inline`",
+            run: nestbed_empty_on_exit_inline,
+            counts: n,
+            base: Some(2),
+        },
+        Variant {
+            label: "nestbed, the same with scripts/count-exits.rhai (only observes: pipelined)",
             run: nestbed_counting,
+            counts: n,
+            base: Some(2),
+        },
+        Variant {
+            label: "nestbed, the same with scripts/count-exits.rhai, `--script-mode inline`",
+            run: nestbed_counting_inline,
             counts: n,
             base: Some(2),
         },
@@ -209,18 +253,26 @@ fn main() {
     // Interleaved: every repetition measures each variant once, so a burst of background load
     // hits them alike; ratios are taken within a repetition, then the median over repetitions.
     let mut per_exit = vec![Vec::new(); variants.len()];
+    let mut cpu = vec![Vec::new(); variants.len()];
     let mut ratios = vec![Vec::new(); variants.len()];
     let mut base_ratios = vec![Vec::new(); variants.len()];
     for _ in 0..reps {
-        let us: Vec<f64> = variants
+        let (us, cpu_us): (Vec<f64>, Vec<f64>) = variants
             .iter()
             .map(|v| {
                 let (a, b) = v.counts;
-                ((v.run)(b) - (v.run)(a)) / (b - a) as f64 * 1e6
+                let c0 = cpu_seconds();
+                let wa = (v.run)(a);
+                let c1 = cpu_seconds();
+                let wb = (v.run)(b);
+                let c2 = cpu_seconds();
+                let per = |x: f64| x / (b - a) as f64 * 1e6;
+                (per(wb - wa), per((c2 - c1) - (c1 - c0)))
             })
-            .collect();
+            .unzip();
         for (i, u) in us.iter().enumerate() {
             per_exit[i].push(*u);
+            cpu[i].push(cpu_us[i]);
             ratios[i].push(u / us[0]);
             if let Some(b) = variants[i].base {
                 base_ratios[i].push(u / us[b]);
@@ -233,7 +285,10 @@ fn main() {
          the ratio is taken within each repetition against the first row, and the table shows medians. Every loop, \
          raw or guest, takes three instructions per operation (four for a nested exit): this host's KVM emulates \
          guest instructions at about a microsecond each. Machines are noisy: compare the ratios, not the absolute \
-         numbers.\n\n| what | µs per operation | ratio to raw KVM | ratio to nestbed without scripts |\n|---|---|---|---|\n",
+         numbers. The CPU column is the time all of nestbed's threads ran (user and system, from getrusage), per \
+         operation: a pipelined script's thread runs beside the vCPU's, so its rows use more CPU than wall time.\n\n\
+         | what | µs per operation | CPU µs per operation | ratio to raw KVM | ratio to nestbed without scripts |\n\
+         |---|---|---|---|---|\n",
         m.1,
         m.0
     );
@@ -241,9 +296,10 @@ fn main() {
         let vs_base =
             if base_ratios[i].is_empty() { String::new() } else { format!("{:.3}", median(base_ratios[i].clone())) };
         text.push_str(&format!(
-            "| {} | {:.2} | {:.3} | {vs_base} |\n",
+            "| {} | {:.2} | {:.2} | {:.3} | {vs_base} |\n",
             v.label,
             median(per_exit[i].clone()),
+            median(cpu[i].clone()),
             median(ratios[i].clone())
         ));
     }

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use nestbed::error::{code, Error};
 use nestbed::gdb::GdbOptions;
 use nestbed::runner::{self, RunConfig};
-use nestbed::script::{OnScriptError, ScriptOptions};
+use nestbed::script::{OnScriptError, ScriptMode, ScriptOptions};
 
 #[derive(Parser)]
 #[command(
@@ -124,6 +124,18 @@ struct RunArgs {
     /// Operation budget of one script hook call (0 = unlimited).
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     script_ops: u64,
+    /// Where on_exit runs: auto runs scripts that only observe (no change, decision, memory or
+    /// VMCS access) on a second thread, on copies of the exits, so the guest does not wait for
+    /// them; inline always runs them before nestbed handles the exit. See SCRIPTING.md.
+    #[arg(long, value_enum, default_value_t = ScriptModeArg::Auto)]
+    script_mode: ScriptModeArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Default)]
+enum ScriptModeArg {
+    #[default]
+    Auto,
+    Inline,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Default)]
@@ -164,6 +176,10 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         on_error: match args.on_script_error {
             ScriptErrorArg::Stop => OnScriptError::Stop,
             ScriptErrorArg::Continue => OnScriptError::Continue,
+        },
+        mode: match args.script_mode {
+            ScriptModeArg::Auto => ScriptMode::Auto,
+            ScriptModeArg::Inline => ScriptMode::Inline,
         },
     };
     if let Some(path) = &args.serial {

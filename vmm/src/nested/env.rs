@@ -27,6 +27,11 @@ pub struct L1Env<'a> {
     pub ram: &'a GuestRam,
 }
 
+/// All sixteen, in the SDM's register-number order (the order of `gpr`).
+pub fn gprs(r: &kvm_regs) -> [u64; 16] {
+    [r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15]
+}
+
 pub fn gpr(r: &kvm_regs, i: Gpr) -> u64 {
     match i.0 {
         0 => r.rax,

@@ -5,8 +5,8 @@
 use super::Runner;
 use crate::error::Error;
 use crate::exit::{Action, Exit, Handler, Level};
-use crate::nested::env::{gpr, set_gpr};
-use crate::script::ExitContext;
+use crate::nested::env::{gprs, set_gpr};
+use crate::script::{ControlRegs, ExitContext, ExitRecord, Needs};
 use crate::vmx::decode::Gpr;
 use crate::vmx::fields::{EXIT_QUALIFICATION, VM_EXIT_REASON};
 
@@ -16,9 +16,14 @@ impl Runner {
     pub(super) fn observe(&mut self, exit: &Exit, hint: Handler) -> Result<Action, Error> {
         let mut notes = std::mem::take(&mut self.notes);
         let mut result = Ok(Action::Default);
-        if self.scripts.as_ref().is_some_and(|s| s.has_on_exit()) {
-            let mut ctx = self.exit_context(exit);
-            ctx.route = hint;
+        let scripts = self.scripts.as_ref().map(|s| (s.has_on_exit(), s.pipelined(), s.needs()));
+        if let Some((true, true, needs)) = scripts {
+            let record = self.exit_record(exit, hint, needs);
+            if let Some(s) = self.scripts.as_mut() {
+                result = s.queue(record).map(|()| Action::Default);
+            }
+        } else if let Some((true, false, needs)) = scripts {
+            let mut ctx = self.exit_context(exit, hint, needs);
             let r = match self.scripts.as_mut() {
                 Some(s) => s.on_exit(&mut ctx),
                 None => Ok(()),
@@ -43,30 +48,36 @@ impl Runner {
         (self.trace.is_some() && self.tracing) || self.scripts.as_ref().is_some_and(|s| s.has_on_exit())
     }
 
-    fn exit_context(&mut self, exit: &Exit) -> ExitContext {
-        let mut ctx = ExitContext::new(exit.clone(), self.l1_vm.ram.clone());
-        ctx.vmcs = self.vmx.current_vmcs().cloned();
+    /// The exit's own record, with the control registers when the scripts name them.
+    fn exit_record(&mut self, exit: &Exit, route: Handler, needs: Needs) -> ExitRecord {
+        let v = self.active();
+        let r = v.regs();
+        let (gprs, rip, rflags) = (gprs(r), r.rip, r.rflags);
+        let control = needs.control_regs.then(|| {
+            let s = *v.sregs();
+            ControlRegs { cr0: s.cr0, cr2: s.cr2, cr3: s.cr3, cr4: s.cr4, efer: s.efer, paging: v.paging() }
+        });
+        ExitRecord { exit: exit.clone(), route, gprs, rip, rflags, control }
+    }
+
+    /// The exit as inline scripts see it, with only what their code can use (`script::Needs`).
+    fn exit_context(&mut self, exit: &Exit, route: Handler, needs: Needs) -> ExitContext {
+        let mut ctx = ExitContext::from_record(self.exit_record(exit, route, needs));
+        ctx.ram = Some(self.l1_vm.ram.clone());
+        if needs.vmcs {
+            ctx.vmcs = self.vmx.current_vmcs().cloned();
+        }
         if let (Level::L2, Some(v)) = (exit.level, ctx.vmcs.as_mut()) {
             // What L1 will read if the exit is reflected (SDM 28.2.1), so scripts see and change
             // this exit's values rather than the previous one's.
             v.set(VM_EXIT_REASON, u64::from(exit.reason));
             v.set(EXIT_QUALIFICATION, exit.qualification);
         }
-        if let (Level::L2, Some(l2)) = (exit.level, self.l2.as_ref()) {
+        if let (Level::L2, Some(l2), true) = (exit.level, self.l2.as_ref(), needs.memory) {
             if l2.space.eptp().is_some() {
                 ctx.l2_regions = Some(l2.space.regions().copied().collect());
             }
         }
-        let v = self.active();
-        let r = *v.regs();
-        let s = *v.sregs();
-        for (i, slot) in ctx.gprs.iter_mut().enumerate() {
-            *slot = gpr(&r, Gpr(i as u8));
-        }
-        ctx.rip = r.rip;
-        ctx.rflags = r.rflags;
-        (ctx.cr0, ctx.cr2, ctx.cr3, ctx.cr4, ctx.efer) = (s.cr0, s.cr2, s.cr3, s.cr4, s.efer);
-        ctx.paging = v.paging();
         ctx
     }
 

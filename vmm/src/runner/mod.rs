@@ -271,8 +271,16 @@ impl Runner {
     }
 
     /// Runs the guest until it finishes, or, with a debugger attached, until a debug event or
-    /// data from the debugger.
+    /// data from the debugger. Pipelined scripts have seen every exit when a debugger stops.
     pub fn run_until_stop(&mut self) -> Result<Stop, Error> {
+        let stop = self.next_stop()?;
+        if let (Stop::Debug(_) | Stop::Debugger, Some(s)) = (&stop, self.scripts.as_mut()) {
+            s.flush()?;
+        }
+        Ok(stop)
+    }
+
+    fn next_stop(&mut self) -> Result<Stop, Error> {
         loop {
             if let Some(link) = self.debug.link.as_ref() {
                 if link.wants_attention() {
@@ -283,7 +291,9 @@ impl Runner {
             self.prepare_watch_step();
             // SREGS/EVENTS are synced on every exit only where they are used on most exits:
             // L1 in VMX operation (VMX instructions, VM entries) and L2.
-            let lean = !self.vmx.vmxon && self.level == Level::L1 && self.scripts.is_none() && !self.debug.attached;
+            // SREGS are read for scripts only when one names a control register.
+            let scripts_lean = self.scripts.as_ref().is_none_or(|s| !s.needs().control_regs);
+            let lean = !self.vmx.vmxon && self.level == Level::L1 && scripts_lean && !self.debug.attached;
             self.l1.set_lean(lean);
             // Where the instruction a debugger steps starts (only read while one is attached).
             let rip_entry = if self.debug.attached { self.active().regs().rip } else { 0 };

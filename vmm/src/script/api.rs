@@ -100,11 +100,11 @@ fn register_exit(engine: &mut Engine) {
             |e: &mut ExitRef| e.get(|c| c.rflags as i64).map_err(err),
             |e: &mut ExitRef, v: i64| e.set_rflags(v as u64).map_err(err),
         )
-        .register_get("cr0", |e: &mut ExitRef| e.get(|c| c.cr0 as i64).map_err(err))
-        .register_get("cr2", |e: &mut ExitRef| e.get(|c| c.cr2 as i64).map_err(err))
-        .register_get("cr3", |e: &mut ExitRef| e.get(|c| c.cr3 as i64).map_err(err))
-        .register_get("cr4", |e: &mut ExitRef| e.get(|c| c.cr4 as i64).map_err(err))
-        .register_get("efer", |e: &mut ExitRef| e.get(|c| c.efer as i64).map_err(err));
+        .register_get("cr0", |e: &mut ExitRef| e.with(|c| Ok(c.control()?.cr0 as i64)).map_err(err))
+        .register_get("cr2", |e: &mut ExitRef| e.with(|c| Ok(c.control()?.cr2 as i64)).map_err(err))
+        .register_get("cr3", |e: &mut ExitRef| e.with(|c| Ok(c.control()?.cr3 as i64)).map_err(err))
+        .register_get("cr4", |e: &mut ExitRef| e.with(|c| Ok(c.control()?.cr4 as i64)).map_err(err))
+        .register_get("efer", |e: &mut ExitRef| e.with(|c| Ok(c.control()?.efer as i64)).map_err(err));
 
     // Per-reason details: () when the exit has no such detail.
     fn opt<T: Into<Dynamic>>(r: Result<Option<T>, ApiError>) -> Res<Dynamic> {

@@ -19,6 +19,29 @@ pub const GPR_NAMES: [&str; 16] =
 /// Largest block `read_phys`/`read_virt` return in one call.
 pub const MAX_READ: i64 = 1 << 20;
 
+/// Control registers and EFER (read-only to scripts), and the paging mode they make.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ControlRegs {
+    pub cr0: u64,
+    pub cr2: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+    pub paging: PagingMode,
+}
+
+/// An exit's own record: all a script that only observes can read. The run loop copies it at
+/// the exit and hands it to the pipelined scripts' thread.
+#[derive(Clone)]
+pub struct ExitRecord {
+    pub exit: Exit,
+    pub route: Handler,
+    pub gprs: [u64; 16],
+    pub rip: u64,
+    pub rflags: u64,
+    pub control: Option<ControlRegs>,
+}
+
 /// What the run loop fills for each exit and reads back after `on_exit`.
 #[derive(Clone)]
 pub struct ExitContext {
@@ -30,17 +53,14 @@ pub struct ExitContext {
     pub gprs: [u64; 16],
     pub rip: u64,
     pub rflags: u64,
-    /// Control registers and EFER: read-only to scripts.
-    pub cr0: u64,
-    pub cr2: u64,
-    pub cr3: u64,
-    pub cr4: u64,
-    pub efer: u64,
+    /// Captured only when a script names them (`analysis::Needs::control_regs`): reading them
+    /// costs KVM a copy of SREGS on every exit.
+    pub control: Option<ControlRegs>,
     /// Set when a script changed `gprs`, `rip` or `rflags`.
     pub regs_dirty: bool,
-    /// L1's RAM and the exiting guest's paging mode.
-    pub ram: GuestRam,
-    pub paging: PagingMode,
+    /// L1's RAM; `None` in a copy of the exit taken for a script that only observes, which
+    /// then may neither read nor change anything beyond the copy.
+    pub ram: Option<GuestRam>,
     /// For an L2 exit while L1 uses EPT: L2-physical memory as L1's EPT maps it (else L2- and
     /// L1-physical are the same).
     pub l2_regions: Option<Vec<Region>>,
@@ -58,28 +78,48 @@ pub struct ExitContext {
 }
 
 impl ExitContext {
-    /// A context with zeroed registers, no VMCS and paging off; the run loop fills the rest.
-    pub fn new(exit: Exit, ram: GuestRam) -> Self {
+    /// A context with zeroed registers, no control registers and no VMCS; the run loop fills
+    /// the rest. `ram` is `None` for a copy.
+    pub fn new(exit: Exit, ram: Option<GuestRam>) -> Self {
         ExitContext {
             exit,
             route: Handler::L0,
             gprs: [0; 16],
             rip: 0,
             rflags: 0,
-            cr0: 0,
-            cr2: 0,
-            cr3: 0,
-            cr4: 0,
-            efer: 0,
+            control: None,
             regs_dirty: false,
             ram,
-            paging: PagingMode::default(),
             l2_regions: None,
             vmcs: None,
             vmcs_dirty: false,
             vmcs_writes: Vec::new(),
             action: Action::Default,
             changes: Vec::new(),
+        }
+    }
+
+    /// A context on `r` alone, for the thread of pipelined scripts: it refuses changes and
+    /// reads of memory or the VMCS (`ApiError::Copy`).
+    pub fn from_record(r: ExitRecord) -> Self {
+        let mut c = ExitContext::new(r.exit, None);
+        c.route = r.route;
+        c.gprs = r.gprs;
+        c.rip = r.rip;
+        c.rflags = r.rflags;
+        c.control = r.control;
+        c
+    }
+
+    /// A copy of the exit's own record.
+    pub fn record(&self) -> ExitRecord {
+        ExitRecord {
+            exit: self.exit.clone(),
+            route: self.route,
+            gprs: self.gprs,
+            rip: self.rip,
+            rflags: self.rflags,
+            control: self.control,
         }
     }
 
@@ -94,14 +134,28 @@ impl ExitContext {
             insn: Vec::new(),
             detail: ExitDetail::None,
         };
-        ExitContext::new(exit, self.ram.clone())
+        ExitContext::new(exit, None)
     }
 }
 
 impl ExitContext {
-    /// The exiting guest's physical memory.
-    fn mem(&self) -> GuestView<'_> {
-        GuestView { ram: &self.ram, regions: self.l2_regions.as_deref() }
+    /// The exiting guest's physical memory (refused on a copy).
+    fn mem(&self) -> ApiResult<GuestView<'_>> {
+        let ram = self.ram.as_ref().ok_or(ApiError::Copy)?;
+        Ok(GuestView { ram, regions: self.l2_regions.as_deref() })
+    }
+
+    /// The control registers, when they were captured.
+    pub fn control(&self) -> ApiResult<&ControlRegs> {
+        self.control.as_ref().ok_or(ApiError::NotCaptured)
+    }
+
+    /// Refuses changes and decisions on a copy.
+    fn live(&mut self) -> ApiResult<&mut Self> {
+        if self.ram.is_none() {
+            return Err(ApiError::Copy);
+        }
+        Ok(self)
     }
 }
 
@@ -141,6 +195,14 @@ pub enum ApiError {
     Expired,
     #[error("the exit object is in use")]
     Busy,
+    #[error(
+        "this script runs on a copy of the exit, after nestbed handled it, because its code only \
+         observes; a name computed at run time reached memory, the VMCS or a change (run with \
+         --script-mode inline)"
+    )]
+    Copy,
+    #[error("the control registers were not captured for this script (internal: the code analysis missed a use)")]
+    NotCaptured,
     #[error("no current VMCS (L1 has not made one current with VMPTRLD)")]
     NoVmcs,
     #[error("unknown VMCS field '{0}' (use the SDM/Linux name, e.g. EXIT_QUALIFICATION)")]
@@ -171,14 +233,14 @@ impl ExitRef {
         self.0.try_borrow_mut().ok()?.take()
     }
 
-    fn with<T>(&self, f: impl FnOnce(&ExitContext) -> ApiResult<T>) -> ApiResult<T> {
+    pub fn with<T>(&self, f: impl FnOnce(&ExitContext) -> ApiResult<T>) -> ApiResult<T> {
         let guard = self.0.try_borrow().map_err(|_| ApiError::Busy)?;
         f(guard.as_ref().ok_or(ApiError::Expired)?)
     }
 
     fn with_mut<T>(&self, f: impl FnOnce(&mut ExitContext) -> ApiResult<T>) -> ApiResult<T> {
         let mut guard = self.0.try_borrow_mut().map_err(|_| ApiError::Busy)?;
-        f(guard.as_mut().ok_or(ApiError::Expired)?)
+        f(guard.as_mut().ok_or(ApiError::Expired)?.live()?)
     }
 
     /// Reads any field of the context.
@@ -221,14 +283,14 @@ impl ExitRef {
         let len = read_len(len)?;
         self.with(|c| {
             let mut buf = vec![0; len];
-            c.mem().read_phys(addr as u64, &mut buf)?;
+            c.mem()?.read_phys(addr as u64, &mut buf)?;
             Ok(buf)
         })
     }
 
     pub fn write_phys(&self, addr: i64, data: &[u8]) -> ApiResult<()> {
         self.with_mut(|c| {
-            c.mem().write_phys(addr as u64, data)?;
+            c.mem()?.write_phys(addr as u64, data)?;
             c.changes.push(format!("phys[{addr:#x}]<-{} bytes", data.len()));
             Ok(())
         })
@@ -237,14 +299,14 @@ impl ExitRef {
     pub fn read_u64(&self, addr: i64) -> ApiResult<i64> {
         self.with(|c| {
             let mut b = [0u8; 8];
-            c.mem().read_phys(addr as u64, &mut b)?;
+            c.mem()?.read_phys(addr as u64, &mut b)?;
             Ok(i64::from_le_bytes(b))
         })
     }
 
     pub fn write_u64(&self, addr: i64, v: i64) -> ApiResult<()> {
         self.with_mut(|c| {
-            c.mem().write_phys(addr as u64, &v.to_le_bytes())?;
+            c.mem()?.write_phys(addr as u64, &v.to_le_bytes())?;
             c.changes.push(format!("phys[{addr:#x}]={:#x}", v as u64));
             Ok(())
         })
@@ -254,14 +316,14 @@ impl ExitRef {
         let len = read_len(len)?;
         self.with(|c| {
             let mut buf = vec![0; len];
-            paging::read_virt(&c.mem(), c.paging, addr as u64, &mut buf)?;
+            paging::read_virt(&c.mem()?, c.control()?.paging, addr as u64, &mut buf)?;
             Ok(buf)
         })
     }
 
     pub fn write_virt(&self, addr: i64, data: &[u8]) -> ApiResult<()> {
         self.with_mut(|c| {
-            paging::write_virt(&c.mem(), c.paging, addr as u64, data)?;
+            paging::write_virt(&c.mem()?, c.control()?.paging, addr as u64, data)?;
             c.changes.push(format!("virt[{addr:#x}]<-{} bytes", data.len()));
             Ok(())
         })
@@ -274,6 +336,9 @@ impl ExitRef {
 
     pub fn vmcs_read_enc(&self, enc: u32) -> ApiResult<i64> {
         self.with(|c| {
+            if c.ram.is_none() {
+                return Err(ApiError::Copy);
+            }
             let vmcs = c.vmcs.as_ref().ok_or(ApiError::NoVmcs)?;
             let v = vmcs.read(enc).ok_or_else(|| ApiError::UnknownField(format!("{enc:#x}")))?;
             Ok(v as i64)

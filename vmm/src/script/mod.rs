@@ -3,28 +3,35 @@
 //! Each script file gets its own engine, AST and `Scope`. Its top-level statements run once at
 //! load; the variables they declare are the script's globals, which the hooks `on_start`,
 //! `on_exit(e)` and `on_stop` read and update directly (they are called with that scope).
+//!
+//! Scripts run *inline*, on the vCPU thread before nestbed handles the exit, unless every
+//! script only observes (`analysis`): those run *pipelined*, on a second thread fed with copies
+//! of the exits (`pipeline`), so the guest does not wait for them.
 
+mod analysis;
 mod api;
 mod context;
+mod pipeline;
 mod rng;
 #[cfg(test)]
 mod tests;
 
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Position, Scope, AST};
 
-pub use context::{ApiError, ExitContext, GPR_NAMES};
+pub use analysis::Needs;
+pub use context::{ApiError, ControlRegs, ExitContext, ExitRecord, GPR_NAMES};
 
 use api::ScriptState;
 use context::ExitRef;
+use pipeline::Pipeline;
 
 use crate::error::Error;
 use crate::exit::Level;
 use crate::machine::vm::CpuidOverride;
-
 /// What a runtime error in a script does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnScriptError {
@@ -35,16 +42,28 @@ pub enum OnScriptError {
     Continue,
 }
 
+/// Where `on_exit` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScriptMode {
+    /// Pipelined when every script only observes and nestbed may use more than one CPU, else
+    /// inline.
+    #[default]
+    Auto,
+    /// Always on the vCPU thread, before nestbed handles the exit.
+    Inline,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScriptOptions {
     /// Operation budget of one hook call (0 = unlimited).
     pub max_operations: u64,
     pub on_error: OnScriptError,
+    pub mode: ScriptMode,
 }
 
 impl Default for ScriptOptions {
     fn default() -> Self {
-        ScriptOptions { max_operations: 1_000_000, on_error: OnScriptError::Stop }
+        ScriptOptions { max_operations: 1_000_000, on_error: OnScriptError::Stop, mode: ScriptMode::Auto }
     }
 }
 
@@ -52,24 +71,35 @@ const ON_START: &str = "on_start";
 const ON_EXIT: &str = "on_exit";
 const ON_STOP: &str = "on_stop";
 
-/// One loaded script file.
-struct Script {
+/// A script file's name (as given) and text.
+#[derive(Clone)]
+struct Source {
+    name: String,
+    text: String,
+}
+
+impl Source {
+    fn read(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::File { path: path.to_path_buf(), source })?;
+        Ok(Source { name: path.display().to_string(), text })
+    }
+}
+
+/// One script file, compiled, with the hooks it defines.
+struct Compiled {
     name: String,
     engine: Engine,
     ast: AST,
-    scope: Scope<'static>,
     state: Rc<RefCell<ScriptState>>,
     has: [bool; 3],
-    max_operations: u64,
 }
 
-impl Script {
-    fn load(path: &PathBuf, opts: &ScriptOptions) -> Result<Self, Error> {
-        let name = path.display().to_string();
-        let src = std::fs::read_to_string(path).map_err(|source| Error::File { path: path.clone(), source })?;
+impl Compiled {
+    fn new(src: &Source, opts: &ScriptOptions) -> Result<Self, Error> {
+        let name = src.name.clone();
         let state = Rc::new(RefCell::new(ScriptState::new(name.clone())));
         let engine = api::build_engine(&state, opts);
-        let mut ast = engine.compile(&src).map_err(|e| {
+        let mut ast = engine.compile(&src.text).map_err(|e| {
             let (kind, pos) = (e.0, e.1);
             Error::ScriptCompile(format!("{}: {kind}", at(&name, pos)))
         })?;
@@ -89,8 +119,25 @@ impl Script {
             }
             has[slot] = true;
         }
+        Ok(Compiled { name, engine, ast, state, has })
+    }
+}
 
-        // Top-level statements initialize the globals, once.
+/// One loaded script: its globals initialized.
+struct Script {
+    name: String,
+    engine: Engine,
+    ast: AST,
+    scope: Scope<'static>,
+    state: Rc<RefCell<ScriptState>>,
+    has: [bool; 3],
+    max_operations: u64,
+}
+
+impl Script {
+    /// Runs the top-level statements, which initialize the globals, once.
+    fn start(c: Compiled, opts: &ScriptOptions) -> Result<Self, Error> {
+        let Compiled { name, engine, mut ast, state, has } = c;
         let mut scope = Scope::new();
         let max_operations = opts.max_operations;
         engine
@@ -110,22 +157,26 @@ impl Script {
     }
 }
 
-/// The loaded scripts, called in the order their files were given.
-pub struct ScriptHost {
+/// Scripts called on the calling thread, in the order their files were given.
+struct Inline {
     scripts: Vec<Script>,
     opts: ScriptOptions,
     stopped: bool,
 }
 
-impl ScriptHost {
-    /// Compiles every file and runs its top-level statements.
-    pub fn load(paths: &[PathBuf], opts: ScriptOptions) -> Result<Self, Error> {
-        let scripts = paths.iter().map(|p| Script::load(p, &opts)).collect::<Result<_, _>>()?;
-        Ok(ScriptHost { scripts, opts, stopped: false })
+impl Inline {
+    fn start(compiled: Vec<Compiled>, opts: ScriptOptions) -> Result<Self, Error> {
+        let scripts = compiled.into_iter().map(|c| Script::start(c, &opts)).collect::<Result<_, _>>()?;
+        Ok(Inline { scripts, opts, stopped: false })
     }
 
-    /// Runs `on_start` of each script; returns the CPUID overrides they set, in order.
-    pub fn on_start(&mut self) -> Result<Vec<(Level, CpuidOverride)>, Error> {
+    /// Compiles and starts `sources` (on the thread that will call them).
+    fn load(sources: &[Source], opts: ScriptOptions) -> Result<Self, Error> {
+        let compiled = sources.iter().map(|s| Compiled::new(s, &opts)).collect::<Result<_, _>>()?;
+        Inline::start(compiled, opts)
+    }
+
+    fn on_start(&mut self) -> Result<Vec<(Level, CpuidOverride)>, Error> {
         let mut overrides = Vec::new();
         for i in 0..self.scripts.len() {
             if !self.scripts[i].has[0] {
@@ -143,12 +194,7 @@ impl ScriptHost {
         Ok(overrides)
     }
 
-    /// Runs `on_exit(e)` of each script on `ctx`; scripts' changes and decision are in `ctx`
-    /// afterwards (a later script's decision replaces an earlier one's).
-    pub fn on_exit(&mut self, ctx: &mut ExitContext) -> Result<(), Error> {
-        if !self.has_on_exit() {
-            return Ok(());
-        }
+    fn on_exit(&mut self, ctx: &mut ExitContext) -> Result<(), Error> {
         let placeholder = ctx.placeholder();
         let handle = ExitRef::new(std::mem::replace(ctx, placeholder));
         let mut result = Ok(());
@@ -168,8 +214,7 @@ impl ScriptHost {
         result
     }
 
-    /// Runs `on_stop` of each script, once; every script runs even if one fails.
-    pub fn on_stop(&mut self) -> Result<(), Error> {
+    fn on_stop(&mut self) -> Result<(), Error> {
         if std::mem::replace(&mut self.stopped, true) {
             return Ok(());
         }
@@ -186,11 +231,6 @@ impl ScriptHost {
         first
     }
 
-    /// True when some script defines `on_exit`.
-    pub fn has_on_exit(&self) -> bool {
-        self.scripts.iter().any(|s| s.has[1])
-    }
-
     fn outcome(&self, r: Result<(), String>) -> Result<(), Error> {
         match (r, self.opts.on_error) {
             (Ok(()), _) => Ok(()),
@@ -200,6 +240,104 @@ impl ScriptHost {
                 Ok(())
             }
         }
+    }
+}
+
+enum Run {
+    Inline(Inline),
+    Pipelined(Pipeline),
+}
+
+/// The loaded scripts.
+pub struct ScriptHost {
+    run: Run,
+    /// What the scripts' code can use, all files together.
+    needs: Needs,
+    has_on_exit: bool,
+}
+
+impl ScriptHost {
+    /// Compiles every file, works out what the scripts use, and runs their top-level statements
+    /// (on the thread that will call their hooks).
+    pub fn load(paths: &[PathBuf], opts: ScriptOptions) -> Result<Self, Error> {
+        let sources = paths.iter().map(|p| Source::read(p)).collect::<Result<Vec<_>, _>>()?;
+        let compiled = sources.iter().map(|s| Compiled::new(s, &opts)).collect::<Result<Vec<_>, _>>()?;
+        let needs = compiled.iter().fold(Needs::default(), |n, c| n.union(Needs::of(&c.ast)));
+        let has_on_exit = compiled.iter().any(|c| c.has[1]);
+        // A second thread only pays where it gets a CPU of its own.
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let run = if opts.mode == ScriptMode::Auto && has_on_exit && needs.observe_only() && cpus > 1 {
+            drop(compiled);
+            Run::Pipelined(Pipeline::start(sources, opts)?)
+        } else {
+            Run::Inline(Inline::start(compiled, opts)?)
+        };
+        let mode = if matches!(run, Run::Pipelined(_)) { "pipelined" } else { "inline" };
+        tracing::info!("scripts run {mode}; they use {needs:?}");
+        Ok(ScriptHost { run, needs, has_on_exit })
+    }
+
+    /// Runs `on_start` of each script; returns the CPUID overrides they set, in order.
+    pub fn on_start(&mut self) -> Result<Vec<(Level, CpuidOverride)>, Error> {
+        match &mut self.run {
+            Run::Inline(i) => i.on_start(),
+            Run::Pipelined(p) => p.on_start(),
+        }
+    }
+
+    /// Runs `on_exit(e)` of each script on `ctx`; scripts' changes and decision are in `ctx`
+    /// afterwards (a later script's decision replaces an earlier one's). Pipelined, `ctx` is
+    /// queued for the scripts and an error returned is one an earlier exit raised.
+    pub fn on_exit(&mut self, ctx: &mut ExitContext) -> Result<(), Error> {
+        if !self.has_on_exit {
+            return Ok(());
+        }
+        match &mut self.run {
+            Run::Inline(i) => i.on_exit(ctx),
+            Run::Pipelined(p) => p.on_exit(ctx.record()),
+        }
+    }
+
+    /// Queues `record` for pipelined scripts (the run loop's way, with no context to build).
+    pub fn queue(&mut self, record: ExitRecord) -> Result<(), Error> {
+        match &mut self.run {
+            Run::Pipelined(p) if self.has_on_exit => p.on_exit(record),
+            Run::Pipelined(_) => Ok(()),
+            Run::Inline(i) => i.on_exit(&mut ExitContext::from_record(record)),
+        }
+    }
+
+    /// Waits until pipelined scripts have seen every exit so far (a no-op inline): before a
+    /// person looks (a gdb stop), so the scripts' output is current.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        match &mut self.run {
+            Run::Inline(_) => Ok(()),
+            Run::Pipelined(p) => p.flush(),
+        }
+    }
+
+    /// Runs `on_stop` of each script, once, after every exit was seen; every script runs even
+    /// if one fails.
+    pub fn on_stop(&mut self) -> Result<(), Error> {
+        match &mut self.run {
+            Run::Inline(i) => i.on_stop(),
+            Run::Pipelined(p) => p.on_stop(),
+        }
+    }
+
+    /// True when some script defines `on_exit`.
+    pub fn has_on_exit(&self) -> bool {
+        self.has_on_exit
+    }
+
+    /// What the scripts can use, so the run loop captures only that.
+    pub fn needs(&self) -> Needs {
+        self.needs
+    }
+
+    /// True when `on_exit` runs on copies of the exits, which then need no RAM or VMCS.
+    pub fn pipelined(&self) -> bool {
+        matches!(self.run, Run::Pipelined(_))
     }
 }
 

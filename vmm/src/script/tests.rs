@@ -22,8 +22,21 @@ fn file(name: &str, src: &str) -> PathBuf {
     p
 }
 
+/// Inline scripts, whose globals the tests read (see `scope`).
+fn inline() -> ScriptOptions {
+    ScriptOptions { mode: ScriptMode::Inline, ..ScriptOptions::default() }
+}
+
 fn host(src: &str) -> ScriptHost {
-    ScriptHost::load(&[file("t.rhai", src)], ScriptOptions::default()).unwrap()
+    ScriptHost::load(&[file("t.rhai", src)], inline()).unwrap()
+}
+
+/// The globals of inline script `i`.
+fn scope(h: &ScriptHost, i: usize) -> &rhai::Scope<'static> {
+    match &h.run {
+        Run::Inline(s) => &s.scripts[i].scope,
+        Run::Pipelined(_) => panic!("pipelined scripts keep their globals on their thread"),
+    }
 }
 
 fn io_exit(level: Level, port: u16, write: bool) -> ExitContext {
@@ -36,8 +49,9 @@ fn io_exit(level: Level, port: u16, write: bool) -> ExitContext {
         insn: vec![0xe6, 0x80],
         detail: ExitDetail::Io { port, size: 1, write, data: 0x42 },
     };
-    let mut c = ExitContext::new(exit, GuestRam::new(4).unwrap());
+    let mut c = ExitContext::new(exit, Some(GuestRam::new(4).unwrap()));
     c.rip = 0x1000;
+    c.control = Some(ControlRegs::default());
     c
 }
 
@@ -65,17 +79,17 @@ fn compile_error_names_file_line_col() {
 fn globals_persist_across_calls_and_scripts_are_separate() {
     let a = file("a.rhai", "let n = 0; let seen = #{}; fn on_exit(e) { n += 1; seen[e.reason] = n; let tmp = 1; }");
     let b = file("b.rhai", "let n = 100; fn on_exit(e) { n += 1; e.rax = n; }");
-    let mut h = ScriptHost::load(&[a, b], ScriptOptions::default()).unwrap();
+    let mut h = ScriptHost::load(&[a, b], inline()).unwrap();
     let mut c = io_exit(Level::L1, 0x80, true);
     for _ in 0..3 {
         h.on_exit(&mut c).unwrap();
     }
-    assert_eq!(h.scripts[0].scope.get_value::<i64>("n"), Some(3));
-    assert_eq!(h.scripts[1].scope.get_value::<i64>("n"), Some(103));
+    assert_eq!(scope(&h, 0).get_value::<i64>("n"), Some(3));
+    assert_eq!(scope(&h, 1).get_value::<i64>("n"), Some(103));
     assert_eq!(c.gprs[0], 103);
     // Hook locals do not pile up in the scope.
-    assert_eq!(h.scripts[0].scope.len(), 2);
-    let seen = h.scripts[0].scope.get_value::<rhai::Map>("seen").unwrap();
+    assert_eq!(scope(&h, 0).len(), 2);
+    let seen = scope(&h, 0).get_value::<rhai::Map>("seen").unwrap();
     assert_eq!(seen["IO_INSTRUCTION"].as_int().unwrap(), 3);
 }
 
@@ -105,7 +119,7 @@ fn getters_per_reason() {
     let mut c = io_exit(Level::L2, 0x80, false);
     h.on_exit(&mut c).unwrap();
     let out: Vec<String> =
-        h.scripts[0].scope.get_value::<rhai::Array>("out").unwrap().iter().map(|d| d.to_string()).collect();
+        scope(&h, 0).get_value::<rhai::Array>("out").unwrap().iter().map(|d| d.to_string()).collect();
     assert_eq!(
         out,
         [
@@ -185,7 +199,7 @@ fn vmcs_by_name() {
 #[test]
 fn operation_limit_stops_endless_loop() {
     let p = file("spin.rhai", "fn on_exit(e) {\n  loop { }\n}\n");
-    let opts = ScriptOptions { max_operations: 10_000, on_error: OnScriptError::Stop };
+    let opts = ScriptOptions { max_operations: 10_000, on_error: OnScriptError::Stop, mode: ScriptMode::Inline };
     let mut h = ScriptHost::load(std::slice::from_ref(&p), opts).unwrap();
     let mut c = io_exit(Level::L1, 0x80, true);
     let m = script_err(h.on_exit(&mut c));
@@ -194,7 +208,7 @@ fn operation_limit_stops_endless_loop() {
     assert_eq!(c.exit.seq, 7, "context returned after an error");
 
     // Continue: warn and go on.
-    let opts = ScriptOptions { max_operations: 10_000, on_error: OnScriptError::Continue };
+    let opts = ScriptOptions { max_operations: 10_000, on_error: OnScriptError::Continue, mode: ScriptMode::Inline };
     let mut h = ScriptHost::load(&[p], opts).unwrap();
     assert!(h.on_exit(&mut c).is_ok());
 }
@@ -205,13 +219,7 @@ fn rand_is_reproducible() {
     let run = || {
         let mut h = host(src);
         h.on_start().unwrap();
-        h.scripts[0]
-            .scope
-            .get_value::<rhai::Array>("xs")
-            .unwrap()
-            .iter()
-            .map(|d| d.as_int().unwrap())
-            .collect::<Vec<_>>()
+        scope(&h, 0).get_value::<rhai::Array>("xs").unwrap().iter().map(|d| d.as_int().unwrap()).collect::<Vec<_>>()
     };
     let (a, b) = (run(), run());
     assert_eq!(a, b);
@@ -248,7 +256,7 @@ fn memory_access() {
     assert_eq!(c.gprs[3], 0x1122_3344_5566_7788);
     assert_eq!(c.gprs[1], 3);
     let mut b = [0u8; 3];
-    c.ram.read(0x3000, &mut b).unwrap();
+    c.ram.as_ref().unwrap().read(0x3000, &mut b).unwrap();
     assert_eq!(b, [1, 0x88, 3]);
     for bad in
         ["e.read_u64(0x7fff_ffff)", "e.read_phys(-1, 8)", "e.write_phys(0x3ffffe, [1,2,3])", "e.read_phys(0, -1)"]
@@ -271,11 +279,11 @@ fn kept_exit_expires() {
 fn on_stop_runs_once_for_every_script() {
     let a = file("a.rhai", "let n = 0; fn on_stop() { n += 1; throw \"boom\"; }");
     let b = file("b.rhai", "let n = 0; fn on_stop() { n += 1; }");
-    let mut h = ScriptHost::load(&[a, b], ScriptOptions::default()).unwrap();
+    let mut h = ScriptHost::load(&[a, b], inline()).unwrap();
     assert!(!h.has_on_exit());
     assert!(script_err(h.on_stop()).contains("boom"));
     assert!(h.on_stop().is_ok());
-    assert_eq!(h.scripts[1].scope.get_value::<i64>("n"), Some(1));
+    assert_eq!(scope(&h, 1).get_value::<i64>("n"), Some(1));
 }
 
 #[test]
@@ -338,11 +346,133 @@ fn example_scripts_run() {
             detail: ExitDetail::Msr { index: 0x48a, write: false, value: 0 },
         };
         let mut contexts = vec![io_exit(Level::L2, 0x80, true), io_exit(Level::L1, 0x3f8, false)];
-        contexts.push(ExitContext::new(msr, GuestRam::new(4).unwrap()));
+        contexts.push(ExitContext::new(msr, Some(GuestRam::new(4).unwrap())));
         for mut c in contexts {
             c.vmcs = Some(Vmcs::new(1));
             h.on_exit(&mut c).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         }
         h.on_stop().unwrap();
     }
+}
+
+#[test]
+fn every_registered_name_is_classified() {
+    let state = std::rc::Rc::new(std::cell::RefCell::new(api::ScriptState::new("x".into())));
+    let engine = api::build_engine(&state, &ScriptOptions::default());
+    for sig in engine.gen_fn_signatures(false) {
+        let name = sig.split('(').next().unwrap_or("").trim_start_matches("get$").trim_start_matches("set$");
+        assert!(analysis::classified(name), "the code analysis does not know what {name} touches");
+    }
+}
+
+/// A script that checks it sees every exit, in order, and fails `on_stop` otherwise.
+const ORDERED: &str = "let next = 1; let sum = 0;
+    fn on_exit(e) { if e.seq != next { throw `exit ${e.seq} came when ${next} was due` } next += 1; sum += e.rax; }
+    fn on_stop() { if sum != 4950 || next != 101 { throw `saw ${next - 1} exits, sum ${sum}` } }";
+
+fn numbered(seq: u64) -> ExitContext {
+    let mut c = io_exit(Level::L1, 0x80, true);
+    c.exit.seq = seq;
+    c.gprs[0] = seq - 1;
+    c
+}
+
+#[test]
+fn observing_scripts_run_pipelined_and_see_every_exit_in_order() {
+    let mut h = ScriptHost::load(&[file("o.rhai", ORDERED)], ScriptOptions::default()).unwrap();
+    assert!(h.pipelined());
+    assert!(h.needs().observe_only());
+    for seq in 1..=100 {
+        let mut c = numbered(seq);
+        h.on_exit(&mut c).unwrap();
+        // Nothing comes back from a copy.
+        assert!(!c.regs_dirty && c.changes.is_empty() && c.action == Action::Default);
+        if seq == 50 {
+            h.flush().unwrap();
+        }
+    }
+    h.on_stop().unwrap();
+    assert!(h.on_stop().is_ok(), "on_stop runs once");
+
+    // The same file inline, when asked.
+    let mut h = ScriptHost::load(&[file("o.rhai", ORDERED)], inline()).unwrap();
+    assert!(!h.pipelined());
+    for seq in 1..=100 {
+        h.on_exit(&mut numbered(seq)).unwrap();
+    }
+    h.on_stop().unwrap();
+}
+
+#[test]
+fn scripts_that_change_or_read_live_state_run_inline() {
+    for src in [
+        "fn on_exit(e) { e.rax = 1; }",
+        "fn on_exit(e) { e.vmcs_read(\"GUEST_RIP\"); }",
+        "fn on_exit(e) { e.read_phys(0, 1); }",
+        "fn on_exit(e) { if e.port == 0x80 { e.stop(\"port\") } }",
+    ] {
+        let h = ScriptHost::load(&[file("c.rhai", src)], ScriptOptions::default()).unwrap();
+        assert!(!h.pipelined(), "{src}");
+    }
+    // One script that changes makes them all inline (their order is kept).
+    let a = file("a.rhai", "fn on_exit(e) { }");
+    let b = file("b.rhai", "fn on_exit(e) { e.skip(); }");
+    assert!(!ScriptHost::load(&[a, b], ScriptOptions::default()).unwrap().pipelined());
+}
+
+#[test]
+fn pipelined_error_stops_at_a_later_exit_and_names_its_exit() {
+    let src = "fn on_exit(e) {\n  if e.seq == 3 { throw \"bad exit\" }\n}";
+    let p = file("late.rhai", src);
+    let mut h = ScriptHost::load(std::slice::from_ref(&p), ScriptOptions::default()).unwrap();
+    assert!(h.pipelined());
+    for seq in 1..=3 {
+        h.on_exit(&mut numbered(seq)).unwrap();
+    }
+    let m = script_err(h.flush());
+    assert!(m.starts_with(&format!("{}:2:", p.display())), "{m}");
+    assert!(m.contains("bad exit") && m.contains("on exit #3"), "{m}");
+    assert!(script_err(h.on_exit(&mut numbered(4))).contains("stopped after an error"));
+    h.on_stop().unwrap();
+
+    // An error in the last exits is returned by on_stop; with `continue`, none is.
+    let mut h = ScriptHost::load(std::slice::from_ref(&p), ScriptOptions::default()).unwrap();
+    for seq in 1..=3 {
+        h.on_exit(&mut numbered(seq)).unwrap();
+    }
+    assert!(script_err(h.on_stop()).contains("on exit #3"));
+    let opts = ScriptOptions { on_error: OnScriptError::Continue, ..ScriptOptions::default() };
+    let mut h = ScriptHost::load(&[p], opts).unwrap();
+    for seq in 1..=5 {
+        h.on_exit(&mut numbered(seq)).unwrap();
+    }
+    h.on_stop().unwrap();
+}
+
+#[test]
+fn pipelined_start_errors_and_on_start_come_back() {
+    let bad = ScriptHost::load(&[file("top.rhai", "let x = 1 / 0; fn on_exit(e) { }")], ScriptOptions::default());
+    assert!(matches!(bad, Err(Error::Script(m)) if m.contains("top-level code")));
+    let src = "fn on_start() { cpuid_set(\"L1\", 0x40000000, 0, 1, 2, 3, 4); } fn on_exit(e) { }";
+    let mut h = ScriptHost::load(&[file("s.rhai", src)], ScriptOptions::default()).unwrap();
+    assert!(h.pipelined());
+    let ov = h.on_start().unwrap();
+    assert_eq!((ov[0].0, ov[0].1.regs), (Level::L1, [1, 2, 3, 4]));
+}
+
+#[test]
+fn a_copy_refuses_changes_and_live_reads() {
+    let mut c = io_exit(Level::L1, 0x80, true);
+    c.ram = None;
+    c.vmcs = Some(Vmcs::new(1));
+    let r = context::ExitRef::new(c);
+    assert!(matches!(r.set_gpr(0, 1), Err(ApiError::Copy)));
+    assert!(matches!(r.decide(Action::Skip), Err(ApiError::Copy)));
+    assert!(matches!(r.read_u64(0), Err(ApiError::Copy)));
+    assert!(matches!(r.vmcs_read("GUEST_RIP"), Err(ApiError::Copy)));
+    assert_eq!(r.get(|c| c.gprs[0]).unwrap(), 0);
+    let mut c = io_exit(Level::L1, 0x80, true);
+    c.control = None;
+    let r = context::ExitRef::new(c);
+    assert!(matches!(r.with(|c| c.control().map(|x| x.cr3)), Err(ApiError::NotCaptured)));
 }

@@ -1,0 +1,227 @@
+//! Scripts that only observe, run on a second thread: the vCPU thread queues a copy of each
+//! exit and goes on; the worker calls `on_exit` on the copies in order.
+//!
+//! The queue is a single-producer single-consumer ring (`rtrb`): handing an exit over is a copy
+//! into a slot and one store, never a lock or a system call on the vCPU thread. The worker
+//! polls it, sleeping a little longer each time it finds it empty. A full ring makes the vCPU
+//! thread wait: memory stays bounded and a script slower than the guest slows the guest, as
+//! inline.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rtrb::{Consumer, Producer, PushError, RingBuffer};
+
+use super::{ExitContext, ExitRecord, Inline, ScriptOptions, Source};
+use crate::error::Error;
+use crate::exit::Level;
+use crate::machine::vm::CpuidOverride;
+
+/// Exits queued before the vCPU thread waits for the worker.
+const QUEUE_LIMIT: usize = 1 << 12;
+/// The worker's longest sleep when idle: how late a script's output can be.
+const MAX_IDLE: Duration = Duration::from_millis(1);
+const MIN_IDLE: Duration = Duration::from_micros(20);
+
+/// What the vCPU thread asks of the worker besides exits; each answers on its channel.
+enum Request {
+    OnStart(Sender<Result<Vec<(Level, CpuidOverride)>, Error>>),
+    /// Answer once every exit queued before was seen.
+    Flush(Sender<()>),
+    /// See every queued exit, run `on_stop`, and end.
+    OnStop(Sender<Result<(), Error>>),
+}
+
+struct Shared {
+    /// The first error of an `on_exit` (with `--on-script-error stop`); the worker skips
+    /// further exits once it is set.
+    error: Mutex<Option<Error>>,
+    failed: AtomicBool,
+}
+
+impl Shared {
+    fn take_error(&self) -> Option<Error> {
+        self.error.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+pub(super) struct Pipeline {
+    queue: Producer<ExitRecord>,
+    shared: Arc<Shared>,
+    requests: Option<Sender<Request>>,
+    worker: Option<JoinHandle<()>>,
+    stopped: bool,
+}
+
+impl Pipeline {
+    /// Starts the worker, which compiles the scripts and runs their top-level statements on
+    /// its own thread (a Rhai engine stays on the thread that made it).
+    pub fn start(sources: Vec<Source>, opts: ScriptOptions) -> Result<Self, Error> {
+        let (queue, exits) = RingBuffer::new(QUEUE_LIMIT);
+        let shared = Arc::new(Shared { error: Mutex::new(None), failed: AtomicBool::new(false) });
+        let (requests, inbox) = mpsc::channel();
+        let (loaded_tx, loaded) = mpsc::channel();
+        let sh = shared.clone();
+        let worker = std::thread::Builder::new()
+            .name("nestbed-scripts".into())
+            .spawn(move || match Inline::load(&sources, opts) {
+                Ok(scripts) => {
+                    let _ = loaded_tx.send(Ok(()));
+                    work(scripts, &sh, exits, &inbox);
+                }
+                Err(e) => {
+                    let _ = loaded_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| Error::Script(format!("starting the script thread: {e}")))?;
+        let mut p = Pipeline { queue, shared, requests: Some(requests), worker: Some(worker), stopped: false };
+        match loaded.recv() {
+            Ok(Ok(())) => Ok(p),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(p.lost()),
+        }
+    }
+
+    pub fn on_start(&mut self) -> Result<Vec<(Level, CpuidOverride)>, Error> {
+        self.ask(Request::OnStart)?
+    }
+
+    /// Queues `record`; returns an error an earlier exit raised in a script.
+    pub fn on_exit(&mut self, record: ExitRecord) -> Result<(), Error> {
+        if self.shared.failed.load(Ordering::Relaxed) {
+            return Err(self.error());
+        }
+        let mut record = record;
+        loop {
+            match self.queue.push(record) {
+                Ok(()) => return Ok(()),
+                Err(PushError::Full(r)) => record = r,
+            }
+            if self.shared.failed.load(Ordering::Relaxed) {
+                return Err(self.error());
+            }
+            if self.worker.as_ref().is_none_or(JoinHandle::is_finished) {
+                return Err(self.lost());
+            }
+            std::thread::sleep(MIN_IDLE);
+        }
+    }
+
+    pub fn flush(&mut self) -> Result<(), Error> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.ask(Request::Flush)?;
+        match self.shared.failed.load(Ordering::Relaxed) {
+            true => Err(self.error()),
+            false => Ok(()),
+        }
+    }
+
+    /// Lets the worker see every queued exit, runs `on_stop` and ends the worker; an error an
+    /// exit raised that was not returned yet is returned here.
+    pub fn on_stop(&mut self) -> Result<(), Error> {
+        if std::mem::replace(&mut self.stopped, true) {
+            return Ok(());
+        }
+        let stopped = self.ask(Request::OnStop);
+        self.join();
+        let earlier = self.shared.take_error();
+        match (earlier, stopped) {
+            (Some(e), _) => Err(e),
+            (None, Ok(r)) => r,
+            (None, Err(e)) => Err(e),
+        }
+    }
+
+    fn ask<T>(&mut self, request: impl FnOnce(Sender<T>) -> Request) -> Result<T, Error> {
+        let (tx, rx) = mpsc::channel();
+        let sent = self.requests.as_ref().is_some_and(|r| r.send(request(tx)).is_ok());
+        match (sent, rx.recv()) {
+            (true, Ok(v)) => Ok(v),
+            _ => Err(self.lost()),
+        }
+    }
+
+    /// The worker's error (taken once; later calls say the scripts stopped).
+    fn error(&self) -> Error {
+        self.shared.take_error().unwrap_or_else(|| Error::Script("the scripts stopped after an error".into()))
+    }
+
+    /// The worker ended without answering: it panicked.
+    fn lost(&mut self) -> Error {
+        self.join();
+        self.shared.take_error().unwrap_or_else(|| Error::Script("the script thread ended unexpectedly".into()))
+    }
+
+    fn join(&mut self) {
+        self.requests = None;
+        if let Some(w) = self.worker.take() {
+            if w.join().is_err() {
+                tracing::error!("the script thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    /// Ends the worker without `on_stop` (a reload): closing the request channel ends it.
+    fn drop(&mut self) {
+        self.join();
+    }
+}
+
+/// The worker: exits first, then requests, sleeping when there is neither.
+fn work(mut scripts: Inline, shared: &Shared, mut exits: Consumer<ExitRecord>, inbox: &Receiver<Request>) {
+    let mut idle = MIN_IDLE;
+    loop {
+        if drain(&mut scripts, shared, &mut exits) {
+            idle = MIN_IDLE;
+            continue;
+        }
+        match inbox.try_recv() {
+            Ok(Request::OnStart(reply)) => {
+                let _ = reply.send(scripts.on_start());
+            }
+            Ok(Request::Flush(reply)) => {
+                drain(&mut scripts, shared, &mut exits);
+                let _ = reply.send(());
+            }
+            Ok(Request::OnStop(reply)) => {
+                drain(&mut scripts, shared, &mut exits);
+                let _ = reply.send(scripts.on_stop());
+                return;
+            }
+            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) => {
+                std::thread::sleep(idle);
+                idle = (idle * 2).min(MAX_IDLE);
+            }
+        }
+    }
+}
+
+/// Runs `on_exit` on every queued exit; false when the queue was empty.
+fn drain(scripts: &mut Inline, shared: &Shared, exits: &mut Consumer<ExitRecord>) -> bool {
+    let mut any = false;
+    while let Ok(record) = exits.pop() {
+        any = true;
+        if shared.failed.load(Ordering::Relaxed) {
+            continue;
+        }
+        let seq = record.exit.seq;
+        let mut ctx = ExitContext::from_record(record);
+        if let Err(e) = scripts.on_exit(&mut ctx) {
+            let e = match e {
+                Error::Script(m) => Error::Script(format!("{m}, on exit #{seq} (pipelined: nestbed stopped later)")),
+                other => other,
+            };
+            *shared.error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+            shared.failed.store(true, Ordering::Relaxed);
+        }
+    }
+    any
+}
