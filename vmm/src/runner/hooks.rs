@@ -62,8 +62,7 @@ impl Runner {
 
     /// The exit as inline scripts see it, with only what their code can use (`script::Needs`).
     fn exit_context(&mut self, exit: &Exit, route: Handler, needs: Needs) -> ExitContext {
-        let mut ctx = ExitContext::from_record(self.exit_record(exit, route, needs));
-        ctx.ram = Some(self.l1_vm.ram.clone());
+        let mut ctx = ExitContext::with_record(self.exit_record(exit, route, needs), Some(self.l1_vm.ram.clone()));
         if needs.vmcs {
             ctx.vmcs = self.vmx.current_vmcs().cloned();
         }
@@ -86,11 +85,11 @@ impl Runner {
     fn apply_context(&mut self, ctx: &ExitContext) {
         if ctx.regs_dirty {
             let r = self.active().regs_mut();
-            for (i, v) in ctx.gprs.iter().enumerate() {
+            for (i, v) in ctx.record.gprs.iter().enumerate() {
                 set_gpr(r, Gpr(i as u8), *v);
             }
-            r.rip = ctx.rip;
-            r.rflags = ctx.rflags;
+            r.rip = ctx.record.rip;
+            r.rflags = ctx.record.rflags;
         }
         if ctx.vmcs_dirty {
             if let Some(vmcs) = self.vmx.current_vmcs_mut() {
@@ -98,7 +97,7 @@ impl Runner {
                     vmcs.write(enc, v);
                 }
             }
-            if ctx.exit.level == Level::L2 {
+            if ctx.record.exit.level == Level::L2 {
                 self.script_vmcs_writes.extend_from_slice(&ctx.vmcs_writes);
             }
         }

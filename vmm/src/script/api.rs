@@ -64,40 +64,48 @@ pub fn build_engine(state: &Rc<RefCell<ScriptState>>, opts: &ScriptOptions) -> E
 fn register_exit(engine: &mut Engine) {
     engine.register_type_with_name::<ExitRef>("Exit");
     let to_string = |e: &mut ExitRef| -> Res<String> {
-        e.get(|c| format!("#{} {} {} rip={:#x}", c.exit.seq, c.exit.level.as_str(), c.exit.reason_name(), c.rip))
-            .map_err(err)
+        e.get(|c| {
+            format!(
+                "#{} {} {} rip={:#x}",
+                c.record.exit.seq,
+                c.record.exit.level.as_str(),
+                c.record.exit.reason_name(),
+                c.record.rip
+            )
+        })
+        .map_err(err)
     };
     engine.register_fn("to_string", to_string).register_fn("to_debug", to_string);
 
     // The exit itself.
     engine
-        .register_get("level", |e: &mut ExitRef| e.get(|c| c.exit.level.as_str().to_string()).map_err(err))
-        .register_get("reason", |e: &mut ExitRef| e.get(|c| c.exit.reason_name()).map_err(err))
-        .register_get("reason_nr", |e: &mut ExitRef| e.get(|c| i64::from(c.exit.reason)).map_err(err))
-        .register_get("qualification", |e: &mut ExitRef| e.get(|c| c.exit.qualification as i64).map_err(err))
-        .register_get("seq", |e: &mut ExitRef| e.get(|c| c.exit.seq as i64).map_err(err))
-        .register_get("insn", |e: &mut ExitRef| e.get(|c| Blob::from(c.exit.insn.clone())).map_err(err))
-        .register_get("insn_len", |e: &mut ExitRef| e.get(|c| c.exit.insn.len() as i64).map_err(err))
+        .register_get("level", |e: &mut ExitRef| e.get(|c| c.record.exit.level.as_str().to_string()).map_err(err))
+        .register_get("reason", |e: &mut ExitRef| e.get(|c| c.record.exit.reason_name()).map_err(err))
+        .register_get("reason_nr", |e: &mut ExitRef| e.get(|c| i64::from(c.record.exit.reason)).map_err(err))
+        .register_get("qualification", |e: &mut ExitRef| e.get(|c| c.record.exit.qualification as i64).map_err(err))
+        .register_get("seq", |e: &mut ExitRef| e.get(|c| c.record.exit.seq as i64).map_err(err))
+        .register_get("insn", |e: &mut ExitRef| e.get(|c| Blob::from(c.record.exit.insn.clone())).map_err(err))
+        .register_get("insn_len", |e: &mut ExitRef| e.get(|c| c.record.exit.insn.len() as i64).map_err(err))
         .register_get("action", |e: &mut ExitRef| e.get(|c| action_name(&c.action).to_string()).map_err(err))
-        .register_get("route", |e: &mut ExitRef| e.get(|c| c.route.as_str().to_string()).map_err(err));
+        .register_get("route", |e: &mut ExitRef| e.get(|c| c.record.route.as_str().to_string()).map_err(err));
 
     // Registers.
     for (i, reg) in GPR_NAMES.iter().enumerate() {
         engine.register_get_set(
             reg,
-            move |e: &mut ExitRef| e.get(|c| c.gprs[i] as i64).map_err(err),
+            move |e: &mut ExitRef| e.get(|c| c.record.gprs[i] as i64).map_err(err),
             move |e: &mut ExitRef, v: i64| e.set_gpr(i, v as u64).map_err(err),
         );
     }
     engine
         .register_get_set(
             "rip",
-            |e: &mut ExitRef| e.get(|c| c.rip as i64).map_err(err),
+            |e: &mut ExitRef| e.get(|c| c.record.rip as i64).map_err(err),
             |e: &mut ExitRef, v: i64| e.set_rip(v as u64).map_err(err),
         )
         .register_get_set(
             "rflags",
-            |e: &mut ExitRef| e.get(|c| c.rflags as i64).map_err(err),
+            |e: &mut ExitRef| e.get(|c| c.record.rflags as i64).map_err(err),
             |e: &mut ExitRef, v: i64| e.set_rflags(v as u64).map_err(err),
         )
         .register_get("cr0", |e: &mut ExitRef| e.with(|c| Ok(c.control()?.cr0 as i64)).map_err(err))

@@ -34,17 +34,6 @@ pub struct ControlRegs {
 /// the exit and hands it to the pipelined scripts' thread.
 #[derive(Clone)]
 pub struct ExitRecord {
-    pub exit: Exit,
-    pub route: Handler,
-    pub gprs: [u64; 16],
-    pub rip: u64,
-    pub rflags: u64,
-    pub control: Option<ControlRegs>,
-}
-
-/// What the run loop fills for each exit and reads back after `on_exit`.
-#[derive(Clone)]
-pub struct ExitContext {
     /// The exit as nestbed normalized it.
     pub exit: Exit,
     /// Who handles the exit unless a script decides: L1 for an L2 exit L1 asked for, else L0.
@@ -56,6 +45,13 @@ pub struct ExitContext {
     /// Captured only when a script names them (`analysis::Needs::control_regs`): reading them
     /// costs KVM a copy of SREGS on every exit.
     pub control: Option<ControlRegs>,
+}
+
+/// What the run loop fills for each exit and reads back after `on_exit`: the exit's record,
+/// which scripts may change, and the live state around it.
+#[derive(Clone)]
+pub struct ExitContext {
+    pub record: ExitRecord,
     /// Set when a script changed `gprs`, `rip` or `rflags`.
     pub regs_dirty: bool,
     /// L1's RAM; `None` in a copy of the exit taken for a script that only observes, which
@@ -81,13 +77,15 @@ impl ExitContext {
     /// A context with zeroed registers, no control registers and no VMCS; the run loop fills
     /// the rest. `ram` is `None` for a copy.
     pub fn new(exit: Exit, ram: Option<GuestRam>) -> Self {
+        let record = ExitRecord { exit, route: Handler::L0, gprs: [0; 16], rip: 0, rflags: 0, control: None };
+        ExitContext::with_record(record, ram)
+    }
+
+    /// A context on `record`; without `ram`, for the thread of pipelined scripts, it refuses
+    /// changes and reads of memory or the VMCS (`ApiError::Copy`).
+    pub fn with_record(record: ExitRecord, ram: Option<GuestRam>) -> Self {
         ExitContext {
-            exit,
-            route: Handler::L0,
-            gprs: [0; 16],
-            rip: 0,
-            rflags: 0,
-            control: None,
+            record,
             regs_dirty: false,
             ram,
             l2_regions: None,
@@ -99,36 +97,12 @@ impl ExitContext {
         }
     }
 
-    /// A context on `r` alone, for the thread of pipelined scripts: it refuses changes and
-    /// reads of memory or the VMCS (`ApiError::Copy`).
-    pub fn from_record(r: ExitRecord) -> Self {
-        let mut c = ExitContext::new(r.exit, None);
-        c.route = r.route;
-        c.gprs = r.gprs;
-        c.rip = r.rip;
-        c.rflags = r.rflags;
-        c.control = r.control;
-        c
-    }
-
-    /// A copy of the exit's own record.
-    pub fn record(&self) -> ExitRecord {
-        ExitRecord {
-            exit: self.exit.clone(),
-            route: self.route,
-            gprs: self.gprs,
-            rip: self.rip,
-            rflags: self.rflags,
-            control: self.control,
-        }
-    }
-
     /// A cheap stand-in left in the caller's place while scripts hold the real context.
     pub(crate) fn placeholder(&self) -> Self {
         let exit = Exit {
-            seq: self.exit.seq,
-            level: self.exit.level,
-            reason: self.exit.reason,
+            seq: self.record.exit.seq,
+            level: self.record.exit.level,
+            reason: self.record.exit.reason,
             qualification: 0,
             rip: 0,
             insn: Vec::new(),
@@ -147,7 +121,7 @@ impl ExitContext {
 
     /// The control registers, when they were captured.
     pub fn control(&self) -> ApiResult<&ControlRegs> {
-        self.control.as_ref().ok_or(ApiError::NotCaptured)
+        self.record.control.as_ref().ok_or(ApiError::NotCaptured)
     }
 
     /// Refuses changes and decisions on a copy.
@@ -249,12 +223,12 @@ impl ExitRef {
     }
 
     pub fn exit_detail<T>(&self, f: impl FnOnce(&ExitDetail) -> Option<T>) -> ApiResult<Option<T>> {
-        self.with(|c| Ok(f(&c.exit.detail)))
+        self.with(|c| Ok(f(&c.record.exit.detail)))
     }
 
     pub fn set_gpr(&self, i: usize, v: u64) -> ApiResult<()> {
         self.with_mut(|c| {
-            c.gprs[i] = v;
+            c.record.gprs[i] = v;
             c.regs_dirty = true;
             c.changes.push(format!("{}={v:#x}", GPR_NAMES[i]));
             Ok(())
@@ -263,7 +237,7 @@ impl ExitRef {
 
     pub fn set_rip(&self, v: u64) -> ApiResult<()> {
         self.with_mut(|c| {
-            c.rip = v;
+            c.record.rip = v;
             c.regs_dirty = true;
             c.changes.push(format!("rip={v:#x}"));
             Ok(())
@@ -272,7 +246,7 @@ impl ExitRef {
 
     pub fn set_rflags(&self, v: u64) -> ApiResult<()> {
         self.with_mut(|c| {
-            c.rflags = v;
+            c.record.rflags = v;
             c.regs_dirty = true;
             c.changes.push(format!("rflags={v:#x}"));
             Ok(())
@@ -369,10 +343,10 @@ impl ExitRef {
 
     pub fn decide(&self, action: Action) -> ApiResult<()> {
         self.with_mut(|c| {
-            if matches!(action, Action::Reflect | Action::KeepInL0) && c.exit.level != Level::L2 {
+            if matches!(action, Action::Reflect | Action::KeepInL0) && c.record.exit.level != Level::L2 {
                 return Err(not_here(c, action_name(&action), "L2 exits"));
             }
-            if matches!(action, Action::Value(_)) && !is_read(&c.exit.detail) {
+            if matches!(action, Action::Value(_)) && !is_read(&c.record.exit.detail) {
                 return Err(not_here(c, "set_result", "in, RDMSR and MMIO-read exits"));
             }
             c.changes.push(format!("action={}", describe(&action)));
@@ -415,7 +389,7 @@ fn is_read(d: &ExitDetail) -> bool {
 }
 
 fn not_here(c: &ExitContext, what: &'static str, when: &'static str) -> ApiError {
-    ApiError::NotHere { what, when, level: c.exit.level.as_str(), reason: c.exit.reason_name() }
+    ApiError::NotHere { what, when, level: c.record.exit.level.as_str(), reason: c.record.exit.reason_name() }
 }
 
 fn read_len(len: i64) -> ApiResult<usize> {

@@ -294,7 +294,7 @@ impl ScriptHost {
         }
         match &mut self.run {
             Run::Inline(i) => i.on_exit(ctx),
-            Run::Pipelined(p) => p.on_exit(ctx.record()),
+            Run::Pipelined(p) => p.on_exit(ctx.record.clone()),
         }
     }
 
@@ -303,7 +303,7 @@ impl ScriptHost {
         match &mut self.run {
             Run::Pipelined(p) if self.has_on_exit => p.on_exit(record),
             Run::Pipelined(_) => Ok(()),
-            Run::Inline(i) => i.on_exit(&mut ExitContext::from_record(record)),
+            Run::Inline(i) => i.on_exit(&mut ExitContext::with_record(record, None)),
         }
     }
 

@@ -213,7 +213,7 @@ fn drain(scripts: &mut Inline, shared: &Shared, exits: &mut Consumer<ExitRecord>
             continue;
         }
         let seq = record.exit.seq;
-        let mut ctx = ExitContext::from_record(record);
+        let mut ctx = ExitContext::with_record(record, None);
         if let Err(e) = scripts.on_exit(&mut ctx) {
             let e = match e {
                 Error::Script(m) => Error::Script(format!("{m}, on exit #{seq} (pipelined: nestbed stopped later)")),

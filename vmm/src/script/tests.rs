@@ -50,8 +50,8 @@ fn io_exit(level: Level, port: u16, write: bool) -> ExitContext {
         detail: ExitDetail::Io { port, size: 1, write, data: 0x42 },
     };
     let mut c = ExitContext::new(exit, Some(GuestRam::new(4).unwrap()));
-    c.rip = 0x1000;
-    c.control = Some(ControlRegs::default());
+    c.record.rip = 0x1000;
+    c.record.control = Some(ControlRegs::default());
     c
 }
 
@@ -86,7 +86,7 @@ fn globals_persist_across_calls_and_scripts_are_separate() {
     }
     assert_eq!(scope(&h, 0).get_value::<i64>("n"), Some(3));
     assert_eq!(scope(&h, 1).get_value::<i64>("n"), Some(103));
-    assert_eq!(c.gprs[0], 103);
+    assert_eq!(c.record.gprs[0], 103);
     // Hook locals do not pile up in the scope.
     assert_eq!(scope(&h, 0).len(), 2);
     let seen = scope(&h, 0).get_value::<rhai::Map>("seen").unwrap();
@@ -99,10 +99,10 @@ fn register_change_marks_dirty_and_records() {
     let mut c = io_exit(Level::L1, 0x80, true);
     h.on_exit(&mut c).unwrap();
     assert!(c.regs_dirty);
-    assert_eq!(c.gprs[0], 5);
-    assert_eq!(c.gprs[15], 0x1002);
+    assert_eq!(c.record.gprs[0], 5);
+    assert_eq!(c.record.gprs[15], 0x1002);
     assert_eq!(c.changes, ["rax=0x5", "r15=0x1002"]);
-    assert_eq!(c.exit.seq, 7, "context returned to the caller");
+    assert_eq!(c.record.exit.seq, 7, "context returned to the caller");
 
     let mut h = host("fn on_exit(e) { let x = e.rax + e.cr3; }");
     let mut c = io_exit(Level::L1, 0x80, true);
@@ -184,7 +184,7 @@ fn vmcs_by_name() {
     assert_eq!(c.vmcs.as_ref().unwrap().get(fields::EXIT_QUALIFICATION), 0x13);
     assert!(c.vmcs_dirty);
     assert_eq!(c.vmcs_writes, [(fields::EXIT_QUALIFICATION, 0x13)]);
-    assert_eq!(c.gprs[0], 0xabc);
+    assert_eq!(c.record.gprs[0], 0xabc);
     assert!(c.changes.contains(&"vmcs EXIT_QUALIFICATION=0x13".to_string()), "{:?}", c.changes);
 
     let mut h = host(r#"fn on_exit(e) { e.vmcs_read("NOT_A_FIELD"); }"#);
@@ -205,7 +205,7 @@ fn operation_limit_stops_endless_loop() {
     let m = script_err(h.on_exit(&mut c));
     assert!(m.starts_with(&p.display().to_string()), "{m}");
     assert!(m.ends_with("on_exit ran over the limit of 10000 operations per call"), "{m}");
-    assert_eq!(c.exit.seq, 7, "context returned after an error");
+    assert_eq!(c.record.exit.seq, 7, "context returned after an error");
 
     // Continue: warn and go on.
     let opts = ScriptOptions { max_operations: 10_000, on_error: OnScriptError::Continue, mode: ScriptMode::Inline };
@@ -253,8 +253,8 @@ fn memory_access() {
     );
     let mut c = io_exit(Level::L1, 0x80, true);
     h.on_exit(&mut c).unwrap();
-    assert_eq!(c.gprs[3], 0x1122_3344_5566_7788);
-    assert_eq!(c.gprs[1], 3);
+    assert_eq!(c.record.gprs[3], 0x1122_3344_5566_7788);
+    assert_eq!(c.record.gprs[1], 3);
     let mut b = [0u8; 3];
     c.ram.as_ref().unwrap().read(0x3000, &mut b).unwrap();
     assert_eq!(b, [1, 0x88, 3]);
@@ -372,8 +372,8 @@ const ORDERED: &str = "let next = 1; let sum = 0;
 
 fn numbered(seq: u64) -> ExitContext {
     let mut c = io_exit(Level::L1, 0x80, true);
-    c.exit.seq = seq;
-    c.gprs[0] = seq - 1;
+    c.record.exit.seq = seq;
+    c.record.gprs[0] = seq - 1;
     c
 }
 
@@ -470,9 +470,9 @@ fn a_copy_refuses_changes_and_live_reads() {
     assert!(matches!(r.decide(Action::Skip), Err(ApiError::Copy)));
     assert!(matches!(r.read_u64(0), Err(ApiError::Copy)));
     assert!(matches!(r.vmcs_read("GUEST_RIP"), Err(ApiError::Copy)));
-    assert_eq!(r.get(|c| c.gprs[0]).unwrap(), 0);
+    assert_eq!(r.get(|c| c.record.gprs[0]).unwrap(), 0);
     let mut c = io_exit(Level::L1, 0x80, true);
-    c.control = None;
+    c.record.control = None;
     let r = context::ExitRef::new(c);
     assert!(matches!(r.with(|c| c.control().map(|x| x.cr3)), Err(ApiError::NotCaptured)));
 }
