@@ -12,6 +12,7 @@ use super::rng::{SplitMix64, DEFAULT_SEED};
 use super::ScriptOptions;
 use crate::exit::{Action, ExitDetail, Level};
 use crate::machine::vm::CpuidOverride;
+use crate::vmx::exits::reason_name;
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
 
@@ -61,6 +62,40 @@ pub fn build_engine(state: &Rc<RefCell<ScriptState>>, opts: &ScriptOptions) -> E
     engine
 }
 
+/// The level and reason names scripts read on most exits, made once per engine: the getters
+/// hand out shared copies instead of a new string per exit.
+struct Names {
+    l1: ImmutableString,
+    l2: ImmutableString,
+    /// By basic exit reason (SDM Appendix C).
+    reasons: Vec<ImmutableString>,
+}
+
+impl Names {
+    fn new() -> Self {
+        let reasons = (0..REASONS).map(|r| reason_name(r).into()).collect();
+        Names { l1: "L1".into(), l2: "L2".into(), reasons }
+    }
+
+    fn level(&self, level: Level) -> ImmutableString {
+        match level {
+            Level::L1 => self.l1.clone(),
+            Level::L2 => self.l2.clone(),
+        }
+    }
+
+    /// A failed VM entry's reason (bit 31 set) is made anew: it is rare.
+    fn reason(&self, raw: u32) -> ImmutableString {
+        match self.reasons.get(raw as usize) {
+            Some(name) => name.clone(),
+            None => reason_name(raw).into(),
+        }
+    }
+}
+
+/// Basic exit reasons the SDM defines are below this.
+const REASONS: u32 = 128;
+
 fn register_exit(engine: &mut Engine) {
     engine.register_type_with_name::<ExitRef>("Exit");
     let to_string = |e: &mut ExitRef| -> Res<String> {
@@ -78,9 +113,11 @@ fn register_exit(engine: &mut Engine) {
     engine.register_fn("to_string", to_string).register_fn("to_debug", to_string);
 
     // The exit itself.
+    let names = std::rc::Rc::new(Names::new());
+    let names2 = names.clone();
     engine
-        .register_get("level", |e: &mut ExitRef| e.get(|c| c.record.exit.level.as_str().to_string()).map_err(err))
-        .register_get("reason", |e: &mut ExitRef| e.get(|c| c.record.exit.reason_name()).map_err(err))
+        .register_get("level", move |e: &mut ExitRef| e.get(|c| names.level(c.record.exit.level)).map_err(err))
+        .register_get("reason", move |e: &mut ExitRef| e.get(|c| names2.reason(c.record.exit.reason)).map_err(err))
         .register_get("reason_nr", |e: &mut ExitRef| e.get(|c| i64::from(c.record.exit.reason)).map_err(err))
         .register_get("qualification", |e: &mut ExitRef| e.get(|c| c.record.exit.qualification as i64).map_err(err))
         .register_get("seq", |e: &mut ExitRef| e.get(|c| c.record.exit.seq as i64).map_err(err))
