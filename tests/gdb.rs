@@ -212,6 +212,29 @@ fn monitor_commands_and_break_on_exit() {
 }
 
 #[test]
+fn a_pipelined_script_has_seen_every_exit_when_gdb_stops() {
+    // The script only observes, so it runs on its own thread; it is slow, so that thread is
+    // thousands of exits behind when L2's HLT stops the guest, unless nestbed waits for it.
+    let d = tmpdir("gdb-pipelined-files");
+    let script = d.join("slow.rhai");
+    std::fs::write(
+        &script,
+        "let n = 0;\nfn on_exit(e) {\n  let x = 0; for i in 0..200 { x += i; } n += 1;\n  \
+         if e.level == \"L2\" && e.reason == \"HLT\" { print(`saw L2 HLT after ${n} exits`) }\n}\n",
+    )
+    .unwrap();
+    let s = serve("gdb-pipelined", "nested-demo", &["--gdb-wait", "--script", script.to_str().unwrap()]);
+    let stderr = s.dir.join("stderr");
+    let cmds = format!("exit-break HLT L2\ncontinue\nshell cat {}", stderr.display());
+    let out = gdb(&s, "nested-demo", &cmds);
+    assert!(out.contains("break on HLT (12) at L2"), "{out}");
+    assert!(out.contains("saw L2 HLT after"), "the script's line is out when gdb stops\n{out}");
+    let (code, _, _) = s.finish();
+    assert_eq!(code, 0);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
 fn ctrl_c_interrupts_a_spinning_guest() {
     let s = serve("gdb-intr", "exit-code", &["--gdb-wait", "--cmdline", "spin", "--gdb-exit-on-detach"]);
     // Ctrl-C is SIGINT to gdb while `continue` waits: gdb sends the interrupt byte.
