@@ -90,11 +90,10 @@ impl Pipeline {
     }
 
     /// Queues `record`; returns an error an earlier exit raised in a script.
-    pub fn on_exit(&mut self, record: ExitRecord) -> Result<(), Error> {
+    pub fn on_exit(&mut self, mut record: ExitRecord) -> Result<(), Error> {
         if self.shared.failed.load(Ordering::Relaxed) {
             return Err(self.error());
         }
-        let mut record = record;
         loop {
             match self.queue.push(record) {
                 Ok(()) => return Ok(()),
@@ -110,6 +109,7 @@ impl Pipeline {
         }
     }
 
+    /// Waits until the worker has seen every queued exit; returns its error if one raised one.
     pub fn flush(&mut self) -> Result<(), Error> {
         if self.stopped {
             return Ok(());
