@@ -119,6 +119,38 @@ fn l2exit(n: u64) -> f64 {
     nestbed_run("vmx-bench", "l2exit", n)
 }
 
+/// nestbed without scripts while another thread of the process keeps the other CPU busy
+/// (`nap` zero) or wakes it every `nap` for 10 µs of work: what the second CPU's activity alone
+/// costs the vCPU thread on this machine (pipelined scripts use that CPU).
+fn nestbed_beside(exits: u64, nap: std::time::Duration) -> f64 {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let neighbor = std::thread::spawn(move || {
+        let mut n = 0u64;
+        while !flag.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_micros(10) || nap.is_zero() && !flag.load(Ordering::Relaxed) {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+            std::thread::sleep(nap);
+        }
+    });
+    let t = nestbed_loop(exits);
+    stop.store(true, Ordering::Relaxed);
+    neighbor.join().expect("neighbor thread");
+    t
+}
+
+fn nestbed_busy_neighbor(exits: u64) -> f64 {
+    nestbed_beside(exits, std::time::Duration::ZERO)
+}
+
+fn nestbed_waking_neighbor(exits: u64) -> f64 {
+    nestbed_beside(exits, std::time::Duration::from_micros(90))
+}
+
 fn empty_script() -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("nestbed-bench-{}-empty.rhai", std::process::id()));
     std::fs::write(&path, "fn on_exit(e) { }\n").expect("writing the empty script");
@@ -212,6 +244,18 @@ fn main() {
             run: nestbed_loop,
             counts: n,
             base: None,
+        },
+        Variant {
+            label: "nestbed, the same while another thread spins on the second CPU (no scripts)",
+            run: nestbed_busy_neighbor,
+            counts: n,
+            base: Some(2),
+        },
+        Variant {
+            label: "nestbed, the same while another thread wakes the second CPU every 100 µs for 10 µs (no scripts)",
+            run: nestbed_waking_neighbor,
+            counts: n,
+            base: Some(2),
         },
         Variant {
             label: "nestbed, the same with an empty `on_exit` script (only observes: pipelined)",

@@ -3,14 +3,14 @@
 //!
 //! The queue is a single-producer single-consumer ring (`rtrb`): handing an exit over is a copy
 //! into a slot and one store, never a lock or a system call on the vCPU thread. The worker
-//! polls it, sleeping a little longer each time it finds it empty. A full ring makes the vCPU
-//! thread wait: memory stays bounded and a script slower than the guest slows the guest, as
-//! inline.
+//! empties it, then naps until the ring is half full (the vCPU thread wakes it then, once per
+//! half ring) or a few milliseconds passed. A full ring makes the vCPU thread wait: memory
+//! stays bounded and a script slower than the guest slows the guest, as inline.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
 use rtrb::{Consumer, Producer, PushError, RingBuffer};
@@ -22,9 +22,14 @@ use crate::machine::vm::CpuidOverride;
 
 /// Exits queued before the vCPU thread waits for the worker.
 const QUEUE_LIMIT: usize = 1 << 12;
-/// The worker's longest sleep when idle: how late a script's output can be.
-const MAX_IDLE: Duration = Duration::from_millis(1);
-const MIN_IDLE: Duration = Duration::from_micros(20);
+/// How long the worker sleeps when it finds the queue empty, unless woken earlier because the
+/// queue is half full or a request came: how late a script's output can be. Long on purpose:
+/// the second CPU's activity slows the vCPU thread on the hosts measured (BENCHMARKS.md has
+/// rows for it), and a worker that napped 20 µs to 1 ms cost the counting example 10 to 20% of
+/// exit throughput where 10 ms naps cost 2 to 9%.
+const NAP: Duration = Duration::from_millis(10);
+/// How long the vCPU thread waits for room in a full queue before it looks again.
+const FULL_WAIT: Duration = Duration::from_micros(20);
 
 /// What the vCPU thread asks of the worker besides exits; each answers on its channel.
 enum Request {
@@ -50,6 +55,8 @@ impl Shared {
 
 pub(super) struct Pipeline {
     queue: Producer<ExitRecord>,
+    /// The worker, to wake it from its nap.
+    thread: Thread,
     shared: Arc<Shared>,
     requests: Option<Sender<Request>>,
     worker: Option<JoinHandle<()>>,
@@ -77,7 +84,8 @@ impl Pipeline {
                 }
             })
             .map_err(|e| Error::Script(format!("starting the script thread: {e}")))?;
-        let mut p = Pipeline { queue, shared, requests: Some(requests), worker: Some(worker), stopped: false };
+        let thread = worker.thread().clone();
+        let mut p = Pipeline { queue, thread, shared, requests: Some(requests), worker: Some(worker), stopped: false };
         match loaded.recv() {
             Ok(Ok(())) => Ok(p),
             Ok(Err(e)) => Err(e),
@@ -96,16 +104,24 @@ impl Pipeline {
         }
         loop {
             match self.queue.push(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    // The cached count only falls between refreshes (no load of the worker's
+                    // index on every exit); it reaches half once per refresh.
+                    if self.queue.cached_slots() == QUEUE_LIMIT / 2 && self.queue.slots() <= QUEUE_LIMIT / 2 {
+                        self.thread.unpark();
+                    }
+                    return Ok(());
+                }
                 Err(PushError::Full(r)) => record = r,
             }
+            self.thread.unpark();
             if self.shared.failed.load(Ordering::Relaxed) {
                 return Err(self.error());
             }
             if self.worker.as_ref().is_none_or(JoinHandle::is_finished) {
                 return Err(self.lost());
             }
-            std::thread::sleep(MIN_IDLE);
+            std::thread::sleep(FULL_WAIT);
         }
     }
 
@@ -140,6 +156,7 @@ impl Pipeline {
     fn ask<T>(&mut self, request: impl FnOnce(Sender<T>) -> Request) -> Result<T, Error> {
         let (tx, rx) = mpsc::channel();
         let sent = self.requests.as_ref().is_some_and(|r| r.send(request(tx)).is_ok());
+        self.thread.unpark();
         match (sent, rx.recv()) {
             (true, Ok(v)) => Ok(v),
             _ => Err(self.lost()),
@@ -159,6 +176,7 @@ impl Pipeline {
 
     fn join(&mut self) {
         self.requests = None;
+        self.thread.unpark();
         if let Some(w) = self.worker.take() {
             if w.join().is_err() {
                 tracing::error!("the script thread panicked");
@@ -174,12 +192,10 @@ impl Drop for Pipeline {
     }
 }
 
-/// The worker: exits first, then requests, sleeping when there is neither.
+/// The worker: exits first, then requests, napping when there is neither.
 fn work(mut scripts: Inline, shared: &Shared, mut exits: Consumer<ExitRecord>, inbox: &Receiver<Request>) {
-    let mut idle = MIN_IDLE;
     loop {
         if drain(&mut scripts, shared, &mut exits) {
-            idle = MIN_IDLE;
             continue;
         }
         match inbox.try_recv() {
@@ -196,10 +212,7 @@ fn work(mut scripts: Inline, shared: &Shared, mut exits: Consumer<ExitRecord>, i
                 return;
             }
             Err(TryRecvError::Disconnected) => return,
-            Err(TryRecvError::Empty) => {
-                std::thread::sleep(idle);
-                idle = (idle * 2).min(MAX_IDLE);
-            }
+            Err(TryRecvError::Empty) => std::thread::park_timeout(NAP),
         }
     }
 }

@@ -476,3 +476,16 @@ fn a_copy_refuses_changes_and_live_reads() {
     let r = context::ExitRef::new(c);
     assert!(matches!(r.with(|c| c.control().map(|x| x.cr3)), Err(ApiError::NotCaptured)));
 }
+
+#[test]
+fn a_pipelined_queue_that_fills_wakes_the_worker_and_loses_nothing() {
+    // Three times the queue: the vCPU side wakes the napping worker at half and waits when full.
+    let src = "let next = 1; fn on_exit(e) { if e.seq != next { throw `got ${e.seq}, want ${next}` } next += 1; }
+               fn on_stop() { if next != 12289 { throw `saw ${next - 1} exits` } }";
+    let mut h = ScriptHost::load(&[file("fill.rhai", src)], ScriptOptions::default()).unwrap();
+    assert!(h.pipelined());
+    for seq in 1..=12288 {
+        h.on_exit(&mut numbered(seq)).unwrap();
+    }
+    h.on_stop().unwrap();
+}
