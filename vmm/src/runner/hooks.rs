@@ -63,6 +63,7 @@ impl Runner {
     /// The exit as inline scripts see it, with only what their code can use (`script::Needs`).
     fn exit_context(&mut self, exit: &Exit, route: Handler, needs: Needs) -> ExitContext {
         let mut ctx = ExitContext::with_record(self.exit_record(exit, route, needs), Some(self.l1_vm.ram.clone()));
+        (ctx.memory_captured, ctx.vmcs_captured) = (needs.memory, needs.vmcs);
         if needs.vmcs {
             ctx.vmcs = self.vmx.current_vmcs().cloned();
         }

@@ -3,9 +3,12 @@
 //! off the vCPU thread on a snapshot, see `pipeline`).
 //!
 //! The walk is conservative: any name that could reach an operation counts as a use of it,
-//! whatever the object it is applied to, and a function pointer made from a name computed at run time
-//! counts as a use of everything. A script that still reaches a refused operation at run time gets an error
-//! (`ApiError::Snapshot`), never a silent wrong answer.
+//! whatever the object it is applied to (a property, a method, a string or a function pointer,
+//! also inside constant arrays and maps); a function pointer made from a name computed at run
+//! time counts as a use of everything; and Rhai's functions that take a function's *name* are
+//! replaced by nestbed (see `api`), so a name in a string cannot call anything. Should a script
+//! still reach an operation the run loop did not prepare for, the call fails with
+//! `ApiError::Copy` or `ApiError::NotCaptured` instead of answering from the wrong state.
 
 use rhai::{ASTNode, Dynamic, Expr, Stmt, AST};
 
@@ -60,8 +63,26 @@ const RECORD: [&str; 23] = [
     "to_debug",
 ];
 #[cfg(test)]
-/// Global functions: none touches the exit (`cpuid_set` works in `on_start` only).
-const GLOBALS: [&str; 5] = ["rand", "rand_int", "hex", "le32", "cpuid_set"];
+/// Global functions, and the Rhai array functions nestbed replaces: none touches the exit
+/// (`cpuid_set` works in `on_start` only).
+const GLOBALS: [&str; 16] = [
+    "rand",
+    "rand_int",
+    "hex",
+    "le32",
+    "cpuid_set",
+    "map",
+    "filter",
+    "some",
+    "all",
+    "dedup",
+    "reduce",
+    "reduce_rev",
+    "sort",
+    "drain",
+    "retain",
+    "index_of",
+];
 
 #[cfg(test)]
 /// Whether the walk knows what `name`, a function or property nestbed registers, touches (a
@@ -74,6 +95,9 @@ pub fn classified(name: &str) -> bool {
 /// Makes a function pointer from a name computed at run time (`Fn` of a constant is folded
 /// into a constant pointer, see `constant`).
 const DYNAMIC: [&str; 1] = ["Fn"];
+/// Methods on an integer that leave it as it is (Rhai still stores it back, unchanged: see
+/// `ExitRef::set_gpr`).
+const PURE_METHODS: [&str; 7] = ["to_string", "to_debug", "to_hex", "to_octal", "to_binary", "get_bit", "get_bits"];
 /// Properties with a setter besides the general registers.
 const WRITABLE: [&str; 2] = ["rip", "rflags"];
 
@@ -129,6 +153,7 @@ impl Needs {
             ASTNode::Expr(Expr::Property(p, _)) => self.name(&p.2),
             ASTNode::Expr(Expr::StringConstant(s, _)) => self.name(s),
             ASTNode::Expr(Expr::DynamicConstant(v, _)) => self.constant(v),
+            ASTNode::Expr(Expr::Dot(b, ..)) if method_on_property(&b.lhs, &b.rhs) => self.changes = true,
             _ => {}
         }
     }
@@ -140,6 +165,10 @@ impl Needs {
             self.name(f.fn_name());
         } else if let Some(s) = v.read_lock::<rhai::ImmutableString>() {
             self.name(&s);
+        } else if let Some(a) = v.read_lock::<rhai::Array>() {
+            a.iter().for_each(|x| self.constant(x));
+        } else if let Some(m) = v.read_lock::<rhai::Map>() {
+            m.values().for_each(|x| self.constant(x));
         }
     }
 
@@ -164,11 +193,32 @@ impl Needs {
     }
 }
 
+/// Whether `name` is a property scripts can set.
+fn writable(name: &str) -> bool {
+    GPR_NAMES.contains(&name) || WRITABLE.contains(&name)
+}
+
+/// `x.rax.set_bit(0, true)`: Rhai stores a property back after a method call on it.
+fn method_on_property(lhs: &Expr, rhs: &Expr) -> bool {
+    let method = match rhs {
+        Expr::MethodCall(call, _) => Some(call),
+        Expr::Dot(b, ..) => match &b.lhs {
+            Expr::MethodCall(call, _) => Some(call),
+            _ => None,
+        },
+        _ => None,
+    };
+    match (lhs, method) {
+        (Expr::Property(p, _), Some(call)) => writable(&p.2) && !PURE_METHODS.contains(&call.name.as_str()),
+        _ => false,
+    }
+}
+
 /// `x.rax = ...`, `x.rip += ...`: an assignment through a property with a setter.
 fn assigns_property(lhs: &Expr) -> bool {
     match lhs {
         Expr::Dot(b, ..) | Expr::Index(b, ..) => assigns_property(&b.rhs) || assigns_property(&b.lhs),
-        Expr::Property(p, _) => GPR_NAMES.contains(&p.2.as_str()) || WRITABLE.contains(&p.2.as_str()),
+        Expr::Property(p, _) => writable(&p.2),
         _ => false,
     }
 }
@@ -213,6 +263,22 @@ mod tests {
             assert!(n.changes, "{src}: {n:?}");
             assert!(!n.observe_only(), "{src}");
         }
+    }
+
+    #[test]
+    fn methods_that_store_a_register_back_are_changes() {
+        assert!(needs("fn on_exit(e) { e.rax.set_bit(0, true); }").changes);
+        assert!(needs("fn on_exit(e) { let x = e; x.rflags.set_bits(0, 4, 5); }").changes);
+        assert!(needs("fn on_exit(e) { e.rip.set_bit(0, true).to_string(); }").changes);
+        assert!(needs("fn on_exit(e) { print(e.rax.to_hex() + e.rip.to_string()); }").observe_only());
+        assert!(needs("fn on_exit(e) { let b = e.qualification.get_bit(3); }").observe_only());
+    }
+
+    #[test]
+    fn names_inside_constant_arrays_and_maps_are_seen() {
+        assert!(needs("fn on_exit(e) { let a = [\"skip\"]; }").changes);
+        assert!(needs("fn on_exit(e) { let a = [[Fn(\"write_u64\")]]; }").memory);
+        assert!(needs("fn on_exit(e) { let m = #{ f: Fn(\"vmcs_read\") }; }").vmcs);
     }
 
     #[test]

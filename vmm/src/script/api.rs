@@ -59,7 +59,39 @@ pub fn build_engine(state: &Rc<RefCell<ScriptState>>, opts: &ScriptOptions) -> E
 
     register_exit(&mut engine);
     register_globals(&mut engine, state);
+    refuse_function_names(&mut engine);
     engine
+}
+
+/// Rhai's array functions that call a function given by *name* (a string) instead of a function
+/// pointer. A name computed at run time would call a function the code analysis cannot see
+/// (`analysis`), so these refuse; `index_of` with a string looks for that string instead.
+fn refuse_function_names(engine: &mut Engine) {
+    fn refused(f: &str, name: &str) -> Box<EvalAltResult> {
+        format!("{f}({name:?}): pass a function pointer or a closure (Fn(\"{name}\"), |x| ...), not a name").into()
+    }
+    for f in ["map", "filter", "some", "all", "dedup", "reduce", "reduce_rev", "sort", "drain", "retain"] {
+        engine.register_fn(f, move |_: &mut Array, name: ImmutableString| -> Res<Dynamic> { Err(refused(f, &name)) });
+    }
+    for f in ["reduce", "reduce_rev"] {
+        engine.register_fn(f, move |_: &mut Array, name: ImmutableString, _: Dynamic| -> Res<Dynamic> {
+            Err(refused(f, &name))
+        });
+    }
+    engine.register_fn("index_of", |a: &mut Array, s: ImmutableString| index_of(a, &s, 0));
+    engine.register_fn("index_of", |a: &mut Array, s: ImmutableString, start: i64| index_of(a, &s, start));
+}
+
+/// The index of the first string `s` in `a` at or after `start` (from the end when negative),
+/// or -1.
+fn index_of(a: &Array, s: &str, start: i64) -> i64 {
+    let len = a.len() as i64;
+    let from = if start < 0 { (len + start).max(0) } else { start };
+    a.iter()
+        .enumerate()
+        .skip(from as usize)
+        .find(|(_, v)| v.read_lock::<ImmutableString>().is_some_and(|x| x.as_str() == s))
+        .map_or(-1, |(i, _)| i as i64)
 }
 
 /// The level and reason names scripts read on most exits, made once per engine: the getters

@@ -62,6 +62,10 @@ pub struct ExitContext {
     pub l2_regions: Option<Vec<Region>>,
     /// Copy of L1's current VMCS, `None` when there is none.
     pub vmcs: Option<Vmcs>,
+    /// Whether the run loop captured what memory accesses (`l2_regions`) and the VMCS calls
+    /// (`vmcs`) need; it does only when the code analysis found a use (`Needs`).
+    pub memory_captured: bool,
+    pub vmcs_captured: bool,
     /// Set when a script wrote `vmcs`.
     pub vmcs_dirty: bool,
     /// Every VMCS write in order as (encoding, stored value), so the run loop can replay them
@@ -90,6 +94,8 @@ impl ExitContext {
             ram,
             l2_regions: None,
             vmcs: None,
+            memory_captured: true,
+            vmcs_captured: true,
             vmcs_dirty: false,
             vmcs_writes: Vec::new(),
             action: Action::Default,
@@ -116,12 +122,26 @@ impl ExitContext {
     /// The exiting guest's physical memory (refused on a copy).
     fn mem(&self) -> ApiResult<GuestView<'_>> {
         let ram = self.ram.as_ref().ok_or(ApiError::Copy)?;
+        if !self.memory_captured {
+            return Err(ApiError::NotCaptured("guest memory"));
+        }
         Ok(GuestView { ram, regions: self.l2_regions.as_deref() })
     }
 
     /// The control registers, when they were captured.
     pub fn control(&self) -> ApiResult<&ControlRegs> {
-        self.record.control.as_ref().ok_or(ApiError::NotCaptured)
+        self.record.control.as_ref().ok_or(ApiError::NotCaptured("the control registers"))
+    }
+
+    /// The current VMCS as captured (refused on a copy, or when not captured).
+    fn vmcs(&self) -> ApiResult<&Option<Vmcs>> {
+        if self.ram.is_none() {
+            return Err(ApiError::Copy);
+        }
+        if !self.vmcs_captured {
+            return Err(ApiError::NotCaptured("the VMCS"));
+        }
+        Ok(&self.vmcs)
     }
 
     /// Refuses changes and decisions on a copy.
@@ -171,12 +191,11 @@ pub enum ApiError {
     Busy,
     #[error(
         "this script runs on a copy of the exit, after nestbed handled it, because its code only \
-         observes; a name computed at run time reached memory, the VMCS or a change (run with \
-         --script-mode inline)"
+         observes; memory, the VMCS or a change is out of its reach (run with --script-mode inline)"
     )]
     Copy,
-    #[error("the control registers were not captured for this script (internal: the code analysis missed a use)")]
-    NotCaptured,
+    #[error("{0} was not captured for this script (internal: the code analysis missed a use; run with --script-mode inline and report it)")]
+    NotCaptured(&'static str),
     #[error("no current VMCS (L1 has not made one current with VMPTRLD)")]
     NoVmcs,
     #[error("unknown VMCS field '{0}' (use the SDM/Linux name, e.g. EXIT_QUALIFICATION)")]
@@ -226,7 +245,16 @@ impl ExitRef {
         self.with(|c| Ok(f(&c.record.exit.detail)))
     }
 
+    /// Rhai writes a property back after any method call on it (`e.rax.to_string()`): storing
+    /// the value it already has changes nothing, not even on a copy.
+    fn unchanged(&self, current: impl FnOnce(&ExitContext) -> u64, v: u64) -> ApiResult<bool> {
+        self.with(|c| Ok(current(c) == v))
+    }
+
     pub fn set_gpr(&self, i: usize, v: u64) -> ApiResult<()> {
+        if self.unchanged(|c| c.record.gprs[i], v)? {
+            return Ok(());
+        }
         self.with_mut(|c| {
             c.record.gprs[i] = v;
             c.regs_dirty = true;
@@ -236,6 +264,9 @@ impl ExitRef {
     }
 
     pub fn set_rip(&self, v: u64) -> ApiResult<()> {
+        if self.unchanged(|c| c.record.rip, v)? {
+            return Ok(());
+        }
         self.with_mut(|c| {
             c.record.rip = v;
             c.regs_dirty = true;
@@ -245,6 +276,9 @@ impl ExitRef {
     }
 
     pub fn set_rflags(&self, v: u64) -> ApiResult<()> {
+        if self.unchanged(|c| c.record.rflags, v)? {
+            return Ok(());
+        }
         self.with_mut(|c| {
             c.record.rflags = v;
             c.regs_dirty = true;
@@ -310,10 +344,7 @@ impl ExitRef {
 
     pub fn vmcs_read_enc(&self, enc: u32) -> ApiResult<i64> {
         self.with(|c| {
-            if c.ram.is_none() {
-                return Err(ApiError::Copy);
-            }
-            let vmcs = c.vmcs.as_ref().ok_or(ApiError::NoVmcs)?;
+            let vmcs = c.vmcs()?.as_ref().ok_or(ApiError::NoVmcs)?;
             let v = vmcs.read(enc).ok_or_else(|| ApiError::UnknownField(format!("{enc:#x}")))?;
             Ok(v as i64)
         })
@@ -328,6 +359,7 @@ impl ExitRef {
     /// fields, so scripts can change what L1 will see.
     pub fn vmcs_write_enc(&self, enc: u32, v: i64) -> ApiResult<()> {
         self.with_mut(|c| {
+            c.vmcs()?;
             let vmcs = c.vmcs.as_mut().ok_or(ApiError::NoVmcs)?;
             if !vmcs.write(enc, v as u64) {
                 return Err(ApiError::UnknownField(format!("{enc:#x}")));

@@ -99,8 +99,12 @@ impl Pipeline {
 
     /// Queues `record`; returns an error an earlier exit raised in a script.
     pub fn on_exit(&mut self, mut record: ExitRecord) -> Result<(), Error> {
-        if self.shared.failed.load(Ordering::Relaxed) {
+        if self.shared.failed.load(Ordering::Acquire) {
             return Err(self.error());
+        }
+        // The worker ended (it panicked): nothing would see this exit.
+        if self.queue.is_abandoned() {
+            return Err(self.lost());
         }
         loop {
             match self.queue.push(record) {
@@ -115,7 +119,7 @@ impl Pipeline {
                 Err(PushError::Full(r)) => record = r,
             }
             self.thread.unpark();
-            if self.shared.failed.load(Ordering::Relaxed) {
+            if self.shared.failed.load(Ordering::Acquire) {
                 return Err(self.error());
             }
             if self.worker.as_ref().is_none_or(JoinHandle::is_finished) {
@@ -131,7 +135,7 @@ impl Pipeline {
             return Ok(());
         }
         self.ask(Request::Flush)?;
-        match self.shared.failed.load(Ordering::Relaxed) {
+        match self.shared.failed.load(Ordering::Acquire) {
             true => Err(self.error()),
             false => Ok(()),
         }
@@ -233,7 +237,7 @@ fn drain(scripts: &mut Inline, shared: &Shared, exits: &mut Consumer<ExitRecord>
                 other => other,
             };
             *shared.error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
-            shared.failed.store(true, Ordering::Relaxed);
+            shared.failed.store(true, Ordering::Release);
         }
     }
     any

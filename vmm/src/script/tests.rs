@@ -292,14 +292,22 @@ fn eval_is_disabled() {
     assert!(matches!(r, Err(Error::ScriptCompile(_))), "{:?}", r.err());
 }
 
-/// Names in the reference tables of SCRIPTING.md: the first cell of each table row.
+/// Names in the reference tables of SCRIPTING.md: each `name` quoted in the first cell of a
+/// table row.
 fn documented() -> BTreeSet<String> {
     let doc = include_str!("../../../SCRIPTING.md");
     doc.lines()
         .filter_map(|l| l.strip_prefix("| `"))
-        .map(|cell| {
-            let cell = cell.strip_prefix("e.").unwrap_or(cell);
-            cell.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
+        .flat_map(|row| {
+            let cell = format!("`{}", row.split(" | ").next().unwrap_or(""));
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(|quoted| {
+                    let q = quoted.strip_prefix("e.").unwrap_or(quoted);
+                    q.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>()
+                })
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -474,7 +482,7 @@ fn a_copy_refuses_changes_and_live_reads() {
     let mut c = io_exit(Level::L1, 0x80, true);
     c.record.control = None;
     let r = context::ExitRef::new(c);
-    assert!(matches!(r.with(|c| c.control().map(|x| x.cr3)), Err(ApiError::NotCaptured)));
+    assert!(matches!(r.with(|c| c.control().map(|x| x.cr3)), Err(ApiError::NotCaptured(_))));
 }
 
 #[test]
@@ -488,4 +496,49 @@ fn a_pipelined_queue_that_fills_wakes_the_worker_and_loses_nothing() {
         h.on_exit(&mut numbered(seq)).unwrap();
     }
     h.on_stop().unwrap();
+}
+
+#[test]
+fn function_names_in_strings_cannot_call() {
+    let mut h = host(
+        "fn twice(x) { x * 2 } let out = []; fn on_exit(e) {
+        let n = \"tw\"; n += \"ice\";
+        let a = [3, 1]; a.sort(Fn(\"cmp\"));
+        out = [[1, 2].map(|x| x + 1), [\"L1\", \"L2\"].index_of(e.level), [\"a\"].index_of(\"b\"), a];
+        [1].map(n);
+    } fn cmp(a, b) { a - b }",
+    );
+    let mut c = io_exit(Level::L2, 0x80, true);
+    let m = script_err(h.on_exit(&mut c));
+    assert!(m.contains("map(\"twice\"): pass a function pointer"), "{m}");
+    let out = scope(&h, 0).get_value::<rhai::Array>("out").unwrap();
+    let shown: Vec<String> = out.iter().map(|d| d.to_string()).collect();
+    assert_eq!(shown, ["[2, 3]", "1", "-1", "[1, 3]"]);
+}
+
+#[test]
+fn storing_a_register_back_unchanged_is_no_change() {
+    // Rhai stores `e.rax` back after `to_hex()`: neither a change inline nor an error on a copy.
+    let src = "let s = \"\"; fn on_exit(e) { s = e.rax.to_hex() + e.rip.to_string(); }";
+    let mut h = host(src);
+    let mut c = io_exit(Level::L1, 0x80, true);
+    h.on_exit(&mut c).unwrap();
+    assert!(!c.regs_dirty && c.changes.is_empty(), "{:?}", c.changes);
+    let mut h = ScriptHost::load(&[file("p.rhai", src)], ScriptOptions::default()).unwrap();
+    assert!(h.pipelined());
+    h.on_exit(&mut io_exit(Level::L1, 0x80, true)).unwrap();
+    h.on_stop().unwrap();
+}
+
+#[test]
+fn state_not_captured_is_an_error_not_a_wrong_answer() {
+    let mut c = io_exit(Level::L2, 0x80, true);
+    c.memory_captured = false;
+    c.vmcs_captured = false;
+    c.vmcs = None;
+    let r = context::ExitRef::new(c);
+    assert!(matches!(r.read_u64(0x1000), Err(ApiError::NotCaptured("guest memory"))));
+    assert!(matches!(r.write_u64(0x1000, 1), Err(ApiError::NotCaptured("guest memory"))));
+    assert!(matches!(r.vmcs_read("GUEST_RIP"), Err(ApiError::NotCaptured("the VMCS"))));
+    assert!(matches!(r.vmcs_write("GUEST_RIP", 1), Err(ApiError::NotCaptured("the VMCS"))));
 }
