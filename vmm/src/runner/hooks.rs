@@ -16,12 +16,15 @@ impl Runner {
     pub(super) fn observe(&mut self, exit: &Exit, hint: Handler) -> Result<Action, Error> {
         let mut notes = std::mem::take(&mut self.notes);
         let mut result = Ok(Action::Default);
+        let mut handler = None;
         let scripts = self.scripts.as_ref().map(|s| (s.has_on_exit(), s.pipelined(), s.needs()));
         if let Some((true, true, needs)) = scripts {
             let record = self.exit_record(exit, hint, needs);
             if let Some(s) = self.scripts.as_mut() {
                 result = s.queue(record).map(|()| Action::Default);
             }
+            // An error here is an earlier exit's: this one was not the script's doing.
+            handler = Some(hint);
         } else if let Some((true, false, needs)) = scripts {
             let mut ctx = self.exit_context(exit, hint, needs);
             let r = match self.scripts.as_mut() {
@@ -32,10 +35,10 @@ impl Runner {
             notes.append(&mut ctx.changes);
             result = r.map(|()| ctx.action);
         }
-        let handler = match &result {
+        let handler = handler.unwrap_or(match &result {
             Ok(Action::Default) => hint,
             _ => Handler::Script,
-        };
+        });
         self.check_break_on_exit(exit);
         if let (Some(t), true) = (self.trace.as_mut(), self.tracing) {
             t.record(exit, handler, notes, self.start.elapsed().as_nanos() as u64);
