@@ -17,23 +17,26 @@ impl Runner {
         let mut notes = std::mem::take(&mut self.notes);
         let mut result = Ok(Action::Default);
         let mut handler = None;
-        let scripts = self.scripts.as_ref().map(|s| (s.has_on_exit(), s.pipelined(), s.needs()));
-        if let Some((true, true, needs)) = scripts {
-            let record = self.exit_record(exit, hint, needs);
-            if let Some(s) = self.scripts.as_mut() {
-                result = s.queue(record).map(|()| Action::Default);
+        match self.scripts.as_ref().filter(|s| s.has_on_exit()).map(|s| (s.pipelined(), s.needs())) {
+            Some((true, needs)) => {
+                let record = self.exit_record(exit, hint, needs);
+                if let Some(s) = self.scripts.as_mut() {
+                    result = s.queue(record).map(|()| Action::Default);
+                }
+                // An error here is an earlier exit's: this one was not the script's doing.
+                handler = Some(hint);
             }
-            // An error here is an earlier exit's: this one was not the script's doing.
-            handler = Some(hint);
-        } else if let Some((true, false, needs)) = scripts {
-            let mut ctx = self.exit_context(exit, hint, needs);
-            let r = match self.scripts.as_mut() {
-                Some(s) => s.on_exit(&mut ctx),
-                None => Ok(()),
-            };
-            self.apply_context(&ctx);
-            notes.append(&mut ctx.changes);
-            result = r.map(|()| ctx.action);
+            Some((false, needs)) => {
+                let mut ctx = self.exit_context(exit, hint, needs);
+                let r = match self.scripts.as_mut() {
+                    Some(s) => s.on_exit(&mut ctx),
+                    None => Ok(()),
+                };
+                self.apply_context(&ctx);
+                notes.append(&mut ctx.changes);
+                result = r.map(|()| ctx.action);
+            }
+            None => {}
         }
         let handler = handler.unwrap_or(match &result {
             Ok(Action::Default) => hint,
