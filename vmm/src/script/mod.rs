@@ -32,6 +32,7 @@ use pipeline::Pipeline;
 use crate::error::Error;
 use crate::exit::Level;
 use crate::machine::vm::CpuidOverride;
+
 /// What a runtime error in a script does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnScriptError {
