@@ -223,7 +223,11 @@ fn a_pipelined_script_has_seen_every_exit_when_gdb_stops() {
          if e.level == \"L2\" && e.reason == \"HLT\" { print(`saw L2 HLT after ${n} exits`) }\n}\n",
     )
     .unwrap();
-    let s = serve("gdb-pipelined", "nested-demo", &["--gdb-wait", "--script", script.to_str().unwrap()]);
+    let s = serve(
+        "gdb-pipelined",
+        "nested-demo",
+        &["--gdb-wait", "--script", script.to_str().unwrap(), "--script-mode", "pipelined"],
+    );
     let stderr = s.dir.join("stderr");
     let cmds = format!("exit-break HLT L2\ncontinue\nshell cat {}", stderr.display());
     let out = gdb(&s, "nested-demo", &cmds);

@@ -61,7 +61,7 @@ fn count_table(stderr: &str) -> Vec<&str> {
 
 #[test]
 fn count_exits_sees_the_same_exits_pipelined_and_inline() {
-    let pipelined = with_scripts("vmx-basic", &["count-exits.rhai"], &["--stats"]);
+    let pipelined = with_scripts("vmx-basic", &["count-exits.rhai"], &["--stats", "--script-mode", "pipelined"]);
     let inline = with_scripts("vmx-basic", &["count-exits.rhai"], &["--stats", "--script-mode", "inline"]);
     assert_eq!((pipelined.code, inline.code), (0, 0), "{}\n{}", pipelined.stderr, inline.stderr);
     assert!(count_table(&pipelined.stderr).len() > 5, "{}", pipelined.stderr);
@@ -73,7 +73,8 @@ fn count_exits_sees_the_same_exits_pipelined_and_inline() {
 fn a_pipelined_error_stops_nestbed_and_names_the_exit() {
     let p = write_script("pipelined", "let n = 0;\nfn on_exit(e) {\n  n += 1; if e.seq == 3 { throw `bad ${n}` }\n}\n");
     let trace = tmpdir("pipelined").join("t.jsonl");
-    let r = run_guest("hello", &["--script", &p, "--stats", "--trace", trace.to_str().unwrap()]);
+    let args = ["--script", &p, "--stats", "--trace", trace.to_str().unwrap(), "--script-mode", "pipelined"];
+    let r = run_guest("hello", &args);
     assert_eq!(r.code, 206, "{}", r.stderr);
     assert!(r.stderr.contains(&format!("{p}:3:")) && r.stderr.contains("bad 3"), "{}", r.stderr);
     assert!(r.stderr.contains("on exit #3"), "{}", r.stderr);

@@ -126,7 +126,8 @@ struct RunArgs {
     script_ops: u64,
     /// Where on_exit runs: auto runs scripts that only observe (no change, decision, memory or
     /// VMCS access) on a second thread, on copies of the exits, so the guest does not wait for
-    /// them; inline always runs them before nestbed handles the exit. See SCRIPTING.md.
+    /// them, when there is a second CPU; pipelined does so even on one CPU; inline always runs
+    /// them before nestbed handles the exit. See SCRIPTING.md.
     #[arg(long, value_enum, default_value_t = ScriptModeArg::Auto)]
     script_mode: ScriptModeArg,
 }
@@ -136,6 +137,7 @@ enum ScriptModeArg {
     #[default]
     Auto,
     Inline,
+    Pipelined,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Default)]
@@ -180,6 +182,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         mode: match args.script_mode {
             ScriptModeArg::Auto => ScriptMode::Auto,
             ScriptModeArg::Inline => ScriptMode::Inline,
+            ScriptModeArg::Pipelined => ScriptMode::Pipelined,
         },
     };
     if let Some(path) = &args.serial {

@@ -52,6 +52,8 @@ pub enum ScriptMode {
     Auto,
     /// Always on the vCPU thread, before nestbed handles the exit.
     Inline,
+    /// Pipelined when every script only observes, even with one CPU.
+    Pipelined,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,7 +269,12 @@ impl ScriptHost {
         let has_on_exit = compiled.iter().any(|c| c.has[1]);
         // A second thread only pays where it gets a CPU of its own.
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        let run = if opts.mode == ScriptMode::Auto && has_on_exit && needs.observe_only() && cpus > 1 {
+        let pipeline = match opts.mode {
+            ScriptMode::Auto => cpus > 1,
+            ScriptMode::Inline => false,
+            ScriptMode::Pipelined => true,
+        };
+        let run = if pipeline && has_on_exit && needs.observe_only() {
             drop(compiled);
             Run::Pipelined(Pipeline::start(sources, opts)?)
         } else {

@@ -27,6 +27,11 @@ fn inline() -> ScriptOptions {
     ScriptOptions { mode: ScriptMode::Inline, ..ScriptOptions::default() }
 }
 
+/// Scripts that only observe run pipelined, whatever the number of CPUs.
+fn pipelined() -> ScriptOptions {
+    ScriptOptions { mode: ScriptMode::Pipelined, ..ScriptOptions::default() }
+}
+
 fn host(src: &str) -> ScriptHost {
     ScriptHost::load(&[file("t.rhai", src)], inline()).unwrap()
 }
@@ -387,7 +392,7 @@ fn numbered(seq: u64) -> ExitContext {
 
 #[test]
 fn observing_scripts_run_pipelined_and_see_every_exit_in_order() {
-    let mut h = ScriptHost::load(&[file("o.rhai", ORDERED)], ScriptOptions::default()).unwrap();
+    let mut h = ScriptHost::load(&[file("o.rhai", ORDERED)], pipelined()).unwrap();
     assert!(h.pipelined());
     assert!(h.needs().observe_only());
     for seq in 1..=100 {
@@ -419,20 +424,20 @@ fn scripts_that_change_or_read_live_state_run_inline() {
         "fn on_exit(e) { e.read_phys(0, 1); }",
         "fn on_exit(e) { if e.port == 0x80 { e.stop(\"port\") } }",
     ] {
-        let h = ScriptHost::load(&[file("c.rhai", src)], ScriptOptions::default()).unwrap();
+        let h = ScriptHost::load(&[file("c.rhai", src)], pipelined()).unwrap();
         assert!(!h.pipelined(), "{src}");
     }
     // One script that changes makes them all inline (their order is kept).
     let a = file("a.rhai", "fn on_exit(e) { }");
     let b = file("b.rhai", "fn on_exit(e) { e.skip(); }");
-    assert!(!ScriptHost::load(&[a, b], ScriptOptions::default()).unwrap().pipelined());
+    assert!(!ScriptHost::load(&[a, b], pipelined()).unwrap().pipelined());
 }
 
 #[test]
 fn pipelined_error_stops_at_a_later_exit_and_names_its_exit() {
     let src = "fn on_exit(e) {\n  if e.seq == 3 { throw \"bad exit\" }\n}";
     let p = file("late.rhai", src);
-    let mut h = ScriptHost::load(std::slice::from_ref(&p), ScriptOptions::default()).unwrap();
+    let mut h = ScriptHost::load(std::slice::from_ref(&p), pipelined()).unwrap();
     assert!(h.pipelined());
     for seq in 1..=3 {
         h.on_exit(&mut numbered(seq)).unwrap();
@@ -444,12 +449,12 @@ fn pipelined_error_stops_at_a_later_exit_and_names_its_exit() {
     h.on_stop().unwrap();
 
     // An error in the last exits is returned by on_stop; with `continue`, none is.
-    let mut h = ScriptHost::load(std::slice::from_ref(&p), ScriptOptions::default()).unwrap();
+    let mut h = ScriptHost::load(std::slice::from_ref(&p), pipelined()).unwrap();
     for seq in 1..=3 {
         h.on_exit(&mut numbered(seq)).unwrap();
     }
     assert!(script_err(h.on_stop()).contains("on exit #3"));
-    let opts = ScriptOptions { on_error: OnScriptError::Continue, ..ScriptOptions::default() };
+    let opts = ScriptOptions { on_error: OnScriptError::Continue, ..pipelined() };
     let mut h = ScriptHost::load(&[p], opts).unwrap();
     for seq in 1..=5 {
         h.on_exit(&mut numbered(seq)).unwrap();
@@ -459,10 +464,10 @@ fn pipelined_error_stops_at_a_later_exit_and_names_its_exit() {
 
 #[test]
 fn pipelined_start_errors_and_on_start_come_back() {
-    let bad = ScriptHost::load(&[file("top.rhai", "let x = 1 / 0; fn on_exit(e) { }")], ScriptOptions::default());
+    let bad = ScriptHost::load(&[file("top.rhai", "let x = 1 / 0; fn on_exit(e) { }")], pipelined());
     assert!(matches!(bad, Err(Error::Script(m)) if m.contains("top-level code")));
     let src = "fn on_start() { cpuid_set(\"L1\", 0x40000000, 0, 1, 2, 3, 4); } fn on_exit(e) { }";
-    let mut h = ScriptHost::load(&[file("s.rhai", src)], ScriptOptions::default()).unwrap();
+    let mut h = ScriptHost::load(&[file("s.rhai", src)], pipelined()).unwrap();
     assert!(h.pipelined());
     let ov = h.on_start().unwrap();
     assert_eq!((ov[0].0, ov[0].1.regs), (Level::L1, [1, 2, 3, 4]));
@@ -490,7 +495,7 @@ fn a_pipelined_queue_that_fills_wakes_the_worker_and_loses_nothing() {
     // Three times the queue: the vCPU side wakes the napping worker at half and waits when full.
     let src = "let next = 1; fn on_exit(e) { if e.seq != next { throw `got ${e.seq}, want ${next}` } next += 1; }
                fn on_stop() { if next != 12289 { throw `saw ${next - 1} exits` } }";
-    let mut h = ScriptHost::load(&[file("fill.rhai", src)], ScriptOptions::default()).unwrap();
+    let mut h = ScriptHost::load(&[file("fill.rhai", src)], pipelined()).unwrap();
     assert!(h.pipelined());
     for seq in 1..=12288 {
         h.on_exit(&mut numbered(seq)).unwrap();
@@ -524,7 +529,7 @@ fn storing_a_register_back_unchanged_is_no_change() {
     let mut c = io_exit(Level::L1, 0x80, true);
     h.on_exit(&mut c).unwrap();
     assert!(!c.regs_dirty && c.changes.is_empty(), "{:?}", c.changes);
-    let mut h = ScriptHost::load(&[file("p.rhai", src)], ScriptOptions::default()).unwrap();
+    let mut h = ScriptHost::load(&[file("p.rhai", src)], pipelined()).unwrap();
     assert!(h.pipelined());
     h.on_exit(&mut io_exit(Level::L1, 0x80, true)).unwrap();
     h.on_stop().unwrap();
