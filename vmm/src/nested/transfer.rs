@@ -46,9 +46,12 @@ fn dt(d: &DescTable) -> kvm_dtable {
     kvm_dtable { base: d.base, limit: d.limit as u16, padding: [0; 3] }
 }
 
-/// Loads segment, control and descriptor-table state plus RIP/RSP/RFLAGS into `vcpu`.
+/// Loads segment, control and descriptor-table state plus RIP/RSP/RFLAGS into `vcpu`. SREGS
+/// are marked for KVM to load only when they changed: loading them makes KVM reset its view of
+/// the guest's paging, which costs more than the rest of a VM entry or exit together.
 pub fn load(vcpu: &mut Vcpu, st: &CpuState) {
-    let s = vcpu.sregs_mut();
+    let current = *vcpu.sregs();
+    let mut s = current;
     s.cs = to_kvm(&st.cs);
     s.ss = to_kvm(&st.ss);
     s.ds = to_kvm(&st.ds);
@@ -63,6 +66,9 @@ pub fn load(vcpu: &mut Vcpu, st: &CpuState) {
     s.cr3 = st.cr3;
     s.cr4 = st.cr4 & !CR4_VMXE;
     s.efer = st.efer;
+    if s != current {
+        *vcpu.sregs_mut() = s;
+    }
     let r = vcpu.regs_mut();
     r.rip = st.rip;
     r.rsp = st.rsp;
@@ -94,21 +100,12 @@ pub fn save(vcpu: &Vcpu, st: &mut CpuState) {
 }
 
 /// IA32_SYSENTER_CS/ESP/EIP, which VM entry loads and VM exit saves (SDM 27.3.2.1,
-/// 28.3.1) but KVM keeps outside the sync-regs area.
+/// 28.3.1) but KVM keeps outside the sync-regs area. L2's writes to them always reach nestbed
+/// (`msr_filter`), so a VM exit saves them from the copy nestbed keeps, without an ioctl.
 pub const SYSENTER_MSRS: [u32; 3] = [0x174, 0x175, 0x176];
 
-pub fn load_msrs(vcpu: &Vcpu, st: &CpuState) -> Result<(), crate::error::Error> {
-    vcpu.set_msrs(&[(0x174, u64::from(st.sysenter_cs)), (0x175, st.sysenter_esp), (0x176, st.sysenter_eip)])
-}
-
-pub fn save_msrs(vcpu: &Vcpu, st: &mut CpuState) -> Result<(), crate::error::Error> {
-    let v = vcpu.get_msrs(&SYSENTER_MSRS)?;
-    if let [cs, esp, eip] = v[..] {
-        st.sysenter_cs = cs as u32;
-        st.sysenter_esp = esp;
-        st.sysenter_eip = eip;
-    }
-    Ok(())
+pub fn load_msrs(vcpu: &Vcpu, sysenter: [u64; 3]) -> Result<(), crate::error::Error> {
+    vcpu.set_msrs(&[(0x174, sysenter[0]), (0x175, sysenter[1]), (0x176, sysenter[2])])
 }
 
 /// Copies the general registers a VM entry or exit does not switch (all but RSP; RIP and

@@ -328,14 +328,14 @@ impl Runner {
     pub(crate) fn vcpu_of(&mut self, level: Level) -> Option<&mut Vcpu> {
         match level {
             Level::L1 => Some(&mut self.l1),
-            Level::L2 => self.l2.as_mut().map(|l2| &mut l2.vcpu),
+            Level::L2 => self.nested.l2.as_mut().map(|l2| &mut l2.vcpu),
         }
     }
 
     /// The current VMCS address while it is launched: the L2 thread exists.
     pub(crate) fn l2_vmcs(&self) -> Option<u64> {
-        self.l2.as_ref()?;
-        self.vmx.current_vmcs().filter(|v| v.launched).and(self.vmx.current)
+        self.nested.l2.as_ref()?;
+        self.nested.vmx.current_vmcs().filter(|v| v.launched).and(self.nested.vmx.current)
     }
 
     /// L1-physical address of a level's linear address: its page tables, then for L2 its
@@ -347,7 +347,7 @@ impl Runner {
                 paging::translate(&self.l1_vm.ram, m, gva, Access::default()).ok()
             }
             Level::L2 => {
-                let l2 = self.l2.as_mut()?;
+                let l2 = self.nested.l2.as_mut()?;
                 let m = l2.vcpu.paging();
                 let mem = l2.memory();
                 let gpa = paging::translate(&mem, m, gva, Access::default()).ok()?;
@@ -444,8 +444,8 @@ impl Runner {
     /// The current VMCS with L2's live guest state while L2 runs (the VMCS itself is only
     /// written at VM exits).
     pub(crate) fn vmcs_view(&mut self) -> Option<Vmcs> {
-        let mut v = self.vmx.current_vmcs()?.clone();
-        if let (Level::L2, Some(l2)) = (self.level, self.l2.as_ref()) {
+        let mut v = self.nested.vmx.current_vmcs()?.clone();
+        if let (Level::L2, Some(l2)) = (self.level, self.nested.l2.as_ref()) {
             let mut st = load_guest_state(&v);
             crate::nested::transfer::save(&l2.vcpu, &mut st);
             save_guest_state(&mut v, &st);

@@ -1,11 +1,12 @@
-//! The run loop: enter the active vCPU (L1, or L2 while L1 runs a nested guest), normalize
-//! its exit, pass it through trace, statistics and the script hook, then let nestbed handle it
-//! (devices, the virtual VMX) or reflect it to L1.
+//! The run loop: enter the active vCPU (L1, or L2 while L1 runs a nested guest) and hand each
+//! exit to [`dispatch`](Runner::dispatch), the one path every exit of either level takes.
 
 pub mod boot;
 pub mod debug;
+mod dispatch;
 mod hooks;
-mod nested;
+mod l1;
+mod l2;
 pub mod signals;
 
 use std::io::Write;
@@ -15,15 +16,14 @@ use std::time::Instant;
 use kvm_ioctls::Kvm;
 
 use crate::error::{code, host, Error};
-use crate::exit::{Action, Exit, ExitDetail, Handler, Level};
-use crate::machine::devices::{Devices, PortEffect};
+use crate::exit::Level;
+use crate::machine::devices::Devices;
 use crate::machine::{loader, GuestRam, RawExit, Vcpu, Vm};
-use crate::nested::L2;
+use crate::nested::Nested;
 use crate::script::{ScriptHost, ScriptOptions};
-use crate::trace::{Clock, Stats, TraceWriter};
+use crate::trace::{Clock, Phase, Phases, Stats, TraceWriter};
 use crate::vmx::caps::VmxCaps;
 use crate::vmx::cpu::VmxCpu;
-use crate::vmx::exits::{io_qualification, ExitReason};
 use debug::{DebugEvent, DebugState, INT3};
 
 /// Everything `nestbed run` needs.
@@ -136,26 +136,20 @@ pub enum Stop {
 }
 
 pub struct Runner {
-    kvm: Kvm,
     l1_vm: Vm,
     l1: Vcpu,
     devices: Devices,
     level: Level,
-    vmx: VmxCpu,
-    l2: Option<L2>,
+    /// The virtual VMX and the L2 VM.
+    nested: Nested,
     stats: Stats,
     trace: Option<TraceWriter>,
     seq: u64,
     start: Instant,
     clock: Clock,
-    /// CPUID answers for the L2 vCPU, applied when it is created.
-    l2_cpuid: Vec<crate::machine::vm::CpuidOverride>,
     /// What happened beside the exits (failed entry checks...), for the trace and scripts.
     notes: Vec<String>,
     scripts: Option<ScriptHost>,
-    /// VMCS writes scripts made on the current L2 exit, replayed over the exit information if
-    /// the exit is reflected to L1.
-    script_vmcs_writes: Vec<(u32, u64)>,
     script_paths: Vec<PathBuf>,
     script_options: ScriptOptions,
     /// Whether exits are written to the trace file (gdb's `monitor trace on|off`).
@@ -198,22 +192,18 @@ impl Runner {
             signals::arm_timeout(t);
         }
         Ok(Runner {
-            kvm,
             l1_vm,
             l1,
             devices: Devices::new(console),
             level: Level::L1,
-            vmx: VmxCpu::new(caps),
-            l2: None,
-            stats: Stats::default(),
+            nested: Nested::new(kvm, VmxCpu::new(caps), l2_cpuid),
+            stats: Stats::new(Phases::new(clock)),
             trace,
             seq: 0,
             start: Instant::now(),
             clock,
-            l2_cpuid,
             notes: Vec::new(),
             scripts,
-            script_vmcs_writes: Vec::new(),
             script_paths: cfg.scripts.clone(),
             script_options: cfg.script_options,
             tracing: true,
@@ -256,7 +246,7 @@ impl Runner {
     }
 
     fn active(&mut self) -> &mut Vcpu {
-        match (self.level, self.l2.as_mut()) {
+        match (self.level, self.nested.l2.as_mut()) {
             (Level::L2, Some(l2)) => &mut l2.vcpu,
             _ => &mut self.l1,
         }
@@ -293,7 +283,7 @@ impl Runner {
             // L1 in VMX operation (VMX instructions, VM entries) and L2.
             // SREGS are read for scripts only when one names a control register.
             let scripts_lean = self.scripts.as_ref().is_none_or(|s| !s.needs().control_regs);
-            let lean = !self.vmx.vmxon && self.level == Level::L1 && scripts_lean && !self.debug.attached;
+            let lean = !self.nested.vmx.vmxon && self.level == Level::L1 && scripts_lean && !self.debug.attached;
             self.l1.set_lean(lean);
             // Where the instruction a debugger steps starts (only read while one is attached).
             let rip_entry = if self.debug.attached { self.active().regs().rip } else { 0 };
@@ -301,8 +291,10 @@ impl Runner {
             // SAFETY: the active vCPU's mapping lives as long as the Runner, which clears the
             // registration before returning.
             unsafe { signals::set_running(run) };
+            let entered = self.clock.now();
             let raw = self.active().run()?;
-            let t0 = self.clock.now();
+            let phase = if self.level == Level::L1 { Phase::KvmRunL1 } else { Phase::KvmRunL2 };
+            let t0 = self.stats.phases.add_since(phase, entered);
             match signals::cause() {
                 signals::INTERRUPT => return Ok(Stop::Finished(Outcome::Interrupted)),
                 signals::TIMEOUT => return Ok(Stop::Finished(Outcome::Timeout)),
@@ -328,13 +320,7 @@ impl Runner {
                 }
             }
             let level = self.level;
-            let (flow, reason, handler) = match level {
-                Level::L1 => self.l1_exit(raw)?,
-                Level::L2 => self.l2_exit(raw)?,
-            };
-            self.stats.record(level, reason, handler, self.clock.since(t0));
-            self.script_vmcs_writes.clear();
-            match flow {
+            match self.dispatch(raw, t0)? {
                 Flow::Stop(Outcome::ScriptStop(why)) if self.debug.attached => {
                     return Ok(Stop::Debug(DebugEvent::ScriptStop(why)));
                 }
@@ -345,145 +331,6 @@ impl Runner {
                 return Ok(Stop::Debug(ev));
             }
         }
-    }
-
-    fn next_exit(&mut self, level: Level, reason: ExitReason, qualification: u64, detail: ExitDetail) -> Exit {
-        self.seq += 1;
-        let rip = self.active().regs().rip;
-        Exit { seq: self.seq, level, reason: reason as u32, qualification, rip, insn: Vec::new(), detail }
-    }
-
-    fn l1_exit(&mut self, raw: RawExit) -> Result<(Flow, u32, Handler), Error> {
-        match raw {
-            RawExit::IoOut { port, size, data } => {
-                let q = io_qualification(port, size, false, false, false, false);
-                let exit = self.next_exit(
-                    Level::L1,
-                    ExitReason::IO_INSTRUCTION,
-                    q,
-                    ExitDetail::Io { port, size, write: true, data },
-                );
-                let action = self.observe(&exit, Handler::L0)?;
-                let handler = if action == Action::Default { Handler::L0 } else { Handler::Script };
-                let flow = match action {
-                    Action::Default => match self.devices.write(port, size, data) {
-                        PortEffect::Exit(c) => Flow::Stop(Outcome::GuestExit(c)),
-                        PortEffect::None => Flow::Continue,
-                    },
-                    other => self.apply_action(other)?,
-                };
-                Ok((flow, exit.reason, handler))
-            }
-            RawExit::IoIn { port, size, count } => {
-                let q = io_qualification(port, size, true, count > 1, false, false);
-                let exit = self.next_exit(
-                    Level::L1,
-                    ExitReason::IO_INSTRUCTION,
-                    q,
-                    ExitDetail::Io { port, size, write: false, data: 0 },
-                );
-                let action = self.observe(&exit, Handler::L0)?;
-                let handler = if action == Action::Default { Handler::L0 } else { Handler::Script };
-                let flow = match action {
-                    Action::Default => {
-                        self.device_in(port, size, count);
-                        Flow::Continue
-                    }
-                    other => self.apply_action(other)?,
-                };
-                Ok((flow, exit.reason, handler))
-            }
-            RawExit::Shutdown => {
-                let exit = self.next_exit(Level::L1, ExitReason::TRIPLE_FAULT, 0, ExitDetail::None);
-                self.observe(&exit, Handler::L0)?;
-                let registers = dump_registers(&mut self.l1);
-                Ok((Flow::Stop(Outcome::TripleFault { level: Level::L1, registers }), exit.reason, Handler::L0))
-            }
-            RawExit::Hlt => {
-                let exit = self.next_exit(Level::L1, ExitReason::HLT, 0, ExitDetail::None);
-                let action = self.observe(&exit, Handler::L0)?;
-                let flow = match action {
-                    Action::Default => Flow::Stop(Outcome::Unsupported(format!(
-                        "L1 executed HLT at RIP {:#x}; nestbed has no interrupt sources, so it would never wake",
-                        exit.rip
-                    ))),
-                    other => self.apply_action(other)?,
-                };
-                Ok((flow, exit.reason, Handler::L0))
-            }
-            RawExit::EmulationFailure { bytes } => self.l1_vmx_instruction(&bytes),
-            RawExit::RdMsr { index } => self.l1_rdmsr(index),
-            RawExit::WrMsr { index, data } => self.l1_wrmsr(index, data),
-            RawExit::MmioRead { gpa, len } => {
-                let exit = self.next_exit(
-                    Level::L1,
-                    ExitReason::EPT_VIOLATION,
-                    1,
-                    ExitDetail::Mmio { gpa, len, write: false, data: 0 },
-                );
-                let action = self.observe(&exit, Handler::L0)?;
-                let flow = match action {
-                    Action::Default => {
-                        tracing::debug!(gpa = format_args!("{gpa:#x}"), "L1 read outside RAM: all ones");
-                        self.l1.complete_read(u64::MAX);
-                        Flow::Continue
-                    }
-                    other => self.apply_action(other)?,
-                };
-                Ok((flow, exit.reason, Handler::L0))
-            }
-            RawExit::MmioWrite { gpa, len, data } => {
-                let exit = self.next_exit(
-                    Level::L1,
-                    ExitReason::EPT_VIOLATION,
-                    2,
-                    ExitDetail::Mmio { gpa, len, write: true, data },
-                );
-                let action = self.observe(&exit, Handler::L0)?;
-                tracing::debug!(gpa = format_args!("{gpa:#x}"), "L1 write outside RAM ignored");
-                let flow = self.apply_action(action)?;
-                Ok((flow, exit.reason, Handler::L0))
-            }
-            other => Ok((
-                Flow::Stop(Outcome::Unsupported(format!(
-                    "unexpected L1 exit {other:?}\n{}",
-                    dump_registers(&mut self.l1)
-                ))),
-                0,
-                Handler::L0,
-            )),
-        }
-    }
-
-    /// Completes an `in` (or every element of an INS) on the active vCPU from the devices.
-    fn device_in(&mut self, port: u16, size: u8, count: u32) {
-        if count <= 1 {
-            let v = self.devices.read(port, size);
-            self.active().complete_read(v);
-            return;
-        }
-        let mut bytes = Vec::with_capacity(usize::from(size) * count as usize);
-        for _ in 0..count {
-            let v = self.devices.read(port, size);
-            bytes.extend_from_slice(&v.to_le_bytes()[..usize::from(size).min(8)]);
-        }
-        self.active().complete_string_in(&bytes);
-    }
-
-    /// Carries out a script's decision on the active vCPU.
-    fn apply_action(&mut self, action: Action) -> Result<Flow, Error> {
-        Ok(match action {
-            Action::Default | Action::Skip | Action::Reflect | Action::KeepInL0 => Flow::Continue,
-            Action::Value(v) => {
-                self.active().complete_read(v);
-                Flow::Continue
-            }
-            Action::Inject { vector, error_code } => {
-                self.active().inject_exception(vector, error_code);
-                Flow::Continue
-            }
-            Action::Stop(reason) => Flow::Stop(Outcome::ScriptStop(reason)),
-        })
     }
 }
 

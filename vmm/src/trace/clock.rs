@@ -25,7 +25,11 @@ impl Clock {
     }
 
     pub fn since(&self, t0: u64) -> Duration {
-        let d = self.now().saturating_sub(t0);
+        self.duration(self.now().saturating_sub(t0))
+    }
+
+    /// Converts a difference of two `now` readings.
+    pub fn duration(&self, d: u64) -> Duration {
         match self.tsc_khz {
             Some(khz) => Duration::from_nanos((u128::from(d) * 1_000_000 / u128::from(khz)) as u64),
             None => Duration::from_nanos(d),

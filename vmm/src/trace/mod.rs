@@ -4,11 +4,13 @@
 pub mod clock;
 pub mod diff;
 pub mod file;
+pub mod phases;
 pub mod report;
 pub mod stats;
 pub mod svg;
 pub mod writer;
 
 pub use clock::Clock;
+pub use phases::{Phase, Phases};
 pub use stats::Stats;
 pub use writer::TraceWriter;

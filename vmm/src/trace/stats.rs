@@ -23,6 +23,8 @@ pub struct Stats {
     rows: Vec<(Key, Row)>,
     last: usize,
     pub wall: Duration,
+    /// Where the run's time went, phase by phase.
+    pub phases: super::Phases,
 }
 
 fn level_key(l: Level) -> u8 {
@@ -41,6 +43,10 @@ fn handler_key(h: Handler) -> u8 {
 }
 
 impl Stats {
+    pub fn new(phases: super::Phases) -> Self {
+        Stats { phases, ..Stats::default() }
+    }
+
     pub fn record(&mut self, level: Level, reason: u32, handler: Handler, took: Duration) {
         let key = (level_key(level), reason, handler_key(handler));
         let i = match self.rows.get(self.last) {

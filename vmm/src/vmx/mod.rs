@@ -5,6 +5,7 @@ pub mod checks;
 pub mod cpu;
 pub mod decode;
 pub mod ept;
+pub mod exit_info;
 pub mod exits;
 pub mod fields;
 pub mod route;

@@ -177,3 +177,31 @@ mod tests {
         assert!(!always_exits(ExitReason::HLT));
     }
 }
+
+/// What the reflect decision needs to know about one L2 exit (SDM 28.2 exit information).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExitFacts {
+    pub reason: u32,
+    pub qualification: u64,
+    pub intr_info: u32,
+    pub error_code: u32,
+    pub msr: u32,
+    pub cr_value: u64,
+    pub field: u64,
+}
+
+/// Whether L1 asked for this L2 event as a VM exit.
+pub fn l1_wants_exit(vmcs: &Vmcs, mem: &dyn GuestMemory, f: &ExitFacts) -> bool {
+    let Some(reason) = ExitReason::from_u32(f.reason & 0xffff) else { return true };
+    match reason {
+        ExitReason::IO_INSTRUCTION => {
+            l1_wants_io(vmcs, mem, (f.qualification >> 16) as u16, (f.qualification & 7) as u8 + 1)
+        }
+        ExitReason::RDMSR => l1_wants_msr(vmcs, mem, f.msr, false),
+        ExitReason::WRMSR => l1_wants_msr(vmcs, mem, f.msr, true),
+        ExitReason::HLT => l1_wants_hlt(vmcs),
+        ExitReason::EXCEPTION_NMI => l1_wants_exception(vmcs, f.intr_info as u8, f.error_code),
+        ExitReason::EPT_VIOLATION | ExitReason::EPT_MISCONFIG => true,
+        r => always_exits(r),
+    }
+}

@@ -278,32 +278,6 @@ pub fn load_host_state(vmcs: &Vmcs, current_efer: u64) -> CpuState {
     }
 }
 
-/// Records basic VM-exit information (SDM 28.2): exit reason, qualification, instruction
-/// length and information; clears the valid bits of the VM-exit interruption-information
-/// and IDT-vectoring fields (no event), and clears the valid bit of the VM-entry
-/// interruption-information field (SDM 28.2.4).
-pub fn record_exit(vmcs: &mut Vmcs, reason: u32, qualification: u64, insn_len: u32, insn_info: u32) {
-    vmcs.set(VM_EXIT_REASON, u64::from(reason));
-    vmcs.set(EXIT_QUALIFICATION, qualification);
-    vmcs.set(VM_EXIT_INSTRUCTION_LEN, u64::from(insn_len));
-    vmcs.set(VMX_INSTRUCTION_INFO, u64::from(insn_info));
-    vmcs.set(VM_EXIT_INTR_INFO, 0);
-    vmcs.set(IDT_VECTORING_INFO_FIELD, 0);
-    let entry_info = vmcs.get(VM_ENTRY_INTR_INFO_FIELD) & !(1 << 31);
-    vmcs.set(VM_ENTRY_INTR_INFO_FIELD, entry_info);
-}
-
-/// VM-exit interruption information for an exit caused by an exception or NMI (SDM 28.2.2):
-/// vector, type (2 NMI, 3 hardware exception, 6 software exception), error-code valid, valid.
-pub fn record_exit_interruption(vmcs: &mut Vmcs, vector: u8, ty: u8, error_code: Option<u32>) {
-    let mut info = u64::from(vector) | u64::from(ty & 7) << 8 | 1 << 31;
-    if let Some(ec) = error_code {
-        info |= 1 << 11;
-        vmcs.set(VM_EXIT_INTR_ERROR_CODE, u64::from(ec));
-    }
-    vmcs.set(VM_EXIT_INTR_INFO, info);
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::checks::testing::test_vmcs_64bit;
@@ -376,21 +350,5 @@ mod tests {
         let h = load_host_state(&v, 0xd01);
         assert_eq!(h.efer, 0x801);
         assert_eq!(h.cs.ar, 0xc09b);
-    }
-
-    #[test]
-    fn exit_recording() {
-        let mut v = test_vmcs_64bit();
-        v.set(VM_ENTRY_INTR_INFO_FIELD, 0x8000_0b0d);
-        v.set(VM_EXIT_INTR_INFO, 0x8000_0300);
-        record_exit(&mut v, 30, 0x3f8_0000, 1, 0);
-        assert_eq!(v.get(VM_EXIT_REASON), 30);
-        assert_eq!(v.get(EXIT_QUALIFICATION), 0x3f8_0000);
-        assert_eq!(v.get(VM_EXIT_INSTRUCTION_LEN), 1);
-        assert_eq!(v.get(VM_EXIT_INTR_INFO), 0);
-        assert_eq!(v.get(VM_ENTRY_INTR_INFO_FIELD), 0x0b0d);
-        record_exit_interruption(&mut v, 14, 3, Some(2));
-        assert_eq!(v.get(VM_EXIT_INTR_INFO), 0x8000_0b0e);
-        assert_eq!(v.get(VM_EXIT_INTR_ERROR_CODE), 2);
     }
 }

@@ -1,0 +1,306 @@
+//! One exit's life, the same for every exit of either level:
+//! KVM exit -> `Exit` (normalize) -> route -> scripts -> trace -> handle or reflect -> statistics.
+//! [`Runner::dispatch`] is the one place that decides who handled an exit, so the trace, the
+//! statistics, scripts and gdb always agree.
+
+use super::{Flow, Outcome, Runner};
+use crate::error::Error;
+use crate::exit::{Action, Exit, Handler, Level};
+use crate::machine::RawExit;
+use crate::nested::env::RamView;
+use crate::nested::route::{route, L0Keeps, Route};
+use crate::nested::{Entry, Insn};
+use crate::trace::Phase;
+use crate::vmx::cpu::{apply_rflags, Fault};
+use crate::vmx::decode::VmxInsn;
+use crate::vmx::exit_info::ExitInfo;
+use crate::vmx::route::{l1_wants_exit, ExitFacts};
+
+/// A KVM exit, normalized. Returned by value once per exit and never stored, so the size
+/// difference of its variants costs less than boxing the event would.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Normalized {
+    Event(Event),
+    /// Dealt with while normalizing, without an exit anyone observes: #UD for an instruction
+    /// KVM could not run that is no VMX instruction, memslots refreshed before a retry, or a
+    /// condition nestbed cannot continue from.
+    Quiet {
+        reason: u32,
+        flow: Flow,
+    },
+}
+
+/// An exit as the trace and scripts see it, with what handling it means.
+pub(super) struct Event {
+    pub exit: Exit,
+    /// What nestbed does when it handles the exit as the L0.
+    pub work: Work,
+    /// L2 exits only: what the reflect decision and a VM exit to L1 need.
+    pub l2: Option<L2Event>,
+}
+
+pub(super) struct L2Event {
+    pub facts: ExitFacts,
+    pub keeps: Option<L0Keeps>,
+    /// The VM exit L1 gets if the exit is reflected, or why the host makes that impossible.
+    pub reflect: Result<(ExitInfo, Insn), String>,
+}
+
+/// What nestbed does with an exit it handles itself.
+pub(super) enum Work {
+    PortOut {
+        port: u16,
+        size: u8,
+        data: u64,
+    },
+    /// IN, or every element of an INS.
+    PortIn {
+        port: u16,
+        size: u8,
+        count: u32,
+    },
+    /// An MMIO read that reaches nothing: all ones.
+    ReadAllOnes,
+    /// An MMIO write that reaches nothing.
+    DropWrite,
+    L1Hlt,
+    TripleFault,
+    L1Rdmsr {
+        index: u32,
+    },
+    L1Wrmsr {
+        index: u32,
+        value: u64,
+    },
+    /// A VMX instruction L1 executed, for the model.
+    L1Vmx {
+        insn: VmxInsn,
+        rip: u64,
+    },
+    L2Rdmsr {
+        index: u32,
+    },
+    L2Wrmsr {
+        index: u32,
+        value: u64,
+    },
+    /// An access L1's EPT allows, done on L1's memory at `hpa`.
+    EptAllowed {
+        eptp: u64,
+        hpa: u64,
+        len: u8,
+        data: Option<u64>,
+    },
+    /// An exception for the guest that exited (a VMX instruction of L2 kept in L0: #UD).
+    Inject {
+        vector: u8,
+    },
+    /// nestbed cannot continue.
+    Unsupported(String),
+}
+
+impl Runner {
+    /// Takes one KVM exit of the active level through the whole path. `t0` is the clock reading
+    /// when KVM_RUN returned.
+    pub(super) fn dispatch(&mut self, raw: RawExit, t0: u64) -> Result<Flow, Error> {
+        let level = self.level;
+        let normalized = match level {
+            Level::L1 => self.normalize_l1(raw)?,
+            Level::L2 => self.normalize_l2(raw)?,
+        };
+        let mut ev = match normalized {
+            Normalized::Event(ev) => ev,
+            Normalized::Quiet { reason, flow } => {
+                self.stats.record(level, reason, Handler::L0, self.clock.since(t0));
+                return Ok(flow);
+            }
+        };
+        let route = self.route(&ev);
+        let t = self.stats.phases.add_since(Phase::Decode, t0);
+        let reflectable = ev.l2.as_ref().is_some_and(|l2| l2.keeps.is_none());
+        let info = ev.l2.as_mut().and_then(|l2| l2.reflect.as_mut().ok()).map(|(info, _)| info);
+        let (action, handler) = self.observe(&ev.exit, route_handler(route), info)?;
+        let t = self.stats.phases.add_since(Phase::Hooks, t);
+        let flow = match action {
+            Action::Default if route == Route::L1 => self.reflect(ev.l2.take())?,
+            Action::Reflect if reflectable => self.reflect(ev.l2.take())?,
+            Action::Default | Action::Reflect | Action::KeepInL0 => self.handle(ev.work)?,
+            other => self.apply_action(other, &ev.work)?,
+        };
+        self.stats.phases.add_since(Phase::Other, t);
+        self.stats.record(level, ev.exit.reason, handler, self.clock.since(t0));
+        Ok(flow)
+    }
+
+    /// Who handles an exit unless a script decides otherwise: nestbed for every L1 exit; for
+    /// an L2 exit, L0's own reasons, then L1's controls (`vmx::route`).
+    fn route(&self, ev: &Event) -> Route {
+        let Some(l2) = ev.l2.as_ref() else { return Route::L0 };
+        route(l2.keeps, || {
+            self.nested.vmx.current_vmcs().is_some_and(|vmcs| l1_wants_exit(vmcs, &RamView(&self.l1_vm.ram), &l2.facts))
+        })
+    }
+
+    /// A VM exit to L1, or a stop when the host made the exit impossible to reflect.
+    fn reflect(&mut self, l2: Option<L2Event>) -> Result<Flow, Error> {
+        match l2.map(|l2| l2.reflect) {
+            Some(Ok((info, insn))) => {
+                let t = self.clock.now();
+                self.nested.vm_exit(&mut self.l1, &info, &insn)?;
+                self.level = Level::L1;
+                self.stats.phases.add_since(Phase::Transfer, t);
+                Ok(Flow::Continue)
+            }
+            Some(Err(why)) => Ok(Flow::Stop(Outcome::Unsupported(why))),
+            None => Ok(Flow::Continue),
+        }
+    }
+
+    /// nestbed handles the exit as the L0.
+    fn handle(&mut self, work: Work) -> Result<Flow, Error> {
+        match work {
+            Work::L1Vmx { insn, rip } => self.execute_vmx(&insn, rip),
+            Work::L1Rdmsr { index } => Ok(self.l1_rdmsr(index)),
+            Work::L1Wrmsr { index, value } => Ok(self.l1_wrmsr(index, value)),
+            Work::L2Rdmsr { index } => self.l2_rdmsr(index),
+            Work::L2Wrmsr { index, value } => self.l2_wrmsr(index, value),
+            Work::EptAllowed { eptp, hpa, len, data } => self.l2_ept_allowed(eptp, hpa, len, data),
+            Work::PortOut { port, size, data } => Ok(match self.devices.write(port, size, data) {
+                crate::machine::devices::PortEffect::Exit(c) => Flow::Stop(Outcome::GuestExit(c)),
+                crate::machine::devices::PortEffect::None => Flow::Continue,
+            }),
+            Work::PortIn { port, size, count } => {
+                self.device_in(port, size, count);
+                Ok(Flow::Continue)
+            }
+            Work::ReadAllOnes => {
+                self.active().complete_read(u64::MAX);
+                Ok(Flow::Continue)
+            }
+            Work::DropWrite => Ok(Flow::Continue),
+            Work::L1Hlt => {
+                let rip = self.l1.regs().rip;
+                Ok(Flow::Stop(Outcome::Unsupported(format!(
+                    "L1 executed HLT at RIP {rip:#x}; nestbed has no interrupt sources, so it would never wake"
+                ))))
+            }
+            Work::TripleFault => {
+                let level = self.level;
+                let registers = super::dump_registers(self.active());
+                Ok(Flow::Stop(Outcome::TripleFault { level, registers }))
+            }
+            Work::Inject { vector } => {
+                self.active().inject_exception(vector, None);
+                Ok(Flow::Continue)
+            }
+            Work::Unsupported(why) => Ok(Flow::Stop(Outcome::Unsupported(why))),
+        }
+    }
+
+    /// Carries out a script's decision on the vCPU that exited.
+    fn apply_action(&mut self, action: Action, work: &Work) -> Result<Flow, Error> {
+        Ok(match action {
+            Action::Default | Action::Reflect | Action::KeepInL0 => Flow::Continue,
+            Action::Skip => {
+                // A trapped VMX instruction left RIP at itself; the others are past it or
+                // completed by KVM.
+                if let Work::L1Vmx { insn, rip } = work {
+                    self.l1.regs_mut().rip = rip.wrapping_add(u64::from(insn.len));
+                }
+                Flow::Continue
+            }
+            Action::Value(v) => {
+                self.active().complete_read(v);
+                Flow::Continue
+            }
+            Action::Inject { vector, error_code } => {
+                self.active().inject_exception(vector, error_code);
+                Flow::Continue
+            }
+            Action::Stop(reason) => Flow::Stop(Outcome::ScriptStop(reason)),
+        })
+    }
+
+    /// Executes a VMX instruction of L1 on the model; VMLAUNCH and VMRESUME that pass the
+    /// instruction checks go on to VM entry.
+    fn execute_vmx(&mut self, insn: &VmxInsn, rip: u64) -> Result<Flow, Error> {
+        let t = self.clock.now();
+        let len = u64::from(insn.len);
+        let written = self.vmwrite_field(insn);
+        let outcome = self.nested.execute(insn, &mut self.l1, &self.l1_vm.ram, written);
+        tracing::debug!(rip = format_args!("{rip:#x}"), insn = %insn, ?outcome, "L1 VMX instruction");
+        match outcome {
+            crate::vmx::cpu::Outcome::Fault(f) => {
+                self.inject_fault(f);
+                self.stats.phases.add_since(Phase::Model, t);
+            }
+            crate::vmx::cpu::Outcome::Entry { .. } => {
+                let entry =
+                    self.nested.vm_entry(&mut self.l1, &self.l1_vm.ram, &mut self.notes, &mut self.stats.phases, t)?;
+                match entry {
+                    Entry::Entered => self.level = Level::L2,
+                    Entry::ExitedOnEntry => {}
+                    Entry::Failed(o) => {
+                        let r = self.l1.regs_mut();
+                        r.rflags = apply_rflags(r.rflags, &o);
+                        r.rip = rip.wrapping_add(len);
+                    }
+                    Entry::Refused(why) => {
+                        return Ok(Flow::Stop(Outcome::Unsupported(format!("VM entry at L1 RIP {rip:#x}: {why}"))))
+                    }
+                }
+            }
+            o => {
+                let r = self.l1.regs_mut();
+                r.rflags = apply_rflags(r.rflags, &o);
+                r.rip = rip.wrapping_add(len);
+                self.stats.phases.add_since(Phase::Model, t);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn inject_fault(&mut self, f: Fault) {
+        if let Fault::PageFault { address, .. } = f {
+            self.active().sregs_mut().cr2 = address;
+        }
+        self.active().inject_exception(f.vector(), f.error_code());
+    }
+
+    /// Completes an `in` (or every element of an INS) on the active vCPU from the devices.
+    fn device_in(&mut self, port: u16, size: u8, count: u32) {
+        if count <= 1 {
+            let v = self.devices.read(port, size);
+            self.active().complete_read(v);
+            return;
+        }
+        let mut bytes = Vec::with_capacity(usize::from(size) * count as usize);
+        for _ in 0..count {
+            let v = self.devices.read(port, size);
+            bytes.extend_from_slice(&v.to_le_bytes()[..usize::from(size).min(8)]);
+        }
+        self.active().complete_string_in(&bytes);
+    }
+
+    /// Numbers the next exit.
+    pub(super) fn next_exit(&mut self, level: Level, reason: u32, qualification: u64, rip: u64) -> Exit {
+        self.seq += 1;
+        Exit {
+            seq: self.seq,
+            level,
+            reason,
+            qualification,
+            rip,
+            insn: Vec::new(),
+            detail: crate::exit::ExitDetail::None,
+        }
+    }
+}
+
+/// The handler an exit has when no script decides otherwise.
+fn route_handler(route: Route) -> Handler {
+    match route {
+        Route::L1 => Handler::L1,
+        Route::L0 | Route::L0Keeps(_) => Handler::L0,
+    }
+}

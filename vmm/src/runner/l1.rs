@@ -1,0 +1,121 @@
+//! L1's exits: what each KVM exit of L1 is as an `Exit`, and nestbed's handling of L1's MSRs.
+//! Every L1 exit is nestbed's (the L0's) to handle.
+
+use super::dispatch::{Event, Normalized, Work};
+use super::{Flow, Outcome, Runner};
+use crate::error::Error;
+use crate::exit::{ExitDetail, Level};
+use crate::machine::RawExit;
+use crate::nested::env::gpr;
+use crate::nested::trap;
+use crate::vmx::decode::{exit_qualification, VmxInsn, VmxOp};
+use crate::vmx::exits::{io_qualification, ExitReason};
+
+const IA32_FEATURE_CONTROL: u32 = 0x3a;
+
+impl Runner {
+    pub(super) fn normalize_l1(&mut self, raw: RawExit) -> Result<Normalized, Error> {
+        let rip = self.l1.regs().rip;
+        let (reason, qualification, detail, work) = match raw {
+            RawExit::IoOut { port, size, data } => (
+                ExitReason::IO_INSTRUCTION,
+                io_qualification(port, size, false, false, false, false),
+                ExitDetail::Io { port, size, write: true, data },
+                Work::PortOut { port, size, data },
+            ),
+            RawExit::IoIn { port, size, count } => (
+                ExitReason::IO_INSTRUCTION,
+                io_qualification(port, size, true, count > 1, false, false),
+                ExitDetail::Io { port, size, write: false, data: 0 },
+                Work::PortIn { port, size, count },
+            ),
+            RawExit::Shutdown => (ExitReason::TRIPLE_FAULT, 0, ExitDetail::None, Work::TripleFault),
+            RawExit::Hlt => (ExitReason::HLT, 0, ExitDetail::None, Work::L1Hlt),
+            RawExit::EmulationFailure { bytes } => return self.normalize_l1_vmx(&bytes),
+            RawExit::RdMsr { index } => {
+                (ExitReason::RDMSR, 0, ExitDetail::Msr { index, write: false, value: 0 }, Work::L1Rdmsr { index })
+            }
+            RawExit::WrMsr { index, data } => (
+                ExitReason::WRMSR,
+                0,
+                ExitDetail::Msr { index, write: true, value: data },
+                Work::L1Wrmsr { index, value: data },
+            ),
+            // Outside RAM there is no device: reads return all ones, writes are dropped.
+            RawExit::MmioRead { gpa, len } => {
+                (ExitReason::EPT_VIOLATION, 1, ExitDetail::Mmio { gpa, len, write: false, data: 0 }, Work::ReadAllOnes)
+            }
+            RawExit::MmioWrite { gpa, len, data } => {
+                (ExitReason::EPT_VIOLATION, 2, ExitDetail::Mmio { gpa, len, write: true, data }, Work::DropWrite)
+            }
+            other => {
+                let why = format!("unexpected L1 exit {other:?}\n{}", super::dump_registers(&mut self.l1));
+                return Ok(Normalized::Quiet { reason: 0, flow: Flow::Stop(Outcome::Unsupported(why)) });
+            }
+        };
+        let mut exit = self.next_exit(Level::L1, reason as u32, qualification, rip);
+        exit.detail = detail;
+        Ok(Normalized::Event(Event { exit, work, l2: None }))
+    }
+
+    /// A VMX instruction L1 executed, trapped as an emulation failure.
+    fn normalize_l1_vmx(&mut self, bytes: &[u8]) -> Result<Normalized, Error> {
+        self.l1.refresh()?;
+        let rip = self.l1.regs().rip;
+        let insn = match trap::decode_trap(bytes, self.l1.peek_sregs(), rip) {
+            Ok(i) => i,
+            Err(e) => {
+                // Not a VMX instruction KVM could not emulate (e.g. MWAIT): #UD, as without
+                // the feature.
+                tracing::debug!(rip = format_args!("{rip:#x}"), "L1 emulation failure: {e}; injecting #UD");
+                self.l1.inject_exception(6, None);
+                return Ok(Normalized::Quiet { reason: ExitReason::EXCEPTION_NMI as u32, flow: Flow::Continue });
+            }
+        };
+        let exit = self.vmx_exit(Level::L1, &insn, bytes, rip);
+        Ok(Normalized::Event(Event { exit, work: Work::L1Vmx { insn, rip }, l2: None }))
+    }
+
+    /// The exit for a trapped VMX instruction. Its text (mnemonic, operands, bytes) is only
+    /// built when a trace or a script will read it.
+    pub(super) fn vmx_exit(&mut self, level: Level, insn: &VmxInsn, bytes: &[u8], rip: u64) -> crate::exit::Exit {
+        let observed = self.observed();
+        let mut exit = self.next_exit(level, insn.op.exit_reason() as u32, exit_qualification(insn), rip);
+        exit.detail = if observed {
+            exit.insn = bytes[..usize::from(insn.len).min(bytes.len())].to_vec();
+            ExitDetail::Vmx { mnemonic: insn.op.name().to_string(), operands: insn.to_string() }
+        } else {
+            ExitDetail::Vmx { mnemonic: String::new(), operands: String::new() }
+        };
+        exit
+    }
+
+    /// The field a VMWRITE of L1 writes, read before the instruction can change registers.
+    pub(super) fn vmwrite_field(&self, insn: &VmxInsn) -> Option<u64> {
+        insn.reg2().filter(|_| insn.op == VmxOp::Vmwrite).map(|r| gpr(self.l1.peek_regs(), r))
+    }
+
+    /// RDMSR of L1: the VMX capability MSRs and IA32_FEATURE_CONTROL; any other MSR that
+    /// reaches nestbed is unknown to the host: #GP.
+    pub(super) fn l1_rdmsr(&mut self, index: u32) -> Flow {
+        match self.nested.vmx.caps.msr(index) {
+            Some(v) => self.l1.complete_read(v),
+            None => {
+                tracing::debug!(msr = format_args!("{index:#x}"), "L1 RDMSR of an unknown MSR: #GP");
+                self.l1.fail_msr();
+            }
+        }
+        Flow::Continue
+    }
+
+    /// WRMSR of L1: IA32_FEATURE_CONTROL is locked and the capability MSRs are read-only: #GP
+    /// (SDM 24.7, Appendix A). Writing back the same locked value is tolerated.
+    pub(super) fn l1_wrmsr(&mut self, index: u32, value: u64) -> Flow {
+        let same = index == IA32_FEATURE_CONTROL && self.nested.vmx.caps.msr(index) == Some(value);
+        if !same {
+            tracing::debug!(msr = format_args!("{index:#x}"), "L1 WRMSR refused: #GP");
+            self.l1.fail_msr();
+        }
+        Flow::Continue
+    }
+}
