@@ -160,9 +160,8 @@ pub fn init() {
 
 fn fixup_for(rip: u64) -> Option<u64> {
     // SAFETY: the linker script brackets `.ex_table`, an array of (fault RIP, fixup RIP).
-    let (start, end) = {
-        (core::ptr::addr_of!(__ex_table_start) as *const u64, core::ptr::addr_of!(__ex_table_end) as *const u64)
-    };
+    let (start, end) =
+        { (core::ptr::addr_of!(__ex_table_start) as *const u64, core::ptr::addr_of!(__ex_table_end) as *const u64) };
     let n = (end as usize - start as usize) / 16;
     // SAFETY: `n` pairs lie between the two linker symbols.
     let table = unsafe { core::slice::from_raw_parts(start, n * 2) };
@@ -196,9 +195,24 @@ extern "C" fn rt_exception(f: &mut Frame) {
         Hex(f.rip)
     );
     crate::println!(
-        "  rax=", Hex(f.rax), " rbx=", Hex(f.rbx), " rcx=", Hex(f.rcx), " rdx=", Hex(f.rdx),
-        " rsi=", Hex(f.rsi), " rdi=", Hex(f.rdi), " rsp=", Hex(f.rsp), " rflags=", Hex(f.rflags),
-        " cr2=", Hex(cr2())
+        "  rax=",
+        Hex(f.rax),
+        " rbx=",
+        Hex(f.rbx),
+        " rcx=",
+        Hex(f.rcx),
+        " rdx=",
+        Hex(f.rdx),
+        " rsi=",
+        Hex(f.rsi),
+        " rdi=",
+        Hex(f.rdi),
+        " rsp=",
+        Hex(f.rsp),
+        " rflags=",
+        Hex(f.rflags),
+        " cr2=",
+        Hex(cr2())
     );
     crate::exit(crate::EXIT_EXCEPTION);
 }
