@@ -49,8 +49,7 @@ extern "C" fn l2_main() -> ! {
         rt::print!(" ", fib(n));
     }
     rt::println!();
-    // SAFETY: CPUID has no side effects.
-    let id = unsafe { core::arch::x86_64::__cpuid(0x4000_0000) };
+    let id = core::arch::x86_64::__cpuid(0x4000_0000);
     let mut vendor = [0u8; 12];
     for (i, r) in [id.ebx, id.ecx, id.edx].iter().enumerate() {
         vendor[i * 4..i * 4 + 4].copy_from_slice(&r.to_le_bytes());

@@ -271,16 +271,14 @@ fn run() -> Result<u32, VmFail> {
     )?;
     hv::write(field::EPT_POINTER, eptp)?;
 
-    // SAFETY: addresses of labels in L2's code; nothing is read through them.
-    let (read_at, write_at, misconfig_at, switch_at, far) = unsafe {
-        (
-            label(&raw const vmx_ept_l2_read),
-            label(&raw const vmx_ept_l2_write),
-            label(&raw const vmx_ept_l2_misconfig),
-            label(&raw const vmx_ept_l2_switch),
-            label(&raw const vmx_ept_far),
-        )
-    };
+    // Addresses of labels in L2's code (taking a raw pointer to an extern static is safe).
+    let (read_at, write_at, misconfig_at, switch_at, far) = (
+        label(&raw const vmx_ept_l2_read),
+        label(&raw const vmx_ept_l2_write),
+        label(&raw const vmx_ept_l2_misconfig),
+        label(&raw const vmx_ept_l2_switch),
+        label(&raw const vmx_ept_far),
+    );
     let mut vcpu = Vcpu::default();
     vcpu.regs.r12 = ALIAS_1G + BIG_PAGE.addr();
     vcpu.regs.r13 = WINDOW + 0x4000;
@@ -291,7 +289,7 @@ fn run() -> Result<u32, VmFail> {
     // Data read of a paging-structure entry (the PML4E at CR3) while translating GUEST_RIP:
     // guest-linear address valid, bit 8 clear.
     let pml4e = rt::io::cr3() & !0xfff;
-    if !expect_ept(&mut failures, &e, reason::EPT_VIOLATION, pml4e, l2_main as usize as u64, None)? {
+    if !expect_ept(&mut failures, &e, reason::EPT_VIOLATION, pml4e, l2_main as *const () as u64, None)? {
         return Ok(failures);
     }
     let gla = hv::read(field::GUEST_LINEAR_ADDRESS)?;
