@@ -20,10 +20,9 @@ guests:
 bench:
     cargo run --release --example bench -- BENCHMARKS.md
 
-# Format check and clippy.
+# Format check and clippy (-D warnings) of the VMM and the guests, as CI runs them.
 lint:
-    cargo fmt --all -- --check
-    cargo clippy --workspace --all-targets -- -D warnings
+    .ci/lint
 
 # Run one scenario: `just scenario vmx-basic` runs tests/scenarios/vmx-basic.toml.
 scenario name:

@@ -97,7 +97,8 @@ fn gdb_with(server: &Server, guest: &str, script: &str, interrupt_after: Option<
     while child.try_wait().unwrap().is_none() {
         if interrupt_after.is_some_and(|d| t.elapsed() > d) {
             interrupt_after = None;
-            // SAFETY: kill(2) on our own child's pid.
+            // SAFETY: kill(2) touches no memory of ours; try_wait just found the child running
+            // and did not reap it, so its pid still names it.
             unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
         }
         if t.elapsed() > Duration::from_secs(120) {

@@ -26,7 +26,8 @@ fn raw_loop(exits: u64) -> f64 {
     let kvm = Kvm::new().expect("/dev/kvm");
     let vm = kvm.create_vm().expect("create vm");
     let size = 0x10000usize;
-    // SAFETY: anonymous private mapping of `size` bytes, checked below.
+    // SAFETY: a new anonymous mapping with a null hint and no MAP_FIXED cannot replace memory
+    // in use; MAP_FAILED is checked below.
     let mem = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
@@ -40,7 +41,8 @@ fn raw_loop(exits: u64) -> f64 {
     assert_ne!(mem, libc::MAP_FAILED);
     // Real mode: `out 0x80, al; nop; jmp $-3`: three instructions per exit, as in io-bench.
     let code = [0xe6u8, 0x80, 0x90, 0xeb, 0xfb];
-    // SAFETY: the mapping is `size` bytes and writable.
+    // SAFETY: the mapping is `size` (64 KiB) writable bytes, so 0x1000 + code.len() is in bounds,
+    // and it does not overlap `code` on the stack.
     unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), (mem as *mut u8).add(0x1000), code.len()) };
     let region = kvm_userspace_memory_region {
         slot: 0,
@@ -196,7 +198,7 @@ fn nestbed_with(exits: u64, script: Option<std::path::PathBuf>, mode: ScriptMode
 
 /// User and system time of the whole process so far, every thread included (ended ones too).
 fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills the zeroed struct it is given.
+    // SAFETY: rusage holds only integers (timevals and longs), for which all zeros is valid.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `u` is a valid, writable rusage.
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };

@@ -8,6 +8,14 @@ rt::entry!(main);
 
 fn main(info: &rt::BootInfo) -> u32 {
     rt::println!("Hello from a nestbed guest!");
-    rt::println!("multiboot magic ", Hex(u64::from(info.magic)), ", ", info.mem_upper_kib, " KiB above 1 MiB, args \"", info.args, "\"");
+    rt::println!(
+        "multiboot magic ",
+        Hex(u64::from(info.magic)),
+        ", ",
+        info.mem_upper_kib,
+        " KiB above 1 MiB, args \"",
+        info.args,
+        "\""
+    );
     0
 }

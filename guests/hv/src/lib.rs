@@ -365,7 +365,11 @@ impl Caps {
             misc: io::rdmsr(msr::IA32_VMX_MISC),
             pin: ctl(msr::IA32_VMX_TRUE_PINBASED_CTLS, msr::IA32_VMX_PINBASED_CTLS),
             proc,
-            proc2: if has2 { Allowed::from_msr(io::rdmsr(msr::IA32_VMX_PROCBASED_CTLS2)) } else { Allowed::from_msr(0) },
+            proc2: if has2 {
+                Allowed::from_msr(io::rdmsr(msr::IA32_VMX_PROCBASED_CTLS2))
+            } else {
+                Allowed::from_msr(0)
+            },
             exit: ctl(msr::IA32_VMX_TRUE_EXIT_CTLS, msr::IA32_VMX_EXIT_CTLS),
             entry: ctl(msr::IA32_VMX_TRUE_ENTRY_CTLS, msr::IA32_VMX_ENTRY_CTLS),
             ept_vpid: if has2 { io::rdmsr(msr::IA32_VMX_EPT_VPID_CAP) } else { 0 },
@@ -392,7 +396,8 @@ pub struct Config {
 
 /// VMWRITE that says which field failed.
 pub fn write(field: u64, value: u64) -> Result<(), VmFail> {
-    vmwrite(field, value).inspect_err(|e| rt::println!("hv: VMWRITE ", rt::Hex(field), " = ", rt::Hex(value), " failed: ", *e))
+    vmwrite(field, value)
+        .inspect_err(|e| rt::println!("hv: VMWRITE ", rt::Hex(field), " = ", rt::Hex(value), " failed: ", *e))
 }
 
 /// VMREAD that says which field failed.

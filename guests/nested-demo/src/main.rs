@@ -49,8 +49,7 @@ extern "C" fn l2_main() -> ! {
         rt::print!(" ", fib(n));
     }
     rt::println!();
-    // SAFETY: CPUID has no side effects.
-    let id = unsafe { core::arch::x86_64::__cpuid(0x4000_0000) };
+    let id = core::arch::x86_64::__cpuid(0x4000_0000);
     let mut vendor = [0u8; 12];
     for (i, r) in [id.ebx, id.ecx, id.edx].iter().enumerate() {
         vendor[i * 4..i * 4 + 4].copy_from_slice(&r.to_le_bytes());
@@ -88,14 +87,17 @@ fn run() -> Result<u32, VmFail> {
     hv::load_vmcs(&caps, &VMCS)?;
     hv::intercept_port(&IO_A, &IO_B, UART_DATA);
     hv::intercept_port(&IO_A, &IO_B, RESULT_PORT);
-    hv::setup_vmcs(&caps, &Config {
-        entry: l2_main,
-        stack_top: L2_STACK.top(),
-        proc: ctl::PROC_HLT_EXITING,
-        proc2: 0,
-        io_bitmaps: Some((&IO_A, &IO_B)),
-        msr_bitmap: None,
-    })?;
+    hv::setup_vmcs(
+        &caps,
+        &Config {
+            entry: l2_main,
+            stack_top: L2_STACK.top(),
+            proc: ctl::PROC_HLT_EXITING,
+            proc2: 0,
+            io_bitmaps: Some((&IO_A, &IO_B)),
+            msr_bitmap: None,
+        },
+    )?;
     rt::println!("L1: VMCS ready; intercepting ports 0x3f8 and 0x500 and HLT. Launching L2:");
 
     let mut vcpu = Vcpu::default();
@@ -138,7 +140,9 @@ fn run() -> Result<u32, VmFail> {
     let want = fib(FIB_N);
     let ok = result == Some(want) && hlts == 1;
     match result {
-        Some(v) => rt::println!("L1: L2 reported fib(", FIB_N, ") = ", v, if v == want { " (L1 agrees)" } else { " (WRONG)" }),
+        Some(v) => {
+            rt::println!("L1: L2 reported fib(", FIB_N, ") = ", v, if v == want { " (L1 agrees)" } else { " (WRONG)" })
+        }
         None => rt::println!("L1: L2 reported no result"),
     }
     rt::println!("L1: handled ", exits, " exits from L2 (", io_exits, " I/O, ", hlts, " HLT)");

@@ -159,12 +159,12 @@ pub fn init() {
 }
 
 fn fixup_for(rip: u64) -> Option<u64> {
-    // SAFETY: the linker script brackets `.ex_table`, an array of (fault RIP, fixup RIP).
-    let (start, end) = {
-        (core::ptr::addr_of!(__ex_table_start) as *const u64, core::ptr::addr_of!(__ex_table_end) as *const u64)
-    };
+    // The linker script brackets `.ex_table`, an array of (fault RIP, fixup RIP) pairs, in .rodata.
+    let start = core::ptr::addr_of!(__ex_table_start).cast::<u64>();
+    let end = core::ptr::addr_of!(__ex_table_end).cast::<u64>();
     let n = (end as usize - start as usize) / 16;
-    // SAFETY: `n` pairs lie between the two linker symbols.
+    // SAFETY: `n` 16-byte pairs lie between the two linker symbols, in the loaded, read-only
+    // .rodata of this image.
     let table = unsafe { core::slice::from_raw_parts(start, n * 2) };
     table.chunks_exact(2).find(|e| e[0] == rip).map(|e| e[1])
 }
@@ -195,11 +195,10 @@ extern "C" fn rt_exception(f: &mut Frame) {
         ", at RIP ",
         Hex(f.rip)
     );
-    crate::println!(
-        "  rax=", Hex(f.rax), " rbx=", Hex(f.rbx), " rcx=", Hex(f.rcx), " rdx=", Hex(f.rdx),
-        " rsi=", Hex(f.rsi), " rdi=", Hex(f.rdi), " rsp=", Hex(f.rsp), " rflags=", Hex(f.rflags),
-        " cr2=", Hex(cr2())
-    );
+    // One line, printed in parts to keep each call short.
+    crate::print!("  rax=", Hex(f.rax), " rbx=", Hex(f.rbx), " rcx=", Hex(f.rcx), " rdx=", Hex(f.rdx));
+    crate::print!(" rsi=", Hex(f.rsi), " rdi=", Hex(f.rdi), " rsp=", Hex(f.rsp));
+    crate::println!(" rflags=", Hex(f.rflags), " cr2=", Hex(cr2()));
     crate::exit(crate::EXIT_EXCEPTION);
 }
 

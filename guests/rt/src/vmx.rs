@@ -198,7 +198,11 @@ pub fn vmread(field: u64) -> Result<u64, VmFail> {
     }
     if rflags & RFLAGS_ZF != 0 {
         // Reading the error itself cannot recurse: VM_INSTRUCTION_ERROR always exists.
-        return Err(VmFail::Valid(if field == field::VM_INSTRUCTION_ERROR { 0 } else { vmread(field::VM_INSTRUCTION_ERROR).unwrap_or(0) as u32 }));
+        return Err(VmFail::Valid(if field == field::VM_INSTRUCTION_ERROR {
+            0
+        } else {
+            vmread(field::VM_INSTRUCTION_ERROR).unwrap_or(0) as u32
+        }));
     }
     Ok(value)
 }

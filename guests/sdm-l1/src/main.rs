@@ -57,7 +57,9 @@ extern "C" fn l2_main() -> ! {
 fn selectors() -> [u16; 3] {
     let (es, fs, gs): (u16, u16, u16);
     // SAFETY: reading segment selectors has no side effects.
-    unsafe { asm!("mov {0:x}, es", "mov {1:x}, fs", "mov {2:x}, gs", out(reg) es, out(reg) fs, out(reg) gs, options(nomem, nostack)) };
+    unsafe {
+        asm!("mov {0:x}, es", "mov {1:x}, fs", "mov {2:x}, gs", out(reg) es, out(reg) fs, out(reg) gs, options(nomem, nostack))
+    };
     [es, fs, gs]
 }
 
@@ -127,26 +129,55 @@ fn steps(failures: &mut u32) -> Result<(), VmFail> {
             rt::io::wrmsr(msr::IA32_FEATURE_CONTROL, fc | FC_LOCK | FC_VMXON_OUTSIDE_SMX);
             fc = rdmsr(msr::IA32_FEATURE_CONTROL);
         }
-        rt::check!(f, fc & (FC_LOCK | FC_VMXON_OUTSIDE_SMX) == FC_LOCK | FC_VMXON_OUTSIDE_SMX, "IA32_FEATURE_CONTROL ", Hex(fc), " has lock (bit 0) and VMXON outside SMX (bit 2)");
+        rt::check!(
+            f,
+            fc & (FC_LOCK | FC_VMXON_OUTSIDE_SMX) == FC_LOCK | FC_VMXON_OUTSIDE_SMX,
+            "IA32_FEATURE_CONTROL ",
+            Hex(fc),
+            " has lock (bit 0) and VMXON outside SMX (bit 2)"
+        );
 
         // A.1: basic VMX information.
         let basic = rdmsr(msr::IA32_VMX_BASIC);
         let revision = basic as u32 & 0x7fff_ffff;
         let region_size = (basic >> 32) & 0x1fff;
         let true_ctls = basic & (1 << 55) != 0;
-        rt::println!("IA32_VMX_BASIC ", Hex(basic), ": revision ", Hex(revision.into()), ", region size ", region_size, ", memory type ", (basic >> 50) & 0xf, ", TRUE controls ", true_ctls);
+        rt::println!(
+            "IA32_VMX_BASIC ",
+            Hex(basic),
+            ": revision ",
+            Hex(revision.into()),
+            ", region size ",
+            region_size,
+            ", memory type ",
+            (basic >> 50) & 0xf,
+            ", TRUE controls ",
+            true_ctls
+        );
         rt::check!(f, basic & (1 << 31) == 0, "IA32_VMX_BASIC bit 31 is 0");
         rt::check!(f, region_size > 0 && region_size <= 4096, "VMXON region and VMCS fit in 4 KiB: ", region_size);
-        rt::check!(f, basic & (1 << 48) == 0 || VMCS.addr() < (1 << 32), "our regions satisfy the 32-bit address limit of bit 48");
+        rt::check!(
+            f,
+            basic & (1 << 48) == 0 || VMCS.addr() < (1 << 32),
+            "our regions satisfy the 32-bit address limit of bit 48"
+        );
 
         // 24.8 and A.7, A.8: CR0 and CR4 in VMX operation.
         let fixed = |cr: u64, f0: u32, f1: u32| (cr | rdmsr(f0)) & rdmsr(f1);
         let cr0 = fixed(rt::io::cr0(), msr::IA32_VMX_CR0_FIXED0, msr::IA32_VMX_CR0_FIXED1);
         let cr4 = fixed(rt::io::cr4(), msr::IA32_VMX_CR4_FIXED0, msr::IA32_VMX_CR4_FIXED1);
         rt::check!(f, cr0 == rt::io::cr0(), "CR0 ", Hex(rt::io::cr0()), " already satisfies IA32_VMX_CR0_FIXED0/1");
-        rt::check!(f, cr4 == rt::io::cr4() | CR4_VMXE, "CR4 adjusted by IA32_VMX_CR4_FIXED0/1 adds only VMXE: ", Hex(cr4));
+        rt::check!(
+            f,
+            cr4 == rt::io::cr4() | CR4_VMXE,
+            "CR4 adjusted by IA32_VMX_CR4_FIXED0/1 adds only VMXE: ",
+            Hex(cr4)
+        );
         let vmxe = vmx::try_set_cr4_vmxe();
-        rt::println!("MOV to CR4.VMXE ", if vmxe { "took effect" } else { "#GP: VMX-enabled state is virtual on this host" });
+        rt::println!(
+            "MOV to CR4.VMXE ",
+            if vmxe { "took effect" } else { "#GP: VMX-enabled state is virtual on this host" }
+        );
 
         VMXON_REGION.init_region(revision);
         let r = vmx::vmxon(VMXON_REGION.addr());
@@ -168,14 +199,48 @@ fn steps(failures: &mut u32) -> Result<(), VmFail> {
         let entry_cap = cap(msr::IA32_VMX_TRUE_ENTRY_CTLS, msr::IA32_VMX_ENTRY_CTLS);
         let pin = pin_cap.adjust(0);
         let proc = proc_cap.adjust(ctl::PROC_HLT_EXITING | ctl::PROC_UNCOND_IO_EXITING);
-        let exit = exit_cap.adjust(ctl::EXIT_HOST_ADDR_SPACE_SIZE | ctl::EXIT_SAVE_IA32_EFER | ctl::EXIT_LOAD_IA32_EFER);
+        let exit =
+            exit_cap.adjust(ctl::EXIT_HOST_ADDR_SPACE_SIZE | ctl::EXIT_SAVE_IA32_EFER | ctl::EXIT_LOAD_IA32_EFER);
         let entry = entry_cap.adjust(ctl::ENTRY_IA32E_MODE_GUEST | ctl::ENTRY_LOAD_IA32_EFER);
-        rt::check!(f, proc & (ctl::PROC_HLT_EXITING | ctl::PROC_UNCOND_IO_EXITING) != 0 && proc & ctl::PROC_ACTIVATE_SECONDARY == 0, "primary controls ", Hex(proc.into()), ": HLT and unconditional I/O exiting, no secondary controls");
-        rt::check!(f, exit & ctl::EXIT_HOST_ADDR_SPACE_SIZE != 0 && entry & ctl::ENTRY_IA32E_MODE_GUEST != 0, "exit controls ", Hex(exit.into()), ", entry controls ", Hex(entry.into()), ": 64-bit host and guest");
-        for (fld, v) in [(PIN_BASED_VM_EXEC_CONTROL, pin), (CPU_BASED_VM_EXEC_CONTROL, proc), (VM_EXIT_CONTROLS, exit), (VM_ENTRY_CONTROLS, entry)] {
+        rt::check!(
+            f,
+            proc & (ctl::PROC_HLT_EXITING | ctl::PROC_UNCOND_IO_EXITING) != 0
+                && proc & ctl::PROC_ACTIVATE_SECONDARY == 0,
+            "primary controls ",
+            Hex(proc.into()),
+            ": HLT and unconditional I/O exiting, no secondary controls"
+        );
+        rt::check!(
+            f,
+            exit & ctl::EXIT_HOST_ADDR_SPACE_SIZE != 0 && entry & ctl::ENTRY_IA32E_MODE_GUEST != 0,
+            "exit controls ",
+            Hex(exit.into()),
+            ", entry controls ",
+            Hex(entry.into()),
+            ": 64-bit host and guest"
+        );
+        for (fld, v) in [
+            (PIN_BASED_VM_EXEC_CONTROL, pin),
+            (CPU_BASED_VM_EXEC_CONTROL, proc),
+            (VM_EXIT_CONTROLS, exit),
+            (VM_ENTRY_CONTROLS, entry),
+        ] {
             vmx::vmwrite(fld, v.into())?;
         }
-        for fld in [EXCEPTION_BITMAP, PAGE_FAULT_ERROR_CODE_MASK, PAGE_FAULT_ERROR_CODE_MATCH, CR3_TARGET_COUNT, VM_EXIT_MSR_STORE_COUNT, VM_EXIT_MSR_LOAD_COUNT, VM_ENTRY_MSR_LOAD_COUNT, VM_ENTRY_INTR_INFO_FIELD, CR0_GUEST_HOST_MASK, CR4_GUEST_HOST_MASK, CR0_READ_SHADOW, CR4_READ_SHADOW] {
+        for fld in [
+            EXCEPTION_BITMAP,
+            PAGE_FAULT_ERROR_CODE_MASK,
+            PAGE_FAULT_ERROR_CODE_MATCH,
+            CR3_TARGET_COUNT,
+            VM_EXIT_MSR_STORE_COUNT,
+            VM_EXIT_MSR_LOAD_COUNT,
+            VM_ENTRY_MSR_LOAD_COUNT,
+            VM_ENTRY_INTR_INFO_FIELD,
+            CR0_GUEST_HOST_MASK,
+            CR4_GUEST_HOST_MASK,
+            CR0_READ_SHADOW,
+            CR4_READ_SHADOW,
+        ] {
             vmx::vmwrite(fld, 0)?;
         }
 
@@ -186,7 +251,13 @@ fn steps(failures: &mut u32) -> Result<(), VmFail> {
         let tr = read_selector(Sel::Tr);
         rt::check!(f, tr & !7 != 0, "TR is loaded (non-null host TR selector): ", Hex(tr.into()));
         let efer = rdmsr(msr::IA32_EFER);
-        rt::check!(f, efer & (EFER_LME | EFER_LMA) == EFER_LME | EFER_LMA, "IA32_EFER ", Hex(efer), " has LME and LMA, as a 64-bit host needs (26.2.4)");
+        rt::check!(
+            f,
+            efer & (EFER_LME | EFER_LMA) == EFER_LME | EFER_LMA,
+            "IA32_EFER ",
+            Hex(efer),
+            " has LME and LMA, as a 64-bit host needs (26.2.4)"
+        );
         let [es, fs, gs] = selectors();
         let tss = segment(gdt_base, tr);
         let host: [(u64, u64); 20] = [
@@ -231,8 +302,21 @@ fn steps(failures: &mut u32) -> Result<(), VmFail> {
             wg(GUEST_ES_LIMIT + i, s.limit.into())?;
             wg(GUEST_ES_AR_BYTES + i, s.ar.into())?;
         }
-        rt::check!(f, segs[1].ar == 0xa09b, "guest CS access rights from the GDT: ", Hex(segs[1].ar.into()), " (64-bit code)");
-        rt::check!(f, tss.ar == 0x8b && tss.limit >= 0x67, "guest TR: busy 64-bit TSS at ", Hex(tss.base), ", limit ", Hex(tss.limit.into()));
+        rt::check!(
+            f,
+            segs[1].ar == 0xa09b,
+            "guest CS access rights from the GDT: ",
+            Hex(segs[1].ar.into()),
+            " (64-bit code)"
+        );
+        rt::check!(
+            f,
+            tss.ar == 0x8b && tss.limit >= 0x67,
+            "guest TR: busy 64-bit TSS at ",
+            Hex(tss.base),
+            ", limit ",
+            Hex(tss.limit.into())
+        );
         let guest: [(u64, u64); 25] = [
             (GUEST_TR_SELECTOR, tr.into()),
             (GUEST_TR_BASE, tss.base),
@@ -265,9 +349,25 @@ fn steps(failures: &mut u32) -> Result<(), VmFail> {
         }
 
         // Both VMREAD forms agree with what both VMWRITE forms stored.
-        for (fld, v) in [(HOST_CR4, cr4), (HOST_TR_BASE, tss.base), (GUEST_CR4, cr4), (GUEST_RIP, l2_main as *const () as u64), (CPU_BASED_VM_EXEC_CONTROL, proc.into()), (GUEST_CS_AR_BYTES, segs[1].ar.into())] {
+        for (fld, v) in [
+            (HOST_CR4, cr4),
+            (HOST_TR_BASE, tss.base),
+            (GUEST_CR4, cr4),
+            (GUEST_RIP, l2_main as *const () as u64),
+            (CPU_BASED_VM_EXEC_CONTROL, proc.into()),
+            (GUEST_CS_AR_BYTES, segs[1].ar.into()),
+        ] {
             let (reg, mem) = (vmx::vmread(fld)?, rm(fld)?);
-            rt::check!(f, reg == v && mem == v, "VMREAD ", Hex(fld), ": register form ", Hex(reg), ", memory form ", Hex(mem));
+            rt::check!(
+                f,
+                reg == v && mem == v,
+                "VMREAD ",
+                Hex(fld),
+                ": register form ",
+                Hex(reg),
+                ", memory form ",
+                Hex(mem)
+            );
         }
 
         // 31.6: launching, then handling exits.
@@ -278,10 +378,27 @@ fn steps(failures: &mut u32) -> Result<(), VmFail> {
             launched = true;
             let why = rm(VM_EXIT_REASON)?;
             let (qual, len, rip) = (rm(EXIT_QUALIFICATION)?, rm(VM_EXIT_INSTRUCTION_LEN)?, rm(GUEST_RIP)?);
-            rt::check!(f, why as u32 & reason::ENTRY_FAILURE == 0 && why as u32 & 0xffff == want_reason, "exit ", n + 1, ": reason ", why, ", expected ", want_reason);
+            rt::check!(
+                f,
+                why as u32 & reason::ENTRY_FAILURE == 0 && why as u32 & 0xffff == want_reason,
+                "exit ",
+                n + 1,
+                ": reason ",
+                why,
+                ", expected ",
+                want_reason
+            );
             if want_reason == reason::IO_INSTRUCTION {
                 let io = Io::decode(qual);
-                rt::check!(f, io.port == want_port && io.is_in == want_in && io.size == 1, "  port ", Hex(io.port.into()), if io.is_in { " IN" } else { " OUT" }, ", qualification ", Hex(qual));
+                rt::check!(
+                    f,
+                    io.port == want_port && io.is_in == want_in && io.size == 1,
+                    "  port ",
+                    Hex(io.port.into()),
+                    if io.is_in { " IN" } else { " OUT" },
+                    ", qualification ",
+                    Hex(qual)
+                );
                 if io.is_in {
                     regs.rax = (regs.rax & !0xff) | IN_VALUE;
                 } else {

@@ -61,14 +61,17 @@ fn run() -> Result<u32, VmFail> {
     let cur = vmx::vmptrst()?;
     rt::check!(failures, cur == VMCS.addr(), "VMPTRST = ", Hex(cur), ", the VMCS at ", Hex(VMCS.addr()));
 
-    hv::setup_vmcs(&caps, &Config {
-        entry: l2_main,
-        stack_top: L2_STACK.top(),
-        proc: ctl::PROC_HLT_EXITING | ctl::PROC_UNCOND_IO_EXITING,
-        proc2: 0,
-        io_bitmaps: None,
-        msr_bitmap: None,
-    })?;
+    hv::setup_vmcs(
+        &caps,
+        &Config {
+            entry: l2_main,
+            stack_top: L2_STACK.top(),
+            proc: ctl::PROC_HLT_EXITING | ctl::PROC_UNCOND_IO_EXITING,
+            proc2: 0,
+            io_bitmaps: None,
+            msr_bitmap: None,
+        },
+    )?;
 
     let mut vcpu = Vcpu::default();
     let mut outs = 0u64;
@@ -80,12 +83,39 @@ fn run() -> Result<u32, VmFail> {
             break;
         }
         let io = Io::decode(exit.qualification);
-        rt::check!(failures, exit.reason == reason::IO_INSTRUCTION, "exit ", outs + 1, ": reason ", exit.reason, " (I/O instruction is 30)");
-        rt::check!(failures, io.port == 0x80 && io.size == 1 && !io.is_in && !io.string, "  OUT to port ", Hex(io.port.into()), ", ", io.size, " byte(s), in=", io.is_in);
+        rt::check!(
+            failures,
+            exit.reason == reason::IO_INSTRUCTION,
+            "exit ",
+            outs + 1,
+            ": reason ",
+            exit.reason,
+            " (I/O instruction is 30)"
+        );
+        rt::check!(
+            failures,
+            io.port == 0x80 && io.size == 1 && !io.is_in && !io.string,
+            "  OUT to port ",
+            Hex(io.port.into()),
+            ", ",
+            io.size,
+            " byte(s), in=",
+            io.is_in
+        );
         rt::check!(failures, vcpu.regs.rax & 0xff == outs, "  L2's AL = ", vcpu.regs.rax & 0xff, ", expected ", outs);
         // SAFETY: L2 runs on L1's identity map; GUEST_RIP is an address in this image.
         let bytes = unsafe { [*(exit.rip as *const u8), *((exit.rip + 1) as *const u8)] };
-        rt::check!(failures, bytes == [0xe6, 0x80], "  GUEST_RIP ", Hex(exit.rip), " holds ", Hex(bytes[0].into()), " ", Hex(bytes[1].into()), " (out 0x80, al)");
+        rt::check!(
+            failures,
+            bytes == [0xe6, 0x80],
+            "  GUEST_RIP ",
+            Hex(exit.rip),
+            " holds ",
+            Hex(bytes[0].into()),
+            " ",
+            Hex(bytes[1].into()),
+            " (out 0x80, al)"
+        );
         rt::check!(failures, exit.instruction_len == 2, "  VM_EXIT_INSTRUCTION_LEN = ", exit.instruction_len);
         outs += 1;
         exit.skip()?;

@@ -106,14 +106,17 @@ fn enter() -> Result<(), VmFail> {
     let caps = Caps::read();
     vmx::enable(VMXON_REGION.addr())?;
     hv::load_vmcs(&caps, &VMCS)?;
-    hv::setup_vmcs(&caps, &Config {
-        entry: l2_main,
-        stack_top: L2_STACK.top(),
-        proc: ctl::PROC_UNCOND_IO_EXITING,
-        proc2: 0,
-        io_bitmaps: None,
-        msr_bitmap: None,
-    })
+    hv::setup_vmcs(
+        &caps,
+        &Config {
+            entry: l2_main,
+            stack_top: L2_STACK.top(),
+            proc: ctl::PROC_UNCOND_IO_EXITING,
+            proc2: 0,
+            io_bitmaps: None,
+            msr_bitmap: None,
+        },
+    )
 }
 
 fn vmreads(n: u64) -> Result<(), VmFail> {

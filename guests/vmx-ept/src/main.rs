@@ -173,14 +173,31 @@ fn main(_: &rt::BootInfo) -> u32 {
 fn expect_io(failures: &mut u32, exit: &hv::Exit, vcpu: &Vcpu, step: u64, value: u64, what: &str) -> bool {
     let mut f = 0u32;
     let io = Io::decode(exit.qualification);
-    rt::check!(f, exit.reason == reason::IO_INSTRUCTION && io.port == 0x80 && vcpu.regs.rax & 0xff == step, "step ", step, ": OUT exit (reason ", exit.reason, ", AL ", vcpu.regs.rax & 0xff, ")");
+    rt::check!(
+        f,
+        exit.reason == reason::IO_INSTRUCTION && io.port == 0x80 && vcpu.regs.rax & 0xff == step,
+        "step ",
+        step,
+        ": OUT exit (reason ",
+        exit.reason,
+        ", AL ",
+        vcpu.regs.rax & 0xff,
+        ")"
+    );
     rt::check!(f, vcpu.regs.rsi == value, "  ", what, ": L2 read ", Hex(vcpu.regs.rsi), ", expected ", Hex(value));
     *failures += f;
     f == 0 && exit.skip().is_ok()
 }
 
 /// An EPT violation or misconfiguration at `gpa` by the instruction at `rip`.
-fn expect_ept(failures: &mut u32, exit: &hv::Exit, want_reason: u32, gpa: u64, rip: u64, qual: Option<u64>) -> Result<bool, VmFail> {
+fn expect_ept(
+    failures: &mut u32,
+    exit: &hv::Exit,
+    want_reason: u32,
+    gpa: u64,
+    rip: u64,
+    qual: Option<u64>,
+) -> Result<bool, VmFail> {
     let mut f = 0u32;
     rt::check!(f, exit.reason == want_reason, "exit reason ", exit.reason, " (expected ", want_reason, ")");
     let got_gpa = hv::read(field::GUEST_PHYSICAL_ADDRESS)?;
@@ -189,7 +206,15 @@ fn expect_ept(failures: &mut u32, exit: &hv::Exit, want_reason: u32, gpa: u64, r
     if let Some(q) = qual {
         // Bits 0-5 access and permissions, 7 guest-linear address valid, 8 access to the
         // translation (SDM 28.2.1, Table 28-7).
-        rt::check!(f, exit.qualification & 0x1bf == q, "  exit qualification ", Hex(exit.qualification), " (expected ", Hex(q), " in bits 0-5, 7, 8)");
+        rt::check!(
+            f,
+            exit.qualification & 0x1bf == q,
+            "  exit qualification ",
+            Hex(exit.qualification),
+            " (expected ",
+            Hex(q),
+            " in bits 0-5, 7, 8)"
+        );
         let gla = hv::read(field::GUEST_LINEAR_ADDRESS)?;
         rt::check!(f, gla == gpa, "  GUEST_LINEAR_ADDRESS ", Hex(gla), " (L2's paging is the identity there)");
     }
@@ -214,7 +239,14 @@ fn run() -> Result<u32, VmFail> {
     // Page-walk length 4, WB, 2-MByte and 1-GByte pages, INVEPT single-context and
     // all-context (SDM A.10).
     let need = 1 << 6 | 1 << 14 | 1 << 16 | 1 << 17 | 1 << 20 | 1 << 25 | 1 << 26;
-    rt::check!(failures, caps.ept_vpid & need == need, "IA32_VMX_EPT_VPID_CAP ", Hex(caps.ept_vpid), " has ", Hex(need));
+    rt::check!(
+        failures,
+        caps.ept_vpid & need == need,
+        "IA32_VMX_EPT_VPID_CAP ",
+        Hex(caps.ept_vpid),
+        " has ",
+        Hex(need)
+    );
     if failures != 0 {
         return Ok(failures);
     }
@@ -226,26 +258,27 @@ fn run() -> Result<u32, VmFail> {
 
     vmx::enable(VMXON_REGION.addr())?;
     hv::load_vmcs(&caps, &VMCS)?;
-    hv::setup_vmcs(&caps, &Config {
-        entry: l2_main,
-        stack_top: L2_STACK.top(),
-        proc: ctl::PROC_HLT_EXITING | ctl::PROC_UNCOND_IO_EXITING,
-        proc2: ctl::PROC2_ENABLE_EPT,
-        io_bitmaps: None,
-        msr_bitmap: None,
-    })?;
+    hv::setup_vmcs(
+        &caps,
+        &Config {
+            entry: l2_main,
+            stack_top: L2_STACK.top(),
+            proc: ctl::PROC_HLT_EXITING | ctl::PROC_UNCOND_IO_EXITING,
+            proc2: ctl::PROC2_ENABLE_EPT,
+            io_bitmaps: None,
+            msr_bitmap: None,
+        },
+    )?;
     hv::write(field::EPT_POINTER, eptp)?;
 
-    // SAFETY: addresses of labels in L2's code; nothing is read through them.
-    let (read_at, write_at, misconfig_at, switch_at, far) = unsafe {
-        (
-            label(&raw const vmx_ept_l2_read),
-            label(&raw const vmx_ept_l2_write),
-            label(&raw const vmx_ept_l2_misconfig),
-            label(&raw const vmx_ept_l2_switch),
-            label(&raw const vmx_ept_far),
-        )
-    };
+    // Addresses of labels in L2's code (taking a raw pointer to an extern static is safe).
+    let (read_at, write_at, misconfig_at, switch_at, far) = (
+        label(&raw const vmx_ept_l2_read),
+        label(&raw const vmx_ept_l2_write),
+        label(&raw const vmx_ept_l2_misconfig),
+        label(&raw const vmx_ept_l2_switch),
+        label(&raw const vmx_ept_far),
+    );
     let mut vcpu = Vcpu::default();
     vcpu.regs.r12 = ALIAS_1G + BIG_PAGE.addr();
     vcpu.regs.r13 = WINDOW + 0x4000;
@@ -256,17 +289,30 @@ fn run() -> Result<u32, VmFail> {
     // Data read of a paging-structure entry (the PML4E at CR3) while translating GUEST_RIP:
     // guest-linear address valid, bit 8 clear.
     let pml4e = rt::io::cr3() & !0xfff;
-    if !expect_ept(&mut failures, &e, reason::EPT_VIOLATION, pml4e, l2_main as usize as u64, None)? {
+    if !expect_ept(&mut failures, &e, reason::EPT_VIOLATION, pml4e, l2_main as *const () as u64, None)? {
         return Ok(failures);
     }
     let gla = hv::read(field::GUEST_LINEAR_ADDRESS)?;
-    rt::check!(failures, e.qualification & 0x1bf == 0x81, "  exit qualification ", Hex(e.qualification), " (expected 0x81 in bits 0-5, 7, 8)");
+    rt::check!(
+        failures,
+        e.qualification & 0x1bf == 0x81,
+        "  exit qualification ",
+        Hex(e.qualification),
+        " (expected 0x81 in bits 0-5, 7, 8)"
+    );
     rt::check!(failures, gla == e.rip, "  GUEST_LINEAR_ADDRESS ", Hex(gla), " is the address being translated");
     EPT_PD.write_u64(0, WB | PAGE | R | W | X);
     invept(true, eptp)?;
 
     let e = vcpu.run()?;
-    if !expect_io(&mut failures, &e, &vcpu, 1, MAGIC_REMAP, "L2-physical 0x30000000 through a 4-KByte page onto another L1 page") {
+    if !expect_io(
+        &mut failures,
+        &e,
+        &vcpu,
+        1,
+        MAGIC_REMAP,
+        "L2-physical 0x30000000 through a 4-KByte page onto another L1 page",
+    ) {
         return Ok(failures.max(1));
     }
     let e = vcpu.run()?;
@@ -297,10 +343,22 @@ fn run() -> Result<u32, VmFail> {
     EPT_PT.write_u64(8, WRITE_PAGE.addr() | WB | R | W | X);
     invept(false, eptp)?;
     let e = vcpu.run()?;
-    if !expect_io(&mut failures, &e, &vcpu, 4, MAGIC_WRITE, "after making it writable and INVEPT (all-context), the value written") {
+    if !expect_io(
+        &mut failures,
+        &e,
+        &vcpu,
+        4,
+        MAGIC_WRITE,
+        "after making it writable and INVEPT (all-context), the value written",
+    ) {
         return Ok(failures.max(1));
     }
-    rt::check!(failures, WRITE_PAGE.read_u64(0) == MAGIC_WRITE, "  L1 sees L2's write in its page: ", Hex(WRITE_PAGE.read_u64(0)));
+    rt::check!(
+        failures,
+        WRITE_PAGE.read_u64(0) == MAGIC_WRITE,
+        "  L1 sees L2's write in its page: ",
+        Hex(WRITE_PAGE.read_u64(0))
+    );
 
     rt::println!("read through a write-only entry:");
     let e = vcpu.run()?;

@@ -109,7 +109,11 @@ fn run(c: &mut Checker, caps: &Caps) -> Result<(), VmFail> {
     c.expect("VMPTRLD A", vmx::vmptrld(a), OK);
     c.expect("VMXON again (15)", vmx::vmxon(on), valid(error::VMXON_IN_ROOT));
     c.expect("VMCLEAR of an unaligned address (2)", vmx::vmclear(a + 8), valid(error::VMCLEAR_INVALID_ADDRESS));
-    c.expect("VMCLEAR beyond the physical-address width (2)", vmx::vmclear(1 << 63), valid(error::VMCLEAR_INVALID_ADDRESS));
+    c.expect(
+        "VMCLEAR beyond the physical-address width (2)",
+        vmx::vmclear(1 << 63),
+        valid(error::VMCLEAR_INVALID_ADDRESS),
+    );
     c.expect("VMCLEAR of the VMXON pointer (3)", vmx::vmclear(on), valid(error::VMCLEAR_VMXON_POINTER));
     c.expect("VMPTRLD of an unaligned address (9)", vmx::vmptrld(a + 8), valid(error::VMPTRLD_INVALID_ADDRESS));
     c.expect("VMPTRLD of the VMXON pointer (10)", vmx::vmptrld(on), valid(error::VMPTRLD_VMXON_POINTER));
@@ -118,9 +122,17 @@ fn run(c: &mut Checker, caps: &Caps) -> Result<(), VmFail> {
     let cur = vmx::vmptrst()?;
     c.check(cur == a, "the failed VMPTRLDs left A current: VMPTRST = ", cur);
     c.expect("VMREAD of unsupported field 0x7fff (12)", vmx::vmread(0x7fff), valid(error::UNSUPPORTED_VMCS_COMPONENT));
-    c.expect("VMWRITE of unsupported field 0x7fff (12)", vmx::vmwrite(0x7fff, 0), valid(error::UNSUPPORTED_VMCS_COMPONENT));
+    c.expect(
+        "VMWRITE of unsupported field 0x7fff (12)",
+        vmx::vmwrite(0x7fff, 0),
+        valid(error::UNSUPPORTED_VMCS_COMPONENT),
+    );
     if caps.misc & (1 << 29) == 0 {
-        c.expect("VMWRITE of read-only VM_EXIT_REASON (13)", vmx::vmwrite(field::VM_EXIT_REASON, 0), valid(error::VMWRITE_READ_ONLY));
+        c.expect(
+            "VMWRITE of read-only VM_EXIT_REASON (13)",
+            vmx::vmwrite(field::VM_EXIT_REASON, 0),
+            valid(error::VMWRITE_READ_ONLY),
+        );
     } else {
         rt::println!("skip VMWRITE of a read-only field: IA32_VMX_MISC[29] allows it");
     }
@@ -128,27 +140,42 @@ fn run(c: &mut Checker, caps: &Caps) -> Result<(), VmFail> {
 
     rt::println!("-- VMLAUNCH/VMRESUME: launch state, controls and host state (SDM 27.1, 27.2)");
     let mut vcpu = Vcpu::default();
-    c.expect("VMRESUME of a clear VMCS (5)", vmx::vm_run(&mut vcpu.regs, true), valid(error::VMRESUME_NONLAUNCHED_VMCS));
-    hv::setup_vmcs(caps, &Config {
-        entry: l2_main,
-        stack_top: L2_STACK.top(),
-        proc: ctl::PROC_HLT_EXITING,
-        proc2: 0,
-        io_bitmaps: None,
-        msr_bitmap: None,
-    })?;
+    c.expect(
+        "VMRESUME of a clear VMCS (5)",
+        vmx::vm_run(&mut vcpu.regs, true),
+        valid(error::VMRESUME_NONLAUNCHED_VMCS),
+    );
+    hv::setup_vmcs(
+        caps,
+        &Config {
+            entry: l2_main,
+            stack_top: L2_STACK.top(),
+            proc: ctl::PROC_HLT_EXITING,
+            proc2: 0,
+            io_bitmaps: None,
+            msr_bitmap: None,
+        },
+    )?;
     let pin = vmx::vmread(field::PIN_BASED_VM_EXEC_CONTROL)?;
     let forbidden = !caps.pin.allowed1;
     if forbidden != 0 {
         let bit = u64::from(forbidden & forbidden.wrapping_neg());
         vmx::vmwrite(field::PIN_BASED_VM_EXEC_CONTROL, pin | bit)?;
-        c.expect("VMLAUNCH with a pin-based control allowed1 forbids (7)", vmx::vm_run(&mut vcpu.regs, false), valid(error::ENTRY_INVALID_CONTROL_FIELD));
+        c.expect(
+            "VMLAUNCH with a pin-based control allowed1 forbids (7)",
+            vmx::vm_run(&mut vcpu.regs, false),
+            valid(error::ENTRY_INVALID_CONTROL_FIELD),
+        );
     }
     let required = caps.pin.allowed0;
     if required != 0 {
         let bit = u64::from(required & required.wrapping_neg());
         vmx::vmwrite(field::PIN_BASED_VM_EXEC_CONTROL, pin & !bit)?;
-        c.expect("VMLAUNCH without a pin-based control allowed0 requires (7)", vmx::vm_run(&mut vcpu.regs, false), valid(error::ENTRY_INVALID_CONTROL_FIELD));
+        c.expect(
+            "VMLAUNCH without a pin-based control allowed0 requires (7)",
+            vmx::vm_run(&mut vcpu.regs, false),
+            valid(error::ENTRY_INVALID_CONTROL_FIELD),
+        );
     }
     vmx::vmwrite(field::PIN_BASED_VM_EXEC_CONTROL, pin)?;
     for (name, f, bad) in [
@@ -167,8 +194,16 @@ fn run(c: &mut Checker, caps: &Caps) -> Result<(), VmFail> {
     let r = vmx::vm_run(&mut vcpu.regs, false);
     c.expect("VMLAUNCH with GUEST_RFLAGS bit 1 clear returns through HOST_RIP", r, OK);
     let why = vmx::vmread(field::VM_EXIT_REASON)?;
-    c.check(why == u64::from(reason::ENTRY_FAILURE | reason::ENTRY_FAIL_GUEST_STATE), "VM_EXIT_REASON = 0x80000021: ", why);
-    c.expect("VMRESUME after that failed entry: still not launched (5)", vmx::vm_run(&mut vcpu.regs, true), valid(error::VMRESUME_NONLAUNCHED_VMCS));
+    c.check(
+        why == u64::from(reason::ENTRY_FAILURE | reason::ENTRY_FAIL_GUEST_STATE),
+        "VM_EXIT_REASON = 0x80000021: ",
+        why,
+    );
+    c.expect(
+        "VMRESUME after that failed entry: still not launched (5)",
+        vmx::vm_run(&mut vcpu.regs, true),
+        valid(error::VMRESUME_NONLAUNCHED_VMCS),
+    );
     vmx::vmwrite(field::GUEST_RFLAGS, 2)?;
 
     rt::println!("-- a good launch, then the launch state (SDM 32.3 VMLAUNCH/VMRESUME)");
@@ -176,7 +211,11 @@ fn run(c: &mut Checker, caps: &Caps) -> Result<(), VmFail> {
     let why = vmx::vmread(field::VM_EXIT_REASON)?;
     c.check(why == u64::from(reason::HLT), "exit reason HLT (12): ", why);
     hv::Exit::read()?.skip()?;
-    c.expect("VMLAUNCH of a launched VMCS (4)", vmx::vm_run(&mut vcpu.regs, false), valid(error::VMLAUNCH_NONCLEAR_VMCS));
+    c.expect(
+        "VMLAUNCH of a launched VMCS (4)",
+        vmx::vm_run(&mut vcpu.regs, false),
+        valid(error::VMLAUNCH_NONCLEAR_VMCS),
+    );
     c.expect("VMRESUME", vmx::vm_run(&mut vcpu.regs, true), OK);
     let why = vmx::vmread(field::VM_EXIT_REASON)?;
     c.check(why == u64::from(reason::HLT), "exit reason HLT (12): ", why);

@@ -30,16 +30,16 @@ extern "C" fn l2_main() -> ! {
     unsafe {
         asm!(
             "xor eax, eax",
-            "out 0x80, al",   // A bit 0x80: exits
-            "out 0x81, al",   // not intercepted
+            "out 0x80, al", // A bit 0x80: exits
+            "out 0x81, al", // not intercepted
             "mov dx, 0x3f9",
-            "out dx, al",     // A bit 0x3f9: exits
-            "in al, 0x81",    // not intercepted
+            "out dx, al",  // A bit 0x3f9: exits
+            "in al, 0x81", // not intercepted
             "mov dx, 0x7f",
             "xor eax, eax",
-            "out dx, ax",     // ports 0x7f and 0x80: exits because of 0x80
+            "out dx, ax", // ports 0x7f and 0x80: exits because of 0x80
             "mov dx, 0x9000",
-            "in al, dx",      // B bit 0x1000: exits, L1 supplies AL
+            "in al, dx", // B bit 0x1000: exits, L1 supplies AL
             "mov ebx, eax",
             "2: hlt",
             "jmp 2b",
@@ -66,16 +66,24 @@ fn run() -> Result<u32, VmFail> {
     for port in [0x80, 0x3f9, 0x9000] {
         hv::intercept_port(&IO_A, &IO_B, port);
     }
-    hv::setup_vmcs(&caps, &Config {
-        entry: l2_main,
-        stack_top: L2_STACK.top(),
-        proc: ctl::PROC_HLT_EXITING,
-        proc2: 0,
-        io_bitmaps: Some((&IO_A, &IO_B)),
-        msr_bitmap: None,
-    })?;
+    hv::setup_vmcs(
+        &caps,
+        &Config {
+            entry: l2_main,
+            stack_top: L2_STACK.top(),
+            proc: ctl::PROC_HLT_EXITING,
+            proc2: 0,
+            io_bitmaps: Some((&IO_A, &IO_B)),
+            msr_bitmap: None,
+        },
+    )?;
     let proc = vmx::vmread(hv::field::CPU_BASED_VM_EXEC_CONTROL)? as u32;
-    rt::check!(failures, proc & ctl::PROC_USE_IO_BITMAPS != 0 && proc & ctl::PROC_UNCOND_IO_EXITING == 0, "controls: use I/O bitmaps, no unconditional I/O exiting: ", Hex(proc.into()));
+    rt::check!(
+        failures,
+        proc & ctl::PROC_USE_IO_BITMAPS != 0 && proc & ctl::PROC_UNCOND_IO_EXITING == 0,
+        "controls: use I/O bitmaps, no unconditional I/O exiting: ",
+        Hex(proc.into())
+    );
 
     let mut vcpu = Vcpu::default();
     let mut n = 0;
@@ -87,7 +95,18 @@ fn run() -> Result<u32, VmFail> {
         }
         let io = Io::decode(exit.qualification);
         let ok = n < EXPECTED.len() && (io.port, io.size, io.is_in) == EXPECTED[n];
-        rt::check!(failures, ok, "I/O exit ", n + 1, ": port ", Hex(io.port.into()), ", ", io.size, " byte(s), ", if io.is_in { "IN" } else { "OUT" });
+        rt::check!(
+            failures,
+            ok,
+            "I/O exit ",
+            n + 1,
+            ": port ",
+            Hex(io.port.into()),
+            ", ",
+            io.size,
+            " byte(s), ",
+            if io.is_in { "IN" } else { "OUT" }
+        );
         if io.is_in {
             vcpu.regs.rax = (vcpu.regs.rax & !0xff) | EMULATED_IN;
         }
@@ -98,8 +117,20 @@ fn run() -> Result<u32, VmFail> {
         }
         exit.skip()?;
     }
-    rt::check!(failures, n == EXPECTED.len(), "exactly ", EXPECTED.len(), " I/O exits (0x81 reads and writes did not exit): ", n);
-    rt::check!(failures, vcpu.regs.rbx & 0xff == EMULATED_IN, "L2 received L1's emulated IN value: ", Hex(vcpu.regs.rbx & 0xff));
+    rt::check!(
+        failures,
+        n == EXPECTED.len(),
+        "exactly ",
+        EXPECTED.len(),
+        " I/O exits (0x81 reads and writes did not exit): ",
+        n
+    );
+    rt::check!(
+        failures,
+        vcpu.regs.rbx & 0xff == EMULATED_IN,
+        "L2 received L1's emulated IN value: ",
+        Hex(vcpu.regs.rbx & 0xff)
+    );
     vmx::vmxoff()?;
     rt::println!(if failures == 0 { "vmx-io-bitmap: all checks passed" } else { "vmx-io-bitmap: some checks FAILED" });
     Ok(failures)

@@ -248,8 +248,8 @@ fn run(vmcall: bool) -> Result<u32, VmFail> {
             );
             break;
         };
-        for s in next..i {
-            rt::check!(failures, false, EXPECT[s].what, ": no VM exit");
+        for skipped in &EXPECT[next..i] {
+            rt::check!(failures, false, skipped.what, ": no VM exit");
         }
         if i == INSNS {
             rt::check!(failures, exit.reason == reason::HLT, "hlt: exit reason ", exit.reason, " (HLT is 12)");

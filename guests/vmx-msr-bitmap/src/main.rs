@@ -69,14 +69,17 @@ fn run() -> Result<u32, VmFail> {
     hv::load_vmcs(&caps, &VMCS)?;
     hv::intercept_msr(&MSR_BITMAP, msr::IA32_SYSENTER_CS, true, false);
     hv::intercept_msr(&MSR_BITMAP, msr::IA32_KERNEL_GS_BASE, false, true);
-    hv::setup_vmcs(&caps, &Config {
-        entry: l2_main,
-        stack_top: L2_STACK.top(),
-        proc: ctl::PROC_HLT_EXITING,
-        proc2: 0,
-        io_bitmaps: None,
-        msr_bitmap: Some(&MSR_BITMAP),
-    })?;
+    hv::setup_vmcs(
+        &caps,
+        &Config {
+            entry: l2_main,
+            stack_top: L2_STACK.top(),
+            proc: ctl::PROC_HLT_EXITING,
+            proc2: 0,
+            io_bitmaps: None,
+            msr_bitmap: Some(&MSR_BITMAP),
+        },
+    )?;
 
     let mut vcpu = Vcpu::default();
     let (mut rdmsr, mut wrmsr, mut others) = (0u32, 0u32, 0u32);
@@ -89,13 +92,25 @@ fn run() -> Result<u32, VmFail> {
             reason::HLT => break,
             reason::RDMSR => {
                 rdmsr += 1;
-                rt::check!(failures, ecx == msr::IA32_SYSENTER_CS, "RDMSR exit for ECX = ", Hex(ecx.into()), " (IA32_SYSENTER_CS)");
+                rt::check!(
+                    failures,
+                    ecx == msr::IA32_SYSENTER_CS,
+                    "RDMSR exit for ECX = ",
+                    Hex(ecx.into()),
+                    " (IA32_SYSENTER_CS)"
+                );
                 vcpu.regs.rax = EMULATED_SYSENTER_CS & 0xffff_ffff;
                 vcpu.regs.rdx = EMULATED_SYSENTER_CS >> 32;
             }
             reason::WRMSR => {
                 wrmsr += 1;
-                rt::check!(failures, ecx == msr::IA32_KERNEL_GS_BASE, "WRMSR exit for ECX = ", Hex(ecx.into()), " (IA32_KERNEL_GS_BASE)");
+                rt::check!(
+                    failures,
+                    ecx == msr::IA32_KERNEL_GS_BASE,
+                    "WRMSR exit for ECX = ",
+                    Hex(ecx.into()),
+                    " (IA32_KERNEL_GS_BASE)"
+                );
                 rt::check!(failures, edx_eax == L2_KERNEL_GS_BASE, "  EDX:EAX = ", Hex(edx_eax));
                 written = edx_eax;
             }
@@ -109,13 +124,32 @@ fn run() -> Result<u32, VmFail> {
         }
         exit.skip()?;
     }
-    rt::check!(failures, rdmsr == 1 && wrmsr == 1 && others == 0, "exits: ", rdmsr, " RDMSR, ", wrmsr, " WRMSR, ", others, " other (expected 1, 1, 0)");
+    rt::check!(
+        failures,
+        rdmsr == 1 && wrmsr == 1 && others == 0,
+        "exits: ",
+        rdmsr,
+        " RDMSR, ",
+        wrmsr,
+        " WRMSR, ",
+        others,
+        " other (expected 1, 1, 0)"
+    );
     let l2_read = (vcpu.regs.r9 << 32) | (vcpu.regs.r8 & 0xffff_ffff);
     rt::check!(failures, l2_read == EMULATED_SYSENTER_CS, "L2's RDMSR returned L1's emulated value ", Hex(l2_read));
     rt::check!(failures, written == L2_KERNEL_GS_BASE, "L1 recorded L2's KERNEL_GS_BASE write ", Hex(written));
     let cs = vmx::vmread(field::GUEST_SYSENTER_CS)?;
-    rt::check!(failures, cs == L2_SYSENTER_CS, "L2's unintercepted WRMSR reached its IA32_SYSENTER_CS, saved at exit (SDM 28.3.1): ", Hex(cs));
+    rt::check!(
+        failures,
+        cs == L2_SYSENTER_CS,
+        "L2's unintercepted WRMSR reached its IA32_SYSENTER_CS, saved at exit (SDM 28.3.1): ",
+        Hex(cs)
+    );
     vmx::vmxoff()?;
-    rt::println!(if failures == 0 { "vmx-msr-bitmap: all checks passed" } else { "vmx-msr-bitmap: some checks FAILED" });
+    rt::println!(if failures == 0 {
+        "vmx-msr-bitmap: all checks passed"
+    } else {
+        "vmx-msr-bitmap: some checks FAILED"
+    });
     Ok(failures)
 }
