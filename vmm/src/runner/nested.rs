@@ -18,7 +18,7 @@ use crate::vmx::decode::{exit_qualification, instruction_info, VmxInsn, VmxOp};
 use crate::vmx::ept::{active_eptp, ept_translate_width, ept_violation_qualification, EptPerms};
 use crate::vmx::exits::{io_qualification, ExitReason, VM_ENTRY_FAILURE};
 use crate::vmx::fields::{EPT_POINTER, GUEST_LINEAR_ADDRESS, GUEST_PHYSICAL_ADDRESS};
-use crate::vmx::route::{l1_wants_hlt, l1_wants_io};
+use crate::vmx::route::{l1_wants_exit, ExitFacts};
 use crate::vmx::state::{load_guest_state, load_host_state, record_exit, save_guest_state};
 
 const IA32_FEATURE_CONTROL: u32 = 0x3a;
@@ -497,8 +497,10 @@ impl Runner {
                     ExitDetail::Io { port, size, write, data },
                 );
                 exit.rip = insn.rip;
+                let facts =
+                    ExitFacts { reason: ExitReason::IO_INSTRUCTION as u32, qualification: q, ..ExitFacts::default() };
                 let wants = match self.vmx.current_vmcs() {
-                    Some(v) => l1_wants_io(v, &RamView(&self.l1_vm.ram), port, size),
+                    Some(v) => l1_wants_exit(v, &RamView(&self.l1_vm.ram), &facts),
                     None => false,
                 };
                 let action = self.observe(&exit, if wants { Handler::L1 } else { Handler::L0 })?;
@@ -538,7 +540,9 @@ impl Runner {
                 let insn = Insn { rip: if at_rip { rip - 1 } else { rip }, len: 1, pending: false };
                 let mut exit = self.next_exit(Level::L2, ExitReason::HLT, 0, ExitDetail::None);
                 exit.rip = insn.rip;
-                let wants = self.vmx.current_vmcs().is_some_and(l1_wants_hlt);
+                let facts = ExitFacts { reason: ExitReason::HLT as u32, ..ExitFacts::default() };
+                let wants =
+                    self.vmx.current_vmcs().is_some_and(|v| l1_wants_exit(v, &RamView(&self.l1_vm.ram), &facts));
                 let action = self.observe(&exit, if wants { Handler::L1 } else { Handler::L0 })?;
                 self.l2_route(exit.reason, action, wants, |me| {
                     me.reflect(ExitReason::HLT, 0, &insn, 0)?;
