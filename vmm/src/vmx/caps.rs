@@ -90,11 +90,24 @@ pub mod proc2 {
     pub const ENABLE_INVPCID: u32 = 1 << 12;
     pub const ENABLE_VMFUNC: u32 = 1 << 13;
     pub const VMCS_SHADOWING: u32 = 1 << 14;
+    pub const ENCLS_EXITING: u32 = 1 << 15;
+    pub const RDSEED_EXITING: u32 = 1 << 16;
     pub const ENABLE_PML: u32 = 1 << 17;
     pub const EPT_VIOLATION_VE: u32 = 1 << 18;
     pub const ENABLE_XSAVES: u32 = 1 << 20;
+    pub const PASID_TRANSLATION: u32 = 1 << 21;
     pub const MODE_BASED_EPT_EXEC: u32 = 1 << 22;
+    pub const SUB_PAGE_WRITE_PERMISSIONS: u32 = 1 << 23;
     pub const USE_TSC_SCALING: u32 = 1 << 25;
+    pub const USER_WAIT_PAUSE: u32 = 1 << 26;
+    pub const ENCLV_EXITING: u32 = 1 << 28;
+    pub const BUS_LOCK_DETECTION: u32 = 1 << 30;
+    pub const INSTRUCTION_TIMEOUT: u32 = 1 << 31;
+}
+
+/// Tertiary processor-based VM-execution controls, a 64-bit field (SDM 25.6.2, Table 25-8).
+pub mod proc3 {
+    pub const LOADIWKEY_EXITING: u64 = 1 << 0;
 }
 
 /// VM-exit controls (SDM 25.7.1, Table 25-13).
