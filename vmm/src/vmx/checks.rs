@@ -10,8 +10,8 @@
 
 use std::fmt;
 
+use super::bits::{bad_page_addr, beyond_width, fixed_ok, is_canonical, pat_valid};
 use super::caps::{cr, entry, ept_cap, exit, pin, proc, proc2, Control, VmxCaps};
-use super::cpu::is_canonical;
 use super::fields::*;
 use super::vmcs::Vmcs;
 
@@ -58,19 +58,6 @@ macro_rules! rule {
             return Err(Violation { rule: $rule, sdm: $sdm, class: $class });
         }
     };
-}
-
-fn beyond_width(addr: u64, width: u8) -> bool {
-    width < 64 && addr >> width != 0
-}
-
-fn bad_page_addr(addr: u64, width: u8) -> bool {
-    addr & 0xfff != 0 || beyond_width(addr, width)
-}
-
-/// A PAT value is valid when each byte is a valid memory type: 0, 1, 4, 5, 6 or 7.
-fn pat_valid(pat: u64) -> bool {
-    pat.to_le_bytes().iter().all(|b| matches!(b, 0 | 1 | 4 | 5 | 6 | 7))
 }
 
 /// IA32_EFER bits defined on Intel 64: SCE, LME, LMA, NXE.
@@ -322,10 +309,6 @@ pub fn check_controls(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), Viol
         "entry to SMM or deactivate dual-monitor treatment set outside SMM"
     );
     Ok(())
-}
-
-fn fixed_ok(v: u64, fixed0: u64, fixed1: u64) -> bool {
-    v & fixed0 == fixed0 && v & !fixed1 == 0
 }
 
 /// SDM 27.2.2 - 27.2.4: host-state area.
