@@ -13,6 +13,7 @@
 //! - VM-instruction error 6 (VMRESUME after VMXOFF) and 26 (events blocked by MOV SS) are
 //!   never produced; VMXOFF writes the current VMCS back to memory.
 
+use super::bits::{bad_page_addr, is_canonical};
 use super::caps::{cr, ept_cap, VmxCaps};
 use super::checks::{eptp_valid, CheckClass, Violation};
 use super::decode::{effective_address, Gpr, Operand, Seg, VmxInsn, VmxOp};
@@ -184,12 +185,6 @@ pub enum Invalidation {
     },
 }
 
-/// True when `addr` is canonical for a linear-address width of `bits`.
-pub fn is_canonical(addr: u64, bits: u8) -> bool {
-    let shift = 64 - u32::from(bits);
-    (((addr << shift) as i64) >> shift) as u64 == addr
-}
-
 #[derive(Debug, Clone)]
 pub struct VmxCpu {
     pub caps: VmxCaps,
@@ -302,8 +297,7 @@ impl VmxCpu {
     }
 
     fn bad_vmcs_address(addr: u64, env: &dyn VmxEnv) -> bool {
-        let w = u32::from(env.physical_address_width()).min(64);
-        addr & 0xfff != 0 || (w < 64 && addr >> w != 0)
+        bad_page_addr(addr, env.physical_address_width())
     }
 
     fn operand_mask(insn: &VmxInsn) -> u64 {
@@ -1187,13 +1181,5 @@ mod tests {
         assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_A)), Outcome::Succeed);
         env.gprs[0] = 0;
         assert_eq!(run(&mut cpu, &mut env, INVEPT, None), Outcome::FailInvalid);
-    }
-
-    #[test]
-    fn canonical() {
-        assert!(is_canonical(0x7fff_ffff_ffff, 48));
-        assert!(!is_canonical(0x8000_0000_0000, 48));
-        assert!(is_canonical(0xffff_8000_0000_0000, 48));
-        assert!(is_canonical(0, 48));
     }
 }

@@ -1,5 +1,6 @@
 //! The virtual VMX as a pure model: no KVM types, testable without /dev/kvm.
 
+pub mod bits;
 pub mod caps;
 pub mod checks;
 pub mod cpu;
