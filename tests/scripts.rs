@@ -220,3 +220,59 @@ fn l2_memory_reads_go_through_l1s_ept() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("phys 0x4d41474943210001 virt 0x4d"), "{}", r.stderr);
 }
+
+/// (level, reason, handler) -> count, from a trace file.
+fn trace_handlers(path: &std::path::Path) -> std::collections::BTreeMap<(String, String, String), u64> {
+    let mut m = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(path).expect("reading the trace").lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON trace line");
+        let key = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        *m.entry((key("level"), key("reason"), key("handler"))).or_default() += 1;
+    }
+    m
+}
+
+/// (level, reason, handler) -> count, from an `--stats` table.
+fn stats_handlers(stderr: &str) -> std::collections::BTreeMap<(String, String, String), u64> {
+    let mut m = std::collections::BTreeMap::new();
+    for l in stderr.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w.len() >= 4 && (w[0] == "L1" || w[0] == "L2") {
+            if let Ok(n) = w[3].parse::<u64>() {
+                let handler = if w[2] == "script" { "script" } else { w[2] };
+                m.insert((w[0].to_string(), w[1].to_string(), handler.to_string()), n);
+            }
+        }
+    }
+    m
+}
+
+#[test]
+fn trace_and_statistics_name_the_same_handler_for_every_exit() {
+    // An inline script answers L1's RDMSR of IA32_FEATURE_CONTROL itself (with the value
+    // nestbed gives), skips the guest's exit port so that it halts, and stops at the HLT: the
+    // trace and the statistics must both say the script handled those three.
+    let s = write_script(
+        "handlers",
+        "let skipped = false;\nfn on_exit(e) {\n  if e.level == \"L1\" && e.reason == \"RDMSR\" && e.msr == 0x3a { e.set_result(5); }\n  \
+         if e.level == \"L1\" && e.reason == \"IO_INSTRUCTION\" && e.port == 0xf4 && !skipped { skipped = true; e.skip(); }\n  \
+         if e.level == \"L1\" && e.reason == \"HLT\" { e.stop(\"halted\"); }\n}\n",
+    );
+    let dir = tmpdir("handlers-trace");
+    let trace = dir.join("t.jsonl");
+    let r = run_guest(
+        "vmx-basic",
+        &["--script", &s, "--script-mode", "inline", "--stats", "--trace", trace.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 207, "stopped by the script at L1's HLT\n{}", r.stderr);
+    let from_trace = trace_handlers(&trace);
+    let from_stats = stats_handlers(&r.stderr);
+    assert!(
+        from_trace.keys().any(|(l, reason, h)| l == "L1" && reason == "RDMSR" && h == "script"),
+        "the script's RDMSR answers are the script's: {from_trace:?}"
+    );
+    let hlt = ("L1".to_string(), "HLT".to_string(), "script".to_string());
+    assert_eq!(from_trace.get(&hlt), Some(&1), "{from_trace:?}");
+    assert_eq!(from_trace, from_stats, "trace and statistics disagree\n{}", r.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -21,6 +21,7 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit};
 use nestbed::runner::{self, RunConfig};
 use nestbed::script::ScriptMode;
+use nestbed::trace::{Phase, Phases};
 
 fn raw_loop(exits: u64) -> f64 {
     let kvm = Kvm::new().expect("/dev/kvm");
@@ -72,7 +73,9 @@ fn raw_loop(exits: u64) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-fn raw_same_guest(exits: u64) -> f64 {
+/// The io-bench guest in its multiboot entry state on a bare KVM vCPU, with its VM (which
+/// must outlive the vCPU).
+fn raw_io_bench(exits: u64) -> (nestbed::machine::Vm, kvm_ioctls::VcpuFd) {
     use nestbed::machine::{loader, GuestRam, Vm};
     let image = nestbed::guests::find("io-bench").expect("io-bench guest");
     let ram = GuestRam::new(128).expect("guest RAM");
@@ -83,9 +86,14 @@ fn raw_same_guest(exits: u64) -> f64 {
     vcpu.prime().expect("registers");
     nestbed::runner::boot::set_entry_state(&mut vcpu, &boot);
     let (regs, sregs) = (*vcpu.regs(), *vcpu.sregs());
-    let mut fd = vcpu.into_fd();
+    let fd = vcpu.into_fd();
     fd.set_regs(&regs).expect("KVM_SET_REGS");
     fd.set_sregs(&sregs).expect("KVM_SET_SREGS");
+    (vm, fd)
+}
+
+fn raw_same_guest(exits: u64) -> f64 {
+    let (_vm, mut fd) = raw_io_bench(exits);
     let t = Instant::now();
     loop {
         match fd.run().expect("KVM_RUN") {
@@ -97,12 +105,35 @@ fn raw_same_guest(exits: u64) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// The floor of a nested round trip on this host: two VMs' vCPUs run in turn, one port-I/O
+/// exit each per operation, as L2 and L1 alternate (nothing else is done between them).
+fn raw_two_vms(n: u64) -> f64 {
+    let (_a_vm, mut a) = raw_io_bench(n);
+    let (_b_vm, mut b) = raw_io_bench(n);
+    let t = Instant::now();
+    'done: loop {
+        for fd in [&mut a, &mut b] {
+            match fd.run().expect("KVM_RUN") {
+                VcpuExit::IoOut(0xf4, _) => break 'done,
+                VcpuExit::IoOut(..) => {}
+                other => panic!("unexpected exit {other:?}"),
+            }
+        }
+    }
+    t.elapsed().as_secs_f64()
+}
+
 fn nestbed_loop(exits: u64) -> f64 {
     nestbed_scripted(exits, None)
 }
 
 /// Wall time of one nestbed run of `guest` with command line `args n`.
 fn nestbed_run(guest: &str, args: &str, n: u64) -> f64 {
+    nestbed_run_phases(guest, args, n).0
+}
+
+/// Wall time and time per phase of one nestbed run of `guest` with command line `args n`.
+fn nestbed_run_phases(guest: &str, args: &str, n: u64) -> (f64, Phases) {
     let image = nestbed::guests::find(guest).unwrap_or_else(|| panic!("{guest} guest")).to_vec();
     let mut cfg = RunConfig::new(guest, image);
     cfg.cmdline = format!("{args} {n}").trim().to_string();
@@ -110,7 +141,7 @@ fn nestbed_run(guest: &str, args: &str, n: u64) -> f64 {
     let t = Instant::now();
     let report = runner::run(cfg).expect("nestbed run");
     assert_eq!(report.outcome, runner::Outcome::GuestExit(0), "{guest} {args} {n}");
-    t.elapsed().as_secs_f64()
+    (t.elapsed().as_secs_f64(), report.stats.phases)
 }
 
 fn vmread(n: u64) -> f64 {
@@ -207,6 +238,33 @@ fn cpu_seconds() -> f64 {
     secs(u.ru_utime) + secs(u.ru_stime)
 }
 
+/// Where one nested round trip's time goes (the `l2exit` run, difference of two runs, median
+/// of `reps` repetitions per phase).
+fn phase_table(m: (u64, u64), reps: usize) -> String {
+    let mut per_phase = vec![Vec::new(); Phase::ALL.len()];
+    let mut own = Vec::new();
+    for _ in 0..reps {
+        let (_, a) = nestbed_run_phases("vmx-bench", "l2exit", m.0);
+        let (_, b) = nestbed_run_phases("vmx-bench", "l2exit", m.1);
+        let d = b.minus(&a);
+        let us = |p: Phase| d.get(p).as_secs_f64() * 1e6 / (m.1 - m.0) as f64;
+        for (i, p) in Phase::ALL.iter().enumerate() {
+            per_phase[i].push(us(*p));
+        }
+        own.push(Phase::ALL.iter().filter(|p| !matches!(p, Phase::KvmRunL1 | Phase::KvmRunL2)).map(|p| us(*p)).sum());
+    }
+    let mut text = String::from(
+        "\n## One nested round trip, phase by phase\n\nThe `l2exit` row above (L2 `out` reflected to L1, L1 \
+         `vmresume`), timed inside nestbed with the TSC per phase; medians per round trip. nestbed's own time is \
+         everything outside KVM_RUN.\n\n| phase | µs per round trip |\n|---|---|\n",
+    );
+    for (i, p) in Phase::ALL.iter().enumerate() {
+        text.push_str(&format!("| {} | {:.2} |\n", p.name(), median(per_phase[i].clone())));
+    }
+    text.push_str(&format!("| **nestbed's own time (all but KVM_RUN)** | **{:.2}** |\n", median(own)));
+    text
+}
+
 /// One row of the table: a way to make `n` exits, returning the seconds it took.
 struct Variant {
     label: &'static str,
@@ -228,6 +286,8 @@ fn main() {
     let n = (n1, n2);
     // Nested exits cost several round trips each: fewer of them give the same run time.
     let m = (5_000, 30_000);
+    // The row of the two-VM floor, which the nested row is also compared with.
+    const FLOOR: usize = 10;
     let variants = [
         Variant {
             label: "raw KVM round trip, port-I/O exit of the io-bench guest (bare kvm-ioctls loop)",
@@ -290,10 +350,16 @@ fn main() {
             base: None,
         },
         Variant {
+            label: "raw KVM, two VMs' vCPUs in turn, one port-I/O exit each (io-bench guests, bare loop): the floor of a nested round trip",
+            run: raw_two_vms,
+            counts: m,
+            base: None,
+        },
+        Variant {
             label: "nestbed, one L2 exit handled by L1 (L2 `out` reflected to L1, L1 `vmresume`: two KVM round trips)",
             run: l2exit,
             counts: m,
-            base: None,
+            base: Some(FLOOR),
         },
     ];
     // Interleaved: every repetition measures each variant once, so a burst of background load
@@ -332,8 +398,10 @@ fn main() {
          raw or guest, takes three instructions per operation (four for a nested exit): this host's KVM emulates \
          guest instructions at about a microsecond each. Machines are noisy: compare the ratios, not the absolute \
          numbers. The CPU column is the time all of nestbed's threads ran (user and system, from getrusage), per \
-         operation: a pipelined script's thread runs beside the vCPU's, so its rows use more CPU than wall time.\n\n\
-         | what | µs per operation | CPU µs per operation | ratio to raw KVM | ratio to nestbed without scripts |\n\
+         operation: a pipelined script's thread runs beside the vCPU's, so its rows use more CPU than wall time. The \
+         last column compares a row with its baseline: nestbed without scripts for the rows with a second thread or \
+         a script, and the two-VM floor for the nested exit.\n\n\
+         | what | µs per operation | CPU µs per operation | ratio to raw KVM | ratio to its baseline |\n\
          |---|---|---|---|---|\n",
         m.1,
         m.0
@@ -349,6 +417,7 @@ fn main() {
             median(ratios[i].clone())
         ));
     }
+    text.push_str(&phase_table(m, reps));
     print!("{text}");
     std::fs::write(&out, text).expect("writing the report");
 }

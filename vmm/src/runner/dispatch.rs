@@ -16,6 +16,9 @@ use crate::vmx::decode::VmxInsn;
 use crate::vmx::exit_info::ExitInfo;
 use crate::vmx::route::{l1_wants_exit, ExitFacts};
 
+/// The phases timed inside the handling of an exit.
+const INNER: &[Phase] = &[Phase::Model, Phase::Memslots, Phase::Transfer];
+
 /// A KVM exit, normalized. Returned by value once per exit and never stored, so the size
 /// difference of its variants costs less than boxing the event would.
 #[allow(clippy::large_enum_variant)]
@@ -121,13 +124,14 @@ impl Runner {
         let info = ev.l2.as_mut().and_then(|l2| l2.reflect.as_mut().ok()).map(|(info, _)| info);
         let (action, handler) = self.observe(&ev.exit, route_handler(route), info)?;
         let t = self.stats.phases.add_since(Phase::Hooks, t);
+        let inner_before = self.stats.phases.ticks(INNER);
         let flow = match action {
             Action::Default if route == Route::L1 => self.reflect(ev.l2.take())?,
             Action::Reflect if reflectable => self.reflect(ev.l2.take())?,
             Action::Default | Action::Reflect | Action::KeepInL0 => self.handle(ev.work)?,
             other => self.apply_action(other, &ev.work)?,
         };
-        self.stats.phases.add_since(Phase::Other, t);
+        self.stats.phases.add_since_except(Phase::Other, t, INNER, inner_before);
         self.stats.record(level, ev.exit.reason, handler, self.clock.since(t0));
         Ok(flow)
     }

@@ -79,6 +79,20 @@ impl Phases {
         now
     }
 
+    /// Adds the time since `t0` to `phase`, less what `inner` phases gained since `before`
+    /// (their `ticks` then): time spent in phases nested inside this one counts once.
+    pub fn add_since_except(&mut self, phase: Phase, t0: u64, inner: &[Phase], before: u64) -> u64 {
+        let now = self.clock.now();
+        let nested = self.ticks(inner).saturating_sub(before);
+        self.total[phase as usize] += now.saturating_sub(t0).saturating_sub(nested);
+        now
+    }
+
+    /// The summed clock ticks of `phases`.
+    pub fn ticks(&self, phases: &[Phase]) -> u64 {
+        phases.iter().map(|&p| self.total[p as usize]).sum()
+    }
+
     pub fn get(&self, phase: Phase) -> Duration {
         self.clock.duration(self.total[phase as usize])
     }
@@ -111,5 +125,13 @@ mod tests {
         later.total[Phase::Model as usize] += 1_000_000;
         assert_eq!(later.minus(&p).get(Phase::Model), Duration::from_millis(1));
         assert_eq!(later.minus(&p).get(Phase::KvmRunL2), Duration::ZERO);
+
+        let mut q = Phases::default();
+        let t = q.clock.now();
+        let before = q.ticks(&[Phase::Transfer]);
+        q.total[Phase::Transfer as usize] += 100_000_000;
+        std::thread::sleep(Duration::from_millis(1));
+        q.add_since_except(Phase::Other, t, &[Phase::Transfer], before);
+        assert_eq!(q.get(Phase::Other), Duration::ZERO, "time inside a nested phase counts once");
     }
 }
