@@ -22,6 +22,8 @@ pub enum Error {
     #[error("{path}: {source}")]
     Image { path: PathBuf, source: crate::machine::loader::LoadError },
     #[error("{path}: {source}")]
+    Scan { path: PathBuf, source: crate::patch::ScanError },
+    #[error("{path}: {source}")]
     File { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Config(String),
@@ -38,7 +40,7 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Image { .. } => code::BAD_IMAGE,
+            Error::Image { .. } | Error::Scan { .. } => code::BAD_IMAGE,
             Error::File { .. } | Error::Config(_) => code::CONFIG,
             Error::Host { .. } | Error::HostIo(_) => code::HOST,
             Error::Script(_) => code::SCRIPT_RUNTIME,

@@ -12,6 +12,7 @@ pub mod gdb;
 pub mod guests;
 pub mod machine;
 pub mod nested;
+pub mod patch;
 pub mod runner;
 pub mod scenario;
 pub mod script;

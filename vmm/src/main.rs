@@ -35,6 +35,15 @@ enum Command {
         #[command(subcommand)]
         command: ScenarioCommand,
     },
+    /// List the sensitive instructions of a guest image that load-time patching would replace.
+    PatchReport {
+        /// Embedded guest name (see `nestbed guests`) or path to a multiboot ELF kernel.
+        image: String,
+        /// Add the L2-fidelity group (RDTSC, CR0/CR3/CR8 moves, INVLPG, ...) to the VMX
+        /// instructions, CR4 moves and CPUID.
+        #[arg(long)]
+        all: bool,
+    },
     /// Compare or summarize `--trace` files.
     Trace {
         #[command(subcommand)]
@@ -242,6 +251,15 @@ fn trace(command: TraceCommand) -> Result<i32, Error> {
     }
 }
 
+fn patch_report(image: &str, all: bool) -> Result<i32, Error> {
+    use nestbed::patch::{self, Selection};
+    let (name, bytes) = load_guest(Some(image))?;
+    let selection = if all { Selection::all() } else { Selection::default_set() };
+    let scan = patch::scan(&bytes, selection).map_err(|source| Error::Scan { path: PathBuf::from(&name), source })?;
+    print!("{}", patch::report(&scan));
+    Ok(0)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
@@ -272,6 +290,7 @@ fn main() -> ExitCode {
             }
             Command::Scenario { command } => scenario(command),
             Command::Trace { command } => trace(command),
+            Command::PatchReport { image, all } => patch_report(&image, all),
         };
     match result {
         Ok(c) => ExitCode::from(c as u8),
