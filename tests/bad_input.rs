@@ -120,3 +120,17 @@ fn bad_vmx_msr() {
         assert!(r.stdout.is_empty(), "the guest must not run: {}", r.stdout);
     }
 }
+
+#[test]
+fn patch_report_of_a_bad_image() {
+    let p = write("patch-notelf.bin", b"just some text, not a kernel");
+    let r = nestbed(&["patch-report", &p]);
+    assert_eq!(r.code, code::BAD_IMAGE);
+    assert!(r.stderr.contains(&p) && r.stderr.contains("not an ELF file"), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    let r = nestbed(&["patch-report", "/nonexistent/kernel.elf"]);
+    assert_eq!(r.code, code::CONFIG);
+    let r = nestbed(&["patch-report", "vmx-basic"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("VMLAUNCH") && r.stdout.contains(" sites"), "{}", r.stdout);
+}

@@ -69,3 +69,6 @@ pub fn report(scan: &Scan) -> String {
     );
     out
 }
+
+#[cfg(test)]
+mod tests;
