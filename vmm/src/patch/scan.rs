@@ -170,9 +170,9 @@ impl Class {
         }
     }
 
-    /// The "L2 fidelity" group: instructions that exit only under some VM-execution controls
-    /// (SDM Vol. 3C 26.1.3) or that matter for an L2's view of time and paging, as opposed to
-    /// the VMX instructions, CR4 moves and CPUID, which always need nestbed.
+    /// The "L2 fidelity" group (RDTSC onwards): time, control registers other than CR4, caches,
+    /// TLB, performance counters and XCR0, which an L2 should see as its L1's controls (SDM
+    /// Vol. 3C 26.1) configure; the VMX instructions, CR4 moves and CPUID are the default set.
     pub fn is_fidelity(self) -> bool {
         self > Class::Cpuid
     }
