@@ -20,6 +20,13 @@ struct Cli {
     command: Option<Command>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+enum PatchArg {
+    #[default]
+    Off,
+    On,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Boot a guest (the embedded default when --guest is not given).
@@ -130,6 +137,11 @@ struct RunArgs {
     /// enforces what it advertises. Hex (0x...) or decimal; repeatable.
     #[arg(long = "vmx-msr", value_name = "INDEX=VALUE")]
     vmx_msrs: Vec<String>,
+    /// Patch the image's VMX instructions at load (`on`): each becomes an int3 trap of the same
+    /// length that nestbed maps back to the original, so they reach nestbed on any KVM host
+    /// (see `nestbed patch-report IMAGE`). `off`: only what the host traps by itself.
+    #[arg(long, value_name = "MODE", default_value = "off")]
+    patch_sensitive: PatchArg,
     /// Operation budget of one script hook call (0 = unlimited).
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     script_ops: u64,
@@ -182,6 +194,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     cfg.trace = args.trace;
     cfg.scripts = args.scripts;
     cfg.vmx_msrs = vmx_msrs;
+    cfg.patch = args.patch_sensitive == PatchArg::On;
     cfg.script_options = ScriptOptions {
         max_operations: args.script_ops,
         on_error: match args.on_script_error {

@@ -101,6 +101,12 @@ pub struct DebugState {
 }
 
 impl DebugState {
+    /// A debug state whose guest-debug settings are applied at the first entry when
+    /// `generation` is not 0 (patched sites need software breakpoints without a debugger).
+    pub(super) fn with_generation(generation: u64) -> Self {
+        DebugState { generation, ..DebugState::default() }
+    }
+
     /// Single-stepping: for gdb's step, or to watch data accesses.
     fn stepping(&self) -> bool {
         self.step || !self.watches.is_empty()
@@ -179,6 +185,10 @@ impl Runner {
             return Ok(());
         }
         let mut dbg = kvm_guest_debug::default();
+        // Patched sites are int3 traps: software breakpoints must exit to nestbed.
+        if self.patches.is_some() && !self.debug.attached {
+            dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP;
+        }
         if self.debug.attached {
             dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP;
             if self.debug.stepping() {

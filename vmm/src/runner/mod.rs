@@ -7,6 +7,7 @@ mod dispatch;
 mod hooks;
 mod l1;
 mod l2;
+mod patching;
 pub mod signals;
 
 use std::io::Write;
@@ -43,6 +44,8 @@ pub struct RunConfig {
     /// Capability MSRs (index, value) advertised and enforced instead of the defaults
     /// (`--vmx-msr`), applied in order.
     pub vmx_msrs: Vec<(u32, u64)>,
+    /// Patch the image's VMX instructions into int3 traps at load (`--patch-sensitive on`).
+    pub patch: bool,
 }
 
 impl RunConfig {
@@ -58,6 +61,7 @@ impl RunConfig {
             scripts: Vec::new(),
             script_options: ScriptOptions::default(),
             vmx_msrs: Vec::new(),
+            patch: false,
         }
     }
 }
@@ -150,6 +154,8 @@ pub struct Runner {
     /// What happened beside the exits (failed entry checks...), for the trace and scripts.
     notes: Vec<String>,
     scripts: Option<ScriptHost>,
+    /// Sensitive instructions patched into traps at load (`--patch-sensitive on`).
+    patches: Option<patching::Patches>,
     script_paths: Vec<PathBuf>,
     script_options: ScriptOptions,
     /// Whether exits are written to the trace file (gdb's `monitor trace on|off`).
@@ -180,6 +186,7 @@ impl Runner {
             if cfg.cmdline.is_empty() { cfg.image_name.clone() } else { format!("{} {}", cfg.image_name, cfg.cmdline) };
         let boot = loader::load(&ram, &cfg.image, &cmdline)
             .map_err(|source| Error::Image { path: PathBuf::from(&cfg.image_name), source })?;
+        let patches = if cfg.patch { Some(patching::Patches::apply(&cfg.image_name, &cfg.image, &ram)?) } else { None };
         let kvm = Kvm::new().map_err(host("opening /dev/kvm"))?;
         let l1_vm = Vm::new(&kvm, ram)?;
         let mut l1 = l1_vm.create_vcpu(&kvm, 0, true, &l1_cpuid)?;
@@ -204,10 +211,11 @@ impl Runner {
             clock,
             notes: Vec::new(),
             scripts,
+            debug: DebugState::with_generation(u64::from(patches.is_some())),
+            patches,
             script_paths: cfg.scripts.clone(),
             script_options: cfg.script_options,
             tracing: true,
-            debug: DebugState::default(),
         })
     }
 
@@ -241,6 +249,7 @@ impl Runner {
             t.flush();
         }
         this.stats.wall = this.start.elapsed();
+        this.stats.patched = this.patches.as_ref().map(|p| (p.len(), p.traps));
         let outcome = result.unwrap_or_else(|e| Outcome::Failed { code: e.exit_code(), message: e.to_string() });
         Ok(Report { outcome, stats: std::mem::take(&mut this.stats) })
     }
@@ -306,13 +315,20 @@ impl Runner {
             }
             // int3 reaches us as a #BP debug exit, or, on hosts whose KVM cannot run it, as an
             // emulation failure with its byte: both are the same breakpoint event.
-            let debug = match &raw {
+            let mut debug = match &raw {
                 RawExit::Debug { exception, pc, dr6, .. } => Some((*exception, *pc, *dr6)),
                 RawExit::EmulationFailure { bytes } if bytes.first() == Some(&INT3) => {
                     Some((3, self.active().regs().rip, 0))
                 }
                 _ => None,
             };
+            let mut raw = raw;
+            if let Some((3, pc, _)) = debug {
+                if let Some(bytes) = self.patched_original(pc) {
+                    raw = RawExit::EmulationFailure { bytes };
+                    debug = None;
+                }
+            }
             if let Some((exception, pc, dr6)) = debug {
                 match self.debug_exit(exception, pc, dr6) {
                     Some(ev) => return Ok(Stop::Debug(ev)),

@@ -25,6 +25,8 @@ pub struct Stats {
     pub wall: Duration,
     /// Where the run's time went, phase by phase.
     pub phases: super::Phases,
+    /// Sensitive instructions patched into traps at load, and the traps taken there.
+    pub patched: Option<(usize, u64)>,
 }
 
 fn level_key(l: Level) -> u8 {
@@ -111,6 +113,9 @@ impl Stats {
                 row.total.as_secs_f64() * 1000.0,
                 mean
             );
+        }
+        if let Some((sites, traps)) = self.patched {
+            let _ = writeln!(s, "patched: {sites} VMX instructions at load, {traps} traps taken at them");
         }
         let _ = writeln!(s, "total: {} exits in {:.3}s", self.total_exits(), self.wall.as_secs_f64());
         s
