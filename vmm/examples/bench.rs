@@ -155,11 +155,11 @@ fn vmread_patched(n: u64) -> f64 {
     let mut cfg = RunConfig::new("vmx-bench", image);
     cfg.cmdline = format!("vmread {n}");
     cfg.console = Some(Box::new(std::io::sink()));
-    cfg.patch = true;
+    cfg.patch = runner::PatchMode::On;
     let t = Instant::now();
     let report = runner::run(cfg).expect("nestbed run");
     assert_eq!(report.outcome, runner::Outcome::GuestExit(0), "vmx-bench vmread {n} patched");
-    assert!(report.stats.patched.is_some_and(|(_, traps)| traps >= n), "the VMREADs were patched");
+    assert!(report.stats.patched.is_some_and(|(_, traps, _)| traps >= n), "the VMREADs were patched");
     t.elapsed().as_secs_f64()
 }
 

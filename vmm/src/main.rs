@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use nestbed::error::{code, Error};
 use nestbed::gdb::GdbOptions;
-use nestbed::runner::{self, RunConfig};
+use nestbed::runner::{self, PatchMode, RunConfig};
 use nestbed::script::{OnScriptError, ScriptMode, ScriptOptions};
 
 #[derive(Parser)]
@@ -24,6 +24,7 @@ struct Cli {
 enum PatchArg {
     #[default]
     Off,
+    Auto,
     On,
 }
 
@@ -137,9 +138,11 @@ struct RunArgs {
     /// enforces what it advertises. Hex (0x...) or decimal; repeatable.
     #[arg(long = "vmx-msr", value_name = "INDEX=VALUE")]
     vmx_msrs: Vec<String>,
-    /// Patch the image's VMX instructions at load (`on`): each becomes an int3 trap of the same
-    /// length that nestbed maps back to the original, so they reach nestbed on any KVM host
-    /// (see `nestbed patch-report IMAGE`). `off`: only what the host traps by itself.
+    /// Patch sensitive instructions into int3 traps of the same length that nestbed maps back to
+    /// the original, so they reach nestbed on any KVM host (`nestbed patch-report IMAGE` lists
+    /// them). off: only what the host traps by itself. auto: what this host needs (VMX
+    /// instructions it does not report, VMCALL, MOV CR4 with a virtual CR4.VMXE, CPUID), then
+    /// what L1's exit controls ask for (RDTSC, CR0/CR3/CR8, INVLPG, ...). on: everything.
     #[arg(long, value_name = "MODE", default_value = "off")]
     patch_sensitive: PatchArg,
     /// Operation budget of one script hook call (0 = unlimited).
@@ -194,7 +197,11 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     cfg.trace = args.trace;
     cfg.scripts = args.scripts;
     cfg.vmx_msrs = vmx_msrs;
-    cfg.patch = args.patch_sensitive == PatchArg::On;
+    cfg.patch = match args.patch_sensitive {
+        PatchArg::Off => PatchMode::Off,
+        PatchArg::Auto => PatchMode::Auto,
+        PatchArg::On => PatchMode::On,
+    };
     cfg.script_options = ScriptOptions {
         max_operations: args.script_ops,
         on_error: match args.on_script_error {

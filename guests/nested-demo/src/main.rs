@@ -2,7 +2,8 @@
 //! byte to the UART data port 0x3f8, which L1 intercepts through its I/O bitmap and relays to
 //! the real serial port; L2 hands its result to L1 on port 0x500 and halts. On the way L2 asks
 //! CPUID for the hypervisor vendor (answered by nestbed's CPUID table for L2, which
-//! `scripts/l2-cpuid.rhai` changes) and writes a POST code to port 0x80, which L1 does not
+//! `scripts/l2-cpuid.rhai` changes; where CPUID exits to L1, as with `--patch-sensitive auto`,
+//! L1 answers with its own) and writes a POST code to port 0x80, which L1 does not
 //! intercept, so nestbed handles it as the L0 (`scripts/stop-on-port.rhai` stops there).
 #![no_std]
 #![no_main]
@@ -127,6 +128,13 @@ fn run() -> Result<u32, VmFail> {
             reason::HLT => {
                 hlts += 1;
                 break;
+            }
+            // CPUID always exits in VMX non-root operation (SDM 26.1.2); where the host shows it
+            // (patched sites, `--patch-sensitive auto`), L1 answers with its own CPUID.
+            reason::CPUID => {
+                let r = core::arch::x86_64::__cpuid_count(vcpu.regs.rax as u32, vcpu.regs.rcx as u32);
+                (vcpu.regs.rax, vcpu.regs.rbx) = (r.eax.into(), r.ebx.into());
+                (vcpu.regs.rcx, vcpu.regs.rdx) = (r.ecx.into(), r.edx.into());
             }
             r => {
                 rt::println!("L1: unexpected exit reason ", r, ", stopping L2");

@@ -62,6 +62,11 @@ pub enum RawExit {
     },
     /// KVM_RUN returned EINTR (a signal or immediate_exit).
     Interrupted,
+    /// An int3 nestbed wrote over a sensitive instruction at load (`crate::patch`), with the
+    /// original instruction's bytes: the trap source that works on every host.
+    Patched {
+        bytes: Vec<u8>,
+    },
     FailEntry {
         reason: u64,
     },
@@ -75,6 +80,8 @@ pub struct Vcpu {
     lean: bool,
     /// The SREGS and EVENTS in the sync area predate the last exit (lean vCPUs only).
     stale: bool,
+    /// The CPUID table given to KVM (KVM_SET_CPUID2), for instructions nestbed emulates.
+    pub cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
 }
 
 impl Vcpu {
@@ -83,7 +90,7 @@ impl Vcpu {
         fd.set_sync_valid_reg(SyncReg::SystemRegister);
         fd.set_sync_valid_reg(SyncReg::VcpuEvents);
         let run = fd.get_kvm_run() as *mut kvm_run;
-        Vcpu { fd, run, lean: false, stale: false }
+        Vcpu { fd, run, lean: false, stale: false, cpuid: Vec::new() }
     }
 
     /// Lean: only REGS are synced on exits, SREGS and EVENTS are fetched when first used.
@@ -210,6 +217,13 @@ impl Vcpu {
         let msrs = kvm_bindings::Msrs::from_entries(&entries).map_err(|e| Error::HostIo(format!("MSR list: {e:?}")))?;
         self.fd.set_msrs(&msrs).map_err(host("KVM_SET_MSRS"))?;
         Ok(())
+    }
+
+    /// Sets XCR0 with KVM_SET_XCRS (not on the common exit path); KVM refuses invalid values.
+    pub fn set_xcr0(&self, value: u64) -> Result<(), Error> {
+        let mut xcrs = kvm_bindings::kvm_xcrs { nr_xcrs: 1, ..Default::default() };
+        xcrs.xcrs[0] = kvm_bindings::kvm_xcr { xcr: 0, reserved: 0, value };
+        self.fd.set_xcrs(&xcrs).map_err(host("KVM_SET_XCRS"))
     }
 
     /// Queues exception `vector` for delivery at the next entry (KVM_SET_VCPU_EVENTS semantics).

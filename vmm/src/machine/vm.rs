@@ -101,8 +101,24 @@ impl Vm {
             kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(host("KVM_GET_SUPPORTED_CPUID"))?;
         adjust_cpuid(&mut cpuid, vmx, overrides);
         fd.set_cpuid2(&cpuid).map_err(host("KVM_SET_CPUID2"))?;
-        Ok(Vcpu::new(fd))
+        let mut vcpu = Vcpu::new(fd);
+        vcpu.cpuid = cpuid.as_slice().to_vec();
+        Ok(vcpu)
     }
+}
+
+/// CPUID as a CPU with `table` answers leaf `leaf`, subleaf `subleaf` (EAX, EBX, ECX, EDX): the
+/// entry for the leaf (and subleaf where it matters); a basic leaf above the highest one
+/// answers as the highest basic leaf (SDM Vol. 2, CPUID), anything else with zeros.
+pub fn cpuid_lookup(table: &[kvm_bindings::kvm_cpuid_entry2], leaf: u32, subleaf: u32) -> [u32; 4] {
+    let find = |leaf: u32| {
+        table.iter().find(|e| {
+            e.function == leaf && (e.flags & kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == subleaf)
+        })
+    };
+    let max_basic = find(0).map_or(0, |e| e.eax);
+    let entry = find(leaf).or_else(|| (leaf < 0x4000_0000 && leaf > max_basic).then(|| find(max_basic)).flatten());
+    entry.map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx])
 }
 
 /// A CPUID answer replaced by a script before the vCPU runs (KVM refuses changes later).
@@ -143,5 +159,33 @@ fn adjust_cpuid(cpuid: &mut CpuId, vmx: bool, overrides: &[CpuidOverride]) {
                 tracing::warn!(leaf = o.leaf, "CPUID table full: override of leaf {:#x} dropped", o.leaf);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::{kvm_cpuid_entry2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
+
+    fn entry(function: u32, index: u32, flags: u32, eax: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 { function, index, flags, eax, ebx: function, ..Default::default() }
+    }
+
+    #[test]
+    fn cpuid_answers_from_the_table() {
+        let t = [
+            entry(0, 0, 0, 0xd),
+            entry(1, 0, 0, 0x306a9),
+            entry(7, 0, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 1),
+            entry(7, 1, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 2),
+            entry(0xd, 0, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 3),
+            entry(0x8000_0000, 0, 0, 0x8000_0008),
+        ];
+        assert_eq!(cpuid_lookup(&t, 1, 5)[0], 0x306a9, "subleaf ignored where it does not matter");
+        assert_eq!(cpuid_lookup(&t, 7, 1)[0], 2);
+        assert_eq!(cpuid_lookup(&t, 7, 9), [0; 4], "a subleaf the table lacks");
+        assert_eq!(cpuid_lookup(&t, 0x20, 0), [3, 0xd, 0, 0], "above the highest basic leaf: that leaf");
+        assert_eq!(cpuid_lookup(&t, 0x8000_0001, 0), [0; 4]);
+        assert_eq!(cpuid_lookup(&[], 0, 0), [0; 4]);
     }
 }

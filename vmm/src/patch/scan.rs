@@ -249,6 +249,10 @@ impl Selection {
         Selection(self.0 | 1 << c as u64)
     }
 
+    pub const fn union(self, other: Selection) -> Selection {
+        Selection(self.0 | other.0)
+    }
+
     pub const fn contains(self, c: Class) -> bool {
         self.0 & 1 << c as u64 != 0
     }

@@ -15,6 +15,7 @@ use crate::vmx::cpu::{apply_rflags, Fault};
 use crate::vmx::decode::VmxInsn;
 use crate::vmx::exit_info::ExitInfo;
 use crate::vmx::route::{l1_wants_exit, ExitFacts};
+use crate::vmx::sensitive::SensitiveInsn;
 
 /// The phases timed inside the handling of an exit.
 const INNER: &[Phase] = &[Phase::Model, Phase::Memslots, Phase::Transfer];
@@ -80,6 +81,11 @@ pub(super) enum Work {
         insn: VmxInsn,
         rip: u64,
     },
+    /// A sensitive instruction from a patched site, executed by nestbed.
+    Sensitive {
+        insn: SensitiveInsn,
+        rip: u64,
+    },
     L2Rdmsr {
         index: u32,
     },
@@ -133,6 +139,7 @@ impl Runner {
         };
         self.stats.phases.add_since_except(Phase::Other, t, INNER, inner_before);
         self.stats.record(level, ev.exit.reason, handler, self.clock.since(t0));
+        self.verify_patches();
         Ok(flow)
     }
 
@@ -164,6 +171,7 @@ impl Runner {
     fn handle(&mut self, work: Work) -> Result<Flow, Error> {
         match work {
             Work::L1Vmx { insn, rip } => self.execute_vmx(&insn, rip),
+            Work::Sensitive { insn, rip } => self.execute_sensitive(insn, rip),
             Work::L1Rdmsr { index } => Ok(self.l1_rdmsr(index)),
             Work::L1Wrmsr { index, value } => Ok(self.l1_wrmsr(index, value)),
             Work::L2Rdmsr { index } => self.l2_rdmsr(index),
@@ -208,8 +216,12 @@ impl Runner {
             Action::Skip => {
                 // A trapped VMX instruction left RIP at itself; the others are past it or
                 // completed by KVM.
-                if let Work::L1Vmx { insn, rip } = work {
-                    self.l1.regs_mut().rip = rip.wrapping_add(u64::from(insn.len));
+                match work {
+                    Work::L1Vmx { insn, rip } => self.l1.regs_mut().rip = rip.wrapping_add(u64::from(insn.len)),
+                    Work::Sensitive { insn, rip } => {
+                        self.active().regs_mut().rip = rip.wrapping_add(u64::from(insn.len));
+                    }
+                    _ => {}
                 }
                 Flow::Continue
             }
@@ -242,7 +254,10 @@ impl Runner {
                 let entry =
                     self.nested.vm_entry(&mut self.l1, &self.l1_vm.ram, &mut self.notes, &mut self.stats.phases, t)?;
                 match entry {
-                    Entry::Entered => self.level = Level::L2,
+                    Entry::Entered => {
+                        self.level = Level::L2;
+                        self.patch_for_controls();
+                    }
                     Entry::ExitedOnEntry => {}
                     Entry::Failed(o) => {
                         let r = self.l1.regs_mut();

@@ -10,6 +10,7 @@ use crate::nested::env::gpr;
 use crate::nested::trap;
 use crate::vmx::decode::{exit_qualification, VmxInsn, VmxOp};
 use crate::vmx::exits::{io_qualification, ExitReason};
+use crate::vmx::sensitive::decode_sensitive;
 
 const IA32_FEATURE_CONTROL: u32 = 0x3a;
 
@@ -32,6 +33,14 @@ impl Runner {
             RawExit::Shutdown => (ExitReason::TRIPLE_FAULT, 0, ExitDetail::None, Work::TripleFault),
             RawExit::Hlt => (ExitReason::HLT, 0, ExitDetail::None, Work::L1Hlt),
             RawExit::EmulationFailure { bytes } => return self.normalize_l1_vmx(&bytes),
+            RawExit::Patched { bytes } => {
+                self.l1.refresh()?;
+                let bitness = trap::bitness(self.l1.peek_sregs());
+                return match decode_sensitive(&bytes, bitness, rip) {
+                    Some(insn) => Ok(self.normalize_l1_sensitive(insn, rip)),
+                    None => self.normalize_l1_vmx(&bytes),
+                };
+            }
             RawExit::RdMsr { index } => {
                 (ExitReason::RDMSR, 0, ExitDetail::Msr { index, write: false, value: 0 }, Work::L1Rdmsr { index })
             }

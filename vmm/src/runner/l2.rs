@@ -18,6 +18,7 @@ use crate::vmx::ept::{ept_translate_width, ept_violation_qualification, EptPerms
 use crate::vmx::exit_info::ExitInfo;
 use crate::vmx::exits::{io_qualification, ExitReason};
 use crate::vmx::route::ExitFacts;
+use crate::vmx::sensitive::decode_sensitive;
 
 /// Exit qualification bit 8 of an EPT violation: the access was to the translated linear
 /// address, not to a paging-structure entry (SDM 28.2.1, Table 28-7).
@@ -106,33 +107,18 @@ impl Runner {
                 let insn = Insn { rip, len: 0, pending: false };
                 Parts::reflectable(ExitReason::TRIPLE_FAULT, 0, insn, ExitDetail::None, Work::TripleFault)
             }
-            RawExit::EmulationFailure { bytes } => {
-                let decoded = self.nested.l2.as_ref().map(|l2| trap::decode_trap(&bytes, l2.vcpu.peek_sregs(), rip));
-                let Some(Ok(insn)) = decoded else {
-                    self.active().inject_exception(6, None);
-                    return Ok(Normalized::Quiet { reason: ExitReason::EXCEPTION_NMI as u32, flow: Flow::Continue });
+            RawExit::EmulationFailure { bytes } => return Ok(self.l2_vmx(&bytes, rip)),
+            RawExit::Patched { bytes } => {
+                let bitness = self.nested.l2.as_ref().map_or(64, |l2| trap::bitness(l2.vcpu.peek_sregs()));
+                let Some(insn) = decode_sensitive(&bytes, bitness, rip) else {
+                    return Ok(self.l2_vmx(&bytes, rip));
                 };
-                // Every VMX instruction in VMX non-root operation exits to L1 (SDM 26.1.2);
-                // VMREAD and VMWRITE name their field in a register (for VMCS shadowing).
+                let q = self.sensitive_qualification(&insn);
+                let detail = ExitDetail::Vmx { mnemonic: insn.name().to_string(), operands: String::new() };
                 let at = Insn { rip, len: insn.len, pending: false };
-                let mut p = Parts::reflectable(
-                    insn.op.exit_reason(),
-                    exit_qualification(&insn),
-                    at,
-                    ExitDetail::None,
-                    Work::Inject { vector: 6 },
-                );
-                if let (VmxOp::Vmread | VmxOp::Vmwrite, Some(r), Some(l2)) =
-                    (insn.op, insn.reg2(), self.nested.l2.as_ref())
-                {
-                    p.facts.field = gpr(l2.vcpu.peek_regs(), r);
-                }
-                if let Ok((info, _)) = p.reflect.as_mut() {
-                    info.instruction_info = instruction_info(&insn);
-                }
-                let exit = self.vmx_exit(Level::L2, &insn, &bytes, rip);
-                let l2 = L2Event { facts: p.facts, keeps: None, reflect: p.reflect };
-                return Ok(Normalized::Event(Event { exit, work: p.work, l2: Some(l2) }));
+                let mut p = Parts::reflectable(insn.exit_reason(), q, at, detail, Work::Sensitive { insn, rip });
+                p.facts.cr_value = self.sensitive_value(&insn);
+                p
             }
             RawExit::RdMsr { index } | RawExit::WrMsr { index, .. } => {
                 let (write, value) = match raw {
@@ -160,6 +146,34 @@ impl Runner {
             }
         };
         Ok(parts.into_event(self))
+    }
+
+    /// A VMX instruction L2 executed (trapped, or from a patched site): every one exits to L1
+    /// in VMX non-root operation (SDM 26.1.2); VMREAD and VMWRITE name their field in a
+    /// register (for VMCS shadowing). Bytes that are no VMX instruction: #UD for L2.
+    fn l2_vmx(&mut self, bytes: &[u8], rip: u64) -> Normalized {
+        let decoded = self.nested.l2.as_ref().map(|l2| trap::decode_trap(bytes, l2.vcpu.peek_sregs(), rip));
+        let Some(Ok(insn)) = decoded else {
+            self.active().inject_exception(6, None);
+            return Normalized::Quiet { reason: ExitReason::EXCEPTION_NMI as u32, flow: Flow::Continue };
+        };
+        let at = Insn { rip, len: insn.len, pending: false };
+        let mut p = Parts::reflectable(
+            insn.op.exit_reason(),
+            exit_qualification(&insn),
+            at,
+            ExitDetail::None,
+            Work::Inject { vector: 6 },
+        );
+        if let (VmxOp::Vmread | VmxOp::Vmwrite, Some(r), Some(l2)) = (insn.op, insn.reg2(), self.nested.l2.as_ref()) {
+            p.facts.field = gpr(l2.vcpu.peek_regs(), r);
+        }
+        if let Ok((info, _)) = p.reflect.as_mut() {
+            info.instruction_info = instruction_info(&insn);
+        }
+        let exit = self.vmx_exit(Level::L2, &insn, bytes, rip);
+        let l2 = L2Event { facts: p.facts, keeps: None, reflect: p.reflect };
+        Normalized::Event(Event { exit, work: p.work, l2: Some(l2) })
     }
 
     /// IN or OUT (`data`: OUT's value), or INS/OUTS, of L2.

@@ -8,7 +8,10 @@ mod hooks;
 mod l1;
 mod l2;
 mod patching;
+mod sensitive;
 pub mod signals;
+
+pub use patching::PatchMode;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,6 +22,7 @@ use kvm_ioctls::Kvm;
 use crate::error::{code, host, Error};
 use crate::exit::Level;
 use crate::machine::devices::Devices;
+use crate::machine::probe::{probe_vmx_trap, VmxTrap};
 use crate::machine::{loader, GuestRam, RawExit, Vcpu, Vm};
 use crate::nested::Nested;
 use crate::script::{ScriptHost, ScriptOptions};
@@ -44,8 +48,8 @@ pub struct RunConfig {
     /// Capability MSRs (index, value) advertised and enforced instead of the defaults
     /// (`--vmx-msr`), applied in order.
     pub vmx_msrs: Vec<(u32, u64)>,
-    /// Patch the image's VMX instructions into int3 traps at load (`--patch-sensitive on`).
-    pub patch: bool,
+    /// Which sensitive instructions become int3 traps (`--patch-sensitive`).
+    pub patch: PatchMode,
 }
 
 impl RunConfig {
@@ -61,7 +65,7 @@ impl RunConfig {
             scripts: Vec::new(),
             script_options: ScriptOptions::default(),
             vmx_msrs: Vec::new(),
-            patch: false,
+            patch: PatchMode::Off,
         }
     }
 }
@@ -154,8 +158,9 @@ pub struct Runner {
     /// What happened beside the exits (failed entry checks...), for the trace and scripts.
     notes: Vec<String>,
     scripts: Option<ScriptHost>,
-    /// Sensitive instructions patched into traps at load (`--patch-sensitive on`).
+    /// Sensitive instructions patched into traps (`--patch-sensitive`).
     patches: Option<patching::Patches>,
+    patch_mode: PatchMode,
     script_paths: Vec<PathBuf>,
     script_options: ScriptOptions,
     /// Whether exits are written to the trace file (gdb's `monitor trace on|off`).
@@ -166,6 +171,9 @@ pub struct Runner {
 impl Runner {
     pub fn new(mut cfg: RunConfig) -> Result<Self, Error> {
         let mut caps = VmxCaps::default();
+        if cfg.patch != PatchMode::Off {
+            caps.advertise_patched_exits();
+        }
         for &(index, value) in &cfg.vmx_msrs {
             caps.set_msr(index, value).map_err(|e| Error::Config(format!("--vmx-msr {index:#x}={value:#x}: {e}")))?;
         }
@@ -186,13 +194,29 @@ impl Runner {
             if cfg.cmdline.is_empty() { cfg.image_name.clone() } else { format!("{} {}", cfg.image_name, cfg.cmdline) };
         let boot = loader::load(&ram, &cfg.image, &cmdline)
             .map_err(|source| Error::Image { path: PathBuf::from(&cfg.image_name), source })?;
-        let patches = if cfg.patch { Some(patching::Patches::apply(&cfg.image_name, &cfg.image, &ram)?) } else { None };
         let kvm = Kvm::new().map_err(host("opening /dev/kvm"))?;
+        let patches = match cfg.patch {
+            PatchMode::Off => None,
+            mode => {
+                let mut p = patching::Patches::scan(&cfg.image_name, &cfg.image)?;
+                let host_traps = match mode {
+                    PatchMode::Auto => probe_vmx_trap(&kvm)?,
+                    _ => VmxTrap::Reported,
+                };
+                let n = p.apply(patching::Patches::at_load(mode, host_traps), &ram);
+                tracing::info!(sites = n, ?host_traps, "patched sensitive instructions at load");
+                Some(p)
+            }
+        };
+
         let l1_vm = Vm::new(&kvm, ram)?;
         let mut l1 = l1_vm.create_vcpu(&kvm, 0, true, &l1_cpuid)?;
         let clock = Clock::new(l1.fd().get_tsc_khz().ok().map(u64::from));
         l1.prime()?;
         boot::set_entry_state(&mut l1, &boot);
+        let mut vmx = VmxCpu::new(caps);
+        // With MOV to CR4 patched, CR4.VMXE is L1's to set (virtual, as on hardware).
+        vmx.vmxe = !patches.as_ref().is_some_and(|p| p.patches(crate::patch::Class::MovToCr4));
         let console = cfg.console.take().unwrap_or_else(|| Box::new(std::io::LineWriter::new(std::io::stdout())));
         let trace = cfg.trace.as_deref().map(TraceWriter::create).transpose()?;
         if let Some(t) = cfg.timeout {
@@ -203,7 +227,7 @@ impl Runner {
             l1,
             devices: Devices::new(console),
             level: Level::L1,
-            nested: Nested::new(kvm, VmxCpu::new(caps), l2_cpuid),
+            nested: Nested::new(kvm, vmx, l2_cpuid),
             stats: Stats::new(Phases::new(clock)),
             trace,
             seq: 0,
@@ -213,6 +237,7 @@ impl Runner {
             scripts,
             debug: DebugState::with_generation(u64::from(patches.is_some())),
             patches,
+            patch_mode: cfg.patch,
             script_paths: cfg.scripts.clone(),
             script_options: cfg.script_options,
             tracing: true,
@@ -249,7 +274,7 @@ impl Runner {
             t.flush();
         }
         this.stats.wall = this.start.elapsed();
-        this.stats.patched = this.patches.as_ref().map(|p| (p.len(), p.traps));
+        this.stats.patched = this.patches.as_ref().map(|p| (p.len(), p.traps, p.repatched + p.dropped));
         let outcome = result.unwrap_or_else(|e| Outcome::Failed { code: e.exit_code(), message: e.to_string() });
         Ok(Report { outcome, stats: std::mem::take(&mut this.stats) })
     }
@@ -325,7 +350,7 @@ impl Runner {
             let mut raw = raw;
             if let Some((3, pc, _)) = debug {
                 if let Some(bytes) = self.patched_original(pc) {
-                    raw = RawExit::EmulationFailure { bytes };
+                    raw = RawExit::Patched { bytes };
                     debug = None;
                 }
             }

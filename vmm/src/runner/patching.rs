@@ -1,54 +1,172 @@
-//! Sensitive instructions patched at load (`--patch-sensitive on`): the image's VMX
-//! instructions, found by `crate::patch::scan`, become int3 traps of the same length. When one
-//! traps, nestbed hands the original instruction to the same decoder and model as an
-//! instruction the host trapped by itself, so the path is the same on hosts whose KVM reports
-//! VMX instructions to userspace and on those where they would raise #UD (stock Intel and AMD
-//! hosts). gdb's breakpoints and the guest's own int3 are told apart by address: patched sites
-//! first, then gdb's breakpoints, else the guest's #BP.
+//! Sensitive instructions patched at load (`--patch-sensitive`): the sites `crate::patch::scan`
+//! finds become int3 traps of the same length. When one traps, nestbed hands the original
+//! instruction to the same decoders and model as an instruction the host trapped by itself, so
+//! the path is the same on hosts whose KVM reports VMX instructions to userspace and on those
+//! where they would raise #UD (stock Intel and AMD hosts). gdb's breakpoints and the guest's
+//! own int3 are told apart by address: patched sites first, then gdb's breakpoints, else the
+//! guest's #BP.
+//!
+//! Which classes are patched: `on` patches every class at load. `auto` patches at load the VMX
+//! instructions the host does not report by itself (`machine::probe`), VMCALL (the host takes
+//! it as its own hypercall), MOV to and from CR4 (VMXE is virtual) and CPUID (the host never
+//! shows it); the L2-fidelity classes follow at the first VM entry whose controls ask for
+//! their exits (or, for INVD and XSETBV, which always exit in VMX non-root operation, at the
+//! first VM entry).
 
 use std::collections::BTreeMap;
 
 use super::Runner;
 use crate::error::Error;
+use crate::machine::probe::VmxTrap;
 use crate::machine::GuestRam;
-use crate::patch::{patched_bytes, scan, Class, Selection};
+use crate::patch::{patched_bytes, scan, Class, Selection, Site};
+use crate::vmx::caps::{proc, proc2};
+use crate::vmx::fields::{CPU_BASED_VM_EXEC_CONTROL, CR0_GUEST_HOST_MASK, SECONDARY_VM_EXEC_CONTROL};
+use crate::vmx::vmcs::Vmcs;
 
-/// The patched sites of L1's RAM, by guest-physical address.
-#[derive(Debug, Default)]
+/// `--patch-sensitive`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PatchMode {
+    /// Nothing is patched: only what the host traps by itself reaches nestbed.
+    #[default]
+    Off,
+    /// What this host needs, and the L2-fidelity classes once L1's controls ask for them.
+    Auto,
+    /// Every sensitive instruction the scan finds.
+    On,
+}
+
+/// How many exits pass between two checks that the patched sites still hold their traps.
+pub const VERIFY_EVERY: u64 = 1024;
+
+fn selection(classes: impl IntoIterator<Item = Class>) -> Selection {
+    classes.into_iter().fold(Selection::NONE, Selection::with)
+}
+
+/// The VMX instructions but VMCALL.
+fn vmx_but_vmcall() -> Selection {
+    selection(Class::ALL.iter().copied().filter(|&c| c <= Class::Invvpid && c != Class::Vmcall))
+}
+
+/// Every sensitive site of the image, whether its trap is written, and what happened to them.
+#[derive(Debug)]
 pub struct Patches {
-    sites: BTreeMap<u64, Vec<u8>>,
+    sites: BTreeMap<u64, (Site, bool)>,
+    applied: Selection,
     /// Traps taken at patched sites.
     pub traps: u64,
+    /// Sites the guest wrote over: restored to their original bytes (patched again), or
+    /// replaced by other code (dropped).
+    pub repatched: u64,
+    pub dropped: u64,
 }
 
 impl Patches {
-    /// Scans `image` and writes a trap over each of its VMX instructions in `ram` (where the
-    /// loader placed the image). `name` is the image's name for messages.
-    pub fn apply(name: &str, image: &[u8], ram: &GuestRam) -> Result<Self, Error> {
-        let vmx = Class::ALL.iter().filter(|&&c| c <= Class::Invvpid).fold(Selection::NONE, |s, &c| s.with(c));
-        let found = scan(image, vmx).map_err(|e| Error::Config(format!("{name}: --patch-sensitive: {e}")))?;
-        let mut sites = BTreeMap::new();
-        for site in &found.sites {
-            ram.write(site.addr, &patched_bytes(site)).map_err(|_| {
-                Error::Config(format!("{name}: --patch-sensitive: site {:#x} lies outside guest RAM", site.addr))
-            })?;
-            sites.insert(site.addr, site.original.clone());
-        }
-        tracing::info!(sites = sites.len(), "patched the image's VMX instructions");
-        Ok(Patches { sites, traps: 0 })
+    /// Scans `image` for every sensitive instruction; `name` is the image's name for messages.
+    pub fn scan(name: &str, image: &[u8]) -> Result<Self, Error> {
+        let found =
+            scan(image, Selection::all()).map_err(|e| Error::Config(format!("{name}: --patch-sensitive: {e}")))?;
+        let sites = found.sites.into_iter().map(|s| (s.addr, (s, false))).collect();
+        Ok(Patches { sites, applied: Selection::NONE, traps: 0, repatched: 0, dropped: 0 })
     }
 
+    /// What `mode` patches at load on a host that treats VMX instructions as `host` says.
+    pub fn at_load(mode: PatchMode, host: VmxTrap) -> Selection {
+        let always = selection([Class::Vmcall, Class::MovToCr4, Class::MovFromCr4, Class::Cpuid]);
+        match (mode, host) {
+            (PatchMode::Off, _) => Selection::NONE,
+            (PatchMode::On, _) => Selection::all(),
+            (PatchMode::Auto, VmxTrap::Reported) => always,
+            (PatchMode::Auto, VmxTrap::NotReported) => always.union(vmx_but_vmcall()),
+        }
+    }
+
+    /// What L1's controls in `vmcs` need patched for L2's exits to reach L1 (SDM 26.1.3).
+    pub fn for_controls(vmcs: &Vmcs) -> Selection {
+        let p = vmcs.get32(CPU_BASED_VM_EXEC_CONTROL);
+        let p2 = if p & proc::ACTIVATE_SECONDARY_CONTROLS != 0 { vmcs.get32(SECONDARY_VM_EXEC_CONTROL) } else { 0 };
+        let mut s = selection([Class::Invd, Class::Xsetbv]);
+        let mut add = |on: bool, classes: &[Class]| {
+            if on {
+                s = s.union(selection(classes.iter().copied()));
+            }
+        };
+        let tsc = proc::RDTSC_EXITING | proc::USE_TSC_OFFSETTING;
+        add(p & tsc != 0, &[Class::Rdtsc, Class::Rdtscp]);
+        add(p & proc::CR3_LOAD_EXITING != 0, &[Class::MovToCr3]);
+        add(p & proc::CR3_STORE_EXITING != 0, &[Class::MovFromCr3]);
+        add(p & proc::CR8_LOAD_EXITING != 0, &[Class::MovToCr8]);
+        add(p & proc::CR8_STORE_EXITING != 0, &[Class::MovFromCr8]);
+        add(p & proc::INVLPG_EXITING != 0, &[Class::Invlpg]);
+        add(p & proc::RDPMC_EXITING != 0, &[Class::Rdpmc]);
+        add(p2 & proc2::WBINVD_EXITING != 0, &[Class::Wbinvd]);
+        add(vmcs.get(CR0_GUEST_HOST_MASK) != 0, &[Class::MovToCr0, Class::MovFromCr0, Class::Clts, Class::Lmsw]);
+        s
+    }
+
+    /// Writes the traps of every site of `want` not written yet; returns how many.
+    pub fn apply(&mut self, want: Selection, ram: &GuestRam) -> usize {
+        if self.applied.union(want) == self.applied {
+            return 0;
+        }
+        self.applied = self.applied.union(want);
+        let mut n = 0;
+        for (site, on) in self.sites.values_mut() {
+            if !*on && want.contains(site.class) && ram.write(site.addr, &patched_bytes(site)).is_ok() {
+                *on = true;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Whether the sites of `class` are patched.
+    pub fn patches(&self, class: Class) -> bool {
+        self.applied.contains(class)
+    }
+
+    /// Patched sites.
     pub fn len(&self) -> usize {
-        self.sites.len()
+        self.sites.values().filter(|(_, on)| *on).count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sites.is_empty()
+        self.len() == 0
     }
 
-    /// The original instruction of the site that starts at guest-physical `gpa`.
+    /// The original instruction of the patched site that starts at guest-physical `gpa`.
     pub fn original(&self, gpa: u64) -> Option<&[u8]> {
-        self.sites.get(&gpa).map(Vec::as_slice)
+        self.sites.get(&gpa).filter(|(_, on)| *on).map(|(s, _)| s.original.as_slice())
+    }
+
+    /// Finds patched sites the guest wrote over since the last check: a site holding its
+    /// original instruction again gets its trap back, a site holding other code is dropped.
+    /// Returns one line per site for the trace.
+    pub fn verify(&mut self, ram: &GuestRam) -> Vec<String> {
+        let mut notes = Vec::new();
+        for (site, on) in self.sites.values_mut().filter(|(_, on)| *on) {
+            let mut now = vec![0u8; site.original.len()];
+            if ram.read(site.addr, &mut now).is_err() || now == patched_bytes(site) {
+                continue;
+            }
+            if now == site.original {
+                let _ = ram.write(site.addr, &patched_bytes(site));
+                self.repatched += 1;
+                notes.push(format!(
+                    "patched site {:#x} ({}) written over with itself: patched again",
+                    site.addr, site.text
+                ));
+            } else {
+                *on = false;
+                self.dropped += 1;
+                notes.push(format!(
+                    "patched site {:#x} ({}) written over with other code: dropped",
+                    site.addr, site.text
+                ));
+            }
+            tracing::warn!("{}", notes.last().map_or("", String::as_str));
+        }
+        notes
     }
 }
 
@@ -64,5 +182,28 @@ impl Runner {
         let original = patches.original(gpa)?.to_vec();
         patches.traps += 1;
         Some(original)
+    }
+
+    /// At a VM entry in `auto` mode: patches what L1's controls now need.
+    pub(super) fn patch_for_controls(&mut self) {
+        let (Some(p), Some(vmcs)) = (self.patches.as_mut(), self.nested.vmx.current_vmcs()) else { return };
+        if self.patch_mode != PatchMode::Auto {
+            return;
+        }
+        let n = p.apply(Patches::for_controls(vmcs), &self.l1_vm.ram);
+        if n > 0 {
+            self.notes.push(format!("patched {n} more sensitive instructions for L1's exit controls"));
+        }
+    }
+
+    /// Every `VERIFY_EVERY` exits: patched sites the guest wrote over.
+    pub(super) fn verify_patches(&mut self) {
+        if !self.seq.is_multiple_of(VERIFY_EVERY) {
+            return;
+        }
+        if let Some(p) = self.patches.as_mut() {
+            let mut notes = p.verify(&self.l1_vm.ram);
+            self.notes.append(&mut notes);
+        }
     }
 }

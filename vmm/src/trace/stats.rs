@@ -25,8 +25,9 @@ pub struct Stats {
     pub wall: Duration,
     /// Where the run's time went, phase by phase.
     pub phases: super::Phases,
-    /// Sensitive instructions patched into traps at load, and the traps taken there.
-    pub patched: Option<(usize, u64)>,
+    /// Sensitive instructions patched into traps, the traps taken there, and the sites the
+    /// guest wrote over.
+    pub patched: Option<(usize, u64, u64)>,
 }
 
 fn level_key(l: Level) -> u8 {
@@ -114,8 +115,11 @@ impl Stats {
                 mean
             );
         }
-        if let Some((sites, traps)) = self.patched {
-            let _ = writeln!(s, "patched: {sites} VMX instructions at load, {traps} traps taken at them");
+        if let Some((sites, traps, written)) = self.patched {
+            let _ = writeln!(
+                s,
+                "patched: {sites} sensitive instructions, {traps} traps taken at them, {written} written over by the guest"
+            );
         }
         let _ = writeln!(s, "total: {} exits in {:.3}s", self.total_exits(), self.wall.as_secs_f64());
         s

@@ -243,6 +243,24 @@ pub struct VmxCaps {
 /// SMAP (21).
 pub const DEFAULT_CR4_FIXED1: u64 = 0x7ff | 1 << 11 | 1 << 13 | 1 << 16 | 1 << 17 | 1 << 18 | 1 << 20 | 1 << 21;
 
+impl VmxCaps {
+    /// The exit controls load-time patching makes honest (`--patch-sensitive`): the
+    /// instructions they concern reach nestbed only from patched sites.
+    pub fn advertise_patched_exits(&mut self) {
+        let p = proc::RDTSC_EXITING
+            | proc::USE_TSC_OFFSETTING
+            | proc::CR3_LOAD_EXITING
+            | proc::CR3_STORE_EXITING
+            | proc::CR8_LOAD_EXITING
+            | proc::CR8_STORE_EXITING
+            | proc::INVLPG_EXITING
+            | proc::RDPMC_EXITING;
+        self.primary.allowed1 |= p;
+        self.true_primary.allowed1 |= p;
+        self.secondary.allowed1 |= proc2::WBINVD_EXITING;
+    }
+}
+
 impl Default for VmxCaps {
     fn default() -> Self {
         // SDM A.1: revision 30:0, region size 44:32, memory type 53:50 (6 = WB), bit 55 TRUE

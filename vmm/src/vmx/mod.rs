@@ -10,5 +10,6 @@ pub mod exit_info;
 pub mod exits;
 pub mod fields;
 pub mod route;
+pub mod sensitive;
 pub mod state;
 pub mod vmcs;

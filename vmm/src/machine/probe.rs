@@ -1,0 +1,79 @@
+//! What the host's KVM does with a VMX instruction, found out once at start-up by a probe VM
+//! (for `--patch-sensitive auto`): a real-mode vCPU executes VMXOFF. A host without VMX for
+//! its guests that reports the instruction to userspace (an emulation failure with its bytes)
+//! traps VMX instructions by itself; a host that raises #UD (stock `kvm_intel` with nested=0,
+//! `kvm_amd`) or runs them itself (`kvm_intel` with nested=1) does not.
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VcpuExit};
+
+use super::memory::GuestRam;
+use crate::error::{host, Error};
+
+/// How the host treats a VMX instruction in a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmxTrap {
+    /// Reported to userspace: nestbed sees every VMX instruction without patching.
+    Reported,
+    /// #UD delivered to the guest, or run by the host's own nested VMX: only patched sites
+    /// reach nestbed.
+    NotReported,
+}
+
+const CODE: u64 = 0x1000;
+const UD_HANDLER: u64 = 0x1100;
+
+/// Runs the probe: `vmxoff; out 0x80, al; hlt` at 0x1000, with the #UD vector pointing at
+/// `out 0x81, al; hlt`.
+pub fn probe_vmx_trap(kvm: &Kvm) -> Result<VmxTrap, Error> {
+    // Declared before the VM, so it is dropped after it on every way out.
+    let mem = GuestRam::new(2)?;
+    let setup =
+        |addr: u64, bytes: &[u8]| mem.write(addr, bytes).map_err(|_| Error::HostIo("writing the probe's code".into()));
+    // IVT entry 6 (#UD): offset, segment 0.
+    setup(6 * 4, &(UD_HANDLER as u16).to_le_bytes())?;
+    setup(CODE, &[0x0f, 0x01, 0xc4, 0xe6, 0x80, 0xf4])?;
+    setup(UD_HANDLER, &[0xe6, 0x81, 0xf4])?;
+    let vm = kvm.create_vm().map_err(host("KVM_CREATE_VM (probe)"))?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        guest_phys_addr: 0,
+        memory_size: mem.size(),
+        userspace_addr: mem.host_base(),
+        flags: 0,
+    };
+    // SAFETY: `mem` is a page-aligned mapping of `mem.size()` bytes that stays mapped while the
+    // VM exists (declared before it, so dropped after it).
+    unsafe { vm.set_user_memory_region(region) }.map_err(host("KVM_SET_USER_MEMORY_REGION (probe)"))?;
+    let mut vcpu = vm.create_vcpu(0).map_err(host("KVM_CREATE_VCPU (probe)"))?;
+    let mut sregs = vcpu.get_sregs().map_err(host("KVM_GET_SREGS (probe)"))?;
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    vcpu.set_sregs(&sregs).map_err(host("KVM_SET_SREGS (probe)"))?;
+    let mut regs = vcpu.get_regs().map_err(host("KVM_GET_REGS (probe)"))?;
+    regs.rip = CODE;
+    regs.rflags = 2;
+    regs.rsp = 0x0ff0;
+    vcpu.set_regs(&regs).map_err(host("KVM_SET_REGS (probe)"))?;
+    let outcome = match vcpu.run() {
+        Ok(VcpuExit::InternalError) => VmxTrap::Reported,
+        Ok(_) => VmxTrap::NotReported,
+        Err(e) => return Err(Error::Host { what: "KVM_RUN (probe)", source: e }),
+    };
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_gives_an_answer_and_ends() {
+        let Ok(kvm) = Kvm::new() else { return };
+        let answer = probe_vmx_trap(&kvm).expect("the probe runs");
+        // Hosts without VMX for their guests (the project's) report VMX instructions.
+        if !std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().contains(" vmx") {
+            assert_eq!(answer, VmxTrap::Reported);
+        }
+    }
+}
