@@ -229,3 +229,25 @@ fn vmx_l2_vmcall_reaches_l1_when_patched() {
     assert!(r.stdout.contains("ok   vmcall: VM_EXIT_INSTRUCTION_LEN 3"), "{}", r.stdout);
     assert_eq!(stat_count(&r.stderr, "L2", "VMCALL", "L1"), Some(1), "{}", r.stderr);
 }
+
+/// A hypervisor written for hardware sets CR4.VMXE with a plain `mov cr4` (no #GP fixup): with
+/// MOV to CR4 patched, the bit is L1's (virtual, kept by nestbed), reads back set, and VMXON
+/// works.
+#[test]
+fn plain_mov_cr4_sets_vmxe_when_patched() {
+    for mode in ["auto", "on"] {
+        let r = run_guest("vmx-basic", &["--cmdline", "plain-cr4", "--patch-sensitive", mode]);
+        assert_eq!(r.code, 0, "{mode}:\n{}\n{}", r.stdout, r.stderr);
+        assert!(r.stdout.contains("ok   plain MOV to CR4 set VMXE"), "{}", r.stdout);
+        assert!(!r.stdout.contains("FAIL"), "{}", r.stdout);
+    }
+}
+
+/// What the host does with the same `mov cr4` unpatched: CR4.VMXE cannot be set on a host
+/// without VMX for its guests, so the guest takes a #GP it has no handler for.
+#[test]
+fn plain_mov_cr4_takes_gp_unpatched_host_limit() {
+    let r = run_guest("vmx-basic", &["--cmdline", "plain-cr4"]);
+    assert_eq!(r.code, 100, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("#GP (vector 13)"), "{}", r.stdout);
+}

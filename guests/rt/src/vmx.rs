@@ -354,6 +354,27 @@ pub fn try_set_cr4_vmxe() -> bool {
     faulted == 0
 }
 
+/// Sets CR4.VMXE with a plain `mov cr4`, as code written for hardware does: no fixup, so a
+/// host that refuses the bit raises an unhandled #GP. Returns CR4 as read back afterwards.
+#[inline(never)]
+pub fn set_cr4_vmxe_plain() -> u64 {
+    let cr4: u64;
+    // SAFETY: writes CR4 with one more bit (VMXE, valid on a CPU that has VMX) and reads it
+    // back; no memory is touched.
+    unsafe {
+        asm!(
+            "mov {t}, cr4",
+            "or {t}, {bit}",
+            "mov cr4, {t}",
+            "mov {t}, cr4",
+            t = out(reg) cr4,
+            bit = in(reg) CR4_VMXE,
+            options(nostack, nomem),
+        )
+    }
+    cr4
+}
+
 /// Enters VMX operation the way the SDM says (31.5, 24.7): check CPUID.1:ECX.VMX, check or set
 /// IA32_FEATURE_CONTROL, set CR4.VMXE (tolerating the #GP of hosts where it is virtual), write
 /// the revision identifier into the VMXON region at `region` (identity-mapped) and VMXON.

@@ -1,5 +1,7 @@
 //! The smallest complete L1 hypervisor: enters VMX operation, makes a VMCS current, launches
-//! an L2 that executes `out 0x80, al` five times and then HLT, and checks every exit.
+//! an L2 that executes `out 0x80, al` five times and then HLT, and checks every exit. With
+//! `plain-cr4` it first sets CR4.VMXE with a plain `mov cr4` (no #GP fixup), as hypervisors
+//! written for hardware do.
 #![no_std]
 #![no_main]
 
@@ -35,7 +37,16 @@ extern "C" fn l2_main() -> ! {
     }
 }
 
-fn main(_: &rt::BootInfo) -> u32 {
+fn main(info: &rt::BootInfo) -> u32 {
+    // `plain-cr4`: set CR4.VMXE as code written for hardware does, with no #GP fixup.
+    if rt::next_word(info.args).0 == "plain-cr4" {
+        let cr4 = vmx::set_cr4_vmxe_plain();
+        if cr4 & vmx::CR4_VMXE == 0 {
+            rt::println!("FAIL CR4 read back without VMXE: ", Hex(cr4));
+            return rt::EXIT_CHECK_FAILED;
+        }
+        rt::println!("ok   plain MOV to CR4 set VMXE: CR4 reads ", Hex(cr4));
+    }
     match run() {
         Ok(failures) => failures,
         Err(e) => {

@@ -90,8 +90,10 @@ impl Target for Debuggee {
 impl MultiThreadBase for Debuggee {
     fn read_registers(&mut self, out: &mut Regs, t: Tid) -> TargetResult<(), Self> {
         self.selected = level(t);
+        let vmxe = self.runner.virtual_vmxe(level(t));
         let v = self.runner.vcpu_of(level(t)).ok_or(TargetError::NonFatal)?;
         *out = regs::read(v).map_err(fatal)?;
+        out.cr4 |= vmxe;
         Ok(())
     }
 
@@ -101,8 +103,11 @@ impl MultiThreadBase for Debuggee {
         if level(t) != self.runner.level() {
             return Err(TargetError::NonFatal);
         }
+        // A virtual CR4.VMXE is the model's; KVM never holds it.
+        let mut r = r.clone();
+        r.cr4 = self.runner.set_virtual_vmxe(level(t), r.cr4);
         let v = self.runner.vcpu_of(level(t)).ok_or(TargetError::NonFatal)?;
-        regs::write(v, r).map_err(fatal)
+        regs::write(v, &r).map_err(fatal)
     }
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8], t: Tid) -> TargetResult<usize, Self> {

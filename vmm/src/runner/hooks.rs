@@ -64,12 +64,13 @@ impl Runner {
 
     /// The exit's own record, with the control registers when the scripts name them.
     fn exit_record(&mut self, exit: &Exit, route: Handler, needs: Needs) -> ExitRecord {
+        let vmxe = self.virtual_vmxe(exit.level);
         let v = self.active();
         let r = v.regs();
         let (gprs, rip, rflags) = (gprs(r), r.rip, r.rflags);
         let control = needs.control_regs.then(|| {
             let s = *v.sregs();
-            ControlRegs { cr0: s.cr0, cr2: s.cr2, cr3: s.cr3, cr4: s.cr4, efer: s.efer, paging: v.paging() }
+            ControlRegs { cr0: s.cr0, cr2: s.cr2, cr3: s.cr3, cr4: s.cr4 | vmxe, efer: s.efer, paging: v.paging() }
         });
         ExitRecord { exit: exit.clone(), route, gprs, rip, rflags, control }
     }

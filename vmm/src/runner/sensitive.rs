@@ -76,6 +76,27 @@ impl Runner {
         }
     }
 
+    /// CR4.VMXE as `level` sees it, when nestbed keeps it virtual (MOV to CR4 patched): for gdb
+    /// and scripts, ORed into the CR4 KVM holds. 0 otherwise.
+    pub(crate) fn virtual_vmxe(&self, level: Level) -> u64 {
+        let virtualized = self.patches.as_ref().is_some_and(|p| p.patches(crate::patch::Class::MovToCr4));
+        if level == Level::L1 && virtualized && self.nested.vmx.vmxe {
+            CR4_VMXE
+        } else {
+            0
+        }
+    }
+
+    /// A CR4 value a debugger writes for `level`: with CR4 virtualized, L1's VMXE goes into the
+    /// model; the value for KVM never has VMXE (our hosts refuse it).
+    pub(crate) fn set_virtual_vmxe(&mut self, level: Level, cr4: u64) -> u64 {
+        let virtualized = self.patches.as_ref().is_some_and(|p| p.patches(crate::patch::Class::MovToCr4));
+        if level == Level::L1 && virtualized && (cr4 & CR4_VMXE != 0 || !self.nested.vmx.vmxon) {
+            self.nested.vmx.vmxe = cr4 & CR4_VMXE != 0;
+        }
+        cr4 & !CR4_VMXE
+    }
+
     /// L1's CR4 as L1 sees it: with the virtual VMXE.
     pub(crate) fn l1_cr4(&mut self) -> u64 {
         let vmxe = if self.nested.vmx.vmxe { CR4_VMXE } else { 0 };
