@@ -599,6 +599,24 @@ mod tests {
     }
 
     #[test]
+    fn rotate_in_auto_eoi() {
+        let mut pic = Pic::new();
+        init(&mut pic, 0x20, 0x28, 0x03);
+        pic.port_write(MASTER_CMD, 0x80);
+        pulse(&mut pic, 1);
+        assert_eq!(pic.ack(), 0x21);
+        pulse(&mut pic, 1);
+        pulse(&mut pic, 3);
+        assert_eq!(pic.ack(), 0x23, "IRQ 1 rotated to the lowest priority");
+        pic.port_write(MASTER_CMD, 0x00);
+        assert_eq!(pic.ack(), 0x21);
+        pulse(&mut pic, 3);
+        pulse(&mut pic, 5);
+        assert_eq!(pic.ack(), 0x25, "rotation off: IRQ 3, the last rotated, stays lowest");
+        assert_eq!(pic.ack(), 0x23);
+    }
+
+    #[test]
     fn rotate_on_nonspecific_eoi() {
         let mut pic = pc_pic();
         pulse(&mut pic, 1);

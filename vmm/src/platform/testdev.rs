@@ -267,6 +267,29 @@ mod tests {
         }
     }
 
+    /// The path of kvm-unit-tests' `set_irq_line` as the run loop is to wire it.
+    #[test]
+    fn line_effect_drives_pic_and_ioapic() {
+        use crate::platform::ioapic::{isa_irq_to_pin, IoApic, IOREGSEL, IOWIN};
+        use crate::platform::pic::Pic;
+        let mut dev = TestDev::new();
+        let mut pic = Pic::new();
+        let mut ioapic = IoApic::new();
+        ioapic.mmio_write(IOREGSEL, 4, 0x10 + 2 * 0xE);
+        ioapic.mmio_write(IOWIN, 4, 0x76);
+        let mut fired = Vec::new();
+        for level in [1, 0] {
+            let Effect::SetIrq { line, level } = dev.port_write(IRQ_PORT_BASE + 0xE, 1, level) else {
+                panic!("not a line change");
+            };
+            pic.set_irq(line, level);
+            fired.extend(ioapic.set_irq(isa_irq_to_pin(line).into(), level));
+        }
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].vector, 0x76);
+        assert!(pic.output(), "unmasked after reset, the 8259 sees the edge too");
+    }
+
     #[test]
     fn bad_widths_on_decoded_ports() {
         let mut dev = TestDev::new();
