@@ -276,3 +276,27 @@ fn trace_and_statistics_name_the_same_handler_for_every_exit() {
     assert_eq!(from_trace, from_stats, "trace and statistics disagree\n{}", r.stderr);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn patch_range_makes_code_the_load_time_scan_left_alone_trap() {
+    // Without load-time patching the host never hands L2's VMCALL to nestbed (see
+    // tests/nested.rs); a script that patches L2's code when L1 launches it makes it reach L1.
+    let s = write_script(
+        "patch-range",
+        r#"// L2 starts at l2_main: `push rax; jmp rel32` to its VMX code; patch 48 bytes there.
+fn on_exit(e) {
+  if e.level == "L1" && e.reason == "VMLAUNCH" {
+    let rip = e.vmcs_read("GUEST_RIP");
+    let b = e.read_virt(rip + 2, 4);
+    let rel = b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24;
+    if rel >= 0x80000000 { rel -= 0x100000000; }
+    e.patch_range(rip + 6 + rel, 48);
+  }
+}
+"#,
+    );
+    let r = run_guest("vmx-l2-vmx", &["--cmdline", "vmcall", "--script", &s, "--stats"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("ok   vmcall: exit reason 18, expected 18"), "{}", r.stdout);
+    assert!(r.stderr.contains("patched: 12 sensitive instructions"), "{}", r.stderr);
+}

@@ -41,6 +41,10 @@ impl Runner {
                     None => Ok(()),
                 };
                 self.apply_context(&ctx, info);
+                for &(addr, len) in &ctx.patch_requests {
+                    let note = self.patch_range(exit.level, addr, len);
+                    ctx.changes.push(note);
+                }
                 notes.append(&mut ctx.changes);
                 result = r.map(|()| ctx.action);
             }

@@ -19,7 +19,10 @@ use super::Runner;
 use crate::error::Error;
 use crate::machine::probe::VmxTrap;
 use crate::machine::GuestRam;
-use crate::patch::{patched_bytes, scan, Class, Selection, Site};
+use iced_x86::{Decoder, DecoderOptions, Instruction};
+
+use crate::exit::Level;
+use crate::patch::{patched_bytes, scan, Class, FoundBy, Selection, Site};
 use crate::vmx::caps::{proc, proc2};
 use crate::vmx::fields::{CPU_BASED_VM_EXEC_CONTROL, CR0_GUEST_HOST_MASK, SECONDARY_VM_EXEC_CONTROL};
 use crate::vmx::vmcs::Vmcs;
@@ -62,12 +65,17 @@ pub struct Patches {
 }
 
 impl Patches {
+    /// No sites (for sites found at run time only).
+    pub fn empty() -> Self {
+        Patches { sites: BTreeMap::new(), applied: Selection::NONE, traps: 0, repatched: 0, dropped: 0 }
+    }
+
     /// Scans `image` for every sensitive instruction; `name` is the image's name for messages.
     pub fn scan(name: &str, image: &[u8]) -> Result<Self, Error> {
         let found =
             scan(image, Selection::all()).map_err(|e| Error::Config(format!("{name}: --patch-sensitive: {e}")))?;
         let sites = found.sites.into_iter().map(|s| (s.addr, (s, false))).collect();
-        Ok(Patches { sites, applied: Selection::NONE, traps: 0, repatched: 0, dropped: 0 })
+        Ok(Patches { sites, ..Patches::empty() })
     }
 
     /// What `mode` patches at load on a host that treats VMX instructions as `host` says.
@@ -118,6 +126,19 @@ impl Patches {
             }
         }
         n
+    }
+
+    /// Adds and patches a site found at run time; false when one is there already or the
+    /// bytes cannot be written.
+    pub fn add(&mut self, site: Site, ram: &GuestRam) -> bool {
+        if self.sites.range(..site.end()).next_back().is_some_and(|(_, (s, _))| s.end() > site.addr) {
+            return false;
+        }
+        if ram.write(site.addr, &patched_bytes(&site)).is_err() {
+            return false;
+        }
+        self.sites.insert(site.addr, (site, true));
+        true
     }
 
     /// Whether the sites of `class` are patched.
@@ -184,6 +205,44 @@ impl Runner {
         Some(original)
     }
 
+    /// A script's `patch_range`: decodes `len` bytes at virtual `addr` of `level` as code
+    /// (the script vouches for it) and patches every sensitive instruction in it. Returns a
+    /// line for the trace.
+    pub(super) fn patch_range(&mut self, level: Level, addr: u64, len: u64) -> String {
+        let mut bytes = vec![0u8; len as usize];
+        let n = self.debug_read(level, addr, &mut bytes);
+        bytes.truncate(n);
+        let bitness = match level {
+            Level::L1 => crate::nested::trap::bitness(self.l1.sregs()),
+            Level::L2 => self.nested.l2.as_mut().map_or(64, |l2| crate::nested::trap::bitness(l2.vcpu.sregs())),
+        };
+        let mut found = Vec::new();
+        let mut d = Decoder::with_ip(bitness, &bytes, addr, DecoderOptions::NONE);
+        let mut ins = Instruction::default();
+        while d.can_decode() {
+            d.decode_out(&mut ins);
+            if ins.is_invalid() {
+                break;
+            }
+            if let Some(class) = Class::of(&ins) {
+                let off = (ins.ip() - addr) as usize;
+                found.push((ins.ip(), class, bytes[off..off + ins.len()].to_vec(), ins.to_string()));
+            }
+        }
+        let mut patched = 0;
+        for (va, class, original, text) in found {
+            let Some(gpa) = self.debug_translate(level, va) else { continue };
+            let len = original.len() as u8;
+            let site = Site { addr: gpa, len, original, class, text, found_by: FoundBy::Sweep };
+            let ram = self.l1_vm.ram.clone();
+            let p = self.patches.get_or_insert_with(Patches::empty);
+            if p.add(site, &ram) {
+                patched += 1;
+            }
+        }
+        format!("patch_range {addr:#x}+{len:#x}: {patched} sensitive instructions patched")
+    }
+
     /// At a VM entry in `auto` mode: patches what L1's controls now need.
     pub(super) fn patch_for_controls(&mut self) {
         let (Some(p), Some(vmcs)) = (self.patches.as_mut(), self.nested.vmx.current_vmcs()) else { return };
@@ -205,5 +264,72 @@ impl Runner {
             let mut notes = p.verify(&self.l1_vm.ram);
             self.notes.append(&mut notes);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(addr: u64, original: &[u8], class: Class) -> Site {
+        let len = original.len() as u8;
+        Site { addr, len, original: original.to_vec(), class, text: String::new(), found_by: FoundBy::Sweep }
+    }
+
+    #[test]
+    fn sites_written_over_are_patched_again_or_dropped() {
+        let ram = GuestRam::new(2).unwrap();
+        let mut p = Patches::empty();
+        let vmcall = [0x0f, 0x01, 0xc1];
+        assert!(p.add(site(0x1000, &vmcall, Class::Vmcall), &ram));
+        assert!(p.add(site(0x2000, &[0x0f, 0xa2], Class::Cpuid), &ram));
+        assert!(!p.add(site(0x1001, &[0x0f, 0xa2], Class::Cpuid), &ram), "overlaps a site");
+        let mut b = [0u8; 3];
+        ram.read(0x1000, &mut b).unwrap();
+        assert_eq!(b, [0xcc; 3]);
+        assert_eq!(p.original(0x1000), Some(&vmcall[..]));
+        assert!(p.verify(&ram).is_empty(), "nothing written yet");
+
+        // The guest copies the original instruction back: patched again.
+        ram.write(0x1000, &vmcall).unwrap();
+        // The guest writes other code over the CPUID: dropped.
+        ram.write(0x2000, &[0x90, 0x90]).unwrap();
+        let notes = p.verify(&ram);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert_eq!((p.repatched, p.dropped), (1, 1));
+        ram.read(0x1000, &mut b).unwrap();
+        assert_eq!(b, [0xcc; 3]);
+        assert_eq!(p.original(0x2000), None);
+        assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn what_each_mode_patches_at_load() {
+        let off = Patches::at_load(PatchMode::Off, VmxTrap::NotReported);
+        assert!(!off.contains(Class::Vmcall));
+        let auto_here = Patches::at_load(PatchMode::Auto, VmxTrap::Reported);
+        for c in [Class::Vmcall, Class::MovToCr4, Class::MovFromCr4, Class::Cpuid] {
+            assert!(auto_here.contains(c), "{c}");
+        }
+        assert!(!auto_here.contains(Class::Vmxon) && !auto_here.contains(Class::Rdtsc));
+        let auto_stock = Patches::at_load(PatchMode::Auto, VmxTrap::NotReported);
+        assert!(auto_stock.contains(Class::Vmxon) && auto_stock.contains(Class::Invvpid));
+        assert!(!auto_stock.contains(Class::MovToCr3));
+        assert_eq!(Patches::at_load(PatchMode::On, VmxTrap::Reported), Selection::all());
+    }
+
+    #[test]
+    fn l1s_controls_decide_the_l2_fidelity_classes() {
+        let mut v = Vmcs::new(1);
+        let s = Patches::for_controls(&v);
+        assert!(s.contains(Class::Invd) && s.contains(Class::Xsetbv), "they always exit");
+        assert!(!s.contains(Class::Rdtsc) && !s.contains(Class::MovToCr3));
+        v.set(CPU_BASED_VM_EXEC_CONTROL, u64::from(proc::RDTSC_EXITING | proc::CR3_LOAD_EXITING));
+        v.set(CR0_GUEST_HOST_MASK, 8);
+        let s = Patches::for_controls(&v);
+        for c in [Class::Rdtsc, Class::Rdtscp, Class::MovToCr3, Class::MovToCr0, Class::Clts, Class::Lmsw] {
+            assert!(s.contains(c), "{c}");
+        }
+        assert!(!s.contains(Class::MovFromCr3) && !s.contains(Class::Wbinvd));
     }
 }

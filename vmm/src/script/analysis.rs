@@ -23,7 +23,7 @@ const VMCS: [&str; 2] = ["vmcs_read", "vmcs_write"];
 /// Methods on guest memory (besides `VIRTUAL`).
 const MEMORY: [&str; 4] = ["read_phys", "write_phys", "read_u64", "write_u64"];
 /// Methods that change the guest or decide what happens to the exit.
-const CHANGES: [&str; 10] = [
+const CHANGES: [&str; 11] = [
     "skip",
     "set_result",
     "inject",
@@ -34,6 +34,7 @@ const CHANGES: [&str; 10] = [
     "write_u64",
     "write_virt",
     "vmcs_write",
+    "patch_range",
 ];
 #[cfg(test)]
 /// Members of the exit that read only its own record: a copy taken at the exit answers them.

@@ -285,6 +285,7 @@ fn register_exit(engine: &mut Engine) {
         })
         .register_fn("reflect", |e: &mut ExitRef| e.decide(Action::Reflect).map_err(err))
         .register_fn("keep_in_l0", |e: &mut ExitRef| e.decide(Action::KeepInL0).map_err(err))
+        .register_fn("patch_range", |e: &mut ExitRef, a: i64, n: i64| e.patch_range(a, n).map_err(err))
         .register_fn("stop", |e: &mut ExitRef, why: ImmutableString| {
             e.decide(Action::Stop(why.to_string())).map_err(err)
         });

@@ -75,6 +75,8 @@ pub struct ExitContext {
     pub action: Action,
     /// Readable record of every change ("rax=0x5", "action=skip"), for the trace.
     pub changes: Vec<String>,
+    /// `patch_range` requests: (virtual address at the exit's level, length).
+    pub patch_requests: Vec<(u64, u64)>,
 }
 
 impl ExitContext {
@@ -100,6 +102,7 @@ impl ExitContext {
             vmcs_writes: Vec::new(),
             action: Action::Default,
             changes: Vec::new(),
+            patch_requests: Vec::new(),
         }
     }
 
@@ -369,6 +372,20 @@ impl ExitRef {
             c.vmcs_dirty = true;
             c.vmcs_writes.push((enc, stored));
             c.changes.push(format!("vmcs {name}={stored:#x}"));
+            Ok(())
+        })
+    }
+
+    /// Asks nestbed to patch the sensitive instructions in `len` bytes of code at virtual
+    /// `addr` of the exiting level (code the load-time scan could not see, e.g. copied at run
+    /// time). At most 1 MiB at a time.
+    pub fn patch_range(&self, addr: i64, len: i64) -> ApiResult<()> {
+        if !(1..=1 << 20).contains(&len) {
+            return Err(ApiError::Range { what: "patch_range length", value: len });
+        }
+        self.with_mut(|c| {
+            c.patch_requests.push((addr as u64, len as u64));
+            c.changes.push(format!("patch_range {:#x}+{len:#x}", addr as u64));
             Ok(())
         })
     }
