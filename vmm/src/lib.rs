@@ -13,6 +13,7 @@ pub mod guests;
 pub mod machine;
 pub mod nested;
 pub mod patch;
+pub mod platform;
 pub mod runner;
 pub mod scenario;
 pub mod script;
