@@ -7,7 +7,10 @@
 //! `ceil(c * tsc_khz / 10^6)`. Every access that can observe the timer takes `now_tsc` and first
 //! catches the timer up to it; a `now_tsc` below the latest one seen counts as the latest.
 //! Guests that compare the count with the TSC (kvm-unit-tests) assume a TSC at least as fast as
-//! the bus, i.e. `tsc_khz >= 1_000_000`.
+//! the bus, i.e. `tsc_khz >= 1_000_000`. A periodic period is at least [`MIN_PERIOD_CYCLES`].
+//!
+//! Register writes return an [`Effect`] for the rest of the machine: level EOIs for the IOAPIC,
+//! IPIs to this CPU other than fixed ones, and IPIs to absent CPUs.
 //!
 //! Totality: no input panics. MMIO reads of 1, 2 or 4 bytes within the first dword of a register
 //! return those bytes; other reads return 0. Only aligned 4-byte MMIO writes take effect (as
@@ -110,7 +113,8 @@ const ICR_LOGICAL: u32 = 1 << 11;
 const ICR_ASSERT: u32 = 1 << 14;
 const ICR_TRIGGER_LEVEL: u32 = 1 << 15;
 const ICR_SHORTHAND_SELF: u32 = 1 << 18;
-/// Bits 31:20, 17:16 and 13 (as KVM, which leaves the former delivery-status bit 12 alone).
+/// x2APIC ICR bits whose setting faults: 31:20, 17:16 and 13 (as KVM, which leaves the former
+/// delivery-status bit 12 alone).
 const X2APIC_ICR_RESERVED: u64 = 0xfff3_2000;
 
 /// The x2APIC ID of the one CPU.
@@ -149,7 +153,7 @@ pub enum Effect {
     Startup {
         vector: u8,
     },
-    /// An IPI only absent CPUs would receive (SDM 11.6.1 ICR value).
+    /// An IPI only absent CPUs would receive; `icr` as written (SDM 11.6.1).
     Dropped {
         icr: u64,
     },
@@ -293,7 +297,7 @@ impl Lapic {
         self.tpr
     }
 
-    /// CR8 writes land here as `value << 4` (SDM 11.8.6.1).
+    /// The whole TPR; CR8 is its bits 7:4 (SDM 11.8.6.1).
     pub fn set_tpr(&mut self, value: u8) {
         self.tpr = value;
     }
@@ -696,7 +700,7 @@ impl Lapic {
         u64::try_from(tsc).unwrap_or(u64::MAX)
     }
 
-    /// The current count at the latest time seen; 0 when stopped and in TSC-deadline mode.
+    /// The current count at the latest time seen; 0 when stopped or in TSC-deadline mode.
     fn current_count(&self) -> u32 {
         if self.timer_mode() == TimerMode::TscDeadline {
             return 0;

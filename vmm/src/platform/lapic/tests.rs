@@ -279,6 +279,20 @@ fn accept_ack_eoi_nested() {
 }
 
 #[test]
+fn highest_vector_first() {
+    let mut apic = enabled();
+    for vector in [0x20, 0x90, 0x50, 0xff, 0x21] {
+        apic.accept(vector, false);
+    }
+    let mut taken = Vec::new();
+    while let Some(vector) = apic.ack() {
+        taken.push(vector);
+        wr(&mut apic, reg::EOI, 0);
+    }
+    assert_eq!(taken, [0xff, 0x90, 0x50, 0x21, 0x20]);
+}
+
+#[test]
 fn level_triggered_eoi() {
     let mut apic = enabled();
     apic.accept(0x30, true);
@@ -523,6 +537,16 @@ fn x2apic_self_ipi_and_eoi() {
     apic.wrmsr(0x83f, 0x05, 0).unwrap();
     apic.wrmsr(0x828, 0, 0).unwrap();
     assert_eq!(apic.rdmsr(0x828, 0), Ok(u64::from(esr::SEND_ILLEGAL_VECTOR)));
+}
+
+#[test]
+fn x2apic_ldr_is_derived_from_the_id() {
+    let mut apic = enabled();
+    wr(&mut apic, reg::LDR, 0x8000_0000);
+    wr(&mut apic, reg::ID, 0x0500_0000);
+    apic.wrmsr(APIC_BASE_MSR, X2APIC_BASE, 0).unwrap();
+    assert_eq!(apic.rdmsr(0x80d, 0), Ok(1));
+    assert_eq!(apic.rdmsr(0x802, 0), Ok(0));
 }
 
 #[test]
