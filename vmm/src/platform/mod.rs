@@ -6,5 +6,6 @@
 
 pub mod fw_cfg;
 pub mod ioapic;
+pub mod lapic;
 pub mod pic;
 pub mod testdev;
