@@ -4,7 +4,8 @@
 //! (the run loop and the path of one exit), `vmx` (the pure VMX model, no KVM types),
 //! `nested` (drives the model with the L1 and L2 vCPUs), `script` (Rhai on every exit), `gdb`
 //! (the remote stub), `trace` (JSON lines, statistics, diff and report), `scenario` (scenario
-//! files: a guest run with its expected exit code, console and golden trace).
+//! files: a guest run with its expected exit code, console and golden trace), `qemu` (the
+//! QEMU-compatible command line that kvm-unit-tests' runner drives).
 
 pub mod error;
 pub mod exit;
@@ -13,6 +14,7 @@ pub mod guests;
 pub mod machine;
 pub mod nested;
 pub mod patch;
+pub mod qemu;
 pub mod runner;
 pub mod scenario;
 pub mod script;

@@ -18,7 +18,7 @@ use kvm_ioctls::Kvm;
 
 use crate::error::{code, host, Error};
 use crate::exit::Level;
-use crate::machine::devices::Devices;
+use crate::machine::devices::{Devices, ExitConvention};
 use crate::machine::{loader, GuestRam, RawExit, Vcpu, Vm};
 use crate::nested::Nested;
 use crate::script::{ScriptHost, ScriptOptions};
@@ -46,6 +46,10 @@ pub struct RunConfig {
     pub vmx_msrs: Vec<(u32, u64)>,
     /// Patch the image's VMX instructions into int3 traps at load (`--patch-sensitive on`).
     pub patch: bool,
+    /// Multiboot modules, loaded after the image in this order (`--initrd`, `--module`).
+    pub modules: Vec<loader::Module>,
+    /// What the guest's writes to the exit ports mean (`--exit-convention`).
+    pub exit_convention: ExitConvention,
 }
 
 impl RunConfig {
@@ -62,6 +66,8 @@ impl RunConfig {
             script_options: ScriptOptions::default(),
             vmx_msrs: Vec::new(),
             patch: false,
+            modules: Vec::new(),
+            exit_convention: ExitConvention::Nestbed,
         }
     }
 }
@@ -69,7 +75,7 @@ impl RunConfig {
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The guest wrote this code to the debug-exit port.
+    /// The guest's exit status, from its write to the exit ports (see `ExitConvention`).
     GuestExit(u8),
     TripleFault {
         level: Level,
@@ -184,7 +190,7 @@ impl Runner {
         let ram = GuestRam::new(cfg.mem_mib)?;
         let cmdline =
             if cfg.cmdline.is_empty() { cfg.image_name.clone() } else { format!("{} {}", cfg.image_name, cfg.cmdline) };
-        let boot = loader::load(&ram, &cfg.image, &cmdline)
+        let boot = loader::load_with_modules(&ram, &cfg.image, &cmdline, &cfg.modules)
             .map_err(|source| Error::Image { path: PathBuf::from(&cfg.image_name), source })?;
         let patches = if cfg.patch { Some(patching::Patches::apply(&cfg.image_name, &cfg.image, &ram)?) } else { None };
         let kvm = Kvm::new().map_err(host("opening /dev/kvm"))?;
@@ -201,7 +207,7 @@ impl Runner {
         Ok(Runner {
             l1_vm,
             l1,
-            devices: Devices::new(console),
+            devices: Devices::new(console).with_exit_convention(cfg.exit_convention),
             level: Level::L1,
             nested: Nested::new(kvm, VmxCpu::new(caps), l2_cpuid),
             stats: Stats::new(Phases::new(clock)),
