@@ -15,6 +15,7 @@ const INFO_ADDR: u64 = 0x9000;
 const CMDLINE_ADDR: u64 = 0x9100;
 const MMAP_ADDR: u64 = 0x9800;
 const CMDLINE_MAX: usize = 0x700;
+const INFO_END: u64 = 0xa000;
 const PAGE: u64 = 0x1000;
 /// Lower memory ends at 640 KiB; 640 KiB-1 MiB is the legacy VGA/ROM hole.
 const LOWER_END: u64 = 0xa_0000;
@@ -68,7 +69,7 @@ pub enum LoadError {
     BadElf(String),
     #[error("segment {index} at {start:#x}..{end:#x} lies outside guest RAM (0..{ram:#x}); try a larger --mem")]
     OutsideRam { index: usize, start: u64, end: u64, ram: u64 },
-    #[error("segment {index} overlaps the boot information at {INFO_ADDR:#x}..0xa000")]
+    #[error("segment {index} overlaps the boot information at {INFO_ADDR:#x}..{INFO_END:#x}")]
     OverlapsInfo { index: usize },
     #[error("command line is longer than {CMDLINE_MAX} bytes")]
     CmdlineTooLong,
@@ -119,7 +120,7 @@ pub fn load_with_modules(
         if !ram.contains(s.paddr, s.memsz) || (s.data.len() as u64) > s.memsz {
             return Err(LoadError::OutsideRam { index, start: s.paddr, end, ram: ram.size() });
         }
-        if s.paddr < 0xa000 && end > INFO_ADDR {
+        if s.paddr < INFO_END && end > INFO_ADDR {
             return Err(LoadError::OverlapsInfo { index });
         }
         let oob = |_| LoadError::OutsideRam { index, start: s.paddr, end, ram: ram.size() };
@@ -143,7 +144,8 @@ fn load_modules(ram: &GuestRam, image_end: u64, modules: &[Module]) -> Result<Op
     if modules.is_empty() {
         return Ok(None);
     }
-    let mut next = image_end;
+    // Above the boot information too, should the image lie below it.
+    let mut next = image_end.max(INFO_END);
     let mut entries = Vec::with_capacity(modules.len());
     for m in modules {
         let len = m.data.len() as u64;
@@ -279,7 +281,7 @@ fn write_info(ram: &GuestRam, cmdline: &str, mods: Option<(u32, u64)>) -> Result
     if cmdline.len() >= CMDLINE_MAX {
         return Err(LoadError::CmdlineTooLong);
     }
-    let oob = |_| LoadError::OutsideRam { index: 0, start: INFO_ADDR, end: 0xa000, ram: ram.size() };
+    let oob = |_| LoadError::OutsideRam { index: 0, start: INFO_ADDR, end: INFO_END, ram: ram.size() };
     let mut c = cmdline.as_bytes().to_vec();
     c.push(0);
     ram.write(CMDLINE_ADDR, &c).map_err(oob)?;
@@ -420,6 +422,14 @@ mod tests {
         };
         assert_eq!(&string(0)[..4], b"env\0");
         assert_eq!(&string(1), b"/m/two a=b c\0");
+    }
+
+    #[test]
+    fn modules_stay_above_the_boot_information() {
+        let ram = GuestRam::new(2).unwrap();
+        let mods = [Module::new("m", vec![1; 16], "")];
+        load_with_modules(&ram, &flat_image(0x1000, 0x2000), "", &mods).unwrap();
+        assert_eq!(ram.read_u32(u64::from(ram.read_u32(INFO_ADDR + 24).unwrap())).unwrap(), INFO_END as u32);
     }
 
     #[test]
