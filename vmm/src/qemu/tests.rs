@@ -24,14 +24,14 @@ fn error(line: &str) -> String {
 /// The command x86/run builds for a one-vCPU test, with the environment file.
 const RUNNER: &str = "--no-reboot -nodefaults -global kvm-pit.lost_tick_policy=discard -device pc-testdev \
     -device isa-debug-exit,iobase=0xf4,iosize=0x4 -display none -serial stdio -machine accel=kvm \
-    -kernel x86/msr.flat -smp 1 -append a,b -initrd /tmp/env";
+    -kernel x86/msr.flat -smp 1 -append a,b -initrd env.txt";
 
 #[test]
 fn the_runners_command_line() {
     let r = run(RUNNER);
     assert_eq!(r.kernel.as_deref(), Some("x86/msr.flat"));
     assert_eq!(r.append, "a,b");
-    assert_eq!(r.modules, ["/tmp/env"]);
+    assert_eq!(r.modules, ["env.txt"]);
     assert_eq!(r.mem_mib, 128);
     assert_eq!(r.serial, Serial::Stdio);
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
