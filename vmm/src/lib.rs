@@ -5,7 +5,8 @@
 //! `nested` (drives the model with the L1 and L2 vCPUs), `script` (Rhai on every exit), `gdb`
 //! (the remote stub), `trace` (JSON lines, statistics, diff and report), `scenario` (scenario
 //! files: a guest run with its expected exit code, console and golden trace), `platform` (the PC
-//! devices beside the serial port, as pure models).
+//! devices beside the serial port, as pure models), `qemu` (the QEMU-compatible command line that
+//! kvm-unit-tests' runner drives).
 
 pub mod error;
 pub mod exit;
@@ -15,6 +16,7 @@ pub mod machine;
 pub mod nested;
 pub mod patch;
 pub mod platform;
+pub mod qemu;
 pub mod runner;
 pub mod scenario;
 pub mod script;

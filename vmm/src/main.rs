@@ -1,11 +1,15 @@
 //! The `nestbed` command line.
 
-use std::path::PathBuf;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use nestbed::error::{code, Error};
 use nestbed::gdb::GdbOptions;
+use nestbed::machine::devices::ExitConvention;
+use nestbed::machine::loader::Module;
+use nestbed::qemu;
 use nestbed::runner::{self, PatchMode, RunConfig};
 use nestbed::script::{OnScriptError, ScriptMode, ScriptOptions};
 
@@ -57,6 +61,14 @@ enum Command {
         #[command(subcommand)]
         command: TraceCommand,
     },
+    /// Boot with QEMU's command line (-kernel, -append, -initrd, -m, -device isa-debug-exit,...)
+    /// and exit conventions, as kvm-unit-tests' runner drives QEMU; the same when nestbed is
+    /// started as qemu-system-x86_64. `nestbed qemu -h` lists the flags.
+    #[command(disable_help_flag = true)]
+    Qemu {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -103,9 +115,21 @@ struct RunArgs {
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 128)]
     mem: u64,
-    /// Kernel command line (the guest sees "<guest name> <cmdline>", as under QEMU).
+    /// Kernel command line (the guest sees "<guest name or path as given> <cmdline>", as under QEMU).
     #[arg(long, default_value = "")]
     cmdline: String,
+    /// Load FILE as the first multiboot module (QEMU's -initrd; kvm-unit-tests' environment file).
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<String>,
+    /// Load FILE as a multiboot module after the image (and the --initrd), page-aligned; the
+    /// guest sees the string "FILE CMDLINE". Repeatable, in order.
+    #[arg(long = "module", value_name = "FILE[,CMDLINE]")]
+    modules: Vec<String>,
+    /// What the guest's exit writes mean: nestbed (a write to port 0xf4 exits with the byte
+    /// written) or qemu (isa-debug-exit at 0xf4: status (value << 1) | 1; "Shutdown" written to
+    /// port 0x8900: status 0).
+    #[arg(long, value_enum, default_value_t = ExitArg::Nestbed)]
+    exit_convention: ExitArg,
     /// Write the serial console to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
     serial: Option<PathBuf>,
@@ -157,6 +181,13 @@ struct RunArgs {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Default)]
+enum ExitArg {
+    #[default]
+    Nestbed,
+    Qemu,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Default)]
 enum ScriptModeArg {
     #[default]
     Auto,
@@ -191,6 +222,17 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         .collect::<Result<Vec<_>, _>>()?;
     let (name, image) = load_guest(args.guest.as_deref())?;
     let mut cfg = RunConfig::new(&name, image);
+    if let Some(path) = &args.initrd {
+        cfg.modules.push(Module::read(path, "")?);
+    }
+    for spec in &args.modules {
+        let (path, text) = spec.split_once(',').unwrap_or((spec, ""));
+        cfg.modules.push(Module::read(path, text)?);
+    }
+    cfg.exit_convention = match args.exit_convention {
+        ExitArg::Nestbed => ExitConvention::Nestbed,
+        ExitArg::Qemu => ExitConvention::Qemu,
+    };
     cfg.mem_mib = args.mem;
     cfg.cmdline = args.cmdline;
     cfg.timeout = args.timeout;
@@ -219,20 +261,45 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         cfg.console = Some(Box::new(std::io::LineWriter::new(f)));
     }
     let gdb = args.gdb.or_else(|| args.gdb_wait.then(|| nestbed::gdb::DEFAULT_ADDR.to_string()));
+    let gdb = gdb.map(|addr| GdbOptions { addr, wait: args.gdb_wait, exit_on_detach: args.gdb_exit_on_detach });
+    execute(cfg, gdb, args.stats)
+}
+
+/// Boots `cfg` (under a gdb server with `gdb`) and reports how the run ended.
+fn execute(cfg: RunConfig, gdb: Option<GdbOptions>, stats: bool) -> Result<i32, Error> {
     let report = match gdb {
-        Some(addr) => nestbed::gdb::run(
-            runner::Runner::new(cfg)?,
-            GdbOptions { addr, wait: args.gdb_wait, exit_on_detach: args.gdb_exit_on_detach },
-        )?,
+        Some(opts) => nestbed::gdb::run(runner::Runner::new(cfg)?, opts)?,
         None => runner::run(cfg)?,
     };
-    if args.stats {
+    if stats {
         eprint!("{}", report.stats.report());
     }
     if let Some(msg) = report.outcome.message() {
         eprintln!("nestbed: {msg}");
     }
     Ok(report.outcome.exit_code())
+}
+
+/// The QEMU-compatible front (`nestbed qemu`, or started as qemu-system-x86_64).
+fn qemu_front(args: Vec<OsString>) -> Result<i32, Error> {
+    use nestbed::qemu::{self, Invocation};
+    let args = args
+        .into_iter()
+        .map(|a| a.into_string().map_err(|a| Error::Config(format!("{}: not UTF-8", a.to_string_lossy()))))
+        .collect::<Result<Vec<_>, _>>()?;
+    match qemu::parse(&args)? {
+        Invocation::Help => print!("{}", qemu::help()),
+        Invocation::Version => println!("{}", qemu::version_line()),
+        Invocation::DeviceList => print!("{}", qemu::device_list()),
+        Invocation::CpuList => print!("{}", qemu::cpu_list()),
+        Invocation::Run(run) => {
+            for w in &run.warnings {
+                eprintln!("nestbed: warning: {w}");
+            }
+            return execute(run.into_run_config()?, None, false);
+        }
+    }
+    Ok(0)
 }
 
 fn scenario(command: ScenarioCommand) -> Result<i32, Error> {
@@ -285,7 +352,13 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = match Cli::try_parse() {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let invoked_as_qemu = argv.first().and_then(|a| Path::new(a).file_name()) == Some(OsStr::new(qemu::PROGRAM));
+    if invoked_as_qemu || argv.get(1).is_some_and(|a| a == "qemu") {
+        let skip = if invoked_as_qemu { 1 } else { 2 };
+        return exit_with(qemu_front(argv.into_iter().skip(skip).collect()));
+    }
+    let cli = match Cli::try_parse_from(argv) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -311,7 +384,12 @@ fn main() -> ExitCode {
             Command::Scenario { command } => scenario(command),
             Command::Trace { command } => trace(command),
             Command::PatchReport { image, all } => patch_report(&image, all),
+            Command::Qemu { args } => qemu_front(args.into_iter().map(OsString::from).collect()),
         };
+    exit_with(result)
+}
+
+fn exit_with(result: Result<i32, Error>) -> ExitCode {
     match result {
         Ok(c) => ExitCode::from(c as u8),
         Err(e) => {

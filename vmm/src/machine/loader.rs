@@ -1,7 +1,7 @@
 //! Multiboot v1 loader (Multiboot Specification 0.6.96): finds the header in the first 8 KiB,
 //! places the image from its ELF32/ELF64 program headers (or the header's a.out-kludge
-//! addresses, flag bit 16), builds the information structure and describes the 32-bit
-//! protected-mode entry state (section 3.2).
+//! addresses, flag bit 16), places the boot modules page-aligned after it, builds the
+//! information structure and describes the 32-bit protected-mode entry state (section 3.2).
 
 use super::memory::GuestRam;
 
@@ -15,6 +15,40 @@ const INFO_ADDR: u64 = 0x9000;
 const CMDLINE_ADDR: u64 = 0x9100;
 const MMAP_ADDR: u64 = 0x9800;
 const CMDLINE_MAX: usize = 0x700;
+const INFO_END: u64 = 0xa000;
+const PAGE: u64 = 0x1000;
+/// Lower memory ends at 640 KiB; 640 KiB-1 MiB is the legacy VGA/ROM hole.
+const LOWER_END: u64 = 0xa_0000;
+const HIGH_START: u64 = 0x10_0000;
+/// Information flags (3.3): mem_lower/mem_upper, cmdline, mods, mmap.
+const INFO_MEM: u32 = 1 << 0;
+const INFO_CMDLINE: u32 = 1 << 2;
+const INFO_MODS: u32 = 1 << 3;
+const INFO_MMAP: u32 = 1 << 6;
+
+/// A boot module (3.3 `mods_addr`): the file's bytes and the string the guest sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Module {
+    /// Where it came from, for messages.
+    pub name: String,
+    pub data: Vec<u8>,
+    /// The module's string: its path and arguments, as GRUB and QEMU pass it.
+    pub cmdline: String,
+}
+
+impl Module {
+    /// A module read from `path` with `args`; its string is `path`, then ` args` if any.
+    pub fn new(path: &str, data: Vec<u8>, args: &str) -> Self {
+        let cmdline = if args.is_empty() { path.to_string() } else { format!("{path} {args}") };
+        Module { name: path.to_string(), data, cmdline }
+    }
+
+    /// Reads the module at `path`.
+    pub fn read(path: &str, args: &str) -> Result<Self, crate::error::Error> {
+        let data = std::fs::read(path).map_err(|source| crate::error::Error::File { path: path.into(), source })?;
+        Ok(Module::new(path, data, args))
+    }
+}
 
 /// What the loader placed and where the guest starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,12 +69,14 @@ pub enum LoadError {
     BadElf(String),
     #[error("segment {index} at {start:#x}..{end:#x} lies outside guest RAM (0..{ram:#x}); try a larger --mem")]
     OutsideRam { index: usize, start: u64, end: u64, ram: u64 },
-    #[error("segment {index} overlaps the boot information at {INFO_ADDR:#x}..0xa000")]
+    #[error("segment {index} overlaps the boot information at {INFO_ADDR:#x}..{INFO_END:#x}")]
     OverlapsInfo { index: usize },
     #[error("command line is longer than {CMDLINE_MAX} bytes")]
     CmdlineTooLong,
     #[error("the multiboot header asks for video mode information, which nestbed does not provide")]
     UnsupportedFlags,
+    #[error("module {name} ({len} bytes at {start:#x}) does not fit in guest RAM (0..{ram:#x}); try a larger --mem")]
+    ModuleOutsideRam { name: String, start: u64, len: u64, ram: u64 },
 }
 
 struct Segment<'a> {
@@ -51,6 +87,17 @@ struct Segment<'a> {
 
 /// Loads `image` into `ram` and writes the multiboot information with `cmdline`.
 pub fn load(ram: &GuestRam, image: &[u8], cmdline: &str) -> Result<BootEntry, LoadError> {
+    load_with_modules(ram, image, cmdline, &[])
+}
+
+/// [`load`], then each of `modules` page-aligned after the image, in order; their table and
+/// strings follow the last one.
+pub fn load_with_modules(
+    ram: &GuestRam,
+    image: &[u8],
+    cmdline: &str,
+    modules: &[Module],
+) -> Result<BootEntry, LoadError> {
     let (hdr_off, flags) = find_header(image)?;
     if flags & 0x4 != 0 && flags & 0xffff & !0x7 != 0 {
         return Err(LoadError::UnsupportedFlags);
@@ -73,7 +120,7 @@ pub fn load(ram: &GuestRam, image: &[u8], cmdline: &str) -> Result<BootEntry, Lo
         if !ram.contains(s.paddr, s.memsz) || (s.data.len() as u64) > s.memsz {
             return Err(LoadError::OutsideRam { index, start: s.paddr, end, ram: ram.size() });
         }
-        if s.paddr < 0xa000 && end > INFO_ADDR {
+        if s.paddr < INFO_END && end > INFO_ADDR {
             return Err(LoadError::OverlapsInfo { index });
         }
         let oob = |_| LoadError::OutsideRam { index, start: s.paddr, end, ram: ram.size() };
@@ -82,8 +129,57 @@ pub fn load(ram: &GuestRam, image: &[u8], cmdline: &str) -> Result<BootEntry, Lo
         ram.write(s.paddr + s.data.len() as u64, &bss).map_err(oob)?;
         image_end = image_end.max(end);
     }
-    write_info(ram, cmdline)?;
+    let mods = load_modules(ram, image_end, modules)?;
+    write_info(ram, cmdline, mods)?;
     Ok(BootEntry { entry, info: INFO_ADDR, image_end })
+}
+
+fn page_up(a: u64) -> Option<u64> {
+    a.checked_add(PAGE - 1).map(|a| a & !(PAGE - 1))
+}
+
+/// Places the modules and their table (16-byte entries: mod_start, mod_end, string, reserved),
+/// the strings after it. Returns the table's count and address.
+fn load_modules(ram: &GuestRam, image_end: u64, modules: &[Module]) -> Result<Option<(u32, u64)>, LoadError> {
+    if modules.is_empty() {
+        return Ok(None);
+    }
+    // Above the boot information too, should the image lie below it.
+    let mut next = image_end.max(INFO_END);
+    let mut entries = Vec::with_capacity(modules.len());
+    for m in modules {
+        let len = m.data.len() as u64;
+        let too_big = |start| LoadError::ModuleOutsideRam { name: m.name.clone(), start, len, ram: ram.size() };
+        let start = page_up(next).ok_or_else(|| too_big(next))?;
+        let end = start.checked_add(len).filter(|&e| e <= u64::from(u32::MAX)).ok_or_else(|| too_big(start))?;
+        if !ram.contains(start, len) {
+            return Err(too_big(start));
+        }
+        ram.write(start, &m.data).map_err(|_| too_big(start))?;
+        entries.push((start, end));
+        next = end;
+    }
+    let table = page_up(next).unwrap_or(u64::MAX);
+    let strings = table.saturating_add(16 * modules.len() as u64);
+    let mut bytes = Vec::new();
+    let mut text = Vec::new();
+    for (m, (start, end)) in modules.iter().zip(entries) {
+        for v in [start, end, strings + text.len() as u64, 0] {
+            bytes.extend_from_slice(&(v as u32).to_le_bytes());
+        }
+        text.extend_from_slice(m.cmdline.as_bytes());
+        text.push(0);
+    }
+    bytes.append(&mut text);
+    let len = bytes.len() as u64;
+    let last = modules.last().map(|m| m.name.as_str()).unwrap_or_default();
+    let table_err =
+        || LoadError::ModuleOutsideRam { name: format!("table after {last}"), start: table, len, ram: ram.size() };
+    if table.saturating_add(len) > u64::from(u32::MAX) || !ram.contains(table, len) {
+        return Err(table_err());
+    }
+    ram.write(table, &bytes).map_err(|_| table_err())?;
+    Ok(Some((modules.len() as u32, table)))
 }
 
 fn u16_at(b: &[u8], o: usize) -> Option<u16> {
@@ -181,17 +277,19 @@ fn aout_segments(image: &[u8], h: usize) -> Result<(u64, Vec<Segment<'_>>), Load
     Ok((entry, vec![Segment { paddr: load_addr, data, memsz }]))
 }
 
-fn write_info(ram: &GuestRam, cmdline: &str) -> Result<(), LoadError> {
+fn write_info(ram: &GuestRam, cmdline: &str, mods: Option<(u32, u64)>) -> Result<(), LoadError> {
     if cmdline.len() >= CMDLINE_MAX {
         return Err(LoadError::CmdlineTooLong);
     }
-    let oob = |_| LoadError::OutsideRam { index: 0, start: INFO_ADDR, end: 0xa000, ram: ram.size() };
+    let oob = |_| LoadError::OutsideRam { index: 0, start: INFO_ADDR, end: INFO_END, ram: ram.size() };
     let mut c = cmdline.as_bytes().to_vec();
     c.push(0);
     ram.write(CMDLINE_ADDR, &c).map_err(oob)?;
-    // Memory map (3.3): entries of size(4) base(8) length(8) type(4); size excludes itself.
+    // Memory map (3.3): entries of size(4) base(8) length(8) type(4, 1 = available RAM); size
+    // excludes itself.
     let mut mmap = Vec::new();
-    for (base, len, kind) in [(0u64, 0x9f000u64, 1u32), (0x9f000, 0x61000, 2), (0x10_0000, ram.size() - 0x10_0000, 1)] {
+    let high = ram.size().saturating_sub(HIGH_START);
+    for (base, len, kind) in [(0u64, LOWER_END, 1u32), (LOWER_END, HIGH_START - LOWER_END, 2), (HIGH_START, high, 1)] {
         mmap.extend_from_slice(&20u32.to_le_bytes());
         mmap.extend_from_slice(&base.to_le_bytes());
         mmap.extend_from_slice(&len.to_le_bytes());
@@ -199,12 +297,16 @@ fn write_info(ram: &GuestRam, cmdline: &str) -> Result<(), LoadError> {
     }
     ram.write(MMAP_ADDR, &mmap).map_err(oob)?;
     let mut info = [0u8; 52];
-    let flags: u32 = 1 | 4 | 0x40; // mem_*, cmdline, mmap
+    let flags = INFO_MEM | INFO_CMDLINE | INFO_MMAP | if mods.is_some() { INFO_MODS } else { 0 };
     let put = |b: &mut [u8; 52], o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_le_bytes());
     put(&mut info, 0, flags);
-    put(&mut info, 4, 639);
-    put(&mut info, 8, ((ram.size() - 0x10_0000) >> 10) as u32);
+    put(&mut info, 4, (LOWER_END >> 10) as u32);
+    put(&mut info, 8, u32::try_from(high >> 10).unwrap_or(u32::MAX));
     put(&mut info, 16, CMDLINE_ADDR as u32);
+    if let Some((count, addr)) = mods {
+        put(&mut info, 20, count);
+        put(&mut info, 24, addr as u32);
+    }
     put(&mut info, 44, mmap.len() as u32);
     put(&mut info, 48, MMAP_ADDR as u32);
     ram.write(INFO_ADDR, &info).map_err(oob)
@@ -262,5 +364,80 @@ mod tests {
             img.extend_from_slice(&v.to_le_bytes());
         }
         assert!(matches!(load(&ram, &img, ""), Err(LoadError::OutsideRam { .. })));
+    }
+
+    fn flat_image(load: u32, bss_end: u32) -> Vec<u8> {
+        let mut img = header(FLAG_AOUT_KLUDGE);
+        for v in [load, load, 0, bss_end, load + 0x20] {
+            img.extend_from_slice(&v.to_le_bytes());
+        }
+        img.extend_from_slice(&[0xf4; 4]);
+        img
+    }
+
+    #[test]
+    fn memory_map_and_lower_upper() {
+        let ram = GuestRam::new(4).unwrap();
+        load(&ram, &flat_image(0x10_0000, 0x10_2000), "k").unwrap();
+        let flags = ram.read_u32(INFO_ADDR).unwrap();
+        assert_eq!(flags, INFO_MEM | INFO_CMDLINE | INFO_MMAP);
+        assert_eq!(ram.read_u32(INFO_ADDR + 4).unwrap(), 640);
+        assert_eq!(ram.read_u32(INFO_ADDR + 8).unwrap(), 3 * 1024);
+        let (len, addr) = (ram.read_u32(INFO_ADDR + 44).unwrap(), ram.read_u32(INFO_ADDR + 48).unwrap());
+        assert_eq!(len, 3 * 24);
+        let mut entries = Vec::new();
+        let mut p = u64::from(addr);
+        while p < u64::from(addr + len) {
+            let size = ram.read_u32(p).unwrap();
+            let mut b = [0u8; 20];
+            ram.read(p + 4, &mut b).unwrap();
+            let base = u64::from_le_bytes(b[0..8].try_into().unwrap());
+            let length = u64::from_le_bytes(b[8..16].try_into().unwrap());
+            entries.push((size, base, length, u32::from_le_bytes(b[16..20].try_into().unwrap())));
+            p += u64::from(size) + 4;
+        }
+        assert_eq!(entries, [(20, 0, 0xa_0000, 1), (20, 0xa_0000, 0x6_0000, 2), (20, 0x10_0000, 0x30_0000, 1)]);
+    }
+
+    #[test]
+    fn modules_follow_the_image_page_aligned() {
+        let ram = GuestRam::new(4).unwrap();
+        let mods = [Module::new("env", b"NR_CPUS=1\n".to_vec(), ""), Module::new("/m/two", vec![7; 0x1001], "a=b c")];
+        let b = load_with_modules(&ram, &flat_image(0x10_0000, 0x10_1800), "k", &mods).unwrap();
+        assert_eq!(b.image_end, 0x10_1800);
+        assert_eq!(ram.read_u32(INFO_ADDR).unwrap() & INFO_MODS, INFO_MODS);
+        assert_eq!(ram.read_u32(INFO_ADDR + 20).unwrap(), 2);
+        let table = u64::from(ram.read_u32(INFO_ADDR + 24).unwrap());
+        let entry = |i: u64, f: u64| ram.read_u32(table + 16 * i + 4 * f).unwrap();
+        assert_eq!((entry(0, 0), entry(0, 1)), (0x10_2000, 0x10_200a));
+        assert_eq!((entry(1, 0), entry(1, 1)), (0x10_3000, 0x10_4001));
+        assert_eq!(table, 0x10_5000);
+        let mut data = [0u8; 10];
+        ram.read(0x10_2000, &mut data).unwrap();
+        assert_eq!(&data, b"NR_CPUS=1\n");
+        let string = |i| {
+            let mut s = [0u8; 13];
+            ram.read(u64::from(entry(i, 2)), &mut s).unwrap();
+            s
+        };
+        assert_eq!(&string(0)[..4], b"env\0");
+        assert_eq!(&string(1), b"/m/two a=b c\0");
+    }
+
+    #[test]
+    fn modules_stay_above_the_boot_information() {
+        let ram = GuestRam::new(2).unwrap();
+        let mods = [Module::new("m", vec![1; 16], "")];
+        load_with_modules(&ram, &flat_image(0x1000, 0x2000), "", &mods).unwrap();
+        assert_eq!(ram.read_u32(u64::from(ram.read_u32(INFO_ADDR + 24).unwrap())).unwrap(), INFO_END as u32);
+    }
+
+    #[test]
+    fn modules_beyond_ram_name_the_file() {
+        let ram = GuestRam::new(2).unwrap();
+        let mods = [Module::new("big.bin", vec![0; 0x20_0000], "")];
+        let err = load_with_modules(&ram, &flat_image(0x10_0000, 0x10_1000), "", &mods).unwrap_err();
+        assert!(matches!(&err, LoadError::ModuleOutsideRam { name, start: 0x10_1000, .. } if name == "big.bin"));
+        assert!(err.to_string().contains("big.bin"), "{err}");
     }
 }

@@ -21,7 +21,7 @@ use kvm_ioctls::Kvm;
 
 use crate::error::{code, host, Error};
 use crate::exit::Level;
-use crate::machine::devices::Devices;
+use crate::machine::devices::{Devices, ExitConvention};
 use crate::machine::probe::{probe_vmx_trap, VmxTrap};
 use crate::machine::{loader, GuestRam, RawExit, Vcpu, Vm};
 use crate::nested::Nested;
@@ -50,6 +50,10 @@ pub struct RunConfig {
     pub vmx_msrs: Vec<(u32, u64)>,
     /// Which sensitive instructions become int3 traps (`--patch-sensitive`).
     pub patch: PatchMode,
+    /// Multiboot modules, loaded after the image in this order (`--initrd`, `--module`).
+    pub modules: Vec<loader::Module>,
+    /// What the guest's writes to the exit ports mean (`--exit-convention`).
+    pub exit_convention: ExitConvention,
 }
 
 impl RunConfig {
@@ -66,6 +70,8 @@ impl RunConfig {
             script_options: ScriptOptions::default(),
             vmx_msrs: Vec::new(),
             patch: PatchMode::Off,
+            modules: Vec::new(),
+            exit_convention: ExitConvention::Nestbed,
         }
     }
 }
@@ -73,7 +79,7 @@ impl RunConfig {
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The guest wrote this code to the debug-exit port.
+    /// The guest's exit status, from its write to the exit ports (see `ExitConvention`).
     GuestExit(u8),
     TripleFault {
         level: Level,
@@ -192,7 +198,7 @@ impl Runner {
         let ram = GuestRam::new(cfg.mem_mib)?;
         let cmdline =
             if cfg.cmdline.is_empty() { cfg.image_name.clone() } else { format!("{} {}", cfg.image_name, cfg.cmdline) };
-        let boot = loader::load(&ram, &cfg.image, &cmdline)
+        let boot = loader::load_with_modules(&ram, &cfg.image, &cmdline, &cfg.modules)
             .map_err(|source| Error::Image { path: PathBuf::from(&cfg.image_name), source })?;
         let kvm = Kvm::new().map_err(host("opening /dev/kvm"))?;
         let patches = match cfg.patch {
@@ -225,7 +231,7 @@ impl Runner {
         Ok(Runner {
             l1_vm,
             l1,
-            devices: Devices::new(console),
+            devices: Devices::new(console).with_exit_convention(cfg.exit_convention),
             level: Level::L1,
             nested: Nested::new(kvm, vmx, l2_cpuid),
             stats: Stats::new(Phases::new(clock)),
