@@ -2,7 +2,7 @@
 //! and those of L2 that L1 did not ask for (SDM 26.1.3: a MOV to CR0/CR4 that does not exit
 //! leaves the bits L1 owns unchanged, a MOV from them reads L1's read shadow there; RDTSC adds
 //! the TSC offset). CR4.VMXE is virtual: our hosts cannot set it, so L1's bit lives in the
-//! VMX model and is shown wherever L1 reads CR4.
+//! VMX model and is shown wherever L1 reads CR4; L2 always reads it as 1.
 
 use super::dispatch::{Event, Normalized, Work};
 use super::{Flow, Runner};
@@ -118,7 +118,9 @@ impl Runner {
             return Err(Fault::Gp);
         }
         let l1 = l2.is_none();
-        let cr4_now = if l1 { self.l1_cr4() } else { s.cr4 };
+        // L2 runs in VMX operation: its CR4.VMXE is 1 (IA32_VMX_CR4_FIXED0 at VM entry) and
+        // virtual like L1's.
+        let cr4_now = if l1 { self.l1_cr4() } else { s.cr4 | CR4_VMXE };
         match insn.op {
             Sensitive::MovFromCr { cr, gpr: g } => {
                 let v = match (cr, l2) {
@@ -252,7 +254,7 @@ impl Runner {
 
     /// MOV to CR4: bits the CPU lacks (CR4_FIXED1 is what nestbed's CPU has), clearing PAE in
     /// IA-32e mode, PCIDE outside it or with CR3[11:0] set, and clearing VMXE in VMX operation
-    /// are #GP. L1's VMXE is kept in the model, never in KVM.
+    /// are #GP, as is L2's clearing it. L1's VMXE is kept in the model, never in KVM.
     fn write_cr4(&mut self, v: u64, l1: bool) -> Result<(), Fault> {
         let s = *self.active().sregs();
         let lma = s.efer & EFER_LMA != 0;
@@ -269,6 +271,9 @@ impl Runner {
                 return Err(Fault::Gp);
             }
             self.nested.vmx.vmxe = vmxe;
+        } else if v & CR4_VMXE == 0 {
+            // A bit fixed in VMX operation, non-root included (SDM 24.8).
+            return Err(Fault::Gp);
         }
         self.active().sregs_mut().cr4 = v & !CR4_VMXE;
         Ok(())
