@@ -72,26 +72,28 @@ global_asm!(
     le6:
     ls7:  clts
     le7:
-    ls8:  mov rax, cr0
+    ls8:  clts
     le8:
-          mov [r15 + 8], rax
-    ls9:  mov rax, cr4
+    ls9:  mov rax, cr0
     le9:
-          mov [r15 + 16], rax
-    ls10: invlpg [r14 + 0x40]
+          mov [r15 + 8], rax
+    ls10: mov rax, cr4
     le10:
-    ls11: invd
+          mov [r15 + 16], rax
+    ls11: invlpg [r14 + 0x40]
     le11:
-    ls12: wbinvd
+    ls12: invd
     le12:
-    ls13: mov r9, cr8
+    ls13: wbinvd
     le13:
-    ls14: mov cr8, r10
+    ls14: mov r9, cr8
     le14:
-          mov qword ptr [r15 + 24], 1
-    ls15: hlt
+    ls15: mov cr8, r10
     le15:
-          jmp ls15
+          mov qword ptr [r15 + 24], 1
+    ls16: hlt
+    le16:
+          jmp ls16
 
     .section .rodata.l2_sens_offsets, "a"
     .global l2_sens_offsets
@@ -104,6 +106,7 @@ global_asm!(
     .byte ls10 - l2_sens_code, le10 - l2_sens_code, ls11 - l2_sens_code, le11 - l2_sens_code
     .byte ls12 - l2_sens_code, le12 - l2_sens_code, ls13 - l2_sens_code, le13 - l2_sens_code
     .byte ls14 - l2_sens_code, le14 - l2_sens_code, ls15 - l2_sens_code, le15 - l2_sens_code
+    .byte ls16 - l2_sens_code, le16 - l2_sens_code
 
     .section .text.l2_tsc_code, "ax"
     .global l2_tsc_code
@@ -133,9 +136,9 @@ extern "C" fn l2_tsc_main() -> ! {
     unsafe { asm!("jmp {}", sym l2_tsc_code, options(noreturn)) }
 }
 
-const STEPS: usize = 16;
-const HLT_STEP: usize = 15;
-const INVLPG_STEP: usize = 10;
+const STEPS: usize = 17;
+const HLT_STEP: usize = 16;
+const INVLPG_STEP: usize = 11;
 
 /// Exit-qualification access types of a control-register access (SDM Table 28-3).
 const MOV_TO_CR: u64 = 0;
@@ -175,6 +178,7 @@ const EXPECT: [Step; STEPS] = [
     exits("mov cr0, r13 (TS differs from the read shadow)", reason::CR_ACCESS, cr_access(0, MOV_TO_CR, R13)),
     stays("mov cr0, r8 (TS as in the read shadow)"),
     exits("clts (TS owned, set in the read shadow)", reason::CR_ACCESS, CLTS),
+    stays("clts (TS owned, clear in the read shadow)"),
     stays("mov rax, cr0"),
     stays("mov rax, cr4"),
     Step { what: "invlpg [r14+0x40] (INVLPG exiting)", exit: Some((reason::INVLPG, None)) },
@@ -270,7 +274,9 @@ fn sensitive_exits(caps: &Caps) -> Result<u32, VmFail> {
         Config { entry: l2_sens_main, stack_top: L2_STACK.top(), proc, proc2: 0, io_bitmaps: None, msr_bitmap: None };
     hv::setup_vmcs(caps, &cfg)?;
     controls_set(&mut failures, "primary processor-based", CPU_BASED_VM_EXEC_CONTROL, proc)?;
-    let cr0 = hv::read(GUEST_CR0)?;
+    // L2 starts with CR0.TS clear, reading it as set.
+    let cr0 = hv::read(GUEST_CR0)? & !CR0_TS;
+    hv::write(GUEST_CR0, cr0)?;
     let cr3 = hv::read(GUEST_CR3)?;
     let cr4 = hv::read(GUEST_CR4)?;
     let cr0_shadow = cr0 | CR0_TS;
@@ -364,7 +370,8 @@ fn sensitive_exits(caps: &Caps) -> Result<u32, VmFail> {
             );
         }
         // What an L1 does for the exits that produce a value: CPUID and RDTSC as the CPU
-        // would, MOV from CR3 with L2's CR3.
+        // would, MOV from CR3 with L2's CR3. CLTS as a lazy FPU switch does it: L2 reads TS
+        // clear, its real TS is set until L1 loads its FPU state.
         match exit.basic() {
             reason::CPUID => {
                 let [a, b, c, d] = cpuid(vcpu.regs.rax as u32, vcpu.regs.rcx as u32);
@@ -377,6 +384,20 @@ fn sensitive_exits(caps: &Caps) -> Result<u32, VmFail> {
             reason::CR_ACCESS if (exit.qualification & 0x3f) == (3 | MOV_FROM_CR) => {
                 vcpu.regs.rdi = hv::read(GUEST_CR3)?
             }
+            reason::CR_ACCESS if exit.qualification & 0x30 == CLTS => {
+                let now = hv::read(GUEST_CR0)?;
+                rt::check!(
+                    failures,
+                    now == cr0,
+                    "GUEST_CR0 at the CLTS exit ",
+                    Hex(now),
+                    ", expected ",
+                    Hex(cr0),
+                    " (mov cr0, r8 kept the TS L1 owns)"
+                );
+                hv::write(CR0_READ_SHADOW, cr0)?;
+                hv::write(GUEST_CR0, cr0 | CR0_TS)?;
+            }
             _ => {}
         }
         exit.skip()?;
@@ -388,7 +409,8 @@ fn sensitive_exits(caps: &Caps) -> Result<u32, VmFail> {
     rt::check!(failures, got == cr3, "mov rdi, cr3: L2 read ", Hex(got), " (L1's emulation), expected ", Hex(cr3));
     let now = hv::read(GUEST_CR3)?;
     rt::check!(failures, now == cr3, "GUEST_CR3 ", Hex(now), ": the CR3-target value, the non-target one never loaded");
-    let want = cr0 & !CR0_TS | cr0_shadow & CR0_TS;
+    // After the CLTS exit: real TS set, shadow TS clear.
+    let want = cr0;
     let got = RESULTS.read_u64(R_CR0);
     rt::check!(
         failures,
@@ -397,17 +419,17 @@ fn sensitive_exits(caps: &Caps) -> Result<u32, VmFail> {
         Hex(got),
         ", expected ",
         Hex(want),
-        " (TS from the read shadow)"
+        " (TS clear from the read shadow, set in CR0)"
     );
     let now = hv::read(GUEST_CR0)?;
     rt::check!(
         failures,
-        now == cr0,
+        now == cr0 | CR0_TS,
         "GUEST_CR0 ",
         Hex(now),
         ", expected ",
-        Hex(cr0),
-        " (MOV to CR0 keeps the TS L1 owns)"
+        Hex(cr0 | CR0_TS),
+        " (the CLTS without an exit kept the TS L1 owns)"
     );
     let want = cr4 & !CR4_PCE | cr4_shadow & CR4_PCE;
     let got = RESULTS.read_u64(R_CR4);

@@ -165,7 +165,12 @@ impl Runner {
                     }
                 }
             }
-            Sensitive::Clts => self.active().sregs_mut().cr0 &= !CR0_TS,
+            // A CLTS of L2 that does not exit leaves a TS that L1 owns alone (SDM 26.3).
+            Sensitive::Clts => {
+                if l2.is_none_or(|m| m.cr0_mask & CR0_TS == 0) {
+                    self.active().sregs_mut().cr0 &= !CR0_TS;
+                }
+            }
             Sensitive::Lmsw { gpr: Some(g) } => {
                 // LMSW loads CR0 bits 3:0 and cannot clear PE (SDM Vol. 2, LMSW).
                 let src = gpr(self.active().regs(), g) & 0xf;
