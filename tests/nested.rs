@@ -251,3 +251,27 @@ fn plain_mov_cr4_takes_gp_unpatched_host_limit() {
     assert_eq!(r.code, 100, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("#GP (vector 13)"), "{}", r.stdout);
 }
+
+/// L2's CPUID, RDTSC, MOV CR0/CR3/CR4/CR8, CLTS, INVLPG and INVD reach nestbed only from
+/// patched sites; nestbed reflects each to L1 exactly when L1's controls, masks and CR3-target
+/// values ask (SDM 26.1.3) and executes the others with L1's read shadows and TSC offset.
+#[test]
+fn vmx_sensitive_exits_reach_l1_when_patched() {
+    for mode in ["on", "auto"] {
+        let r = run_guest("vmx-sensitive", &["--stats", "--patch-sensitive", mode]);
+        assert_eq!(r.code, 0, "vmx-sensitive failed with --patch-sensitive {mode}:\n{}\n{}", r.stdout, r.stderr);
+        assert!(!r.stdout.contains("FAIL"), "{}", r.stdout);
+        for reason in ["RDTSC", "CR_ACCESS", "CPUID"] {
+            assert!(stat_count(&r.stderr, "L2", reason, "L1").is_some(), "{mode} {reason}: {}", r.stderr);
+        }
+    }
+}
+
+/// Without patching, nestbed does not offer RDTSC exiting (nor the other controls whose exits
+/// it would never see): the guest says so and exits 77.
+#[test]
+fn vmx_sensitive_controls_not_offered_without_patching() {
+    let r = run_guest("vmx-sensitive", &[]);
+    assert_eq!(r.code, 77, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("not offered"), "{}", r.stdout);
+}

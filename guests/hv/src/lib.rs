@@ -37,6 +37,7 @@ pub mod field {
     pub const VM_EXIT_MSR_STORE_ADDR: u64 = 0x2006;
     pub const VM_EXIT_MSR_LOAD_ADDR: u64 = 0x2008;
     pub const VM_ENTRY_MSR_LOAD_ADDR: u64 = 0x200a;
+    pub const TSC_OFFSET: u64 = 0x2010;
     pub const EPT_POINTER: u64 = 0x201a;
     pub const GUEST_PHYSICAL_ADDRESS: u64 = 0x2400;
     pub const VMCS_LINK_POINTER: u64 = 0x2800;
@@ -77,6 +78,7 @@ pub mod field {
     pub const CR4_GUEST_HOST_MASK: u64 = 0x6002;
     pub const CR0_READ_SHADOW: u64 = 0x6004;
     pub const CR4_READ_SHADOW: u64 = 0x6006;
+    pub const CR3_TARGET_VALUE0: u64 = 0x6008;
     pub const GUEST_LINEAR_ADDRESS: u64 = 0x640a;
     pub const GUEST_CR0: u64 = 0x6800;
     pub const GUEST_CR3: u64 = 0x6802;
@@ -110,6 +112,9 @@ pub mod reason {
     pub const TRIPLE_FAULT: u32 = 2;
     pub const CPUID: u32 = 10;
     pub const HLT: u32 = 12;
+    pub const INVD: u32 = 13;
+    pub const INVLPG: u32 = 14;
+    pub const RDTSC: u32 = 16;
     pub const VMCALL: u32 = 18;
     pub const VMCLEAR: u32 = 19;
     pub const VMLAUNCH: u32 = 20;
@@ -120,6 +125,7 @@ pub mod reason {
     pub const VMWRITE: u32 = 25;
     pub const VMXOFF: u32 = 26;
     pub const VMXON: u32 = 27;
+    pub const CR_ACCESS: u32 = 28;
     pub const IO_INSTRUCTION: u32 = 30;
     pub const RDMSR: u32 = 31;
     pub const WRMSR: u32 = 32;
@@ -153,13 +159,21 @@ pub mod error {
 /// VM-execution, exit and entry control bits (SDM 25.6-25.8).
 pub mod ctl {
     pub const PIN_EXT_INTR_EXITING: u32 = 1 << 0;
+    pub const PROC_USE_TSC_OFFSETTING: u32 = 1 << 3;
     pub const PROC_HLT_EXITING: u32 = 1 << 7;
+    pub const PROC_INVLPG_EXITING: u32 = 1 << 9;
+    pub const PROC_RDTSC_EXITING: u32 = 1 << 12;
+    pub const PROC_CR3_LOAD_EXITING: u32 = 1 << 15;
+    pub const PROC_CR3_STORE_EXITING: u32 = 1 << 16;
+    pub const PROC_CR8_LOAD_EXITING: u32 = 1 << 19;
+    pub const PROC_CR8_STORE_EXITING: u32 = 1 << 20;
     pub const PROC_UNCOND_IO_EXITING: u32 = 1 << 24;
     pub const PROC_USE_IO_BITMAPS: u32 = 1 << 25;
     pub const PROC_USE_MSR_BITMAPS: u32 = 1 << 28;
     pub const PROC_ACTIVATE_SECONDARY: u32 = 1 << 31;
     pub const PROC2_ENABLE_EPT: u32 = 1 << 1;
     pub const PROC2_ENABLE_VPID: u32 = 1 << 5;
+    pub const PROC2_WBINVD_EXITING: u32 = 1 << 6;
     pub const EXIT_HOST_ADDR_SPACE_SIZE: u32 = 1 << 9;
     pub const EXIT_SAVE_IA32_EFER: u32 = 1 << 20;
     pub const EXIT_LOAD_IA32_EFER: u32 = 1 << 21;

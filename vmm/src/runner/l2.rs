@@ -5,6 +5,7 @@ use super::dispatch::{Event, L2Event, Normalized, Work};
 use super::{Flow, Outcome, Runner};
 use crate::error::Error;
 use crate::exit::{ExitDetail, Level};
+use crate::machine::insn::register_value;
 use crate::machine::paging::{self, Access, WalkError};
 use crate::machine::RawExit;
 use crate::nested::access::{find_access, AccessInsn};
@@ -18,7 +19,7 @@ use crate::vmx::ept::{ept_translate_width, ept_violation_qualification, EptPerms
 use crate::vmx::exit_info::ExitInfo;
 use crate::vmx::exits::{io_qualification, ExitReason};
 use crate::vmx::route::ExitFacts;
-use crate::vmx::sensitive::decode_sensitive;
+use crate::vmx::sensitive::{decode_sensitive, invlpg_address, Sensitive};
 
 /// Exit qualification bit 8 of an EPT violation: the access was to the translated linear
 /// address, not to a paging-structure entry (SDM 28.2.1, Table 28-7).
@@ -113,7 +114,12 @@ impl Runner {
                 let Some(insn) = decode_sensitive(&bytes, bitness, rip) else {
                     return Ok(self.l2_vmx(&bytes, rip));
                 };
-                let q = self.sensitive_qualification(&insn);
+                let mut q = self.sensitive_qualification(&insn);
+                if insn.op == Sensitive::Invlpg {
+                    // The qualification is INVLPG's linear-address operand (SDM 28.2.1).
+                    let (r, s) = (*self.active().regs(), *self.active().sregs());
+                    q = invlpg_address(&bytes, bitness, rip, |reg| register_value(reg, &r, &s)).unwrap_or(0);
+                }
                 let detail = ExitDetail::Vmx { mnemonic: insn.name().to_string(), operands: String::new() };
                 let at = Insn { rip, len: insn.len, pending: false };
                 let mut p = Parts::reflectable(insn.exit_reason(), q, at, detail, Work::Sensitive { insn, rip });

@@ -2,7 +2,7 @@
 //! and those of L2 that L1 did not ask for (SDM 26.1.3: a MOV to CR0/CR4 that does not exit
 //! leaves the bits L1 owns unchanged, a MOV from them reads L1's read shadow there; RDTSC adds
 //! the TSC offset). CR4.VMXE is virtual: our hosts cannot set it, so L1's bit lives in the
-//! VMX model and is shown wherever L1 reads CR4.
+//! VMX model and is shown wherever L1 reads CR4; L2 always reads it as 1.
 
 use super::dispatch::{Event, Normalized, Work};
 use super::{Flow, Runner};
@@ -139,7 +139,9 @@ impl Runner {
             return Err(Fault::Gp);
         }
         let l1 = l2.is_none();
-        let cr4_now = if l1 { self.l1_cr4() } else { s.cr4 };
+        // L2 runs in VMX operation: its CR4.VMXE is 1 (IA32_VMX_CR4_FIXED0 at VM entry) and
+        // virtual like L1's.
+        let cr4_now = if l1 { self.l1_cr4() } else { s.cr4 | CR4_VMXE };
         match insn.op {
             Sensitive::MovFromCr { cr, gpr: g } => {
                 let v = match (cr, l2) {
@@ -170,6 +172,8 @@ impl Runner {
                         self.write_cr4(v, l1)?;
                     }
                     3 => {
+                        // With CR4.PCIDE, bit 63 asks not to flush and is not stored (SDM 4.10.4.1).
+                        let v = if s.cr4 & CR4_PCIDE != 0 { v & !(1 << 63) } else { v };
                         let lma = s.efer & EFER_LMA != 0;
                         if lma && v >> 52 != 0 {
                             return Err(Fault::Gp);
@@ -184,7 +188,12 @@ impl Runner {
                     }
                 }
             }
-            Sensitive::Clts => self.active().sregs_mut().cr0 &= !CR0_TS,
+            // A CLTS of L2 that does not exit leaves a TS that L1 owns alone (SDM 26.3).
+            Sensitive::Clts => {
+                if l2.is_none_or(|m| m.cr0_mask & CR0_TS == 0) {
+                    self.active().sregs_mut().cr0 &= !CR0_TS;
+                }
+            }
             Sensitive::Lmsw { gpr: Some(g) } => {
                 // LMSW loads CR0 bits 3:0 and cannot clear PE (SDM Vol. 2, LMSW).
                 let src = gpr(self.active().regs(), g) & 0xf;
@@ -256,6 +265,13 @@ impl Runner {
         if v >> 32 != 0 || v & CR0_NW != 0 && v & CR0_CD == 0 || v & CR0_PG != 0 && v & CR0_PE == 0 {
             return Err(Fault::Gp);
         }
+        // In VMX operation (L1 after VMXON, and L2) CR0 keeps the bits IA32_VMX_CR0_FIXED0/1
+        // fix (SDM 24.8).
+        let caps = &self.nested.vmx.caps;
+        let in_vmx = self.level == Level::L2 || self.nested.vmx.vmxon;
+        if in_vmx && (v & caps.cr0_fixed0 != caps.cr0_fixed0 || v & !caps.cr0_fixed1 & 0xffff_ffff != 0) {
+            return Err(Fault::Gp);
+        }
         let paging_on = v & CR0_PG != 0;
         if !paging_on && s.efer & EFER_LMA != 0 && s.cs.l != 0 {
             return Err(Fault::Gp);
@@ -273,7 +289,7 @@ impl Runner {
 
     /// MOV to CR4: bits the CPU lacks (CR4_FIXED1 is what nestbed's CPU has), clearing PAE in
     /// IA-32e mode, PCIDE outside it or with CR3[11:0] set, and clearing VMXE in VMX operation
-    /// are #GP. L1's VMXE is kept in the model, never in KVM.
+    /// are #GP, as is L2's clearing it. L1's VMXE is kept in the model, never in KVM.
     fn write_cr4(&mut self, v: u64, l1: bool) -> Result<(), Fault> {
         let s = *self.active().sregs();
         let lma = s.efer & EFER_LMA != 0;
@@ -290,6 +306,9 @@ impl Runner {
                 return Err(Fault::Gp);
             }
             self.nested.vmx.vmxe = vmxe;
+        } else if v & CR4_VMXE == 0 {
+            // A bit fixed in VMX operation, non-root included (SDM 24.8).
+            return Err(Fault::Gp);
         }
         self.active().sregs_mut().cr4 = v & !CR4_VMXE;
         Ok(())

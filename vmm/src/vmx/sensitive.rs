@@ -119,6 +119,22 @@ fn cr_number(r: Register) -> Option<u8> {
     }
 }
 
+/// The linear address of INVLPG's memory operand, its exit qualification (SDM 28.2.1): the
+/// effective address plus the segment base, which in 64-bit mode only FS and GS have.
+/// `value` gives a general register's value and a segment register's base. `None` when
+/// `bytes` is no INVLPG.
+pub fn invlpg_address(bytes: &[u8], bitness: u32, rip: u64, value: impl Fn(Register) -> Option<u64>) -> Option<u64> {
+    let ins = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE).decode();
+    if ins.code() != Code::Invlpg_m {
+        return None;
+    }
+    let la = ins.virtual_address(0, 0, |reg, _, _| match reg {
+        Register::ES | Register::CS | Register::SS | Register::DS if bitness == 64 => Some(0),
+        _ => value(reg),
+    })?;
+    Some(if bitness == 64 { la } else { la & 0xffff_ffff })
+}
+
 /// Decodes one sensitive instruction; `None` for anything else (VMX instructions included).
 pub fn decode_sensitive(bytes: &[u8], bitness: u32, rip: u64) -> Option<SensitiveInsn> {
     if !matches!(bitness, 16 | 32 | 64) {
@@ -203,5 +219,20 @@ mod tests {
         assert_eq!(decode_sensitive(&[0x0f, 0x01, 0xc4], 64, 0), None, "vmxoff is the VMX decoder's");
         assert_eq!(decode_sensitive(&[0x90], 64, 0), None);
         assert_eq!(decode_sensitive(&[0x0f], 64, 0), None, "truncated");
+    }
+
+    #[test]
+    fn invlpg_qualification_is_the_linear_address() {
+        let regs = |r: Register| match r {
+            Register::R14 => Some(0x10_c000),
+            Register::DS => Some(0x5000),
+            Register::FS => Some(0x7_0000),
+            _ => Some(0),
+        };
+        // invlpg [r14 + 0x40]: DS has no base in 64-bit mode
+        assert_eq!(invlpg_address(&[0x41, 0x0f, 0x01, 0x7e, 0x40], 64, 0, regs), Some(0x10_c040));
+        // invlpg fs:[r14]
+        assert_eq!(invlpg_address(&[0x64, 0x41, 0x0f, 0x01, 0x3e], 64, 0, regs), Some(0x7_0000 + 0x10_c000));
+        assert_eq!(invlpg_address(&[0x0f, 0x08], 64, 0, regs), None, "invd");
     }
 }
