@@ -114,6 +114,7 @@ pub mod reason {
     pub const HLT: u32 = 12;
     pub const INVD: u32 = 13;
     pub const INVLPG: u32 = 14;
+    pub const RDPMC: u32 = 15;
     pub const RDTSC: u32 = 16;
     pub const VMCALL: u32 = 18;
     pub const VMCLEAR: u32 = 19;
@@ -133,6 +134,7 @@ pub mod reason {
     pub const ENTRY_FAIL_MSR_LOADING: u32 = 34;
     pub const EPT_VIOLATION: u32 = 48;
     pub const EPT_MISCONFIG: u32 = 49;
+    pub const WBINVD: u32 = 54;
     pub const INVEPT: u32 = 50;
     pub const INVVPID: u32 = 53;
     /// Bit 31 of VM_EXIT_REASON: VM-entry failure (SDM 25.9.1).
@@ -162,6 +164,7 @@ pub mod ctl {
     pub const PROC_USE_TSC_OFFSETTING: u32 = 1 << 3;
     pub const PROC_HLT_EXITING: u32 = 1 << 7;
     pub const PROC_INVLPG_EXITING: u32 = 1 << 9;
+    pub const PROC_RDPMC_EXITING: u32 = 1 << 11;
     pub const PROC_RDTSC_EXITING: u32 = 1 << 12;
     pub const PROC_CR3_LOAD_EXITING: u32 = 1 << 15;
     pub const PROC_CR3_STORE_EXITING: u32 = 1 << 16;

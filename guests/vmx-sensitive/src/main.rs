@@ -8,7 +8,8 @@
 //! exit qualification (SDM 28.2.1, Table 28-3 for control-register accesses), instruction
 //! length and GUEST_RIP, and that the instructions without an exit ran with the result the
 //! SDM gives them. A second L2 runs RDTSC with "use TSC offsetting" and no RDTSC exiting: it
-//! reads L1's TSC plus TSC_OFFSET (SDM 26.3, 27.3).
+//! reads L1's TSC plus TSC_OFFSET (SDM 26.3, 27.3). A third L2's WBINVD and RDPMC exit with
+//! "WBINVD exiting" and "RDPMC exiting".
 //!
 //! Without these controls in the capability MSRs (nestbed offers them only with
 //! `--patch-sensitive on|auto`, when L2's sensitive instructions reach it), L1 says so and
@@ -30,6 +31,7 @@ const NOT_OFFERED: u32 = 77;
 static VMXON_REGION: Page = Page::new();
 static VMCS: Page = Page::new();
 static VMCS_TSC: Page = Page::new();
+static VMCS_CACHE: Page = Page::new();
 static L2_STACK: Stack = Stack::new();
 /// Where L2 stores what it read; INVLPG's operand points into it.
 static RESULTS: Page = Page::new();
@@ -108,6 +110,15 @@ global_asm!(
     .byte ls14 - l2_sens_code, le14 - l2_sens_code, ls15 - l2_sens_code, le15 - l2_sens_code
     .byte ls16 - l2_sens_code, le16 - l2_sens_code
 
+    .section .text.l2_cache_code, "ax"
+    .global l2_cache_code
+    l2_cache_code:
+          wbinvd
+          xor ecx, ecx
+          rdpmc
+    2:    hlt
+          jmp 2b
+
     .section .text.l2_tsc_code, "ax"
     .global l2_tsc_code
     l2_tsc_code:
@@ -123,12 +134,18 @@ global_asm!(
 extern "C" {
     fn l2_sens_code() -> !;
     fn l2_tsc_code() -> !;
+    fn l2_cache_code() -> !;
     static l2_sens_offsets: [u8; 2 * STEPS];
 }
 
 extern "C" fn l2_sens_main() -> ! {
     // SAFETY: L2's code takes no arguments and never returns.
     unsafe { asm!("jmp {}", sym l2_sens_code, options(noreturn)) }
+}
+
+extern "C" fn l2_cache_main() -> ! {
+    // SAFETY: as for l2_sens_main.
+    unsafe { asm!("jmp {}", sym l2_cache_code, options(noreturn)) }
 }
 
 extern "C" fn l2_tsc_main() -> ! {
@@ -251,6 +268,7 @@ fn run(caps: &Caps) -> Result<u32, VmFail> {
     vmx::enable(VMXON_REGION.addr())?;
     failures += sensitive_exits(caps)?;
     failures += tsc_offsetting(caps)?;
+    failures += cache_and_counters(caps)?;
     let r = vmx::vmxoff();
     rt::check!(failures, r.is_ok(), "VMXOFF: ", hv::Outcome(r));
     rt::println!(if failures == 0 { "vmx-sensitive: all checks passed" } else { "vmx-sensitive: some checks FAILED" });
@@ -478,5 +496,45 @@ fn tsc_offsetting(caps: &Caps) -> Result<u32, VmFail> {
         ") plus TSC_OFFSET ",
         Hex(L2_TSC_OFFSET)
     );
+    Ok(failures)
+}
+
+/// Phase 3: a third L2 executes WBINVD with "WBINVD exiting" and RDPMC with "RDPMC exiting":
+/// both exit (SDM 26.1.3), with reasons 54 and 15 and their lengths.
+fn cache_and_counters(caps: &Caps) -> Result<u32, VmFail> {
+    use field::*;
+    let mut failures = 0u32;
+    rt::println!("-- L2's WBINVD and RDPMC with WBINVD exiting and RDPMC exiting");
+    hv::load_vmcs(caps, &VMCS_CACHE)?;
+    let proc = ctl::PROC_HLT_EXITING | ctl::PROC_RDPMC_EXITING;
+    let proc2 = ctl::PROC2_WBINVD_EXITING;
+    let cfg =
+        Config { entry: l2_cache_main, stack_top: L2_STACK.top(), proc, proc2, io_bitmaps: None, msr_bitmap: None };
+    hv::setup_vmcs(caps, &cfg)?;
+    controls_set(&mut failures, "primary processor-based", CPU_BASED_VM_EXEC_CONTROL, proc)?;
+    controls_set(&mut failures, "secondary processor-based", SECONDARY_VM_EXEC_CONTROL, proc2)?;
+    let mut vcpu = Vcpu::default();
+    for (what, want, len) in [("wbinvd", reason::WBINVD, 2), ("rdpmc", reason::RDPMC, 2), ("hlt", reason::HLT, 1)] {
+        let exit = vcpu.run()?;
+        rt::check!(
+            failures,
+            exit.basic() == want && exit.instruction_len == len,
+            what,
+            ": exit reason ",
+            exit.basic(),
+            " length ",
+            exit.instruction_len,
+            ", expected ",
+            want,
+            " length ",
+            len
+        );
+        if exit.basic() != want {
+            break;
+        }
+        if want != reason::HLT {
+            exit.skip()?;
+        }
+    }
     Ok(failures)
 }

@@ -10,25 +10,49 @@ use std::fmt::Write as _;
 
 pub use scan::{patched_bytes, scan, Class, FoundBy, Scan, ScanError, Selection, Site};
 
-/// The sites of a scan by guest-physical address.
+/// The sites of a scan by guest-physical address, and which of them have their trap written.
 #[derive(Debug, Clone, Default)]
 pub struct PatchTable {
-    sites: BTreeMap<u64, Site>,
+    sites: BTreeMap<u64, (Site, bool)>,
 }
 
 impl PatchTable {
+    /// Every site of `scan`, none trapped yet.
     pub fn new(scan: &Scan) -> Self {
-        PatchTable { sites: scan.sites.iter().map(|s| (s.addr, s.clone())).collect() }
+        PatchTable { sites: scan.sites.iter().map(|s| (s.addr, (s.clone(), false))).collect() }
     }
 
     /// The site that starts at `addr` (where its INT3 traps).
     pub fn lookup(&self, addr: u64) -> Option<&Site> {
-        self.sites.get(&addr)
+        self.sites.get(&addr).map(|(s, _)| s)
+    }
+
+    /// The site that starts at `addr` when its trap is written.
+    pub fn trapped(&self, addr: u64) -> Option<&Site> {
+        self.sites.get(&addr).filter(|(_, on)| *on).map(|(s, _)| s)
     }
 
     /// The site whose bytes include `addr` (e.g. a trap in the padding).
     pub fn site_containing(&self, addr: u64) -> Option<&Site> {
-        self.sites.range(..=addr).next_back().map(|(_, s)| s).filter(|s| addr < s.end())
+        self.sites.range(..=addr).next_back().map(|(_, (s, _))| s).filter(|s| addr < s.end())
+    }
+
+    /// Adds a site found later (not trapped yet); false when it overlaps one already there.
+    pub fn insert(&mut self, site: Site) -> bool {
+        let overlaps =
+            self.site_containing(site.addr).is_some() || self.sites.range(site.addr..site.end()).next().is_some();
+        if overlaps {
+            return false;
+        }
+        self.sites.insert(site.addr, (site, false));
+        true
+    }
+
+    /// Records whether the trap of the site at `addr` is written.
+    pub fn set_trapped(&mut self, addr: u64, on: bool) {
+        if let Some((_, t)) = self.sites.get_mut(&addr) {
+            *t = on;
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -40,7 +64,12 @@ impl PatchTable {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Site> {
-        self.sites.values()
+        self.sites.values().map(|(s, _)| s)
+    }
+
+    /// The sites whose trap is written.
+    pub fn iter_trapped(&self) -> impl Iterator<Item = &Site> {
+        self.sites.values().filter(|(_, on)| *on).map(|(s, _)| s)
     }
 }
 

@@ -13,8 +13,6 @@
 //! their exits (or, for INVD and XSETBV, which always exit in VMX non-root operation, at the
 //! first VM entry).
 
-use std::collections::BTreeMap;
-
 use super::Runner;
 use crate::error::Error;
 use crate::machine::probe::VmxTrap;
@@ -22,7 +20,7 @@ use crate::machine::GuestRam;
 use iced_x86::{Decoder, DecoderOptions, Instruction};
 
 use crate::exit::Level;
-use crate::patch::{patched_bytes, scan, Class, FoundBy, Selection, Site};
+use crate::patch::{patched_bytes, scan, Class, FoundBy, PatchTable, Selection, Site};
 use crate::vmx::caps::{proc, proc2};
 use crate::vmx::fields::{CPU_BASED_VM_EXEC_CONTROL, CR0_GUEST_HOST_MASK, SECONDARY_VM_EXEC_CONTROL};
 use crate::vmx::vmcs::Vmcs;
@@ -51,10 +49,11 @@ fn vmx_but_vmcall() -> Selection {
     selection(Class::ALL.iter().copied().filter(|&c| c <= Class::Invvpid && c != Class::Vmcall))
 }
 
-/// Every sensitive site of the image, whether its trap is written, and what happened to them.
+/// The image's sensitive sites, which classes have their traps written, and what happened to
+/// them.
 #[derive(Debug)]
 pub struct Patches {
-    sites: BTreeMap<u64, (Site, bool)>,
+    table: PatchTable,
     applied: Selection,
     /// Traps taken at patched sites.
     pub traps: u64,
@@ -67,15 +66,14 @@ pub struct Patches {
 impl Patches {
     /// No sites (for sites found at run time only).
     pub fn empty() -> Self {
-        Patches { sites: BTreeMap::new(), applied: Selection::NONE, traps: 0, repatched: 0, dropped: 0 }
+        Patches { table: PatchTable::default(), applied: Selection::NONE, traps: 0, repatched: 0, dropped: 0 }
     }
 
     /// Scans `image` for every sensitive instruction; `name` is the image's name for messages.
     pub fn scan(name: &str, image: &[u8]) -> Result<Self, Error> {
         let found =
             scan(image, Selection::all()).map_err(|e| Error::Config(format!("{name}: --patch-sensitive: {e}")))?;
-        let sites = found.sites.into_iter().map(|s| (s.addr, (s, false))).collect();
-        Ok(Patches { sites, ..Patches::empty() })
+        Ok(Patches { table: PatchTable::new(&found), ..Patches::empty() })
     }
 
     /// What `mode` patches at load on a host that treats VMX instructions as `host` says.
@@ -118,27 +116,25 @@ impl Patches {
             return 0;
         }
         self.applied = self.applied.union(want);
-        let mut n = 0;
-        for (site, on) in self.sites.values_mut() {
-            if !*on && want.contains(site.class) && ram.write(site.addr, &patched_bytes(site)).is_ok() {
-                *on = true;
-                n += 1;
-            }
-        }
-        n
+        let todo: Vec<Site> = self
+            .table
+            .iter()
+            .filter(|s| want.contains(s.class) && self.table.trapped(s.addr).is_none())
+            .cloned()
+            .collect();
+        todo.iter().filter(|s| self.trap(s, ram)).count()
     }
 
-    /// Adds and patches a site found at run time; false when one is there already or the
-    /// bytes cannot be written.
+    /// Adds and patches a site found at run time; false when it overlaps one already there or
+    /// the bytes cannot be written.
     pub fn add(&mut self, site: Site, ram: &GuestRam) -> bool {
-        if self.sites.range(..site.end()).next_back().is_some_and(|(_, (s, _))| s.end() > site.addr) {
-            return false;
-        }
-        if ram.write(site.addr, &patched_bytes(&site)).is_err() {
-            return false;
-        }
-        self.sites.insert(site.addr, (site, true));
-        true
+        self.table.insert(site.clone()) && self.trap(&site, ram)
+    }
+
+    fn trap(&mut self, site: &Site, ram: &GuestRam) -> bool {
+        let written = ram.write(site.addr, &patched_bytes(site)).is_ok();
+        self.table.set_trapped(site.addr, written);
+        written
     }
 
     /// Whether the sites of `class` are patched.
@@ -148,7 +144,7 @@ impl Patches {
 
     /// Patched sites.
     pub fn len(&self) -> usize {
-        self.sites.values().filter(|(_, on)| *on).count()
+        self.table.iter_trapped().count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -157,7 +153,7 @@ impl Patches {
 
     /// The original instruction of the patched site that starts at guest-physical `gpa`.
     pub fn original(&self, gpa: u64) -> Option<&[u8]> {
-        self.sites.get(&gpa).filter(|(_, on)| *on).map(|(s, _)| s.original.as_slice())
+        self.table.trapped(gpa).map(|s| s.original.as_slice())
     }
 
     /// Finds patched sites the guest wrote over since the last check: a site holding its
@@ -165,27 +161,24 @@ impl Patches {
     /// Returns one line per site for the trace.
     pub fn verify(&mut self, ram: &GuestRam) -> Vec<String> {
         let mut notes = Vec::new();
-        for (site, on) in self.sites.values_mut().filter(|(_, on)| *on) {
+        let sites: Vec<Site> = self.table.iter_trapped().cloned().collect();
+        for site in sites {
             let mut now = vec![0u8; site.original.len()];
-            if ram.read(site.addr, &mut now).is_err() || now == patched_bytes(site) {
+            if ram.read(site.addr, &mut now).is_err() || now == patched_bytes(&site) {
                 continue;
             }
-            if now == site.original {
-                let _ = ram.write(site.addr, &patched_bytes(site));
+            let what = if now == site.original {
+                self.trap(&site, ram);
                 self.repatched += 1;
-                notes.push(format!(
-                    "patched site {:#x} ({}) written over with itself: patched again",
-                    site.addr, site.text
-                ));
+                "with itself: patched again"
             } else {
-                *on = false;
+                self.table.set_trapped(site.addr, false);
                 self.dropped += 1;
-                notes.push(format!(
-                    "patched site {:#x} ({}) written over with other code: dropped",
-                    site.addr, site.text
-                ));
-            }
-            tracing::warn!("{}", notes.last().map_or("", String::as_str));
+                "with other code: dropped"
+            };
+            let note = format!("patched site {:#x} ({}) written over {what}", site.addr, site.text);
+            tracing::warn!("{note}");
+            notes.push(note);
         }
         notes
     }

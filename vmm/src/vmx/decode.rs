@@ -120,7 +120,7 @@ impl Gpr {
         Some((Gpr((n - first) as u8), size))
     }
 
-    fn from_iced(r: Register) -> Option<Gpr> {
+    pub(crate) fn from_iced(r: Register) -> Option<Gpr> {
         Self::from_iced_sized(r).map(|(g, _)| g)
     }
 }

@@ -96,19 +96,6 @@ impl SensitiveInsn {
     }
 }
 
-fn gpr64(r: Register) -> Option<Gpr> {
-    let n = r as u32;
-    if (Register::RAX as u32..=Register::R15 as u32).contains(&n) {
-        Some(Gpr((n - Register::RAX as u32) as u8))
-    } else if (Register::EAX as u32..=Register::R15D as u32).contains(&n) {
-        Some(Gpr((n - Register::EAX as u32) as u8))
-    } else if (Register::AX as u32..=Register::R15W as u32).contains(&n) {
-        Some(Gpr((n - Register::AX as u32) as u8))
-    } else {
-        None
-    }
-}
-
 fn cr_number(r: Register) -> Option<u8> {
     match r {
         Register::CR0 => Some(0),
@@ -146,15 +133,15 @@ pub fn decode_sensitive(bytes: &[u8], bitness: u32, rip: u64) -> Option<Sensitiv
     }
     let op = match ins.code() {
         Code::Mov_cr_r32 | Code::Mov_cr_r64 => {
-            Sensitive::MovToCr { cr: cr_number(ins.op0_register())?, gpr: gpr64(ins.op1_register())? }
+            Sensitive::MovToCr { cr: cr_number(ins.op0_register())?, gpr: Gpr::from_iced(ins.op1_register())? }
         }
         Code::Mov_r32_cr | Code::Mov_r64_cr => {
-            Sensitive::MovFromCr { cr: cr_number(ins.op1_register())?, gpr: gpr64(ins.op0_register())? }
+            Sensitive::MovFromCr { cr: cr_number(ins.op1_register())?, gpr: Gpr::from_iced(ins.op0_register())? }
         }
         Code::Clts => Sensitive::Clts,
-        Code::Lmsw_rm16 | Code::Lmsw_r32m16 | Code::Lmsw_r64m16 => {
-            Sensitive::Lmsw { gpr: (ins.op0_kind() == OpKind::Register).then(|| gpr64(ins.op0_register())).flatten() }
-        }
+        Code::Lmsw_rm16 | Code::Lmsw_r32m16 | Code::Lmsw_r64m16 => Sensitive::Lmsw {
+            gpr: (ins.op0_kind() == OpKind::Register).then(|| Gpr::from_iced(ins.op0_register())).flatten(),
+        },
         Code::Cpuid => Sensitive::Cpuid,
         Code::Rdtsc => Sensitive::Rdtsc,
         Code::Rdtscp => Sensitive::Rdtscp,
