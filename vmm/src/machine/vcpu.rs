@@ -62,6 +62,8 @@ pub enum RawExit {
     },
     /// KVM_RUN returned EINTR (a signal or immediate_exit).
     Interrupted,
+    /// The guest can take an interrupt now (requested with `request_interrupt_window`).
+    IrqWindowOpen,
     /// An int3 nestbed wrote over a sensitive instruction at load (`crate::patch`), with the
     /// original instruction's bytes: the trap source that works on every host.
     Patched {
@@ -226,6 +228,27 @@ impl Vcpu {
         self.fd.set_xcrs(&xcrs).map_err(host("KVM_SET_XCRS"))
     }
 
+    /// Whether KVM can inject an external interrupt at the next KVM_RUN (RFLAGS.IF set, no
+    /// interrupt shadow, nothing else being injected), as of the last exit.
+    pub fn ready_for_interrupt(&self) -> bool {
+        // SAFETY: plain integer fields of the mapped kvm_run, which KVM sets on every exit.
+        unsafe { (*self.run).ready_for_interrupt_injection != 0 && (*self.run).if_flag != 0 }
+    }
+
+    /// Asks KVM to exit (KVM_EXIT_IRQ_WINDOW_OPEN) as soon as the guest can take an interrupt.
+    pub fn request_interrupt_window(&mut self, on: bool) {
+        // SAFETY: a plain integer field of the mapped kvm_run, read by KVM at KVM_RUN.
+        unsafe { (*self.run).request_interrupt_window = u8::from(on) };
+    }
+
+    /// Queues external interrupt `vector` for delivery at the next entry (userspace irqchip).
+    pub fn inject_interrupt(&mut self, vector: u8) {
+        let ev = self.events_mut();
+        ev.interrupt.injected = 1;
+        ev.interrupt.nr = vector;
+        ev.interrupt.soft = 0;
+    }
+
     /// Queues exception `vector` for delivery at the next entry (KVM_SET_VCPU_EVENTS semantics).
     pub fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         let ev = self.events_mut();
@@ -269,6 +292,7 @@ impl Vcpu {
             VcpuExit::Debug(d) => RawExit::Debug { exception: d.exception, pc: d.pc, dr6: d.dr6, dr7: d.dr7 },
             VcpuExit::FailEntry(reason, _) => RawExit::FailEntry { reason },
             VcpuExit::Intr => RawExit::Interrupted,
+            VcpuExit::IrqWindowOpen => RawExit::IrqWindowOpen,
             VcpuExit::InternalError => {
                 let run = self.fd.get_kvm_run();
                 // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal`/`emulation_failure`

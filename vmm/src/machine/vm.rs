@@ -14,9 +14,13 @@ const KVM_MSR_EXIT_REASON_INVAL: u64 = 1;
 const KVM_MSR_EXIT_REASON_UNKNOWN: u64 = 2;
 const KVM_MSR_EXIT_REASON_FILTER: u64 = 4;
 const CPUID_1_ECX_VMX: u32 = 1 << 5;
+/// "GenuineIntel" in CPUID.0's EBX, EDX, ECX.
+const INTEL_VENDOR: [u32; 3] = [0x756e_6547, 0x4965_6e69, 0x6c65_746e];
 
-/// MSR ranges whose reads and writes exit to userspace (served by the virtual VMX).
-pub const FILTERED_MSRS: &[(u32, u32)] = &[(0x3a, 1), (0x480, 18)];
+/// MSR ranges whose reads and writes exit to userspace: IA32_FEATURE_CONTROL and the VMX
+/// capability MSRs (the virtual VMX), IA32_APIC_BASE, IA32_TSC_DEADLINE and the x2APIC MSRs
+/// (the local APIC nestbed models).
+pub const FILTERED_MSRS: &[(u32, u32)] = &[(0x1b, 1), (0x3a, 1), (0x480, 18), (0x6e0, 1), (0x800, 256)];
 
 pub struct Vm {
     pub fd: VmFd,
@@ -36,7 +40,7 @@ impl Vm {
             KVM_MSR_EXIT_REASON_INVAL | KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER,
         )
         .map_err(host("enabling KVM_CAP_X86_USER_SPACE_MSR"))?;
-        let deny = [0u8; 4];
+        let deny = [0u8; 32];
         let ranges: Vec<MsrFilterRange> = FILTERED_MSRS
             .iter()
             .map(|&(base, n)| MsrFilterRange {
@@ -121,6 +125,36 @@ pub fn cpuid_lookup(table: &[kvm_bindings::kvm_cpuid_entry2], leaf: u32, subleaf
     entry.map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx])
 }
 
+/// The CR4 bits a CPU with CPUID `table` can set (SDM 2.5 and the CPUID feature flags each
+/// bit depends on), VMXE included only when CPUID.1:ECX.VMX says so.
+pub fn cr4_supported(table: &[kvm_bindings::kvm_cpuid_entry2]) -> u64 {
+    let [_, _, ecx1, edx1] = cpuid_lookup(table, 1, 0);
+    let [_, ebx7, ecx7, _] = cpuid_lookup(table, 7, 0);
+    let has = |reg: u32, bit: u32| reg & (1 << bit) != 0;
+    let bits: [(bool, u32); 19] = [
+        (has(edx1, 1), 0),   // VME
+        (has(edx1, 1), 1),   // PVI
+        (has(edx1, 4), 2),   // TSD
+        (has(edx1, 2), 3),   // DE
+        (has(edx1, 3), 4),   // PSE
+        (has(edx1, 6), 5),   // PAE
+        (has(edx1, 7), 6),   // MCE
+        (has(edx1, 13), 7),  // PGE
+        (true, 8),           // PCE
+        (has(edx1, 24), 9),  // OSFXSR
+        (has(edx1, 25), 10), // OSXMMEXCPT
+        (has(ecx7, 2), 11),  // UMIP
+        (has(ecx7, 16), 12), // LA57
+        (has(ecx1, 5), 13),  // VMXE
+        (has(ebx7, 0), 16),  // FSGSBASE
+        (has(ecx1, 17), 17), // PCIDE
+        (has(ecx1, 26), 18), // OSXSAVE
+        (has(ebx7, 7), 20),  // SMEP
+        (has(ebx7, 20), 21), // SMAP
+    ];
+    bits.iter().filter(|(on, _)| *on).fold(0, |m, (_, b)| m | 1 << b)
+}
+
 /// A CPUID answer replaced by a script before the vCPU runs (KVM refuses changes later).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuidOverride {
@@ -131,6 +165,11 @@ pub struct CpuidOverride {
 
 fn adjust_cpuid(cpuid: &mut CpuId, vmx: bool, overrides: &[CpuidOverride]) {
     for e in cpuid.as_mut_slice() {
+        if e.function == 0 {
+            // The virtual CPU offers Intel's VMX, so it says it is an Intel CPU: software decides
+            // between Intel's and AMD's ways (VMCALL or VMMCALL, PMU, ...) by the vendor.
+            [e.ebx, e.edx, e.ecx] = INTEL_VENDOR;
+        }
         if e.function == 1 {
             if vmx {
                 e.ecx |= CPUID_1_ECX_VMX;
@@ -169,6 +208,16 @@ mod tests {
 
     fn entry(function: u32, index: u32, flags: u32, eax: u32) -> kvm_cpuid_entry2 {
         kvm_cpuid_entry2 { function, index, flags, eax, ebx: function, ..Default::default() }
+    }
+
+    #[test]
+    fn cr4_bits_follow_the_feature_flags() {
+        let t = [
+            entry(0, 0, 0, 7),
+            kvm_cpuid_entry2 { function: 1, edx: 1 << 6 | 1 << 3, ecx: 1 << 5, ..Default::default() },
+        ];
+        assert_eq!(cr4_supported(&t), 1 << 5 | 1 << 4 | 1 << 8 | 1 << 13);
+        assert_eq!(cr4_supported(&[]), 1 << 8, "PCE needs no flag");
     }
 
     #[test]

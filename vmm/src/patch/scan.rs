@@ -45,6 +45,7 @@ const MAX_RUN: usize = 100_000;
 const PT_LOAD: u32 = 1;
 const PF_X: u32 = 1;
 const SHT_SYMTAB: u32 = 2;
+const STT_NOTYPE: u8 = 0;
 const STT_FUNC: u8 = 2;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -327,6 +328,13 @@ pub fn scan(image: &[u8], selection: Selection) -> Result<Scan, ScanError> {
     for &s in &elf.symbols {
         st.descend(s, 64)?;
     }
+    // Labels without a type (assembly entry points reached through tables) are only anchors:
+    // the sweep keeps what they start only if it decodes consistently.
+    for &l in &elf.labels {
+        if let Some(a) = st.locate(l) {
+            st.anchors.push(a);
+        }
+    }
     st.sweep()?;
     let mut fmt = FastFormatter::new();
     let o = fmt.options_mut();
@@ -379,7 +387,10 @@ struct Segment<'a> {
 struct Elf<'a> {
     entry: u64,
     segments: Vec<Segment<'a>>,
+    /// Defined `STT_FUNC` symbols.
     symbols: Vec<u64>,
+    /// Defined `STT_NOTYPE` symbols.
+    labels: Vec<u64>,
 }
 
 fn bad(what: impl Into<String>) -> ScanError {
@@ -455,20 +466,23 @@ impl<'a> Elf<'a> {
         if segments.is_empty() {
             return Err(ScanError::NoCode);
         }
-        let symbols = if shoff != 0 && shnum != 0 { symbols(e, is64, shoff, shentsize, shnum)? } else { Vec::new() };
-        Ok(Elf { entry, segments, symbols })
+        let (symbols, labels) =
+            if shoff != 0 && shnum != 0 { symbols(e, is64, shoff, shentsize, shnum)? } else { Default::default() };
+        Ok(Elf { entry, segments, symbols, labels })
     }
 }
 
-/// Values of the defined `STT_FUNC` symbols of every `SHT_SYMTAB` section, sorted.
-fn symbols(e: &[u8], is64: bool, shoff: u64, shentsize: u64, shnum: usize) -> Result<Vec<u64>, ScanError> {
+/// Values of the defined `STT_FUNC` and `STT_NOTYPE` symbols of every `SHT_SYMTAB` section,
+/// sorted.
+#[allow(clippy::type_complexity)]
+fn symbols(e: &[u8], is64: bool, shoff: u64, shentsize: u64, shnum: usize) -> Result<(Vec<u64>, Vec<u64>), ScanError> {
     if shentsize < if is64 { 64 } else { 40 } {
         return Err(bad(format!("section header size {shentsize}")));
     }
     if shnum > MAX_PROGRAM_HEADERS * 64 {
         return Err(bad(format!("{shnum} section headers")));
     }
-    let mut out = Vec::new();
+    let (mut out, mut labels) = (Vec::new(), Vec::new());
     let mut read = 0usize;
     for i in 0..shnum as u64 {
         let s = shoff.checked_add(i * shentsize).ok_or_else(|| bad("section header offset"))?;
@@ -499,14 +513,19 @@ fn symbols(e: &[u8], is64: bool, shoff: u64, shentsize: u64, shnum: usize) -> Re
             let (Some(info), Some(shndx), Some(value)) = (info, shndx, value) else {
                 return Err(bad(format!("symbol {k} of section {i} is truncated")));
             };
-            if info as u8 & 0xf == STT_FUNC && shndx != 0 {
-                out.push(value);
+            match (info as u8 & 0xf, shndx) {
+                (_, 0) => {}
+                (STT_FUNC, _) => out.push(value),
+                (STT_NOTYPE, _) => labels.push(value),
+                _ => {}
             }
         }
     }
-    out.sort_unstable();
-    out.dedup();
-    Ok(out)
+    for v in [&mut out, &mut labels] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    Ok((out, labels))
 }
 
 const UNKNOWN: u8 = 0;

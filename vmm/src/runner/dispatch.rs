@@ -3,9 +3,11 @@
 //! [`Runner::dispatch`] is the one place that decides who handled an exit, so the trace, the
 //! statistics, scripts and gdb always agree.
 
+use super::platform::Platform;
 use super::{Flow, Outcome, Runner};
 use crate::error::Error;
 use crate::exit::{Action, Exit, Handler, Level};
+use crate::machine::devices::PortEffect;
 use crate::machine::RawExit;
 use crate::nested::env::RamView;
 use crate::nested::route::{route, L0Keeps, Route};
@@ -16,6 +18,8 @@ use crate::vmx::decode::VmxInsn;
 use crate::vmx::exit_info::ExitInfo;
 use crate::vmx::route::{l1_wants_exit, ExitFacts};
 use crate::vmx::sensitive::SensitiveInsn;
+
+const RFLAGS_IF: u64 = 1 << 9;
 
 /// The phases timed inside the handling of an exit.
 const INNER: &[Phase] = &[Phase::Model, Phase::Memslots, Phase::Transfer];
@@ -62,6 +66,17 @@ pub(super) enum Work {
         port: u16,
         size: u8,
         count: u32,
+    },
+    /// An MMIO read of L1-physical `gpa` outside RAM: a platform device, else all ones.
+    MmioRead {
+        gpa: u64,
+        len: u8,
+    },
+    /// An MMIO write of L1-physical `gpa` outside RAM: a platform device, else dropped.
+    MmioWrite {
+        gpa: u64,
+        len: u8,
+        data: u64,
     },
     /// An MMIO read that reaches nothing: all ones.
     ReadAllOnes,
@@ -177,12 +192,23 @@ impl Runner {
             Work::L2Rdmsr { index } => self.l2_rdmsr(index),
             Work::L2Wrmsr { index, value } => self.l2_wrmsr(index, value),
             Work::EptAllowed { eptp, hpa, len, data } => self.l2_ept_allowed(eptp, hpa, len, data),
-            Work::PortOut { port, size, data } => Ok(match self.devices.write(port, size, data) {
-                crate::machine::devices::PortEffect::Exit(c) => Flow::Stop(Outcome::GuestExit(c)),
-                crate::machine::devices::PortEffect::None => Flow::Continue,
-            }),
+            Work::PortOut { port, size, data } => Ok(self.port_write(port, size, data)),
             Work::PortIn { port, size, count } => {
                 self.device_in(port, size, count);
+                Ok(Flow::Continue)
+            }
+            Work::MmioRead { gpa, len } => {
+                let v = self.platform.mmio_read(gpa, len).unwrap_or_else(|| {
+                    tracing::debug!(gpa = format_args!("{gpa:#x}"), "read outside RAM: all ones");
+                    u64::MAX
+                });
+                self.active().complete_read(v);
+                Ok(Flow::Continue)
+            }
+            Work::MmioWrite { gpa, len, data } => {
+                if !self.platform.mmio_write(gpa, len, data) {
+                    tracing::debug!(gpa = format_args!("{gpa:#x}"), "write outside RAM ignored");
+                }
                 Ok(Flow::Continue)
             }
             Work::ReadAllOnes => {
@@ -191,10 +217,16 @@ impl Runner {
             }
             Work::DropWrite => Ok(Flow::Continue),
             Work::L1Hlt => {
-                let rip = self.l1.regs().rip;
-                Ok(Flow::Stop(Outcome::Unsupported(format!(
-                    "L1 executed HLT at RIP {rip:#x}; nestbed has no interrupt sources, so it would never wake"
-                ))))
+                let r = *self.l1.regs();
+                if r.rflags & RFLAGS_IF == 0 && self.platform.pending().is_none() {
+                    return Ok(Flow::Stop(Outcome::Unsupported(format!(
+                        "L1 executed HLT with interrupts disabled at RIP {:#x} and no interrupt pending: it would never wake",
+                        r.rip
+                    ))));
+                }
+                let link = self.debug.link.clone();
+                self.platform.sleep_until_interrupt(|| link.as_ref().is_some_and(|l| l.wants_attention()));
+                Ok(Flow::Continue)
             }
             Work::TripleFault => {
                 let level = self.level;
@@ -289,16 +321,36 @@ impl Runner {
     /// Completes an `in` (or every element of an INS) on the active vCPU from the devices.
     fn device_in(&mut self, port: u16, size: u8, count: u32) {
         if count <= 1 {
-            let v = self.devices.read(port, size);
+            let v = self.port_read(port, size);
             self.active().complete_read(v);
             return;
         }
         let mut bytes = Vec::with_capacity(usize::from(size) * count as usize);
         for _ in 0..count {
-            let v = self.devices.read(port, size);
+            let v = self.port_read(port, size);
             bytes.extend_from_slice(&v.to_le_bytes()[..usize::from(size).min(8)]);
         }
         self.active().complete_string_in(&bytes);
+    }
+
+    /// A port read: the platform's devices (PIC, fw_cfg, test device), else the serial port.
+    fn port_read(&mut self, port: u16, size: u8) -> u64 {
+        if Platform::claims_port(port) {
+            self.platform.port_read(port, size)
+        } else {
+            self.devices.read(port, size)
+        }
+    }
+
+    fn port_write(&mut self, port: u16, size: u8, data: u64) -> Flow {
+        if Platform::claims_port(port) {
+            self.platform.port_write(port, size, data);
+            return Flow::Continue;
+        }
+        match self.devices.write(port, size, data) {
+            PortEffect::Exit(c) => Flow::Stop(Outcome::GuestExit(c)),
+            PortEffect::None => Flow::Continue,
+        }
     }
 
     /// Numbers the next exit.

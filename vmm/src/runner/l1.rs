@@ -33,6 +33,10 @@ impl Runner {
             RawExit::Shutdown => (ExitReason::TRIPLE_FAULT, 0, ExitDetail::None, Work::TripleFault),
             RawExit::Hlt => (ExitReason::HLT, 0, ExitDetail::None, Work::L1Hlt),
             RawExit::EmulationFailure { bytes } => return self.normalize_l1_vmx(&bytes),
+            // L1 can take the interrupt it had pending: delivered before the next KVM_RUN.
+            RawExit::IrqWindowOpen => {
+                return Ok(Normalized::Quiet { reason: ExitReason::INTERRUPT_WINDOW as u32, flow: Flow::Continue })
+            }
             RawExit::Patched { bytes } => {
                 self.l1.refresh()?;
                 let bitness = trap::bitness(self.l1.peek_sregs());
@@ -51,12 +55,18 @@ impl Runner {
                 Work::L1Wrmsr { index, value: data },
             ),
             // Outside RAM there is no device: reads return all ones, writes are dropped.
-            RawExit::MmioRead { gpa, len } => {
-                (ExitReason::EPT_VIOLATION, 1, ExitDetail::Mmio { gpa, len, write: false, data: 0 }, Work::ReadAllOnes)
-            }
-            RawExit::MmioWrite { gpa, len, data } => {
-                (ExitReason::EPT_VIOLATION, 2, ExitDetail::Mmio { gpa, len, write: true, data }, Work::DropWrite)
-            }
+            RawExit::MmioRead { gpa, len } => (
+                ExitReason::EPT_VIOLATION,
+                1,
+                ExitDetail::Mmio { gpa, len, write: false, data: 0 },
+                Work::MmioRead { gpa, len },
+            ),
+            RawExit::MmioWrite { gpa, len, data } => (
+                ExitReason::EPT_VIOLATION,
+                2,
+                ExitDetail::Mmio { gpa, len, write: true, data },
+                Work::MmioWrite { gpa, len, data },
+            ),
             other => {
                 let why = format!("unexpected L1 exit {other:?}\n{}", super::dump_registers(&mut self.l1));
                 return Ok(Normalized::Quiet { reason: 0, flow: Flow::Stop(Outcome::Unsupported(why)) });
@@ -107,6 +117,17 @@ impl Runner {
     /// RDMSR of L1: the VMX capability MSRs and IA32_FEATURE_CONTROL; any other MSR that
     /// reaches nestbed is unknown to the host: #GP.
     pub(super) fn l1_rdmsr(&mut self, index: u32) -> Flow {
+        match self.platform.rdmsr(index) {
+            Some(Ok(v)) => {
+                self.l1.complete_read(v);
+                return Flow::Continue;
+            }
+            Some(Err(_)) => {
+                self.l1.fail_msr();
+                return Flow::Continue;
+            }
+            None => {}
+        }
         match self.nested.vmx.caps.msr(index) {
             Some(v) => self.l1.complete_read(v),
             None => {
@@ -120,6 +141,14 @@ impl Runner {
     /// WRMSR of L1: IA32_FEATURE_CONTROL is locked and the capability MSRs are read-only: #GP
     /// (SDM 24.7, Appendix A). Writing back the same locked value is tolerated.
     pub(super) fn l1_wrmsr(&mut self, index: u32, value: u64) -> Flow {
+        match self.platform.wrmsr(index, value) {
+            Some(Ok(())) => return Flow::Continue,
+            Some(Err(_)) => {
+                self.l1.fail_msr();
+                return Flow::Continue;
+            }
+            None => {}
+        }
         let same = index == IA32_FEATURE_CONTROL && self.nested.vmx.caps.msr(index) == Some(value);
         if !same {
             tracing::debug!(msr = format_args!("{index:#x}"), "L1 WRMSR refused: #GP");

@@ -140,11 +140,25 @@ impl Runner {
             }
             RawExit::MmioRead { gpa, len } => {
                 let detail = ExitDetail::Mmio { gpa, len, write: false, data: 0 };
-                Parts::kept(ExitReason::EPT_VIOLATION, 1, rip, detail, Work::ReadAllOnes, L0Keeps::OutsideL1Memory)
+                Parts::kept(
+                    ExitReason::EPT_VIOLATION,
+                    1,
+                    rip,
+                    detail,
+                    Work::MmioRead { gpa, len },
+                    L0Keeps::OutsideL1Memory,
+                )
             }
             RawExit::MmioWrite { gpa, len, data } => {
                 let detail = ExitDetail::Mmio { gpa, len, write: true, data };
-                Parts::kept(ExitReason::EPT_VIOLATION, 2, rip, detail, Work::DropWrite, L0Keeps::OutsideL1Memory)
+                Parts::kept(
+                    ExitReason::EPT_VIOLATION,
+                    2,
+                    rip,
+                    detail,
+                    Work::MmioWrite { gpa, len, data },
+                    L0Keeps::OutsideL1Memory,
+                )
             }
             other => {
                 let why = format!("unexpected L2 exit {other:?} at RIP {rip:#x}");

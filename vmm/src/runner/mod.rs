@@ -8,6 +8,7 @@ mod hooks;
 mod l1;
 mod l2;
 mod patching;
+mod platform;
 mod sensitive;
 pub mod signals;
 
@@ -164,6 +165,8 @@ pub struct Runner {
     /// What happened beside the exits (failed entry checks...), for the trace and scripts.
     notes: Vec<String>,
     scripts: Option<ScriptHost>,
+    /// L1's PC platform: interrupt controllers, timer, fw_cfg, test device.
+    platform: platform::Platform,
     /// Sensitive instructions patched into traps (`--patch-sensitive`).
     patches: Option<patching::Patches>,
     patch_mode: PatchMode,
@@ -217,7 +220,10 @@ impl Runner {
 
         let l1_vm = Vm::new(&kvm, ram)?;
         let mut l1 = l1_vm.create_vcpu(&kvm, 0, true, &l1_cpuid)?;
-        let clock = Clock::new(l1.fd().get_tsc_khz().ok().map(u64::from));
+        let tsc_khz = l1.fd().get_tsc_khz().ok().map(u64::from);
+        let clock = Clock::new(tsc_khz);
+        let guest_tsc = l1.get_msrs(&[0x10]).ok().and_then(|v| v.first().copied());
+        let platform = platform::Platform::new(l1_vm.ram.size(), tsc_khz.unwrap_or(1_000_000), guest_tsc);
         l1.prime()?;
         boot::set_entry_state(&mut l1, &boot);
         let mut vmx = VmxCpu::new(caps);
@@ -242,6 +248,7 @@ impl Runner {
             notes: Vec::new(),
             scripts,
             debug: DebugState::with_generation(u64::from(patches.is_some())),
+            platform,
             patches,
             patch_mode: cfg.patch,
             script_paths: cfg.scripts.clone(),
@@ -331,6 +338,9 @@ impl Runner {
             // SAFETY: the active vCPU's mapping lives as long as the Runner, which clears the
             // registration before returning.
             unsafe { signals::set_running(run) };
+            if self.level == Level::L1 {
+                self.deliver_l1_interrupt();
+            }
             let entered = self.clock.now();
             let raw = self.active().run()?;
             let phase = if self.level == Level::L1 { Phase::KvmRunL1 } else { Phase::KvmRunL2 };

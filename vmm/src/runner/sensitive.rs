@@ -293,8 +293,15 @@ impl Runner {
     fn write_cr4(&mut self, v: u64, l1: bool) -> Result<(), Fault> {
         let s = *self.active().sregs();
         let lma = s.efer & EFER_LMA != 0;
-        let supported = self.nested.vmx.caps.cr4_fixed1 | CR4_VMXE;
+        // The bits this CPU's CPUID offers (KVM refuses the others); in VMX operation also
+        // IA32_VMX_CR4_FIXED0/1 (SDM 24.8).
+        // L2 runs in VMX operation, where VMXE is 1 whatever L2's own CPUID says.
+        let supported = crate::machine::vm::cr4_supported(&self.active().cpuid) | if l1 { 0 } else { CR4_VMXE };
+        let caps = &self.nested.vmx.caps;
+        let in_vmx = !l1 || self.nested.vmx.vmxon;
+        let fixed_bad = in_vmx && (v & caps.cr4_fixed0 != caps.cr4_fixed0 || v & !caps.cr4_fixed1 != 0);
         if v & !supported != 0
+            || fixed_bad
             || lma && v & CR4_PAE == 0
             || v & CR4_PCIDE != 0 && s.cr4 & CR4_PCIDE == 0 && (!lma || s.cr3 & 0xfff != 0)
         {

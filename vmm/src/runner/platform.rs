@@ -1,0 +1,297 @@
+//! L1's PC platform in the run loop: port, MMIO and MSR accesses routed to the device models
+//! of `crate::platform`, their interrupts delivered into L1's vCPU, HLT that sleeps until the
+//! next interrupt, and the APIC timer kicking the vCPU out of KVM_RUN at its deadline.
+//!
+//! nestbed models the interrupt controllers in userspace instead of KVM's in-kernel irqchip:
+//! with the in-kernel one, KVM would handle L1's HLT and APIC itself, and nestbed could not turn
+//! L1's interrupts into VM exits while L2 runs (external-interrupt exiting) or let L2's HLT
+//! reach it.
+
+use std::time::Duration;
+
+use super::{signals, Runner};
+use crate::platform::fw_cfg::FwCfg;
+use crate::platform::ioapic::{Delivery, DeliveryMode, IoApic, IOAPIC_BASE};
+use crate::platform::lapic::{self, Lapic};
+use crate::platform::pic::Pic;
+use crate::platform::testdev::{self, TestDev, IOMEM_BASE, IOMEM_LEN};
+
+const IOAPIC_SIZE: u64 = 0x1000;
+/// The longest HLT sleep between checks for a signal (Ctrl-C, --timeout, a debugger).
+const HLT_SLICE: Duration = Duration::from_millis(10);
+
+/// The devices and the timer that kicks the vCPU.
+pub struct Platform {
+    pub lapic: Lapic,
+    pub pic: Pic,
+    pub ioapic: IoApic,
+    pub fw_cfg: FwCfg,
+    pub testdev: TestDev,
+    /// Guest TSC minus host TSC (KVM runs the guest's TSC at the host's rate).
+    tsc_offset: u64,
+    tsc_khz: u64,
+    kick: Option<KickTimer>,
+    /// The deadline the kick timer is armed for.
+    armed: Option<u64>,
+}
+
+/// A POSIX timer that sends SIGUSR1 to the vCPU thread (`signals` then sets immediate_exit).
+struct KickTimer(libc::timer_t);
+
+impl KickTimer {
+    fn new() -> Option<Self> {
+        // SAFETY: a zeroed sigevent is valid; the fields set name this thread and SIGUSR1.
+        let mut ev: libc::sigevent = unsafe { std::mem::zeroed() };
+        ev.sigev_notify = libc::SIGEV_THREAD_ID;
+        ev.sigev_signo = libc::SIGUSR1;
+        // SAFETY: gettid has no preconditions.
+        ev.sigev_notify_thread_id = unsafe { libc::syscall(libc::SYS_gettid) } as libc::c_int;
+        let mut id: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: `ev` and `id` are valid for the call.
+        let rc = unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut id) };
+        (rc == 0).then_some(KickTimer(id))
+    }
+
+    /// Fires once after `after` (zero disarms).
+    fn arm(&self, after: Duration) {
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs() as libc::time_t,
+                tv_nsec: libc::c_long::from(after.subsec_nanos()),
+            },
+        };
+        // SAFETY: the timer id is live (deleted only in drop); `spec` is valid.
+        unsafe { libc::timer_settime(self.0, 0, &spec, std::ptr::null_mut()) };
+    }
+}
+
+impl Drop for KickTimer {
+    fn drop(&mut self) {
+        // SAFETY: the id came from timer_create and is deleted once.
+        unsafe { libc::timer_delete(self.0) };
+    }
+}
+
+fn host_tsc() -> u64 {
+    // SAFETY: RDTSC has no memory effects; x86_64 always has it.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+impl Platform {
+    /// The platform of a machine with `ram_size` bytes; `guest_tsc` is the guest's TSC read
+    /// now (for the TSC-deadline timer), `tsc_khz` its rate.
+    pub fn new(ram_size: u64, tsc_khz: u64, guest_tsc: Option<u64>) -> Self {
+        Platform {
+            lapic: Lapic::new(tsc_khz),
+            pic: Pic::new(),
+            ioapic: IoApic::new(),
+            fw_cfg: FwCfg::new(ram_size, 1),
+            testdev: TestDev::new(),
+            tsc_offset: guest_tsc.map_or(0, |g| g.wrapping_sub(host_tsc())),
+            tsc_khz,
+            kick: KickTimer::new(),
+            armed: None,
+        }
+    }
+
+    /// The guest's TSC now.
+    pub fn now(&self) -> u64 {
+        host_tsc().wrapping_add(self.tsc_offset)
+    }
+
+    /// Whether a port belongs to the platform's devices.
+    pub fn claims_port(port: u16) -> bool {
+        Pic::claims(port) || FwCfg::claims(port) || TestDev::claims(port)
+    }
+
+    pub fn port_read(&mut self, port: u16, size: u8) -> u64 {
+        let size = usize::from(size);
+        let v = if Pic::claims(port) {
+            u32::from(self.pic.port_read(port))
+        } else if FwCfg::claims(port) {
+            self.fw_cfg.port_read(port, size)
+        } else {
+            self.testdev.port_read(port, size)
+        };
+        u64::from(v)
+    }
+
+    pub fn port_write(&mut self, port: u16, size: u8, value: u64) {
+        let size = usize::from(size);
+        if Pic::claims(port) {
+            self.pic.port_write(port, value as u8);
+        } else if FwCfg::claims(port) {
+            self.fw_cfg.port_write(port, size, value as u32);
+        } else if let testdev::Effect::SetIrq { line, level } = self.testdev.port_write(port, size, value as u32) {
+            self.set_irq(line, level);
+        }
+    }
+
+    /// A device line: the PIC sees ISA lines 0-15, the IOAPIC its pins (ISA IRQ 0 on pin 2).
+    fn set_irq(&mut self, line: u8, level: bool) {
+        if line < 16 {
+            self.pic.set_irq(line, level);
+        }
+        let pin = crate::platform::ioapic::isa_irq_to_pin(line);
+        if let Some(d) = self.ioapic.set_irq(usize::from(pin), level) {
+            self.deliver(d);
+        }
+    }
+
+    /// An IOAPIC message to the local APIC (one CPU: every destination is this one).
+    fn deliver(&mut self, d: Delivery) {
+        match d.mode {
+            DeliveryMode::Fixed | DeliveryMode::LowestPriority => {
+                self.lapic.accept(d.vector, d.level_triggered);
+            }
+            other => tracing::debug!(?other, vector = d.vector, "IOAPIC delivery mode not modelled: dropped"),
+        }
+    }
+
+    fn lapic_effect(&mut self, e: lapic::Effect) {
+        match e {
+            lapic::Effect::Eoi { vector, level: true } => {
+                for d in self.ioapic.eoi(vector) {
+                    self.deliver(d);
+                }
+            }
+            lapic::Effect::None | lapic::Effect::Eoi { .. } => {}
+            other => tracing::debug!(?other, "local APIC IPI to a CPU nestbed does not have: dropped"),
+        }
+    }
+
+    /// An MMIO read of the platform's pages; None when no device is at `gpa`.
+    pub fn mmio_read(&mut self, gpa: u64, len: u8) -> Option<u64> {
+        let len = usize::from(len);
+        let now = self.now();
+        if let Some(base) = self.lapic.mmio_base().filter(|&b| (b..b + lapic::MMIO_SIZE).contains(&gpa)) {
+            return Some(u64::from(self.lapic.read(gpa - base, len, now)));
+        }
+        if (IOAPIC_BASE..IOAPIC_BASE + IOAPIC_SIZE).contains(&gpa) {
+            return Some(u64::from(self.ioapic.mmio_read(gpa - IOAPIC_BASE, len)));
+        }
+        if (IOMEM_BASE..IOMEM_BASE + IOMEM_LEN as u64).contains(&gpa) {
+            return Some(self.testdev.mmio_read(gpa - IOMEM_BASE, len));
+        }
+        None
+    }
+
+    /// An MMIO write to the platform's pages; false when no device is at `gpa`.
+    pub fn mmio_write(&mut self, gpa: u64, len: u8, value: u64) -> bool {
+        let len = usize::from(len);
+        let now = self.now();
+        if let Some(base) = self.lapic.mmio_base().filter(|&b| (b..b + lapic::MMIO_SIZE).contains(&gpa)) {
+            let e = self.lapic.write(gpa - base, len, value as u32, now);
+            self.lapic_effect(e);
+            return true;
+        }
+        if (IOAPIC_BASE..IOAPIC_BASE + IOAPIC_SIZE).contains(&gpa) {
+            for d in self.ioapic.mmio_write(gpa - IOAPIC_BASE, len, value as u32) {
+                self.deliver(d);
+            }
+            return true;
+        }
+        if (IOMEM_BASE..IOMEM_BASE + IOMEM_LEN as u64).contains(&gpa) {
+            self.testdev.mmio_write(gpa - IOMEM_BASE, len, value);
+            return true;
+        }
+        false
+    }
+
+    /// RDMSR of the local APIC's MSRs: Some(Ok) value, Some(Err) #GP, None not the APIC's.
+    pub fn rdmsr(&mut self, index: u32) -> Option<Result<u64, lapic::Gp>> {
+        let now = self.now();
+        Lapic::handles_msr(index).then(|| self.lapic.rdmsr(index, now))
+    }
+
+    pub fn wrmsr(&mut self, index: u32, value: u64) -> Option<Result<(), lapic::Gp>> {
+        if !Lapic::handles_msr(index) {
+            return None;
+        }
+        let now = self.now();
+        Some(self.lapic.wrmsr(index, value, now).map(|e| self.lapic_effect(e)))
+    }
+
+    /// The vector L1 takes next, if an interrupt is pending: the local APIC's, else the PIC's
+    /// through LINT0 (ExtINT) or, with the APIC disabled, directly.
+    pub fn pending(&mut self) -> Option<Source> {
+        let now = self.now();
+        self.lapic.tick(now);
+        if self.lapic.pending().is_some() {
+            Some(Source::Lapic)
+        } else if self.pic.output() && self.lapic.accepts_pic_intr() {
+            Some(Source::Pic)
+        } else {
+            None
+        }
+    }
+
+    /// INTA: the vector of `source`'s interrupt, now in service.
+    pub fn acknowledge(&mut self, source: Source) -> Option<u8> {
+        match source {
+            Source::Lapic => self.lapic.ack(),
+            Source::Pic => Some(self.pic.ack()),
+        }
+    }
+
+    /// Arms the kick for the APIC timer's next deadline (once per new deadline).
+    pub fn arm_kick(&mut self) {
+        let deadline = self.lapic.next_deadline();
+        if deadline == self.armed {
+            return;
+        }
+        self.armed = deadline;
+        if let Some(k) = &self.kick {
+            k.arm(deadline.map_or(Duration::ZERO, |d| self.until(d).max(Duration::from_nanos(1))));
+        }
+    }
+
+    /// Host time until the guest TSC reaches `deadline`.
+    fn until(&self, deadline: u64) -> Duration {
+        let ticks = deadline.saturating_sub(self.now());
+        Duration::from_nanos((u128::from(ticks) * 1_000_000 / u128::from(self.tsc_khz.max(1))) as u64)
+    }
+
+    /// HLT with interrupts enabled: sleeps, in slices, until an interrupt is pending, a
+    /// signal stops the run, or `attention` (a debugger) asks for the run loop. A guest that
+    /// nothing can wake sleeps until one of those, as a CPU would.
+    pub fn sleep_until_interrupt(&mut self, attention: impl Fn() -> bool) {
+        loop {
+            if self.pending().is_some() || signals::cause() != signals::NONE || attention() {
+                return;
+            }
+            let slice = self.lapic.next_deadline().map_or(HLT_SLICE, |d| self.until(d).min(HLT_SLICE));
+            std::thread::sleep(slice);
+        }
+    }
+}
+
+/// Where a pending interrupt comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Lapic,
+    Pic,
+}
+
+impl Runner {
+    /// Before L1 runs: an interrupt the platform has pending is injected when L1 can take it
+    /// (IF set, no interrupt shadow), else KVM is asked to exit when it can (interrupt
+    /// window). The APIC timer's kick is armed for its next deadline.
+    pub(super) fn deliver_l1_interrupt(&mut self) {
+        let p = &mut self.platform;
+        p.arm_kick();
+        let Some(source) = p.pending() else {
+            self.l1.request_interrupt_window(false);
+            return;
+        };
+        if !self.l1.ready_for_interrupt() {
+            self.l1.request_interrupt_window(true);
+            return;
+        }
+        if let Some(vector) = p.acknowledge(source) {
+            self.l1.inject_interrupt(vector);
+        }
+        self.l1.request_interrupt_window(false);
+    }
+}
