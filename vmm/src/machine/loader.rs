@@ -16,6 +16,9 @@ const CMDLINE_ADDR: u64 = 0x9100;
 const MMAP_ADDR: u64 = 0x9800;
 const CMDLINE_MAX: usize = 0x700;
 const INFO_END: u64 = 0xa000;
+const INFO_SIZE: u64 = INFO_END - INFO_ADDR;
+/// Where the information goes when the image occupies INFO_ADDR.
+const LOW_INFO_ADDR: u64 = 0x1000;
 const PAGE: u64 = 0x1000;
 /// Lower memory ends at 640 KiB; 640 KiB-1 MiB is the legacy VGA/ROM hole.
 const LOWER_END: u64 = 0xa_0000;
@@ -69,7 +72,7 @@ pub enum LoadError {
     BadElf(String),
     #[error("segment {index} at {start:#x}..{end:#x} lies outside guest RAM (0..{ram:#x}); try a larger --mem")]
     OutsideRam { index: usize, start: u64, end: u64, ram: u64 },
-    #[error("segment {index} overlaps the boot information at {INFO_ADDR:#x}..{INFO_END:#x}")]
+    #[error("segment {index} leaves no room for the boot information (4 KiB at {INFO_ADDR:#x}, {LOW_INFO_ADDR:#x} or after the image)")]
     OverlapsInfo { index: usize },
     #[error("command line is longer than {CMDLINE_MAX} bytes")]
     CmdlineTooLong,
@@ -109,6 +112,14 @@ pub fn load_with_modules(
     } else {
         return Err(LoadError::NotElf);
     };
+    // The boot information goes at INFO_ADDR unless the image lies there (real-mode images
+    // load at 0x8000): then at 0x1000, or after the image.
+    let overlaps = |base: u64| segments.iter().any(|s| s.paddr < base + INFO_SIZE && s.paddr + s.memsz > base);
+    let top = segments.iter().map(|s| s.paddr.saturating_add(s.memsz)).max().unwrap_or(0);
+    let info = [INFO_ADDR, LOW_INFO_ADDR, page_up(top).unwrap_or(u64::MAX)]
+        .into_iter()
+        .find(|&b| !overlaps(b) && ram.contains(b, INFO_SIZE))
+        .ok_or(LoadError::OverlapsInfo { index: 0 })?;
     let mut image_end = 0;
     for (index, s) in segments.iter().enumerate() {
         let end = s.paddr.checked_add(s.memsz).ok_or(LoadError::OutsideRam {
@@ -120,18 +131,15 @@ pub fn load_with_modules(
         if !ram.contains(s.paddr, s.memsz) || (s.data.len() as u64) > s.memsz {
             return Err(LoadError::OutsideRam { index, start: s.paddr, end, ram: ram.size() });
         }
-        if s.paddr < INFO_END && end > INFO_ADDR {
-            return Err(LoadError::OverlapsInfo { index });
-        }
         let oob = |_| LoadError::OutsideRam { index, start: s.paddr, end, ram: ram.size() };
         ram.write(s.paddr, s.data).map_err(oob)?;
         let bss = vec![0u8; (s.memsz - s.data.len() as u64) as usize];
         ram.write(s.paddr + s.data.len() as u64, &bss).map_err(oob)?;
         image_end = image_end.max(end);
     }
-    let mods = load_modules(ram, image_end, modules)?;
-    write_info(ram, cmdline, mods)?;
-    Ok(BootEntry { entry, info: INFO_ADDR, image_end })
+    let mods = load_modules(ram, image_end.max(info + INFO_SIZE), modules)?;
+    write_info(ram, info, cmdline, mods)?;
+    Ok(BootEntry { entry, info, image_end })
 }
 
 fn page_up(a: u64) -> Option<u64> {
@@ -144,8 +152,7 @@ fn load_modules(ram: &GuestRam, image_end: u64, modules: &[Module]) -> Result<Op
     if modules.is_empty() {
         return Ok(None);
     }
-    // Above the boot information too, should the image lie below it.
-    let mut next = image_end.max(INFO_END);
+    let mut next = image_end;
     let mut entries = Vec::with_capacity(modules.len());
     for m in modules {
         let len = m.data.len() as u64;
@@ -277,14 +284,17 @@ fn aout_segments(image: &[u8], h: usize) -> Result<(u64, Vec<Segment<'_>>), Load
     Ok((entry, vec![Segment { paddr: load_addr, data, memsz }]))
 }
 
-fn write_info(ram: &GuestRam, cmdline: &str, mods: Option<(u32, u64)>) -> Result<(), LoadError> {
+/// Writes the multiboot information at `base` (the structure), `base + 0x100` (the command
+/// line) and `base + 0x800` (the memory map).
+fn write_info(ram: &GuestRam, base: u64, cmdline: &str, mods: Option<(u32, u64)>) -> Result<(), LoadError> {
     if cmdline.len() >= CMDLINE_MAX {
         return Err(LoadError::CmdlineTooLong);
     }
-    let oob = |_| LoadError::OutsideRam { index: 0, start: INFO_ADDR, end: INFO_END, ram: ram.size() };
+    let oob = |_| LoadError::OutsideRam { index: 0, start: base, end: base + INFO_SIZE, ram: ram.size() };
+    let (cmdline_addr, mmap_addr) = (base + CMDLINE_ADDR - INFO_ADDR, base + MMAP_ADDR - INFO_ADDR);
     let mut c = cmdline.as_bytes().to_vec();
     c.push(0);
-    ram.write(CMDLINE_ADDR, &c).map_err(oob)?;
+    ram.write(cmdline_addr, &c).map_err(oob)?;
     // Memory map (3.3): entries of size(4) base(8) length(8) type(4, 1 = available RAM); size
     // excludes itself.
     let mut mmap = Vec::new();
@@ -295,21 +305,21 @@ fn write_info(ram: &GuestRam, cmdline: &str, mods: Option<(u32, u64)>) -> Result
         mmap.extend_from_slice(&len.to_le_bytes());
         mmap.extend_from_slice(&kind.to_le_bytes());
     }
-    ram.write(MMAP_ADDR, &mmap).map_err(oob)?;
+    ram.write(mmap_addr, &mmap).map_err(oob)?;
     let mut info = [0u8; 52];
     let flags = INFO_MEM | INFO_CMDLINE | INFO_MMAP | if mods.is_some() { INFO_MODS } else { 0 };
     let put = |b: &mut [u8; 52], o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_le_bytes());
     put(&mut info, 0, flags);
     put(&mut info, 4, (LOWER_END >> 10) as u32);
     put(&mut info, 8, u32::try_from(high >> 10).unwrap_or(u32::MAX));
-    put(&mut info, 16, CMDLINE_ADDR as u32);
+    put(&mut info, 16, cmdline_addr as u32);
     if let Some((count, addr)) = mods {
         put(&mut info, 20, count);
         put(&mut info, 24, addr as u32);
     }
     put(&mut info, 44, mmap.len() as u32);
-    put(&mut info, 48, MMAP_ADDR as u32);
-    ram.write(INFO_ADDR, &info).map_err(oob)
+    put(&mut info, 48, mmap_addr as u32);
+    ram.write(base, &info).map_err(oob)
 }
 
 #[cfg(test)]
@@ -439,5 +449,20 @@ mod tests {
         let err = load_with_modules(&ram, &flat_image(0x10_0000, 0x10_1000), "", &mods).unwrap_err();
         assert!(matches!(&err, LoadError::ModuleOutsideRam { name, start: 0x10_1000, .. } if name == "big.bin"));
         assert!(err.to_string().contains("big.bin"), "{err}");
+    }
+
+    #[test]
+    fn an_image_at_the_boot_information_moves_it() {
+        // Real-mode images (kvm-unit-tests' realmode.flat) load from 0x8000 on.
+        let ram = GuestRam::new(4).unwrap();
+        let b = load(&ram, &flat_image(0x8000, 0xd000), "k x").unwrap();
+        assert_eq!(b.info, LOW_INFO_ADDR);
+        let cmdline = u64::from(ram.read_u32(b.info + 16).unwrap());
+        let mut c = [0u8; 3];
+        ram.read(cmdline, &mut c).unwrap();
+        assert_eq!(&c, b"k x");
+        // Filling both low places puts it after the image.
+        let b = load(&ram, &flat_image(0x1000, 0xd000), "").unwrap();
+        assert_eq!(b.info, 0xd000);
     }
 }

@@ -520,7 +520,8 @@ impl Lapic {
             reg::ID => Ok(u64::from(X2APIC_ID)),
             reg::LDR => Ok(u64::from(x2apic_ldr())),
             reg::ICR_LOW => Ok((u64::from(self.icr_high) << 32) | u64::from(self.icr_low)),
-            reg::APR | reg::RRD | reg::DFR | reg::ICR_HIGH | reg::EOI | reg::SELF_IPI => Err(Gp),
+            // No CMCI LVT: the version register's max LVT entry is 5 (SDM 11.5.1).
+            reg::APR | reg::RRD | reg::DFR | reg::ICR_HIGH | reg::EOI | reg::SELF_IPI | reg::LVT_CMCI => Err(Gp),
             _ => self.read_reg(reg).map(u64::from).ok_or(Gp),
         }
     }
@@ -556,13 +557,13 @@ impl Lapic {
                 self.icr_high = (value >> 32) as u32;
                 Ok(self.send_ipi((u64::from(self.icr_high) << 32) | u64::from(self.icr_low)))
             }
-            // SDM 11.12.11: a fixed, edge-triggered IPI to self.
+            // SDM 11.12.11: a fixed, edge-triggered IPI to self; bits 31:8 are reserved.
+            reg::SELF_IPI if value & !0xff != 0 => Err(Gp),
             reg::SELF_IPI => Ok(self.send_ipi(u64::from(ICR_SHORTHAND_SELF | (value as u32 & 0xff)))),
             reg::TPR
             | reg::EOI
             | reg::SPIV
             | reg::ESR
-            | reg::LVT_CMCI
             | reg::LVT_TIMER..=reg::LVT_ERROR
             | reg::INITIAL_COUNT
             | reg::DIVIDE_CONFIG => self.write_common(reg, value as u32).ok_or(Gp),

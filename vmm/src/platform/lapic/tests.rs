@@ -458,7 +458,7 @@ fn x2apic_reads() {
         (0x80f, Ok(0x1ff)),
         (0x810, Ok(0)),
         (0x828, Ok(0)),
-        (0x82f, Ok(u64::from(LVT_MASKED))),
+        (0x82f, Err(Gp)),
         (0x830, Ok(0)),
         (0x831, Err(Gp)),
         (0x835, Ok(0x700)),
@@ -896,4 +896,14 @@ fn x2apic_timer_msrs() {
     assert_eq!(apic.rdmsr(0x839, 1000), Ok(500));
     apic.tick(2000);
     assert_eq!(apic.pending(), Some(0x30));
+}
+
+#[test]
+fn x2apic_self_ipi_reserved_bits_are_gp() {
+    let mut apic = Lapic::new(1_000_000);
+    apic.wrmsr(APIC_BASE_MSR, DEFAULT_BASE | 1 << 11 | 1 << 10 | 1 << 8, 0).unwrap();
+    for v in [0x100u64, 0xff00, 0xff00_0000] {
+        assert_eq!(apic.wrmsr(0x83f, v, 0), Err(Gp), "SELF_IPI {v:#x}");
+    }
+    assert_eq!(apic.wrmsr(0x82f, 0, 0), Err(Gp), "no CMCI LVT");
 }
