@@ -14,12 +14,14 @@ use crate::nested::route::{route, L0Keeps, Route};
 use crate::nested::{Entry, Insn};
 use crate::trace::Phase;
 use crate::vmx::cpu::{apply_rflags, Fault};
-use crate::vmx::decode::VmxInsn;
+use crate::vmx::decode::{VmxInsn, VmxOp};
 use crate::vmx::exit_info::ExitInfo;
 use crate::vmx::route::{l1_wants_exit, ExitFacts};
 use crate::vmx::sensitive::SensitiveInsn;
 
 const RFLAGS_IF: u64 = 1 << 9;
+/// KVM's answer to a hypercall it does not know (include/uapi/linux/kvm_para.h).
+const KVM_ENOSYS: u64 = 1000;
 
 /// The phases timed inside the handling of an exit.
 const INNER: &[Phase] = &[Phase::Model, Phase::Memslots, Phase::Transfer];
@@ -274,6 +276,14 @@ impl Runner {
     fn execute_vmx(&mut self, insn: &VmxInsn, rip: u64) -> Result<Flow, Error> {
         let t = self.clock.now();
         let len = u64::from(insn.len);
+        if insn.op == VmxOp::Vmcall && !self.nested.vmx.vmxon {
+            // Outside VMX operation L1's VMCALL is a hypercall to its hypervisor, nestbed,
+            // which offers none: the answer is KVM's for an unknown one, -KVM_ENOSYS.
+            let r = self.l1.regs_mut();
+            r.rax = KVM_ENOSYS.wrapping_neg();
+            r.rip = rip.wrapping_add(len);
+            return Ok(Flow::Continue);
+        }
         let written = self.vmwrite_field(insn);
         let outcome = self.nested.execute(insn, &mut self.l1, &self.l1_vm.ram, written);
         tracing::debug!(rip = format_args!("{rip:#x}"), insn = %insn, ?outcome, "L1 VMX instruction");

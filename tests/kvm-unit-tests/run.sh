@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds a kvm-unit-tests tree and runs its x86 tests through its own runner, with nestbed
+# standing in for QEMU (`qemu-system-x86_64` is a symlink to nestbed, which then takes QEMU's
+# command line). Prints a PASS/FAIL/SKIP table.
+#
+#   run.sh SOURCE [TEST...]            SOURCE: a kvm-unit-tests tree, or its source tarball
+#   run.sh --check LIST SOURCE         runs the tests LIST names and fails unless each passes
+set -euo pipefail
+
+check=""
+if [ "${1:-}" = "--check" ]; then
+    check=$(realpath "$2")
+    shift 2
+fi
+src=${1:?usage: run.sh [--check LIST] SOURCE [TEST...]}
+shift
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+if [ -f "$src" ]; then
+    tar xzf "$src" -C "$work"
+    tree=$(find "$work" -maxdepth 2 -name run_tests.sh -printf '%h\n' | head -1)
+else
+    tree=$(realpath "$src")
+fi
+[ -x "$tree/run_tests.sh" ] || { echo "run.sh: no kvm-unit-tests tree in $src" >&2; exit 2; }
+if ! ls "$tree"/x86/*.flat >/dev/null 2>&1; then
+    echo "building kvm-unit-tests in $tree"
+    (cd "$tree" && ./configure >/dev/null && make -j"$(nproc)" >/dev/null)
+fi
+
+cargo build --release --manifest-path "$root/Cargo.toml" -q
+mkdir -p "$work/bin"
+ln -sf "$root/target/release/nestbed" "$work/bin/qemu-system-x86_64"
+
+tests=("$@")
+if [ -n "$check" ]; then
+    mapfile -t tests < <(grep -v '^#' "$check" | awk 'NF {print $1}')
+fi
+out="$work/results"
+(cd "$tree" && QEMU="$work/bin/qemu-system-x86_64" ACCEL=kvm ./run_tests.sh "${tests[@]}" || true) \
+    | sed 's/\x1b\[[0-9;]*m//g' | tee "$out"
+
+echo
+printf '%-44s %s\n' "test" "result"
+grep -E '^(PASS|FAIL|SKIP)' "$out" | awk '{r=$1; n=$2; $1=""; $2=""; sub(/^ +/, ""); printf "%-44s %s %s\n", n, r, $0}'
+printf '%s passed, %s failed, %s skipped\n' "$(grep -c '^PASS' "$out")" "$(grep -c '^FAIL' "$out")" "$(grep -c '^SKIP' "$out")"
+
+if [ -n "$check" ]; then
+    bad=0
+    for t in "${tests[@]}"; do
+        if ! grep -qE "^PASS $t( |$)" "$out"; then
+            echo "kvm-unit-tests: $t is listed as passing in $(basename "$check") but did not pass" >&2
+            bad=1
+        fi
+    done
+    exit $bad
+fi
