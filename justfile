@@ -24,6 +24,11 @@ bench:
 lint:
     .ci/lint
 
+# Build a kvm-unit-tests tree (or its source tarball) and run its x86 tests through its own runner
+# with nestbed as QEMU; prints a PASS/FAIL/SKIP table. Default: the copy beside the project.
+kvm-unit-tests source=(justfile_directory() / "../shared/kvm-unit-tests/kvm-unit-tests-1da1819e.tar.gz") *tests="":
+    tests/kvm-unit-tests/run.sh "{{source}}" {{tests}}
+
 # Run one scenario: `just scenario vmx-basic` runs tests/scenarios/vmx-basic.toml.
 scenario name:
     cargo run --release -- scenario run tests/scenarios/{{name}}.toml

@@ -5,6 +5,7 @@
 #
 #   run.sh SOURCE [TEST...]            SOURCE: a kvm-unit-tests tree, or its source tarball
 #   run.sh --check LIST SOURCE         runs the tests LIST names and fails unless each passes
+#   NESTBED_BIN=path run.sh ...        uses that nestbed binary instead of building a release one
 set -euo pipefail
 
 check=""
@@ -31,9 +32,14 @@ if ! ls "$tree"/x86/*.flat >/dev/null 2>&1; then
     (cd "$tree" && ./configure >/dev/null && make -j"$(nproc)" >/dev/null)
 fi
 
-cargo build --release --manifest-path "$root/Cargo.toml" -q
+# NESTBED_BIN: a nestbed binary to use instead of building the release one.
+bin=${NESTBED_BIN:-}
+if [ -z "$bin" ]; then
+    cargo build --release --manifest-path "$root/Cargo.toml" -q
+    bin="$root/target/release/nestbed"
+fi
 mkdir -p "$work/bin"
-ln -sf "$root/target/release/nestbed" "$work/bin/qemu-system-x86_64"
+ln -sf "$(realpath "$bin")" "$work/bin/qemu-system-x86_64"
 
 tests=("$@")
 if [ -n "$check" ]; then

@@ -98,10 +98,13 @@ pub enum Class {
     Invlpg,
     Rdpmc,
     Xsetbv,
+    /// AMD's hypercall instruction: #UD on an Intel CPU, and a host's own hypercall (which
+    /// never returns on some hosts) if it runs.
+    Vmmcall,
 }
 
 impl Class {
-    pub const ALL: [Class; 31] = [
+    pub const ALL: [Class; 32] = [
         Class::Vmxon,
         Class::Vmxoff,
         Class::Vmclear,
@@ -133,6 +136,7 @@ impl Class {
         Class::Invlpg,
         Class::Rdpmc,
         Class::Xsetbv,
+        Class::Vmmcall,
     ];
 
     pub fn name(self) -> &'static str {
@@ -168,6 +172,7 @@ impl Class {
             Class::Invlpg => "INVLPG",
             Class::Rdpmc => "RDPMC",
             Class::Xsetbv => "XSETBV",
+            Class::Vmmcall => "VMMCALL",
         }
     }
 
@@ -175,7 +180,7 @@ impl Class {
     /// TLB, performance counters and XCR0, which an L2 should see as its L1's controls (SDM
     /// Vol. 3C 26.1) configure; the VMX instructions, CR4 moves and CPUID are the default set.
     pub fn is_fidelity(self) -> bool {
-        self > Class::Cpuid
+        self > Class::Cpuid && self != Class::Vmmcall
     }
 
     /// The class of `ins`, if it is sensitive.
@@ -204,6 +209,7 @@ impl Class {
             Mnemonic::Invlpg => Class::Invlpg,
             Mnemonic::Rdpmc => Class::Rdpmc,
             Mnemonic::Xsetbv => Class::Xsetbv,
+            Mnemonic::Vmmcall => Class::Vmmcall,
             Mnemonic::Mov if ins.op_count() == 2 => {
                 let reg = |i| (ins.op_kind(i) == OpKind::Register).then(|| ins.op_register(i));
                 match (reg(0), reg(1)) {

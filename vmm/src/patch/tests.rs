@@ -91,6 +91,7 @@ const EVERY: &[(&[u8], Class)] = &[
     (&[0x0f, 0x01, 0x38], Class::Invlpg),
     (&[0x0f, 0x33], Class::Rdpmc),
     (&[0x0f, 0x01, 0xd1], Class::Xsetbv),
+    (&[0x0f, 0x01, 0xd9], Class::Vmmcall),
 ];
 
 #[test]
@@ -118,7 +119,7 @@ fn every_class_is_found_at_its_physical_address() {
     let default = scan(&img, Selection::default()).unwrap();
     let expected: Vec<Class> = Class::ALL.into_iter().filter(|c| !c.is_fidelity()).collect();
     assert_eq!(classes(&default), expected);
-    assert_eq!(expected.len(), 16);
+    assert_eq!(expected.len(), 17);
 }
 
 const VMXON_DATA: [u8; 4] = [0xf3, 0x0f, 0xc7, 0x30];

@@ -98,6 +98,11 @@ pub(super) enum Work {
         insn: VmxInsn,
         rip: u64,
     },
+    /// A hypercall of L1 to nestbed (VMCALL outside VMX operation, VMMCALL).
+    Hypercall {
+        len: u8,
+        rip: u64,
+    },
     /// A sensitive instruction from a patched site, executed by nestbed.
     Sensitive {
         insn: SensitiveInsn,
@@ -189,6 +194,7 @@ impl Runner {
         match work {
             Work::L1Vmx { insn, rip } => self.execute_vmx(&insn, rip),
             Work::Sensitive { insn, rip } => self.execute_sensitive(insn, rip),
+            Work::Hypercall { len, rip } => Ok(self.hypercall(len, rip)),
             Work::L1Rdmsr { index } => Ok(self.l1_rdmsr(index)),
             Work::L1Wrmsr { index, value } => Ok(self.l1_wrmsr(index, value)),
             Work::L2Rdmsr { index } => self.l2_rdmsr(index),
@@ -277,12 +283,7 @@ impl Runner {
         let t = self.clock.now();
         let len = u64::from(insn.len);
         if insn.op == VmxOp::Vmcall && !self.nested.vmx.vmxon {
-            // Outside VMX operation L1's VMCALL is a hypercall to its hypervisor, nestbed,
-            // which offers none: the answer is KVM's for an unknown one, -KVM_ENOSYS.
-            let r = self.l1.regs_mut();
-            r.rax = KVM_ENOSYS.wrapping_neg();
-            r.rip = rip.wrapping_add(len);
-            return Ok(Flow::Continue);
+            return Ok(self.hypercall(insn.len, rip));
         }
         let written = self.vmwrite_field(insn);
         let outcome = self.nested.execute(insn, &mut self.l1, &self.l1_vm.ram, written);
@@ -319,6 +320,15 @@ impl Runner {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// A hypercall of L1 to its hypervisor, nestbed, which offers none: the answer is KVM's
+    /// for an unknown one, -KVM_ENOSYS in RAX.
+    fn hypercall(&mut self, len: u8, rip: u64) -> Flow {
+        let r = self.l1.regs_mut();
+        r.rax = KVM_ENOSYS.wrapping_neg();
+        r.rip = rip.wrapping_add(u64::from(len));
+        Flow::Continue
     }
 
     fn inject_fault(&mut self, f: Fault) {

@@ -13,6 +13,8 @@ use crate::vmx::exits::{io_qualification, ExitReason};
 use crate::vmx::sensitive::decode_sensitive;
 
 const IA32_FEATURE_CONTROL: u32 = 0x3a;
+/// VMMCALL's bytes: AMD's hypercall instruction.
+pub(super) const VMMCALL: [u8; 3] = [0x0f, 0x01, 0xd9];
 
 impl Runner {
     pub(super) fn normalize_l1(&mut self, raw: RawExit) -> Result<Normalized, Error> {
@@ -36,6 +38,11 @@ impl Runner {
             // L1 can take the interrupt it had pending: delivered before the next KVM_RUN.
             RawExit::IrqWindowOpen => {
                 return Ok(Normalized::Quiet { reason: ExitReason::INTERRUPT_WINDOW as u32, flow: Flow::Continue })
+            }
+            RawExit::Patched { bytes } if bytes.starts_with(&VMMCALL) => {
+                let exit = self.next_exit(Level::L1, ExitReason::VMCALL as u32, 0, rip);
+                let work = Work::Hypercall { len: VMMCALL.len() as u8, rip };
+                return Ok(Normalized::Event(Event { exit, work, l2: None }));
             }
             RawExit::Patched { bytes } => {
                 self.l1.refresh()?;

@@ -109,6 +109,11 @@ impl Runner {
                 Parts::reflectable(ExitReason::TRIPLE_FAULT, 0, insn, ExitDetail::None, Work::TripleFault)
             }
             RawExit::EmulationFailure { bytes } => return Ok(self.l2_vmx(&bytes, rip)),
+            // VMMCALL is #UD on the Intel CPU L2 sees; it causes no VM exit (SDM 26.1).
+            RawExit::Patched { bytes } if bytes.starts_with(&super::l1::VMMCALL) => {
+                self.active().inject_exception(6, None);
+                return Ok(Normalized::Quiet { reason: ExitReason::EXCEPTION_NMI as u32, flow: Flow::Continue });
+            }
             RawExit::Patched { bytes } => {
                 let bitness = self.nested.l2.as_ref().map_or(64, |l2| trap::bitness(l2.vcpu.peek_sregs()));
                 let Some(insn) = decode_sensitive(&bytes, bitness, rip) else {

@@ -8,7 +8,7 @@
 //!
 //! Which classes are patched: `on` patches every class at load. `auto` patches at load the VMX
 //! instructions the host does not report by itself (`machine::probe`), VMCALL (the host takes
-//! it as its own hypercall), MOV to and from CR4 (VMXE is virtual), MOV to CR0 (hosts drop its
+//! it as its own hypercall, as it does VMMCALL), MOV to and from CR4 (VMXE is virtual), MOV to CR0 (hosts drop its
 //! reserved high bits instead of #GP) and CPUID (the host never shows it); the L2-fidelity classes follow at the first VM entry whose controls ask for
 //! their exits (or, for INVD and XSETBV, which always exit in VMX non-root operation, at the
 //! first VM entry).
@@ -79,7 +79,14 @@ impl Patches {
     /// What `mode` patches at load on a host that treats VMX instructions as `host` says.
     pub fn at_load(mode: PatchMode, host: VmxTrap) -> Selection {
         // MOV to CR0 too: this host drops CR0's reserved bits 63:32 instead of raising #GP.
-        let always = selection([Class::Vmcall, Class::MovToCr0, Class::MovToCr4, Class::MovFromCr4, Class::Cpuid]);
+        let always = selection([
+            Class::Vmcall,
+            Class::Vmmcall,
+            Class::MovToCr0,
+            Class::MovToCr4,
+            Class::MovFromCr4,
+            Class::Cpuid,
+        ]);
         match (mode, host) {
             (PatchMode::Off, _) => Selection::NONE,
             (PatchMode::On, _) => Selection::all(),
