@@ -27,6 +27,10 @@ core::arch::global_asm!(
     rt_ist_stack: .skip 16384
     .global rt_ist_stack_top
     rt_ist_stack_top:
+    .balign 16
+    rt_irq_stack: .skip 16384
+    .global rt_irq_stack_top
+    rt_irq_stack_top:
     rt_mb_magic: .skip 4
     rt_mb_info: .skip 4
 

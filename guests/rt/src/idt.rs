@@ -1,10 +1,15 @@
-//! IDT for the 32 architectural exceptions, a TSS whose IST1 stack every gate uses (so a
-//! fault inside `core`, which uses the red zone, cannot be overwritten), and an exception
+//! IDT for the 32 architectural exceptions, a TSS whose IST1 stack every exception gate uses
+//! (so a fault inside `core`, which uses the red zone, cannot be overwritten), and an exception
 //! table of fixups: an instruction listed in `.ex_table` that faults resumes at its fixup
 //! address, and the vector is kept in [`last_fault`].
+//!
+//! Vectors 32-255 (external interrupts) have gates on a stack of their own (IST2), so an
+//! exception inside an interrupt handler does not overwrite the interrupt's frame. A guest
+//! registers a handler with [`set_handler`]; an interrupt on a vector without one is reported
+//! like an unhandled exception.
 
 use core::arch::{asm, global_asm};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 global_asm!(
     r#"
@@ -57,6 +62,20 @@ global_asm!(
         add rsp, 16
         iretq
 
+    // Vectors 32-255: one 16-byte stub each (push 0, push vector, jmp), at
+    // rt_irq_stubs + (vector - 32) * 16.
+    .balign 16
+    .global rt_irq_stubs
+    rt_irq_stubs:
+    .irp hi, 2,3,4,5,6,7,8,9,a,b,c,d,e,f
+    .irp lo, 0,1,2,3,4,5,6,7,8,9,a,b,c,d,e,f
+        .balign 16
+        push 0
+        push 0x\hi\()\lo
+        jmp rt_isr_common
+    .endr
+    .endr
+
     .section .rodata
     .balign 8
     .global rt_isr_table
@@ -95,7 +114,7 @@ pub struct Frame {
 }
 
 #[repr(C, align(16))]
-struct Idt([u64; 64]);
+struct Idt([u64; 512]);
 
 #[repr(C, packed)]
 struct Tss {
@@ -108,13 +127,25 @@ struct Tss {
     iomap_base: u16,
 }
 
-static mut IDT: Idt = Idt([0; 64]);
+static mut IDT: Idt = Idt([0; 512]);
 static mut TSS: Tss = Tss { _r0: 0, rsp: [0; 3], _r1: 0, ist: [0; 7], _r2: 0, _r3: 0, iomap_base: 104 };
 static LAST_FAULT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// An interrupt handler: runs with interrupts disabled on the IST2 stack; the frame's
+/// `vector` says which vector. Acknowledging the interrupt controller (EOI) is its job.
+pub type Handler = fn(&mut Frame);
+
+/// First vector that is not an exception.
+pub const FIRST_IRQ_VECTOR: u8 = 32;
+
+/// The registered handlers of vectors 32-255 as `Handler` addresses; 0 is none.
+static HANDLERS: [AtomicUsize; 224] = [const { AtomicUsize::new(0) }; 224];
 
 extern "C" {
     static rt_isr_table: [u64; 32];
     static rt_ist_stack_top: u8;
+    static rt_irq_stack_top: u8;
+    static rt_irq_stubs: u8;
     static mut rt_gdt: [u64; 5];
     static __ex_table_start: [u64; 0];
     static __ex_table_end: [u64; 0];
@@ -127,6 +158,29 @@ pub fn last_fault() -> u64 {
     LAST_FAULT.load(Ordering::Relaxed)
 }
 
+/// Registers `handler` for external-interrupt vector `vector` (32-255; lower ones are
+/// ignored and return false). Replaces any earlier handler.
+pub fn set_handler(vector: u8, handler: Handler) -> bool {
+    if vector < FIRST_IRQ_VECTOR {
+        return false;
+    }
+    HANDLERS[usize::from(vector - FIRST_IRQ_VECTOR)].store(handler as usize, Ordering::SeqCst);
+    true
+}
+
+/// Removes the handler of `vector`: the vector is unexpected again.
+pub fn clear_handler(vector: u8) {
+    if vector >= FIRST_IRQ_VECTOR {
+        HANDLERS[usize::from(vector - FIRST_IRQ_VECTOR)].store(0, Ordering::SeqCst);
+    }
+}
+
+/// A 64-bit interrupt gate (type 0xE, present, DPL 0) to `handler` in the code segment,
+/// on IST stack `ist`.
+fn gate(handler: u64, ist: u64) -> [u64; 2] {
+    [(handler & 0xffff) | (0x08 << 16) | (ist << 32) | (0x8e << 40) | (((handler >> 16) & 0xffff) << 48), handler >> 32]
+}
+
 pub fn init() {
     // SAFETY: runs once on the boot CPU before interrupts or other users of these statics;
     // the addresses come from the linker.
@@ -134,6 +188,7 @@ pub fn init() {
         let ist = core::ptr::addr_of!(rt_ist_stack_top) as u64;
         let tss = core::ptr::addr_of_mut!(TSS);
         (*tss).ist[0] = ist;
+        (*tss).ist[1] = core::ptr::addr_of!(rt_irq_stack_top) as u64;
         (*tss).rsp[0] = ist;
         let base = tss as u64;
         let limit = (core::mem::size_of::<Tss>() - 1) as u64;
@@ -149,11 +204,17 @@ pub fn init() {
         let idt = core::ptr::addr_of_mut!(IDT);
         let table = core::ptr::addr_of!(rt_isr_table);
         for v in 0..32 {
-            let h = (*table)[v];
-            (*idt).0[v * 2] = (h & 0xffff) | (0x08 << 16) | (1 << 32) | (0x8e << 40) | (((h >> 16) & 0xffff) << 48);
-            (*idt).0[v * 2 + 1] = h >> 32;
+            let [lo, hi] = gate((*table)[v], 1);
+            (*idt).0[v * 2] = lo;
+            (*idt).0[v * 2 + 1] = hi;
         }
-        let ptr = crate::io::DescPtr { limit: (32 * 16 - 1) as u16, base: idt as u64 };
+        let stubs = core::ptr::addr_of!(rt_irq_stubs) as u64;
+        for v in 32..256 {
+            let [lo, hi] = gate(stubs + (v as u64 - 32) * 16, 2);
+            (*idt).0[v * 2] = lo;
+            (*idt).0[v * 2 + 1] = hi;
+        }
+        let ptr = crate::io::DescPtr { limit: (256 * 16 - 1) as u16, base: idt as u64 };
         asm!("lidt [{}]", in(reg) &ptr, options(nostack, preserves_flags));
     }
 }
@@ -179,6 +240,17 @@ pub fn vector_name(v: u64) -> &'static str {
 
 #[no_mangle]
 extern "C" fn rt_exception(f: &mut Frame) {
+    if f.vector >= u64::from(FIRST_IRQ_VECTOR) {
+        let raw = HANDLERS[(f.vector - u64::from(FIRST_IRQ_VECTOR)) as usize].load(Ordering::SeqCst);
+        if raw != 0 {
+            // SAFETY: a non-zero entry was stored by `set_handler` from a `Handler`.
+            let handler = unsafe { core::mem::transmute::<usize, Handler>(raw) };
+            handler(f);
+            return;
+        }
+        crate::println!("nestbed-rt: unexpected interrupt, vector ", f.vector, ", at RIP ", crate::Hex(f.rip));
+        crate::exit(crate::EXIT_EXCEPTION);
+    }
     if let Some(fix) = fixup_for(f.rip) {
         LAST_FAULT.store(f.vector, Ordering::Relaxed);
         f.rip = fix;

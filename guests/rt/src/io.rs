@@ -42,6 +42,67 @@ pub fn hlt() {
     unsafe { asm!("hlt", options(nomem, nostack, preserves_flags)) }
 }
 
+/// Enables maskable interrupts (RFLAGS.IF = 1); one takes effect after the next instruction.
+#[inline]
+pub fn sti() {
+    // SAFETY: only RFLAGS.IF changes; the caller has the IDT handlers it expects. Not `nomem`:
+    // a handler may write memory the caller reads afterwards.
+    unsafe { asm!("sti", options(nostack)) }
+}
+
+/// Disables maskable interrupts (RFLAGS.IF = 0).
+#[inline]
+pub fn cli() {
+    // SAFETY: only RFLAGS.IF changes.
+    unsafe { asm!("cli", options(nostack)) }
+}
+
+/// `sti; hlt`: enables interrupts and halts; STI's interrupt shadow keeps an interrupt pending
+/// now from arriving before the HLT, so the HLT cannot miss it. Returns after a handler ran,
+/// with interrupts enabled.
+#[inline]
+pub fn sti_hlt() {
+    // SAFETY: as for `sti`; a handler may write memory the caller reads afterwards.
+    unsafe { asm!("sti", "hlt", options(nostack)) }
+}
+
+/// Whether RFLAGS.IF is set.
+#[inline]
+pub fn interrupts_enabled() -> bool {
+    let flags: u64;
+    // SAFETY: pushes RFLAGS and pops it into a register; the stack is balanced.
+    unsafe { asm!("pushfq", "pop {}", out(reg) flags, options(nomem, preserves_flags)) }
+    flags & (1 << 9) != 0
+}
+
+#[inline]
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: RDTSC only reads the time-stamp counter into EDX:EAX.
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// CPUID of `leaf`/`subleaf`: [EAX, EBX, ECX, EDX] (RBX is LLVM's, so it is swapped out).
+#[inline]
+pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u64, u32, u32);
+    // SAFETY: CPUID reads identification data; RBX is restored by the XCHG.
+    unsafe {
+        asm!(
+            "mov {b}, rbx",
+            "cpuid",
+            "xchg {b}, rbx",
+            b = out(reg) b,
+            inout("eax") leaf => a,
+            inout("ecx") subleaf => c,
+            out("edx") d,
+            options(nomem, nostack, preserves_flags),
+        )
+    }
+    [a, b as u32, c, d]
+}
+
 macro_rules! read_reg {
     ($name:ident, $reg:literal) => {
         #[inline]

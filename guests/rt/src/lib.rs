@@ -1,10 +1,12 @@
 //! Runtime for nestbed's guests: multiboot v1 entry and long mode (`boot`), serial console
-//! (`println!`), an IDT that reports unhandled exceptions and supports fixups (`idt`), VMX
+//! (`println!`), an IDT that reports unhandled exceptions, supports fixups and dispatches
+//! external interrupts to registered handlers (`idt`), the local APIC's registers (`apic`), VMX
 //! instruction wrappers returning `Result` (`vmx`), and `exit(code)` through the debug-exit
 //! port 0xf4. A guest crate provides `fn main(info: &BootInfo) -> u32` via [`entry!`].
 
 #![no_std]
 
+pub mod apic;
 pub mod boot;
 pub mod idt;
 pub mod io;
