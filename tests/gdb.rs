@@ -353,3 +353,16 @@ fn stepi_over_an_out_stops_at_the_next_instruction() {
     assert_eq!(hex_after(&got, "two="), after, "{got}");
     assert_eq!(s.finish().0, 0);
 }
+
+#[test]
+fn a_breakpoint_on_a_patched_instruction_stops_there_and_shows_the_original() {
+    // With --patch-sensitive on, vmx_bench_vmreads's VMREAD is an int3 nestbed wrote at load;
+    // gdb's breakpoint on it stops there, gdb reads the original instruction, and once the
+    // breakpoint is gone the patched trap runs the VMREAD.
+    let s = serve("gdb-patched", "vmx-bench", &["--cmdline", "vmread 5", "--patch-sensitive", "on", "--gdb-wait"]);
+    let out = gdb(&s, "vmx-bench", "break vmx_bench_vmreads\ncontinue\nx/i $pc\ndelete\ncontinue");
+    assert!(out.contains("Breakpoint 1, "), "{out}");
+    assert!(out.lines().any(|l| l.contains("=>") && l.contains("vmread")), "{out}");
+    let (code, console, stderr) = s.finish();
+    assert_eq!(code, 0, "{console}\n{stderr}");
+}

@@ -233,3 +233,25 @@ fn a_script_that_changes_the_guest_fails_its_scenario_with_a_readable_diff() {
     remove_kept(&r.stdout);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Scenarios whose expectations are made for unpatched runs and differ by design under
+/// `--patch-sensitive`: with CPUID patched, L2's CPUID exits to L1 as the SDM says (nested-demo's
+/// L1 counts one more exit; script-l2-cpuid's L2 table is L1's to answer; fuzz-qualification's
+/// seeded flips fall on other exits), and the scan decodes vmx-legacy32's 32-bit code as 64-bit
+/// and misses its CR4 write (a limit of the scan, README "Patching").
+const MODE_DEPENDENT: [&str; 4] =
+    ["nested-demo.toml", "script-fuzz-qualification.toml", "script-l2-cpuid.toml", "vmx-legacy32.toml"];
+
+#[test]
+fn every_other_scenario_passes_with_patched_sensitive_instructions() {
+    let files: Vec<String> =
+        all_scenarios().into_iter().filter(|f| !MODE_DEPENDENT.iter().any(|m| f.ends_with(m))).collect();
+    assert!(files.len() >= 10, "{files:?}");
+    for mode in ["auto", "on"] {
+        let mut args = vec!["scenario", "run", "--patch-sensitive", mode];
+        args.extend(files.iter().map(String::as_str));
+        let r = nestbed(&args);
+        assert_eq!(r.code, 0, "--patch-sensitive {mode}:\n{}{}", r.stdout, r.stderr);
+        assert_eq!(r.stdout.lines().filter(|l| l.starts_with("PASS ")).count(), files.len(), "{}", r.stdout);
+    }
+}

@@ -77,6 +77,10 @@ enum ScenarioCommand {
     Run {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+        /// Run with this --patch-sensitive mode; other than off, golden traces are not compared
+        /// (patched instructions add exits).
+        #[arg(long, value_name = "MODE")]
+        patch_sensitive: Option<PatchArg>,
     },
     /// Run each scenario and rewrite its golden trace (exit code and console must still match).
     Bless {
@@ -305,11 +309,16 @@ fn qemu_front(args: Vec<OsString>) -> Result<i32, Error> {
 fn scenario(command: ScenarioCommand) -> Result<i32, Error> {
     use nestbed::scenario::{run_files, Mode};
     let exe = std::env::current_exe().map_err(|e| Error::HostIo(format!("finding the nestbed binary: {e}")))?;
-    let (files, mode) = match command {
-        ScenarioCommand::Run { files } => (files, Mode::Run),
-        ScenarioCommand::Bless { files } => (files, Mode::Bless),
+    let (files, mode, patch) = match command {
+        ScenarioCommand::Run { files, patch_sensitive } => (files, Mode::Run, patch_sensitive),
+        ScenarioCommand::Bless { files } => (files, Mode::Bless, None),
     };
-    run_files(&exe, &files, mode, &mut std::io::stdout())
+    let patch = patch.map(|p| match p {
+        PatchArg::Off => "off",
+        PatchArg::Auto => "auto",
+        PatchArg::On => "on",
+    });
+    run_files(&exe, &files, mode, patch, &mut std::io::stdout())
 }
 
 fn trace(command: TraceCommand) -> Result<i32, Error> {

@@ -29,7 +29,9 @@
 //! Addresses are followed as the code sees them (virtual) and reported where the loader places
 //! the bytes: `p_paddr + (vaddr - p_vaddr)` of the executable `PT_LOAD` segment holding them.
 
-use iced_x86::{Decoder, DecoderOptions, FastFormatter, FlowControl, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{
+    CodeSize, Decoder, DecoderOptions, FastFormatter, FlowControl, Instruction, Mnemonic, OpKind, Register,
+};
 
 /// At most this many program headers (a multiboot kernel has a handful).
 pub const MAX_PROGRAM_HEADERS: usize = 256;
@@ -46,6 +48,8 @@ const PT_LOAD: u32 = 1;
 const PF_X: u32 = 1;
 const SHT_SYMTAB: u32 = 2;
 const STT_NOTYPE: u8 = 0;
+/// An anchor named by a label: its code may be 32- or 64-bit.
+const ANY_BITNESS: u32 = 0;
 const STT_FUNC: u8 = 2;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -338,7 +342,7 @@ pub fn scan(image: &[u8], selection: Selection) -> Result<Scan, ScanError> {
     // the sweep keeps what they start only if it decodes consistently.
     for &l in &elf.labels {
         if let Some(a) = st.locate(l) {
-            st.anchors.push(a);
+            st.anchors.push((a, ANY_BITNESS));
         }
     }
     st.sweep()?;
@@ -543,7 +547,8 @@ struct State<'s, 'a> {
     /// Per segment, per byte: UNKNOWN, START or INTERIOR of a proven instruction.
     owner: Vec<Vec<u8>>,
     sensitive: Vec<(Instruction, FoundBy)>,
-    anchors: Vec<u64>,
+    /// Anchors, with the bitness of the code that named them.
+    anchors: Vec<(u64, u32)>,
     conflicts: Vec<u64>,
     count: [usize; 2],
     rejected_runs: usize,
@@ -641,6 +646,11 @@ impl<'s, 'a> State<'s, 'a> {
     }
 
     fn claim(&mut self, ins: &Instruction, by: FoundBy) -> Result<(), ScanError> {
+        self.claim_as(ins, by, true)
+    }
+
+    /// `claim`, keeping `ins` as a sensitive site only when `site_ok`.
+    fn claim_as(&mut self, ins: &Instruction, by: FoundBy, site_ok: bool) -> Result<(), ScanError> {
         let total = self.count[0] + self.count[1];
         if total >= MAX_INSTRUCTIONS {
             return Err(ScanError::TooManyInstructions);
@@ -650,11 +660,12 @@ impl<'s, 'a> State<'s, 'a> {
             self.owner[i][off] = START;
             self.owner[i][off + 1..off + ins.len()].fill(INTERIOR);
         }
-        if Class::of(ins).is_some() {
+        if site_ok && Class::of(ins).is_some() {
             self.sensitive.push((*ins, by));
         }
         if let Some(a) = address_taken(ins).and_then(|a| self.locate(a)) {
-            self.anchors.push(a);
+            let bitness = if ins.code_size() == CodeSize::Code32 { 32 } else { 64 };
+            self.anchors.push((a, bitness));
         }
         Ok(())
     }
@@ -691,16 +702,35 @@ impl<'s, 'a> State<'s, 'a> {
 
     /// Decodes and accepts or rejects an anchored run for every anchor, until no new anchor.
     fn sweep(&mut self) -> Result<(), ScanError> {
-        while let Some(a) = self.anchors.pop() {
+        while let Some((a, named_by)) = self.anchors.pop() {
             if self.state(a) != Some(UNKNOWN) {
                 continue;
             }
-            match self.run(a) {
-                Some(run) => {
+            // 64-bit first; code that 32-bit code names may be 32-bit code (a legacy-mode
+            // kernel), so that is tried next, under the same rule.
+            let run = self.run(a, 64).map(|r| (r, 64)).or_else(|| {
+                if named_by == 32 {
+                    self.run(a, 32).map(|r| (r, 32))
+                } else {
+                    None
+                }
+            });
+            // From a label whose mode is unknown, a site is kept only where the 32-bit decode
+            // of the same run finds the same instruction there: patching it is then right in
+            // either mode.
+            let agree: Option<Vec<Instruction>> = if named_by == ANY_BITNESS { self.run(a, 32) } else { None };
+            match run {
+                Some((run, bitness)) => {
                     for ins in &run {
-                        self.claim(ins, FoundBy::Sweep)?;
+                        let site_ok = named_by != ANY_BITNESS
+                            || agree.as_ref().is_some_and(|r| {
+                                r.iter().any(|o| {
+                                    o.ip() == ins.ip() && o.len() == ins.len() && Class::of(o) == Class::of(ins)
+                                })
+                            });
+                        self.claim_as(ins, FoundBy::Sweep, site_ok)?;
                         if let Some(t) = flow(ins).target {
-                            self.anchors.push(t);
+                            self.anchors.push((t, bitness));
                         }
                     }
                 }
@@ -711,7 +741,7 @@ impl<'s, 'a> State<'s, 'a> {
     }
 
     /// The run from `start` if the sweep's rule accepts it.
-    fn run(&self, start: u64) -> Option<Vec<Instruction>> {
+    fn run(&self, start: u64, bitness: u32) -> Option<Vec<Instruction>> {
         let mut run: Vec<Instruction> = Vec::new();
         let mut ip = start;
         loop {
@@ -720,7 +750,7 @@ impl<'s, 'a> State<'s, 'a> {
                 START if !run.is_empty() => break,
                 _ => return None,
             }
-            let ins = self.decode(ip, 64)?;
+            let ins = self.decode(ip, bitness)?;
             if !self.free(&ins) || run.len() >= MAX_RUN {
                 return None;
             }

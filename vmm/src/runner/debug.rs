@@ -101,6 +101,11 @@ pub struct DebugState {
 }
 
 impl DebugState {
+    /// Whether gdb has a software breakpoint at guest-physical `gpa`.
+    pub(super) fn has_sw_breakpoint(&self, gpa: u64) -> bool {
+        self.sw.contains_key(&gpa)
+    }
+
     /// A debug state whose guest-debug settings are applied at the first entry when
     /// `generation` is not 0 (patched sites need software breakpoints without a debugger).
     pub(super) fn with_generation(generation: u64) -> Self {
@@ -379,8 +384,13 @@ impl Runner {
                 break;
             }
             for (i, b) in buf[done..done + n].iter_mut().enumerate() {
-                if let Some(orig) = self.debug.sw.get(&(gpa + i as u64)) {
+                let at = gpa + i as u64;
+                if let Some(orig) = self.debug.sw.get(&at) {
                     *b = *orig;
+                }
+                // Patched sites show their original instruction, as the guest's code has it.
+                if let Some(orig) = self.patches.as_ref().and_then(|p| p.original_byte(at)) {
+                    *b = orig;
                 }
             }
             done += n;

@@ -204,6 +204,7 @@ impl Runner {
         let boot = loader::load_with_modules(&ram, &cfg.image, &cmdline, &cfg.modules)
             .map_err(|source| Error::Image { path: PathBuf::from(&cfg.image_name), source })?;
         let kvm = Kvm::new().map_err(host("opening /dev/kvm"))?;
+        let mut notes = Vec::new();
         let patches = match cfg.patch {
             PatchMode::Off => None,
             mode => {
@@ -214,6 +215,13 @@ impl Runner {
                 };
                 let n = p.apply(patching::Patches::at_load(mode, host_traps), &ram);
                 tracing::info!(sites = n, ?host_traps, "patched sensitive instructions at load");
+                notes.push(format!("patched {n} sensitive instructions at load ({mode:?}, host {host_traps:?})"));
+                if host_traps == VmxTrap::NotReported {
+                    tracing::warn!(
+                        "this host raises #UD for VMX instructions nestbed did not patch: code the guest writes at \
+                         run time is not patched (a script can, with e.patch_range)"
+                    );
+                }
                 Some(p)
             }
         };
@@ -245,7 +253,7 @@ impl Runner {
             seq: 0,
             start: Instant::now(),
             clock,
-            notes: Vec::new(),
+            notes,
             scripts,
             debug: DebugState::with_generation(u64::from(patches.is_some())),
             platform,

@@ -164,6 +164,13 @@ impl Patches {
         self.table.trapped(gpa).map(|s| s.original.as_slice())
     }
 
+    /// The original byte at guest-physical `gpa` when it lies in a patched site.
+    pub fn original_byte(&self, gpa: u64) -> Option<u8> {
+        let site = self.table.site_containing(gpa)?;
+        self.table.trapped(site.addr)?;
+        site.original.get((gpa - site.addr) as usize).copied()
+    }
+
     /// Finds patched sites the guest wrote over since the last check: a site holding its
     /// original instruction again gets its trap back, a site holding other code is dropped.
     /// Returns one line per site for the trace.
@@ -194,12 +201,16 @@ impl Patches {
 
 impl Runner {
     /// The original bytes of the patched instruction at `pc` of the active level, when an int3
-    /// there is a patched site (not gdb's breakpoint, not the guest's own int3).
+    /// there is a patched site. gdb's breakpoint on a patched instruction stops there first;
+    /// an int3 that is neither is the guest's own.
     pub(super) fn patched_original(&mut self, pc: u64) -> Option<Vec<u8>> {
         if self.patches.as_ref().is_none_or(Patches::is_empty) {
             return None;
         }
         let gpa = self.debug_translate(self.level, pc)?;
+        if self.debug.attached && self.debug.has_sw_breakpoint(gpa) {
+            return None;
+        }
         let patches = self.patches.as_mut()?;
         let original = patches.original(gpa)?.to_vec();
         patches.traps += 1;

@@ -206,11 +206,17 @@ pub enum Mode {
 /// Runs scenario files with `exe` (the nestbed binary), printing a verdict per file on `out`.
 /// Every file is checked before any runs. Returns the exit code: 0 when all pass, else
 /// [`code::SCENARIO_FAILED`].
-pub fn run_files(exe: &Path, files: &[PathBuf], mode: Mode, out: &mut dyn Write) -> Result<i32, Error> {
+pub fn run_files(
+    exe: &Path,
+    files: &[PathBuf],
+    mode: Mode,
+    patch: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<i32, Error> {
     let scenarios = files.iter().map(|f| Scenario::load(f)).collect::<Result<Vec<_>, _>>()?;
     let mut failed = 0;
     for sc in &scenarios {
-        let verdict = run::run_one(exe, sc, mode)?;
+        let verdict = run::run_one(exe, sc, mode, patch)?;
         let _ = out.write_all(verdict.text.as_bytes());
         let _ = out.flush();
         failed += usize::from(!verdict.passed);
