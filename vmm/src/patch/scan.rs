@@ -340,9 +340,11 @@ pub fn scan(image: &[u8], selection: Selection) -> Result<Scan, ScanError> {
     }
     // Labels without a type (assembly entry points reached through tables) are only anchors:
     // the sweep keeps what they start only if it decodes consistently.
+    // Their mode is that of the image's functions when it has 64-bit ones; else unknown.
+    let label_bitness = if elf.symbols.iter().any(|&f| st.proven_at(f)) { 64 } else { ANY_BITNESS };
     for &l in &elf.labels {
         if let Some(a) = st.locate(l) {
-            st.anchors.push((a, ANY_BITNESS));
+            st.anchors.push((a, label_bitness));
         }
     }
     st.sweep()?;
@@ -647,6 +649,11 @@ impl<'s, 'a> State<'s, 'a> {
 
     fn claim(&mut self, ins: &Instruction, by: FoundBy) -> Result<(), ScanError> {
         self.claim_as(ins, by, true)
+    }
+
+    /// Whether a proven instruction starts at virtual address `v`.
+    fn proven_at(&self, v: u64) -> bool {
+        self.locate(v).is_some_and(|a| self.state(a) == Some(START))
     }
 
     /// `claim`, keeping `ins` as a sensitive site only when `site_ok`.
