@@ -126,6 +126,33 @@ fn to_elf32(e: &[u8]) -> Result<Vec<u8>, String> {
         out.extend_from_slice(&e[offset as usize..(offset + filesz) as usize]);
         phdrs.push((flags, off as u32, vaddr as u32, paddr as u32, filesz as u32, memsz as u32, align as u32));
     }
+    // The function and label symbols, so that load-time patching finds code reached only
+    // through pointers (a section table of: null, .symtab, .strtab).
+    let (symtab, strtab) = symbols32(e);
+    let mut shoff = 0u32;
+    if !symtab.is_empty() {
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+        let sym_off = out.len() as u32;
+        out.extend_from_slice(&symtab);
+        let str_off = out.len() as u32;
+        out.extend_from_slice(&strtab);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+        shoff = out.len() as u32;
+        let section = |kind: u32, off: u32, size: u32, link: u32, entsize: u32| {
+            let mut b = Vec::with_capacity(40);
+            for v in [0, kind, 0, 0, off, size, link, u32::from(kind == 2), 4, entsize] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            b
+        };
+        out.extend_from_slice(&[0u8; 40]);
+        out.extend_from_slice(&section(2, sym_off, symtab.len() as u32, 2, 16));
+        out.extend_from_slice(&section(3, str_off, strtab.len() as u32, 0, 0));
+    }
     let mut h = Vec::with_capacity(header);
     h.extend_from_slice(b"\x7fELF\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00");
     h.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
@@ -133,13 +160,13 @@ fn to_elf32(e: &[u8]) -> Result<Vec<u8>, String> {
     h.extend_from_slice(&1u32.to_le_bytes());
     h.extend_from_slice(&(entry as u32).to_le_bytes());
     h.extend_from_slice(&52u32.to_le_bytes()); // e_phoff
-    h.extend_from_slice(&0u32.to_le_bytes()); // e_shoff
+    h.extend_from_slice(&shoff.to_le_bytes()); // e_shoff
     h.extend_from_slice(&0u32.to_le_bytes()); // e_flags
     h.extend_from_slice(&52u16.to_le_bytes());
     h.extend_from_slice(&32u16.to_le_bytes());
     h.extend_from_slice(&(phdrs.len() as u16).to_le_bytes());
     h.extend_from_slice(&40u16.to_le_bytes());
-    h.extend_from_slice(&0u16.to_le_bytes());
+    h.extend_from_slice(&(if shoff == 0 { 0u16 } else { 3 }).to_le_bytes()); // e_shnum
     h.extend_from_slice(&0u16.to_le_bytes());
     for (flags, off, vaddr, paddr, filesz, memsz, align) in phdrs {
         for v in [1, off, vaddr, paddr, filesz, memsz, flags, align] {
@@ -148,4 +175,53 @@ fn to_elf32(e: &[u8]) -> Result<Vec<u8>, String> {
     }
     out[..header].copy_from_slice(&h);
     Ok(out)
+}
+
+/// The ELF64 image's defined function (STT_FUNC) and label (STT_NOTYPE) symbols below 4 GiB as
+/// an ELF32 symbol table (entries of 16 bytes, section index SHN_ABS) and its string table.
+fn symbols32(e: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let get = |o: usize, n: usize| e.get(o..o + n).map(|b| b.iter().rev().fold(0u64, |v, &x| v << 8 | u64::from(x)));
+    let (Some(shoff), Some(shentsize), Some(shnum)) = (get(40, 8), get(58, 2), get(60, 2)) else {
+        return (Vec::new(), Vec::new());
+    };
+    let (mut symtab, mut strtab) = (vec![0u8; 16], vec![0u8]);
+    for i in 0..shnum {
+        let s = (shoff + i * shentsize) as usize;
+        if get(s + 4, 4) != Some(2) {
+            continue;
+        }
+        let (Some(off), Some(size), Some(link), Some(entsize)) =
+            (get(s + 24, 8), get(s + 32, 8), get(s + 40, 4), get(s + 56, 8))
+        else {
+            continue;
+        };
+        let strs = (shoff + link * shentsize) as usize;
+        let Some(str_off) = get(strs + 24, 8) else { continue };
+        for k in 0..size / entsize.max(1) {
+            let y = (off + k * entsize) as usize;
+            let (Some(name), Some(info), Some(shndx), Some(value)) =
+                (get(y, 4), get(y + 4, 1), get(y + 6, 2), get(y + 8, 8))
+            else {
+                continue;
+            };
+            let kind = info & 0xf;
+            if shndx == 0 || (kind != 0 && kind != 2) || value > u64::from(u32::MAX) || value == 0 {
+                continue;
+            }
+            let start = (str_off + name) as usize;
+            let Some(len) = e.get(start..).and_then(|t| t.iter().position(|&c| c == 0)) else { continue };
+            let name32 = strtab.len() as u32;
+            strtab.extend_from_slice(&e[start..start + len + 1]);
+            symtab.extend_from_slice(&name32.to_le_bytes());
+            symtab.extend_from_slice(&(value as u32).to_le_bytes());
+            symtab.extend_from_slice(&0u32.to_le_bytes());
+            symtab.push(info as u8);
+            symtab.push(0);
+            symtab.extend_from_slice(&0xfff1u16.to_le_bytes());
+        }
+    }
+    if symtab.len() == 16 {
+        return (Vec::new(), Vec::new());
+    }
+    (symtab, strtab)
 }
