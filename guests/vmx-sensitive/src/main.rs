@@ -20,6 +20,7 @@
 use core::arch::{asm, global_asm};
 
 use hv::{ctl, field, reason, Caps, Config, Page, Stack, Vcpu};
+use rt::io::{cpuid, rdtsc};
 use rt::vmx::{self, VmFail};
 use rt::Hex;
 
@@ -205,32 +206,6 @@ const EXPECT: [Step; STEPS] = [
     exits("mov cr8, r10 (CR8-load exiting)", reason::CR_ACCESS, cr_access(8, MOV_TO_CR, R10)),
     Step { what: "hlt (HLT exiting)", exit: Some((reason::HLT, None)) },
 ];
-
-fn rdtsc() -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: RDTSC only reads the time-stamp counter into EDX:EAX.
-    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) }
-    u64::from(hi) << 32 | u64::from(lo)
-}
-
-/// CPUID of `leaf`/`subleaf`: EAX, EBX, ECX, EDX (RBX is LLVM's, so it is swapped out).
-fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
-    let (a, b, c, d): (u32, u64, u32, u32);
-    // SAFETY: CPUID reads identification data; RBX is restored by the XCHG.
-    unsafe {
-        asm!(
-            "mov {b}, rbx",
-            "cpuid",
-            "xchg {b}, rbx",
-            b = out(reg) b,
-            inout("eax") leaf => a,
-            inout("ecx") subleaf => c,
-            out("edx") d,
-            options(nomem, nostack, preserves_flags),
-        )
-    }
-    [a, b as u32, c, d]
-}
 
 fn main(_info: &rt::BootInfo) -> u32 {
     let caps = Caps::read();
