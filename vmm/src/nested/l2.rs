@@ -22,6 +22,8 @@ pub struct L2 {
     /// IA32_SYSENTER_CS/ESP/EIP as the vCPU holds them (last loaded or saved), so that a VM
     /// entry with the same values needs no KVM_SET_MSRS.
     pub sysenter: Option<[u64; 3]>,
+    /// IA32_PAT as the vCPU holds it (last loaded, saved or written by L2), likewise.
+    pub pat: Option<u64>,
 }
 
 impl L2 {
@@ -29,7 +31,14 @@ impl L2 {
         let vm = Vm::new(kvm, ram.clone())?;
         let mut vcpu = vm.create_vcpu(kvm, 0, false, cpuid)?;
         vcpu.prime()?;
-        Ok(L2 { vm, vcpu, msr_filter: MsrFilterState::default(), space: AddressSpace::new(ram.size()), sysenter: None })
+        Ok(L2 {
+            vm,
+            vcpu,
+            msr_filter: MsrFilterState::default(),
+            space: AddressSpace::new(ram.size()),
+            sysenter: None,
+            pat: None,
+        })
     }
 
     /// L2-physical memory as L2's memslots currently map it.

@@ -104,6 +104,10 @@ pub fn save(vcpu: &Vcpu, st: &mut CpuState) {
 /// (`msr_filter`), so a VM exit saves them from the copy nestbed keeps, without an ioctl.
 pub const SYSENTER_MSRS: [u32; 3] = [0x174, 0x175, 0x176];
 
+/// IA32_PAT, loaded and saved with the "load/save IA32_PAT" controls (SDM 27.3.2.1, 28.3.1,
+/// 28.5.1) and, like the SYSENTER MSRs, kept by nestbed for L2.
+pub const IA32_PAT: u32 = 0x277;
+
 pub fn load_msrs(vcpu: &Vcpu, sysenter: [u64; 3]) -> Result<(), crate::error::Error> {
     vcpu.set_msrs(&[(0x174, sysenter[0]), (0x175, sysenter[1]), (0x176, sysenter[2])])
 }

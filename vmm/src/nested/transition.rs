@@ -12,13 +12,14 @@ use crate::error::Error;
 use crate::machine::vm::CpuidOverride;
 use crate::machine::{GuestRam, RawExit, Vcpu};
 use crate::trace::{Phase, Phases};
+use crate::vmx::caps::exit;
 use crate::vmx::checks::{check_vm_entry, CheckClass};
 use crate::vmx::cpu::{Invalidation, Outcome as VmxOutcome, VmxCpu};
 use crate::vmx::decode::{VmxInsn, VmxOp};
 use crate::vmx::ept::active_eptp;
 use crate::vmx::exit_info::ExitInfo;
 use crate::vmx::exits::{ExitReason, VM_ENTRY_FAILURE};
-use crate::vmx::fields::EPT_POINTER;
+use crate::vmx::fields::{EPT_POINTER, VM_EXIT_CONTROLS};
 use crate::vmx::state::{load_guest_state, load_host_state, save_guest_state};
 
 /// L2-physical addresses below this are followed through L1's EPT (the physical-address
@@ -151,6 +152,10 @@ impl Nested {
             transfer::load_msrs(&l2.vcpu, sysenter)?;
             l2.sysenter = Some(sysenter);
         }
+        if let Some(pat) = st.pat.filter(|&p| l2.pat != Some(p)) {
+            l2.vcpu.set_msrs(&[(transfer::IA32_PAT, pat)])?;
+            l2.pat = Some(pat);
+        }
         self.vmx.mark_launched();
         phases.add_since(Phase::Transfer, t);
         Ok(Entry::Entered)
@@ -166,6 +171,13 @@ impl Nested {
         transfer::save(&l2.vcpu, &mut st);
         if let Some([cs, esp, eip]) = l2.sysenter {
             (st.sysenter_cs, st.sysenter_esp, st.sysenter_eip) = (cs as u32, esp, eip);
+        }
+        // "save IA32_PAT" (SDM 28.3.1): what L2's PAT is now.
+        if vmcs.get32(VM_EXIT_CONTROLS) & exit::SAVE_IA32_PAT != 0 {
+            if l2.pat.is_none() {
+                l2.pat = l2.vcpu.get_msrs(&[transfer::IA32_PAT])?.first().copied();
+            }
+            st.pat = l2.pat;
         }
         st.rip = insn.rip;
         save_guest_state(vmcs, &st);
@@ -189,19 +201,30 @@ impl Nested {
         Ok(())
     }
 
-    /// Loads the host-state area into L1 (SDM 28.5) after a VM exit was recorded.
+    /// Loads the host-state area into L1 (SDM 28.5) after a VM exit was recorded; with "load
+    /// IA32_PAT", HOST_IA32_PAT too (SDM 28.5.1).
     fn load_host_state(&mut self, l1: &mut Vcpu) {
         let efer = l1.sregs().efer;
         if let Some(vmcs) = self.vmx.current_vmcs() {
             let host = load_host_state(vmcs, efer);
             transfer::load(l1, &host);
+            if let Some(pat) = host.pat {
+                if let Err(e) = l1.set_msrs(&[(transfer::IA32_PAT, pat)]) {
+                    tracing::warn!("loading L1's IA32_PAT at VM exit: {e}");
+                }
+            }
         }
     }
 
-    /// L2 wrote IA32_SYSENTER_CS/ESP/EIP and L1 does not intercept it: nestbed performs the
-    /// write and keeps the value for the next VM exit to save.
-    pub fn l2_sysenter_write(&mut self, index: u32, value: u64) -> Result<bool, Error> {
+    /// L2 wrote IA32_SYSENTER_CS/ESP/EIP or IA32_PAT and L1 does not intercept it: nestbed
+    /// performs the write and keeps the value for the next VM exit to save.
+    pub fn l2_tracked_msr_write(&mut self, index: u32, value: u64) -> Result<bool, Error> {
         let Some(l2) = self.l2.as_mut() else { return Ok(false) };
+        if index == transfer::IA32_PAT {
+            l2.vcpu.set_msrs(&[(index, value)])?;
+            l2.pat = Some(value);
+            return Ok(true);
+        }
         let Some(i) = transfer::SYSENTER_MSRS.iter().position(|&m| m == index) else { return Ok(false) };
         l2.vcpu.set_msrs(&[(index, value)])?;
         let mut s = l2.sysenter.unwrap_or_default();
