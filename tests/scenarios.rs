@@ -234,18 +234,11 @@ fn a_script_that_changes_the_guest_fails_its_scenario_with_a_readable_diff() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
-/// Scenarios whose expectations are made for unpatched runs and differ by design under
-/// `--patch-sensitive`: with CPUID patched, L2's CPUID exits to L1 as the SDM says (nested-demo's
-/// L1 counts one more exit; script-l2-cpuid's L2 table is L1's to answer; fuzz-qualification's
-/// seeded flips fall on other exits), and the scan decodes vmx-legacy32's 32-bit code as 64-bit
-/// and misses its CR4 write (a limit of the scan, README "Patching").
-const MODE_DEPENDENT: [&str; 4] =
-    ["nested-demo.toml", "script-fuzz-qualification.toml", "script-l2-cpuid.toml", "vmx-legacy32.toml"];
-
+/// Every scenario passes in both patching modes; where a scenario's outcome differs by design
+/// (L2's CPUID exits to L1 once CPUID is patched), its file says how in `[expect.patched]`.
 #[test]
-fn every_other_scenario_passes_with_patched_sensitive_instructions() {
-    let files: Vec<String> =
-        all_scenarios().into_iter().filter(|f| !MODE_DEPENDENT.iter().any(|m| f.ends_with(m))).collect();
+fn every_scenario_passes_with_patched_sensitive_instructions() {
+    let files = all_scenarios();
     assert!(files.len() >= 10, "{files:?}");
     for mode in ["auto", "on"] {
         let mut args = vec!["scenario", "run", "--patch-sensitive", mode];

@@ -300,3 +300,23 @@ fn on_exit(e) {
     assert!(r.stdout.contains("ok   vmcall: exit reason 18, expected 18"), "{}", r.stdout);
     assert!(r.stderr.contains("patched: 12 sensitive instructions"), "{}", r.stderr);
 }
+
+#[test]
+fn a_vmx_instruction_written_at_run_time_is_reported_as_not_patched() {
+    // The script puts a patched VMREAD's original bytes back, as code the guest writes at run
+    // time: this host traps it by itself, and nestbed says that a host that does not would
+    // raise #UD there; the periodic check then patches the site again.
+    let s = write_script(
+        "unpatched",
+        r#"let done = false;
+fn on_exit(e) {
+  if !done && e.level == "L1" && e.reason == "VMREAD" { done = true; e.write_virt(e.rip, e.insn); }
+}
+"#,
+    );
+    let r = run_guest("vmx-basic", &["--patch-sensitive", "on", "--script", &s, "--stats"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("L1 VMREAD at 0x") && r.stderr.contains("was not patched"), "{}", r.stderr);
+    assert!(r.stderr.contains("raises #UD there"), "{}", r.stderr);
+    assert!(r.stderr.contains("1 written over by the guest, 1 unpatched sites trapped by the host"), "{}", r.stderr);
+}

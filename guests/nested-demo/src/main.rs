@@ -102,7 +102,7 @@ fn run() -> Result<u32, VmFail> {
     rt::println!("L1: VMCS ready; intercepting ports 0x3f8 and 0x500 and HLT. Launching L2:");
 
     let mut vcpu = Vcpu::default();
-    let (mut exits, mut io_exits, mut hlts) = (0u32, 0u32, 0u32);
+    let (mut exits, mut io_exits, mut hlts, mut cpuids) = (0u32, 0u32, 0u32, 0u32);
     let mut result = None;
     let mut line_start = true;
     loop {
@@ -132,6 +132,7 @@ fn run() -> Result<u32, VmFail> {
             // CPUID always exits in VMX non-root operation (SDM 26.1.2); where the host shows it
             // (patched sites, `--patch-sensitive auto`), L1 answers with its own CPUID.
             reason::CPUID => {
+                cpuids += 1;
                 let r = core::arch::x86_64::__cpuid_count(vcpu.regs.rax as u32, vcpu.regs.rcx as u32);
                 (vcpu.regs.rax, vcpu.regs.rbx) = (r.eax.into(), r.ebx.into());
                 (vcpu.regs.rcx, vcpu.regs.rdx) = (r.ecx.into(), r.edx.into());
@@ -153,6 +154,10 @@ fn run() -> Result<u32, VmFail> {
         }
         None => rt::println!("L1: L2 reported no result"),
     }
-    rt::println!("L1: handled ", exits, " exits from L2 (", io_exits, " I/O, ", hlts, " HLT)");
+    rt::print!("L1: handled ", exits, " exits from L2 (", io_exits, " I/O, ", hlts, " HLT");
+    if cpuids > 0 {
+        rt::print!(", ", cpuids, " CPUID");
+    }
+    rt::println!(")");
     Ok(u32::from(!ok))
 }

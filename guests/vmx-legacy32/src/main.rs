@@ -192,7 +192,6 @@ core::arch::global_asm!(
     lidt [l32_idt_ptr]
 
     // CR0.NE now, so that CR0.PG is the only bit IA32_VMX_CR0_FIXED0 (SDM A.7) can find missing.
-    // CR4.VMXE stays clear: nestbed keeps it virtual.
     mov eax, cr0
     or eax, 0x20
     mov cr0, eax
@@ -245,6 +244,15 @@ core::arch::global_asm!(
     L32_MSG "IA32_VMX_CR0_FIXED0 requires CR0.PE and CR0.NE, not CR0.PG"
     call l32_check
     .Lfixed0_checked:
+
+    // CR4.VMXE, which VMXON requires (SDM 24.7); a host where the bit is virtual refuses the
+    // write with #GP, which is resumed from.
+    mov dword ptr [l32_resume], offset .Lvmxe_written
+    mov eax, cr4
+    or eax, 0x2000
+    mov cr4, eax
+    .Lvmxe_written:
+    mov dword ptr [l32_resume], 0
 
     mov ecx, 0x681e
     L32_FAULT 6, -1, "VMREAD outside VMX operation", vmread ebx, ecx

@@ -3,6 +3,10 @@
 //! its guests that reports the instruction to userspace (an emulation failure with its bytes)
 //! traps VMX instructions by itself; a host that raises #UD (stock `kvm_intel` with nested=0,
 //! `kvm_amd`) or runs them itself (`kvm_intel` with nested=1) does not.
+//!
+//! A second probe finds out whether the host runs a guest with paging outside IA-32e mode
+//! (CR0.PG = 1, IA32_EFER.LME = 0): when nestbed executes a patched MOV to CR0 itself, it
+//! must refuse what the host would (with #GP, as the host does for an unpatched one).
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit};
@@ -63,6 +67,61 @@ pub fn probe_vmx_trap(kvm: &Kvm) -> Result<VmxTrap, Error> {
     Ok(outcome)
 }
 
+/// Runs a protected-mode vCPU with 32-bit paging (one 4-MByte page, SDM 4.3) at `hlt`: the
+/// host supports legacy paging when the vCPU halts there.
+pub fn probe_legacy_paging(kvm: &Kvm) -> Result<bool, Error> {
+    const PAGE_DIR: u64 = 0x2000;
+    let mem = GuestRam::new(2)?;
+    let setup =
+        |addr: u64, bytes: &[u8]| mem.write(addr, bytes).map_err(|_| Error::HostIo("writing the probe's code".into()));
+    // PDE 0: present, writable, 4-MByte page at 0.
+    setup(PAGE_DIR, &0x83u32.to_le_bytes())?;
+    setup(CODE, &[0xf4])?;
+    let vm = kvm.create_vm().map_err(host("KVM_CREATE_VM (probe)"))?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        guest_phys_addr: 0,
+        memory_size: mem.size(),
+        userspace_addr: mem.host_base(),
+        flags: 0,
+    };
+    // SAFETY: as in `probe_vmx_trap`: `mem` outlives the VM.
+    unsafe { vm.set_user_memory_region(region) }.map_err(host("KVM_SET_USER_MEMORY_REGION (probe)"))?;
+    let mut vcpu = vm.create_vcpu(0).map_err(host("KVM_CREATE_VCPU (probe)"))?;
+    let mut sregs = vcpu.get_sregs().map_err(host("KVM_GET_SREGS (probe)"))?;
+    let flat = |selector: u16, type_: u8| kvm_bindings::kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_,
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    };
+    sregs.cs = flat(0x8, 0xb);
+    for seg in [&mut sregs.ds, &mut sregs.es, &mut sregs.ss, &mut sregs.fs, &mut sregs.gs] {
+        *seg = flat(0x10, 0x3);
+    }
+    sregs.cr3 = PAGE_DIR;
+    sregs.cr4 = 0x10; // PSE
+    sregs.cr0 = 0x8000_0011; // PG, ET, PE
+    sregs.efer = 0;
+    if vcpu.set_sregs(&sregs).is_err() {
+        return Ok(false);
+    }
+    let mut regs = vcpu.get_regs().map_err(host("KVM_GET_REGS (probe)"))?;
+    regs.rip = CODE;
+    regs.rflags = 2;
+    vcpu.set_regs(&regs).map_err(host("KVM_SET_REGS (probe)"))?;
+    Ok(matches!(vcpu.run(), Ok(VcpuExit::Hlt)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +133,16 @@ mod tests {
         // Hosts without VMX for their guests (the project's) report VMX instructions.
         if !std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().contains(" vmx") {
             assert_eq!(answer, VmxTrap::Reported);
+        }
+    }
+
+    #[test]
+    fn the_legacy_paging_probe_gives_an_answer_and_ends() {
+        let Ok(kvm) = Kvm::new() else { return };
+        let answer = probe_legacy_paging(&kvm).expect("the probe runs");
+        // Hardware VMX runs legacy paging; this project's hosts (no VMX for guests) do not.
+        if std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().contains(" vmx") {
+            assert!(answer);
         }
     }
 }

@@ -34,7 +34,11 @@ impl Runner {
             ),
             RawExit::Shutdown => (ExitReason::TRIPLE_FAULT, 0, ExitDetail::None, Work::TripleFault),
             RawExit::Hlt => (ExitReason::HLT, 0, ExitDetail::None, Work::L1Hlt),
-            RawExit::EmulationFailure { bytes } => return self.normalize_l1_vmx(&bytes),
+            RawExit::EmulationFailure { bytes } => {
+                self.l1.refresh()?;
+                self.note_host_trapped(Level::L1, rip, &bytes);
+                return self.normalize_l1_vmx(&bytes);
+            }
             // L1 can take the interrupt it had pending: delivered before the next KVM_RUN.
             RawExit::IrqWindowOpen => {
                 return Ok(Normalized::Quiet { reason: ExitReason::INTERRUPT_WINDOW as u32, flow: Flow::Continue })

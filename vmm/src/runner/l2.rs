@@ -108,7 +108,11 @@ impl Runner {
                 let insn = Insn { rip, len: 0, pending: false };
                 Parts::reflectable(ExitReason::TRIPLE_FAULT, 0, insn, ExitDetail::None, Work::TripleFault)
             }
-            RawExit::EmulationFailure { bytes } => return Ok(self.l2_vmx(&bytes, rip)),
+            RawExit::EmulationFailure { bytes } => {
+                self.active().refresh()?;
+                self.note_host_trapped(Level::L2, rip, &bytes);
+                return Ok(self.l2_vmx(&bytes, rip));
+            }
             // VMMCALL is #UD on the Intel CPU L2 sees; it causes no VM exit (SDM 26.1).
             RawExit::Patched { bytes } if bytes.starts_with(&super::l1::VMMCALL) => {
                 self.active().inject_exception(6, None);

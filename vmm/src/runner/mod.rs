@@ -23,7 +23,7 @@ use kvm_ioctls::Kvm;
 use crate::error::{code, host, Error};
 use crate::exit::Level;
 use crate::machine::devices::{Devices, ExitConvention};
-use crate::machine::probe::{probe_vmx_trap, VmxTrap};
+use crate::machine::probe::{probe_legacy_paging, probe_vmx_trap, VmxTrap};
 use crate::machine::{loader, GuestRam, RawExit, Vcpu, Vm};
 use crate::nested::Nested;
 use crate::script::{ScriptHost, ScriptOptions};
@@ -170,6 +170,9 @@ pub struct Runner {
     /// Sensitive instructions patched into traps (`--patch-sensitive`).
     patches: Option<patching::Patches>,
     patch_mode: PatchMode,
+    /// Whether the host runs paging outside IA-32e mode; nestbed's own MOV to CR0 refuses
+    /// it (#GP) where the host does.
+    host_legacy_paging: bool,
     script_paths: Vec<PathBuf>,
     script_options: ScriptOptions,
     /// Whether exits are written to the trace file (gdb's `monitor trace on|off`).
@@ -226,6 +229,7 @@ impl Runner {
             }
         };
 
+        let host_legacy_paging = if patches.is_some() { probe_legacy_paging(&kvm)? } else { true };
         let l1_vm = Vm::new(&kvm, ram)?;
         let mut l1 = l1_vm.create_vcpu(&kvm, 0, true, &l1_cpuid)?;
         let tsc_khz = l1.fd().get_tsc_khz().ok().map(u64::from);
@@ -259,6 +263,7 @@ impl Runner {
             platform,
             patches,
             patch_mode: cfg.patch,
+            host_legacy_paging,
             script_paths: cfg.scripts.clone(),
             script_options: cfg.script_options,
             tracing: true,
@@ -295,7 +300,12 @@ impl Runner {
             t.flush();
         }
         this.stats.wall = this.start.elapsed();
-        this.stats.patched = this.patches.as_ref().map(|p| (p.len(), p.traps, p.repatched + p.dropped));
+        this.stats.patched = this.patches.as_ref().map(|p| crate::trace::stats::PatchStats {
+            sites: p.len(),
+            traps: p.traps,
+            written: p.repatched + p.dropped,
+            unpatched: p.unpatched.len(),
+        });
         let outcome = result.unwrap_or_else(|e| Outcome::Failed { code: e.exit_code(), message: e.to_string() });
         Ok(Report { outcome, stats: std::mem::take(&mut this.stats) })
     }
@@ -373,9 +383,17 @@ impl Runner {
             };
             let mut raw = raw;
             if let Some((3, pc, _)) = debug {
-                if let Some(bytes) = self.patched_original(pc) {
-                    raw = RawExit::Patched { bytes };
-                    debug = None;
+                match self.patched_original(pc)? {
+                    Some(patching::PatchedTrap::Original(bytes)) => {
+                        raw = RawExit::Patched { bytes };
+                        debug = None;
+                    }
+                    // The CPU now runs the original instruction at the same RIP.
+                    Some(patching::PatchedTrap::Restored(note)) => {
+                        self.notes.push(note);
+                        continue;
+                    }
+                    None => {}
                 }
             }
             if let Some((exception, pc, dr6)) = debug {

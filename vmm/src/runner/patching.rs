@@ -61,12 +61,33 @@ pub struct Patches {
     /// replaced by other code (dropped).
     pub repatched: u64,
     pub dropped: u64,
+    /// Instructions of a patched class the host trapped by itself at unpatched addresses
+    /// (code written at run time, or missed by the scan), each address noted once.
+    pub unpatched: std::collections::BTreeSet<u64>,
+}
+
+/// What an int3 at a patched site stands for.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum PatchedTrap {
+    /// The original instruction, to decode and handle.
+    Original(Vec<u8>),
+    /// The site's bytes mean another instruction in the mode the CPU runs them in (a scan that
+    /// took 32-bit code for 64-bit, or the reverse): its original bytes are back in place for
+    /// the CPU to execute, and the site is dropped.
+    Restored(String),
 }
 
 impl Patches {
     /// No sites (for sites found at run time only).
     pub fn empty() -> Self {
-        Patches { table: PatchTable::default(), applied: Selection::NONE, traps: 0, repatched: 0, dropped: 0 }
+        Patches {
+            table: PatchTable::default(),
+            applied: Selection::NONE,
+            traps: 0,
+            repatched: 0,
+            dropped: 0,
+            unpatched: Default::default(),
+        }
     }
 
     /// Scans `image` for every sensitive instruction; `name` is the image's name for messages.
@@ -159,16 +180,22 @@ impl Patches {
         self.len() == 0
     }
 
-    /// The original instruction of the patched site that starts at guest-physical `gpa`.
-    pub fn original(&self, gpa: u64) -> Option<&[u8]> {
-        self.table.trapped(gpa).map(|s| s.original.as_slice())
-    }
-
     /// The original byte at guest-physical `gpa` when it lies in a patched site.
     pub fn original_byte(&self, gpa: u64) -> Option<u8> {
         let site = self.table.site_containing(gpa)?;
         self.table.trapped(site.addr)?;
         site.original.get((gpa - site.addr) as usize).copied()
+    }
+
+    /// Puts the original bytes of the site at `gpa` back and drops it.
+    pub fn restore(&mut self, gpa: u64, ram: &GuestRam) -> bool {
+        let Some(site) = self.table.trapped(gpa).cloned() else { return false };
+        let written = ram.write(site.addr, &site.original).is_ok();
+        if written {
+            self.table.set_trapped(site.addr, false);
+            self.dropped += 1;
+        }
+        written
     }
 
     /// Finds patched sites the guest wrote over since the last check: a site holding its
@@ -203,18 +230,58 @@ impl Runner {
     /// The original bytes of the patched instruction at `pc` of the active level, when an int3
     /// there is a patched site. gdb's breakpoint on a patched instruction stops there first;
     /// an int3 that is neither is the guest's own.
-    pub(super) fn patched_original(&mut self, pc: u64) -> Option<Vec<u8>> {
+    pub(super) fn patched_original(&mut self, pc: u64) -> Result<Option<PatchedTrap>, Error> {
         if self.patches.as_ref().is_none_or(Patches::is_empty) {
-            return None;
+            return Ok(None);
         }
-        let gpa = self.debug_translate(self.level, pc)?;
+        let Some(gpa) = self.debug_translate(self.level, pc) else { return Ok(None) };
         if self.debug.attached && self.debug.has_sw_breakpoint(gpa) {
-            return None;
+            return Ok(None);
         }
-        let patches = self.patches.as_mut()?;
-        let original = patches.original(gpa)?.to_vec();
+        let Some(site) = self.patches.as_ref().and_then(|p| p.table.trapped(gpa)).cloned() else { return Ok(None) };
+        self.active().refresh()?;
+        let bitness = crate::nested::trap::bitness(self.active().peek_sregs());
+        let Some(patches) = self.patches.as_mut() else { return Ok(None) };
+        let mut d = Decoder::with_ip(bitness, &site.original, pc, DecoderOptions::NONE);
+        let now = d.decode();
+        if now.is_invalid() || now.len() != site.original.len() || Class::of(&now) != Some(site.class) {
+            let what = if now.is_invalid() { "no valid instruction".to_string() } else { format!("`{now}`") };
+            let restored = patches.restore(gpa, &self.l1_vm.ram);
+            let note = format!(
+                "patched site {:#x} ({}) is {what} in the CPU's {bitness}-bit mode: {}",
+                site.addr,
+                site.text,
+                if restored { "original bytes restored, site dropped" } else { "could not restore it" }
+            );
+            tracing::warn!("{note}");
+            return Ok(restored.then_some(PatchedTrap::Restored(note)));
+        }
         patches.traps += 1;
-        Some(original)
+        Ok(Some(PatchedTrap::Original(site.original)))
+    }
+
+    /// A sensitive instruction the host trapped by itself (an emulation failure) at `rip` of
+    /// `level`: if its class is one nestbed patches, the site was not patched (code written at
+    /// run time, or missed by the scan), and a host that does not report VMX instructions
+    /// would have raised #UD there. Said once per address, in the trace and as a warning.
+    pub(super) fn note_host_trapped(&mut self, level: Level, rip: u64, bytes: &[u8]) {
+        if self.patches.is_none() {
+            return;
+        }
+        let bitness = crate::nested::trap::bitness(self.active().peek_sregs());
+        let ins = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE).decode();
+        let Some(p) = self.patches.as_mut() else { return };
+        let Some(class) = Class::of(&ins).filter(|&c| p.applied.contains(c)) else { return };
+        if !p.unpatched.insert(rip) {
+            return;
+        }
+        let note = format!(
+            "{level:?} {class} at {rip:#x} was not patched (code written at run time, or not found by the scan): \
+             this host trapped it by itself; one that does not report VMX instructions raises #UD there \
+             (a script can patch it: e.patch_range)"
+        );
+        tracing::warn!("{note}");
+        self.notes.push(note);
     }
 
     /// A script's `patch_range`: decodes `len` bytes at virtual `addr` of `level` as code
@@ -299,7 +366,7 @@ mod tests {
         let mut b = [0u8; 3];
         ram.read(0x1000, &mut b).unwrap();
         assert_eq!(b, [0xcc; 3]);
-        assert_eq!(p.original(0x1000), Some(&vmcall[..]));
+        assert_eq!(p.table.trapped(0x1000).map(|s| s.original.as_slice()), Some(&vmcall[..]));
         assert!(p.verify(&ram).is_empty(), "nothing written yet");
 
         // The guest copies the original instruction back: patched again.
@@ -311,8 +378,24 @@ mod tests {
         assert_eq!((p.repatched, p.dropped), (1, 1));
         ram.read(0x1000, &mut b).unwrap();
         assert_eq!(b, [0xcc; 3]);
-        assert_eq!(p.original(0x2000), None);
+        assert!(p.table.trapped(0x2000).is_none());
         assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn a_restored_site_holds_its_original_bytes_and_is_dropped() {
+        let ram = GuestRam::new(2).unwrap();
+        let mut p = Patches::empty();
+        // `mov rax, cr4` with REX.W: in 32-bit code these bytes are `dec eax; mov eax, cr4`.
+        let rex_mov = [0x48, 0x0f, 0x20, 0xe0];
+        assert!(p.add(site(0x1000, &rex_mov, Class::MovFromCr4), &ram));
+        assert!(p.restore(0x1000, &ram));
+        let mut b = [0u8; 4];
+        ram.read(0x1000, &mut b).unwrap();
+        assert_eq!(b, rex_mov);
+        assert!(p.table.trapped(0x1000).is_none() && p.dropped == 1);
+        assert!(!p.restore(0x1000, &ram), "already restored");
+        assert!(!p.restore(0x3000, &ram), "no site there");
     }
 
     #[test]

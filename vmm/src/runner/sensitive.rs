@@ -259,7 +259,7 @@ impl Runner {
 
     /// MOV to CR0 with the checks of SDM Vol. 2 (MOV—Move to/from Control Registers): reserved
     /// bits, NW without CD, PG without PE, leaving IA-32e mode from 64-bit code; EFER.LMA
-    /// follows LME and PG (SDM 10.8.5).
+    /// follows LME and PG (SDM 10.8.5). Paging outside IA-32e mode only where the host has it.
     fn write_cr0(&mut self, v: u64) -> Result<(), Fault> {
         let s = *self.active().sregs();
         if v >> 32 != 0 || v & CR0_NW != 0 && v & CR0_CD == 0 || v & CR0_PG != 0 && v & CR0_PE == 0 {
@@ -277,6 +277,11 @@ impl Runner {
             return Err(Fault::Gp);
         }
         if paging_on && s.cr0 & CR0_PG == 0 && s.efer & EFER_LME != 0 && s.cr4 & CR4_PAE == 0 {
+            return Err(Fault::Gp);
+        }
+        // A host limit, not the SDM: paging outside IA-32e mode on a host that cannot run it is
+        // refused as that host refuses an unpatched MOV to CR0.
+        if paging_on && s.cr0 & CR0_PG == 0 && s.efer & EFER_LME == 0 && !self.host_legacy_paging {
             return Err(Fault::Gp);
         }
         let sr = self.active().sregs_mut();

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::run::Output;
-use super::Scenario;
+use super::{Expect, Scenario};
 use crate::error::Error;
 use crate::trace::{diff, file};
 
@@ -36,9 +36,9 @@ fn last_message(stderr: &str) -> Option<&str> {
 }
 
 /// Exit code and console expectations.
-pub fn outcome(sc: &Scenario, out: &Output) -> Vec<String> {
+pub fn outcome(expect: &Expect, out: &Output) -> Vec<String> {
     let mut failures = Vec::new();
-    let want = sc.expect.exit_code;
+    let want = expect.exit_code;
     if out.exit_code != Some(want) {
         let got = out.exit_code.map_or_else(|| "none (killed by a signal)".to_string(), |c| c.to_string());
         let mut s = format!("exit code: expected {want}, got {got}");
@@ -48,20 +48,20 @@ pub fn outcome(sc: &Scenario, out: &Output) -> Vec<String> {
         failures.push(s);
     }
     let console = normalise(&out.console);
-    if let Some(d) = sc.expect.console.as_deref().and_then(|c| console_diff(c, &console)) {
+    if let Some(d) = expect.console.as_deref().and_then(|c| console_diff(c, &console)) {
         failures.push(d);
     }
-    if let Some(missing) = sc.expect.console_contains.iter().find(|s| !console.contains(normalise(s).as_str())) {
+    if let Some(missing) = expect.console_contains.iter().find(|s| !console.contains(normalise(s).as_str())) {
         let last = console.lines().last().unwrap_or("");
         failures.push(format!(
             "console does not contain {missing:?}\n  (the console has {} lines; the last is {last:?})",
             console.lines().count()
         ));
     }
-    if let Some(re) = sc.expect.console_regex.as_ref().filter(|re| !re.is_match(&console)) {
+    if let Some(re) = expect.console_regex.as_ref().filter(|re| !re.is_match(&console)) {
         failures.push(format!("console does not match console_regex {:?}", re.as_str()));
     }
-    if let Some(missing) = sc.expect.stderr_contains.iter().find(|s| !out.stderr.contains(s.as_str())) {
+    if let Some(missing) = expect.stderr_contains.iter().find(|s| !out.stderr.contains(s.as_str())) {
         failures.push(format!("stderr does not contain {missing:?}"));
     }
     failures

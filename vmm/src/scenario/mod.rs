@@ -52,6 +52,8 @@ struct ExpectFormat {
     #[serde(default)]
     stderr_contains: Vec<String>,
     golden: Option<String>,
+    /// `[expect.patched]`: what differs under `--patch-sensitive auto|on`.
+    patched: Option<Box<ExpectFormat>>,
 }
 
 /// What a run must produce.
@@ -64,6 +66,48 @@ pub struct Expect {
     /// Lines nestbed's stderr must contain (what scripts print, nestbed's own messages).
     pub stderr_contains: Vec<String>,
     pub golden: Option<PathBuf>,
+}
+
+impl ExpectFormat {
+    /// `self` (an `[expect.patched]` table) over `base`: each key given replaces base's.
+    fn over(self, base: &ExpectFormat) -> ExpectFormat {
+        let list = |v: Vec<String>, b: &Vec<String>| if v.is_empty() { b.clone() } else { v };
+        ExpectFormat {
+            exit_code: self.exit_code.or(base.exit_code),
+            console: self.console.or_else(|| base.console.clone()),
+            console_contains: list(self.console_contains, &base.console_contains),
+            console_regex: self.console_regex.or_else(|| base.console_regex.clone()),
+            stderr_contains: list(self.stderr_contains, &base.stderr_contains),
+            golden: None,
+            patched: None,
+        }
+    }
+
+    /// Checks the values and resolves `golden` against `dir`; `at` names the table.
+    fn into_expect(self, dir: &Path, at: &str) -> Result<Expect, String> {
+        let exit_code = match self.exit_code {
+            None => 0,
+            Some(c) => i32::try_from(c)
+                .ok()
+                .filter(|c| (0..=255).contains(c))
+                .ok_or_else(|| format!("{at}.exit_code {c} is not an exit code (0-255)"))?,
+        };
+        let console_regex = match self.console_regex {
+            None => None,
+            Some(r) => Some(Regex::new(&r).map_err(|err| format!("{at}.console_regex: {}", regex_problem(&err)))?),
+        };
+        if self.golden.as_deref().is_some_and(|g| g.trim().is_empty()) {
+            return Err(format!("{at}.golden is empty"));
+        }
+        Ok(Expect {
+            exit_code,
+            console: self.console,
+            console_contains: self.console_contains,
+            console_regex,
+            stderr_contains: self.stderr_contains,
+            golden: self.golden.map(|g| dir.join(g)),
+        })
+    }
 }
 
 /// A checked scenario with its paths resolved against the scenario file's folder.
@@ -83,6 +127,19 @@ pub struct Scenario {
     /// Keep the console's I/O exits in the golden trace.
     pub console_exits: bool,
     pub expect: Expect,
+    /// What a run with patched sensitive instructions must produce, where the file says it
+    /// differs.
+    pub expect_patched: Option<Expect>,
+}
+
+impl Scenario {
+    /// The expectation for a run with `--patch-sensitive=patch`.
+    pub fn expect_for(&self, patch: Option<&str>) -> &Expect {
+        match (&self.expect_patched, patch.is_some_and(|p| p != "off")) {
+            (Some(p), true) => p,
+            _ => &self.expect,
+        }
+    }
 }
 
 /// Turns a TOML error into one line: position (when it points somewhere) and message.
@@ -154,21 +211,17 @@ impl Scenario {
         if timeout == 0 {
             return Err("`timeout` must be at least 1 (second)".into());
         }
-        let e = f.expect;
-        let exit_code = match e.exit_code {
-            None => 0,
-            Some(c) => i32::try_from(c)
-                .ok()
-                .filter(|c| (0..=255).contains(c))
-                .ok_or_else(|| format!("expect.exit_code {c} is not an exit code (0-255)"))?,
-        };
-        let console_regex = match e.console_regex {
+        let mut e = f.expect;
+        let expect_patched = match e.patched.take() {
             None => None,
-            Some(r) => Some(Regex::new(&r).map_err(|err| format!("expect.console_regex: {}", regex_problem(&err)))?),
+            Some(p) if p.golden.is_some() || p.patched.is_some() => {
+                return Err("expect.patched may not have `golden` or `patched`: golden traces are compared on \
+                            unpatched runs only"
+                    .into())
+            }
+            Some(p) => Some(p.over(&e).into_expect(dir, "expect.patched")?),
         };
-        if e.golden.as_deref().is_some_and(|g| g.trim().is_empty()) {
-            return Err("expect.golden is empty".into());
-        }
+        let expect = e.into_expect(dir, "expect")?;
         Ok(Scenario {
             path: path.to_owned(),
             guest,
@@ -179,14 +232,8 @@ impl Scenario {
             timeout,
             timers: f.timers,
             console_exits: f.console_exits,
-            expect: Expect {
-                exit_code,
-                console: e.console,
-                console_contains: e.console_contains,
-                console_regex,
-                stderr_contains: e.stderr_contains,
-                golden: e.golden.map(|g| dir.join(g)),
-            },
+            expect,
+            expect_patched,
         })
     }
 
@@ -254,12 +301,34 @@ mod tests {
             ("guest = \"hello\"\n[expect]\nexit_code = 300", "not an exit code"),
             ("guest = \"hello\"\n[expect]\nconsole_regex = \"a(b\"", "console_regex: unclosed group"),
             ("guest = \"hello\"\nscripts = [\"none.rhai\"]", "script `none.rhai` not found"),
+            ("guest = \"hello\"\n[expect.patched]\nexit_code = -1", "expect.patched.exit_code -1"),
+            ("guest = \"hello\"\n[expect.patched]\ngolden = \"g\"", "expect.patched may not have `golden`"),
+            ("guest = \"hello\"\n[expect.patched]\nbogus = 1", "unknown field `bogus`"),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(want), "{text:?}: {e}");
             assert!(!e.contains('\n'), "{text:?}: {e}");
         }
         assert_eq!(parse("cmdline = \"x\"\n").unwrap_err(), "missing field `guest`");
+    }
+
+    #[test]
+    fn patched_expectations_replace_the_keys_they_give() {
+        let sc = parse(
+            "guest = \"hello\"\n[expect]\nexit_code = 3\nconsole = \"a\"\nstderr_contains = [\"s\"]\n\
+             [expect.patched]\nconsole = \"b\"\n",
+        )
+        .unwrap();
+        let p = sc.expect_for(Some("on"));
+        assert_eq!(
+            (p.exit_code, p.console.as_deref(), p.stderr_contains.as_slice()),
+            (3, Some("b"), &["s".into()][..])
+        );
+        for unpatched in [None, Some("off")] {
+            assert_eq!(sc.expect_for(unpatched).console.as_deref(), Some("a"));
+        }
+        let plain = parse("guest = \"hello\"\n[expect]\nconsole = \"a\"\n").unwrap();
+        assert_eq!(plain.expect_for(Some("auto")).console.as_deref(), Some("a"));
     }
 
     #[test]

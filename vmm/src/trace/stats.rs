@@ -8,6 +8,20 @@ use std::time::Duration;
 use crate::exit::{Handler, Level};
 use crate::vmx::exits::reason_name;
 
+/// What load-time patching did in a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PatchStats {
+    /// Sensitive instructions patched into traps.
+    pub sites: usize,
+    /// Traps taken at them.
+    pub traps: u64,
+    /// Sites the guest wrote over (patched again or dropped), and sites dropped because their
+    /// bytes mean another instruction in the CPU's mode.
+    pub written: u64,
+    /// Unpatched sites of patched classes that the host trapped by itself.
+    pub unpatched: usize,
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Row {
     pub count: u64,
@@ -25,9 +39,8 @@ pub struct Stats {
     pub wall: Duration,
     /// Where the run's time went, phase by phase.
     pub phases: super::Phases,
-    /// Sensitive instructions patched into traps, the traps taken there, and the sites the
-    /// guest wrote over.
-    pub patched: Option<(usize, u64, u64)>,
+    /// Load-time patching's figures, when it is on.
+    pub patched: Option<PatchStats>,
 }
 
 fn level_key(l: Level) -> u8 {
@@ -115,10 +128,11 @@ impl Stats {
                 mean
             );
         }
-        if let Some((sites, traps, written)) = self.patched {
+        if let Some(PatchStats { sites, traps, written, unpatched }) = self.patched {
             let _ = writeln!(
                 s,
-                "patched: {sites} sensitive instructions, {traps} traps taken at them, {written} written over by the guest"
+                "patched: {sites} sensitive instructions, {traps} traps taken at them, {written} written over by the guest, \
+                 {unpatched} unpatched sites trapped by the host"
             );
         }
         let _ = writeln!(s, "total: {} exits in {:.3}s", self.total_exits(), self.wall.as_secs_f64());
