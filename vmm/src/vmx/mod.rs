@@ -9,6 +9,7 @@ pub mod ept;
 pub mod exit_info;
 pub mod exits;
 pub mod fields;
+pub mod msr_list;
 pub mod route;
 pub mod sensitive;
 pub mod state;
