@@ -53,6 +53,62 @@ fn vmx_msr_bitmap() {
     assert!(r.stderr.contains("L2    RDMSR"), "{}", r.stderr);
 }
 
+/// What vmx-msr-lists prints for the checks that matter most.
+const MSR_LISTS_KEY_LINES: &[&str] = &[
+    "ok   VM-entry MSR-load area: L2 reads IA32_KERNEL_GS_BASE 0x7fff12345000",
+    "ok   VM-exit MSR-store area: L2's IA32_KERNEL_GS_BASE 0xffff800022223000",
+    "ok   VM-exit MSR-store area: IA32_TSC ",
+    "ok   VM-exit MSR-load area: L1's IA32_KERNEL_GS_BASE 0x55556000",
+    "ok   VM-entry MSR-load area with IA32_FS_BASE second: exit reason 0x80000022, qualification 2",
+    "ok     the VM-exit MSR-load area was loaded (SDM 27.8): 0x77778000",
+    "ok   an x2APIC MSR (0x808) third: exit reason 0x80000022, qualification 3",
+    "ok   513 entries, one beyond IA32_VMX_MISC's 512: exit reason 0x80000022, qualification 513",
+    "ok   save debug controls: GUEST_DR7 is L2's DR7 0x408",
+    "ok   load debug controls: L2 reads the GUEST_DR7 loaded, 0x404",
+    "ok   save debug controls: GUEST_DR7 0x40c",
+    "ok   without load debug controls L2 has L1's DR7 0x402",
+    "ok   L1's DR7 after the VM exit: 0x400",
+    "ok   VMRESUME right after MOV SS: VMfailValid(26)",
+    "ok   VMLAUNCH right after MOV SS: VMfailValid(26)",
+    "vmx-msr-lists: all checks passed",
+];
+
+/// The MSR areas (SDM 27.4, 28.4, 28.6), the debug controls (27.3.2.1, 28.3.1, 28.5.1) and VM
+/// entry after MOV SS (31, error 26) take effect, with L1's VMX instructions trapped by the
+/// host and patched into int3 traps.
+#[test]
+fn vmx_msr_lists() {
+    for extra in [&[][..], &["--patch-sensitive", "on"][..]] {
+        let mut args = vec!["--stats"];
+        args.extend_from_slice(extra);
+        let r = run_guest("vmx-msr-lists", &args);
+        assert_eq!(r.code, 0, "{extra:?}:\n{}\n{}", r.stdout, r.stderr);
+        assert!(!r.stdout.contains("FAIL"), "{extra:?}: {}", r.stdout);
+        for line in MSR_LISTS_KEY_LINES {
+            assert!(r.stdout.contains(line), "{extra:?}: no {line:?} in\n{}", r.stdout);
+        }
+        // L2's IA32_SYSENTER_ESP write reaches nestbed; L1's IA32_DEBUGCTL write too.
+        assert_eq!(stat_count(&r.stderr, "L2", "WRMSR", "L0"), Some(1), "{}", r.stderr);
+        assert_eq!(stat_count(&r.stderr, "L1", "WRMSR", "L0"), Some(1), "{}", r.stderr);
+    }
+}
+
+/// An entry the SDM forbids in a VM-exit MSR area is a VMX abort (SDM 28.7): the indicator, the
+/// entry and why, and the run ends as a shutdown.
+#[test]
+fn vmx_abort_ends_the_run() {
+    for (mode, indicator, entry) in [
+        ("abort-store", 1, "VM-exit MSR-store entry 1 (MSR 0x808)"),
+        ("abort-load", 4, "VM-exit MSR-load entry 1 (MSR 0xc0000100)"),
+    ] {
+        let r = run_guest("vmx-msr-lists", &["--cmdline", mode]);
+        assert_eq!(r.code, 203, "{mode}:\n{}\n{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains(&format!("L1 VMX abort (SDM 28.7), indicator {indicator}")), "{}", r.stderr);
+        assert!(r.stderr.contains(entry), "{}", r.stderr);
+        assert!(!r.stdout.contains("FAIL"), "{}", r.stdout);
+    }
+}
+
 #[test]
 fn vmx_ept() {
     let r = passes("vmx-ept");
@@ -217,6 +273,7 @@ fn every_vmx_guest_passes_with_patched_sensitive_instructions() {
             "vmx-ept",
             "vmx-io-bitmap",
             "vmx-msr-bitmap",
+            "vmx-msr-lists",
             "sdm-l1",
             "nested-demo",
             "vmx-l2-vmx",

@@ -57,9 +57,10 @@ printf '%s passed, %s failed, %s skipped\n' "$(grep -c '^PASS' "$out")" "$(grep 
 if [ -n "$check" ]; then
     bad=0
     # vmx.flat as a whole is slower than the runner's timeout here; its VMXON tests and the VM
-    # entry tests whose L2 ends with VMCALL (and the PAT and EFER load/save controls) run
-    # quickly and must all pass.
+    # entry tests whose L2 ends with VMCALL (the PAT and EFER load/save controls, the debug
+    # controls, the MSR areas, VM entry after MOV SS) run quickly and must all pass.
     vmx_tests="test_vmx_feature_control test_vmxon test_vmptrld test_vmclear null vmenter control*"
+    vmx_tests+=" debug_controls MSR_switch vmx_store_tsc_test atomic_switch_max_msrs_test vmentry_movss_shadow_test"
     vmx_out=$(cd "$tree" && "$work/bin/qemu-system-x86_64" -kernel x86/vmx.flat -smp 1 -m 256 -cpu max,+vmx \
         -device isa-debug-exit,iobase=0xf4,iosize=0x4 -serial stdio -display none -nodefaults -no-reboot \
         -append "$vmx_tests" 2>&1) && status=0 || status=$?

@@ -155,6 +155,7 @@ pub mod error {
     pub const UNSUPPORTED_VMCS_COMPONENT: u32 = 12;
     pub const VMWRITE_READ_ONLY: u32 = 13;
     pub const VMXON_IN_ROOT: u32 = 15;
+    pub const ENTRY_EVENTS_BLOCKED_BY_MOV_SS: u32 = 26;
     pub const INVALID_INVEPT_INVVPID_OPERAND: u32 = 28;
 }
 
@@ -177,15 +178,18 @@ pub mod ctl {
     pub const PROC2_ENABLE_EPT: u32 = 1 << 1;
     pub const PROC2_ENABLE_VPID: u32 = 1 << 5;
     pub const PROC2_WBINVD_EXITING: u32 = 1 << 6;
+    pub const EXIT_SAVE_DEBUG_CONTROLS: u32 = 1 << 2;
     pub const EXIT_HOST_ADDR_SPACE_SIZE: u32 = 1 << 9;
     pub const EXIT_SAVE_IA32_EFER: u32 = 1 << 20;
     pub const EXIT_LOAD_IA32_EFER: u32 = 1 << 21;
+    pub const ENTRY_LOAD_DEBUG_CONTROLS: u32 = 1 << 2;
     pub const ENTRY_IA32E_MODE_GUEST: u32 = 1 << 9;
     pub const ENTRY_LOAD_IA32_EFER: u32 = 1 << 15;
 }
 
 /// Capability and architectural MSRs (SDM Appendix A, Vol. 4).
 pub mod msr {
+    pub const IA32_TSC: u32 = 0x10;
     pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
     pub const IA32_SYSENTER_CS: u32 = 0x174;
     pub const IA32_SYSENTER_ESP: u32 = 0x175;
@@ -206,7 +210,9 @@ pub mod msr {
     pub const IA32_VMX_TRUE_PROCBASED_CTLS: u32 = 0x48e;
     pub const IA32_VMX_TRUE_EXIT_CTLS: u32 = 0x48f;
     pub const IA32_VMX_TRUE_ENTRY_CTLS: u32 = 0x490;
+    pub const IA32_DEBUGCTL: u32 = 0x1d9;
     pub const IA32_EFER: u32 = 0xc000_0080;
+    pub const IA32_STAR: u32 = 0xc000_0081;
     pub const IA32_FS_BASE: u32 = 0xc000_0100;
     pub const IA32_GS_BASE: u32 = 0xc000_0101;
     pub const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
@@ -274,6 +280,46 @@ impl Page {
 }
 
 impl Default for Page {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An MSR area of `N` 16-byte entries (SDM 25.7.2): MSR index in bits 31:0, reserved bits
+/// 63:32, data in bits 127:64. Its address is its physical address, as for [`Page`].
+#[repr(C, align(16))]
+pub struct MsrArea<const N: usize>(UnsafeCell<[[u64; 2]; N]>);
+
+// SAFETY: as for Page.
+unsafe impl<const N: usize> Sync for MsrArea<N> {}
+
+impl<const N: usize> MsrArea<N> {
+    pub const fn new() -> Self {
+        MsrArea(UnsafeCell::new([[0; 2]; N]))
+    }
+
+    pub fn addr(&self) -> u64 {
+        self.0.get() as u64
+    }
+
+    pub fn set(&self, i: usize, index: u32, reserved: u32, data: u64) {
+        assert!(i < N);
+        // SAFETY: in bounds of the area.
+        unsafe {
+            let e = self.0.get().cast::<[u64; 2]>().add(i);
+            core::ptr::write_volatile(e, [u64::from(index) | u64::from(reserved) << 32, data]);
+        }
+    }
+
+    /// The data of entry `i` (what a VM-exit MSR store wrote there).
+    pub fn data(&self, i: usize) -> u64 {
+        assert!(i < N);
+        // SAFETY: in bounds of the area.
+        unsafe { core::ptr::read_volatile(self.0.get().cast::<[u64; 2]>().add(i))[1] }
+    }
+}
+
+impl<const N: usize> Default for MsrArea<N> {
     fn default() -> Self {
         Self::new()
     }

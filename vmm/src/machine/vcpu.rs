@@ -13,6 +13,9 @@ use crate::error::{host, Error};
 
 const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
 
+/// KVM_GET_MSRS and KVM_SET_MSRS take fewer than 256 MSRs at once (MAX_IO_MSRS).
+pub const MSRS_PER_IOCTL: usize = 255;
+
 /// A KVM exit, copied out of `kvm_run` so the vCPU is free again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawExit {
@@ -207,24 +210,61 @@ impl Vcpu {
         PagingMode { cr0: s.cr0, cr3: s.cr3, cr4: s.cr4, efer: s.efer }
     }
 
-    /// Reads MSRs with one KVM_GET_MSRS (not on the common exit path).
+    /// Reads MSRs with one KVM_GET_MSRS per [`MSRS_PER_IOCTL`] (not on the common exit path).
+    /// KVM stops at the first MSR it cannot read: the values are those of the leading
+    /// indices it read, so fewer values than indices says which one it refused.
     pub fn get_msrs(&self, indices: &[u32]) -> Result<Vec<u64>, Error> {
-        let entries: Vec<kvm_bindings::kvm_msr_entry> =
-            indices.iter().map(|&index| kvm_bindings::kvm_msr_entry { index, ..Default::default() }).collect();
-        let mut msrs =
-            kvm_bindings::Msrs::from_entries(&entries).map_err(|e| Error::HostIo(format!("MSR list: {e:?}")))?;
-        self.fd.get_msrs(&mut msrs).map_err(host("KVM_GET_MSRS"))?;
-        Ok(msrs.as_slice().iter().map(|e| e.data).collect())
+        let mut values = Vec::with_capacity(indices.len());
+        for chunk in indices.chunks(MSRS_PER_IOCTL) {
+            let entries: Vec<kvm_bindings::kvm_msr_entry> =
+                chunk.iter().map(|&index| kvm_bindings::kvm_msr_entry { index, ..Default::default() }).collect();
+            let mut msrs =
+                kvm_bindings::Msrs::from_entries(&entries).map_err(|e| Error::HostIo(format!("MSR list: {e:?}")))?;
+            let n = self.fd.get_msrs(&mut msrs).map_err(host("KVM_GET_MSRS"))?;
+            values.extend(msrs.as_slice().iter().take(n).map(|e| e.data));
+            if n < chunk.len() {
+                break;
+            }
+        }
+        Ok(values)
     }
 
+    /// Writes MSRs with KVM_SET_MSRS; an MSR KVM refuses is an error naming it.
     pub fn set_msrs(&self, values: &[(u32, u64)]) -> Result<(), Error> {
-        let entries: Vec<kvm_bindings::kvm_msr_entry> = values
-            .iter()
-            .map(|&(index, data)| kvm_bindings::kvm_msr_entry { index, data, ..Default::default() })
-            .collect();
-        let msrs = kvm_bindings::Msrs::from_entries(&entries).map_err(|e| Error::HostIo(format!("MSR list: {e:?}")))?;
-        self.fd.set_msrs(&msrs).map_err(host("KVM_SET_MSRS"))?;
-        Ok(())
+        let n = self.set_msrs_prefix(values)?;
+        match values.get(n) {
+            None => Ok(()),
+            Some(&(index, data)) => Err(Error::HostIo(format!("KVM_SET_MSRS refused MSR {index:#x} = {data:#x}"))),
+        }
+    }
+
+    /// Writes MSRs in order with one KVM_SET_MSRS per [`MSRS_PER_IOCTL`] and returns how many
+    /// KVM took: it stops at the first it refuses.
+    pub fn set_msrs_prefix(&self, values: &[(u32, u64)]) -> Result<usize, Error> {
+        let mut done = 0;
+        for chunk in values.chunks(MSRS_PER_IOCTL) {
+            let entries: Vec<kvm_bindings::kvm_msr_entry> = chunk
+                .iter()
+                .map(|&(index, data)| kvm_bindings::kvm_msr_entry { index, data, ..Default::default() })
+                .collect();
+            let msrs =
+                kvm_bindings::Msrs::from_entries(&entries).map_err(|e| Error::HostIo(format!("MSR list: {e:?}")))?;
+            let n = self.fd.set_msrs(&msrs).map_err(host("KVM_SET_MSRS"))?;
+            done += n;
+            if n < chunk.len() {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    /// DR0-DR3, DR6 and DR7 as the guest has them (KVM_GET_DEBUGREGS).
+    pub fn debugregs(&self) -> Result<kvm_bindings::kvm_debugregs, Error> {
+        self.fd.get_debug_regs().map_err(host("KVM_GET_DEBUGREGS"))
+    }
+
+    pub fn set_debugregs(&self, d: &kvm_bindings::kvm_debugregs) -> Result<(), Error> {
+        self.fd.set_debug_regs(d).map_err(host("KVM_SET_DEBUGREGS"))
     }
 
     /// Sets XCR0 with KVM_SET_XCRS (not on the common exit path); KVM refuses invalid values.

@@ -22,6 +22,10 @@ const INTEL_VENDOR: [u32; 3] = [0x756e_6547, 0x4965_6e69, 0x6c65_746e];
 /// (the local APIC nestbed models).
 pub const FILTERED_MSRS: &[(u32, u32)] = &[(0x1b, 1), (0x3a, 1), (0x480, 18), (0x6e0, 1), (0x800, 256)];
 
+/// MSRs whose writes exit to userspace: IA32_DEBUGCTL, whose value nestbed keeps (a VM exit
+/// clears it, `nested::debug_regs`).
+pub const FILTERED_WRITES: &[(u32, u32)] = &[(0x1d9, 1)];
+
 pub struct Vm {
     pub fd: VmFd,
     pub ram: GuestRam,
@@ -41,14 +45,12 @@ impl Vm {
         )
         .map_err(host("enabling KVM_CAP_X86_USER_SPACE_MSR"))?;
         let deny = [0u8; 32];
+        let both = MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE;
         let ranges: Vec<MsrFilterRange> = FILTERED_MSRS
             .iter()
-            .map(|&(base, n)| MsrFilterRange {
-                flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
-                base,
-                msr_count: n,
-                bitmap: &deny,
-            })
+            .map(|&r| (both, r))
+            .chain(FILTERED_WRITES.iter().map(|&r| (MsrFilterRangeFlags::WRITE, r)))
+            .map(|(flags, (base, n))| MsrFilterRange { flags, base, msr_count: n, bitmap: &deny })
             .collect();
         vm.fd.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges).map_err(host("KVM_X86_SET_MSR_FILTER"))?;
         Ok(vm)

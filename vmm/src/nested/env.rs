@@ -11,6 +11,9 @@ use crate::vmx::decode::{Gpr, Seg};
 /// Physical-address width nestbed reports (CPUID.80000008H:EAX[7:0] on common hosts).
 pub const PHYS_ADDR_WIDTH: u8 = 46;
 
+/// KVM's interrupt-shadow bit for blocking by MOV SS (`kvm_vcpu_events.interrupt.shadow`).
+pub const KVM_X86_SHADOW_INT_MOV_SS: u8 = 1;
+
 pub struct RamView<'a>(pub &'a GuestRam);
 
 impl GuestMemory for RamView<'_> {
@@ -141,6 +144,9 @@ impl VmxEnv for L1Env<'_> {
     }
     fn physical_address_width(&self) -> u8 {
         PHYS_ADDR_WIDTH
+    }
+    fn blocked_by_mov_ss(&self) -> bool {
+        self.vcpu.peek_events().interrupt.shadow & KVM_X86_SHADOW_INT_MOV_SS != 0
     }
 }
 

@@ -9,10 +9,12 @@ use kvm_ioctls::Kvm;
 use super::access::InsnContext;
 use super::msr_filter::MsrFilterState;
 use super::space::{AddressSpace, L2Memory};
+use super::transfer::{IA32_PAT, SYSENTER_MSRS};
 use crate::error::Error;
 use crate::machine::insn::register_value;
 use crate::machine::paging::{self, Access, PagingMode};
 use crate::machine::{GuestRam, Vcpu, Vm};
+use crate::vmx::msr_list::MsrEntry;
 
 pub struct L2 {
     pub vm: Vm,
@@ -44,6 +46,20 @@ impl L2 {
     /// L2-physical memory as L2's memslots currently map it.
     pub fn memory(&self) -> L2Memory<'_> {
         L2Memory { ram: &self.vm.ram, space: &self.space }
+    }
+
+    /// MSRs the vCPU took (from an MSR area, or L2's WRMSR nestbed performed): the copies of
+    /// IA32_SYSENTER_CS/ESP/EIP and IA32_PAT follow.
+    pub fn msrs_loaded(&mut self, loaded: &[MsrEntry]) {
+        for e in loaded {
+            if e.index == IA32_PAT {
+                self.pat = Some(e.data);
+            } else if let Some(i) = SYSENTER_MSRS.iter().position(|&m| m == e.index) {
+                let mut s = self.sysenter.unwrap_or_default();
+                s[i] = if i == 0 { e.data & 0xffff_ffff } else { e.data };
+                self.sysenter = Some(s);
+            }
+        }
     }
 }
 

@@ -5,9 +5,11 @@
 //! an L2 exit.
 
 pub mod access;
+pub mod debug_regs;
 pub mod env;
 pub mod l2;
 pub mod msr_filter;
+pub mod msr_lists;
 pub mod route;
 pub mod space;
 pub mod transfer;

@@ -1,11 +1,12 @@
 //! L2's RDMSR/WRMSR normally stay inside KVM. For L1's MSR bitmap to be honoured (SDM 26.1.3,
 //! 25.6.9), the L2 VM's MSR filter denies exactly the MSRs L1 intercepts, so those accesses
 //! reach userspace and can be reflected. The filter is rebuilt only when the bitmap changes.
-//! Writes of IA32_SYSENTER_CS/ESP/EIP and IA32_PAT always reach nestbed, which keeps their
-//! values for VM exits to save (see `transfer::SYSENTER_MSRS`).
+//! Writes of IA32_SYSENTER_CS/ESP/EIP, IA32_PAT and IA32_DEBUGCTL always reach nestbed, which
+//! keeps their values for VM exits to save (see `transfer::SYSENTER_MSRS`, `debug_regs`).
 
 use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
 
+use super::debug_regs::IA32_DEBUGCTL;
 use super::transfer::{IA32_PAT, SYSENTER_MSRS};
 use crate::error::{host, Error};
 use crate::machine::{GuestRam, Vm};
@@ -50,7 +51,7 @@ impl MsrFilterState {
             Some(b) => {
                 // Filter bitmaps allow where the bit is 1; MSR bitmaps exit where it is 1.
                 let mut inv: Vec<Vec<u8>> = b.chunks(1024).map(|c| c.iter().map(|x| !x).collect()).collect();
-                for msr in SYSENTER_MSRS.into_iter().chain([IA32_PAT]) {
+                for msr in SYSENTER_MSRS.into_iter().chain([IA32_PAT, IA32_DEBUGCTL]) {
                     inv[2][msr as usize / 8] &= !(1 << (msr % 8));
                 }
                 let ranges = [

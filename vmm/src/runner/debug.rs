@@ -490,6 +490,9 @@ impl Runner {
     /// The current VMCS with L2's live guest state while L2 runs (the VMCS itself is only
     /// written at VM exits).
     pub(crate) fn vmcs_view(&mut self) -> Option<Vmcs> {
+        if let Err(e) = self.nested.settle_guest_dr7() {
+            tracing::warn!("reading L2's DR7 for the debugger: {e}");
+        }
         let mut v = self.nested.vmx.current_vmcs()?.clone();
         if let (Level::L2, Some(l2)) = (self.level, self.nested.l2.as_ref()) {
             let mut st = load_guest_state(&v);

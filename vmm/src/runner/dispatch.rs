@@ -201,11 +201,14 @@ impl Runner {
             Some(Ok((mut info, insn))) => {
                 let t = self.clock.now();
                 self.events_at_vm_exit(&mut info);
-                self.nested.vm_exit(&mut self.l1, &info, &insn)?;
+                let abort = self.nested.vm_exit(&mut self.l1, &self.l1_vm.ram, &info, &insn, &mut self.platform)?;
                 self.events_saved_at_vm_exit();
                 self.level = Level::L1;
                 self.stats.phases.add_since(Phase::Transfer, t);
-                Ok(Flow::Continue)
+                Ok(match abort {
+                    Some(a) => Flow::Stop(Outcome::VmxAbort(a.to_string())),
+                    None => Flow::Continue,
+                })
             }
             Some(Err(why)) => Ok(Flow::Stop(Outcome::Unsupported(why))),
             None => Ok(Flow::Continue),
@@ -311,16 +314,27 @@ impl Runner {
             return Ok(self.hypercall(insn.len, rip));
         }
         let written = self.vmwrite_field(insn);
-        let outcome = self.nested.execute(insn, &mut self.l1, &self.l1_vm.ram, written);
+        let outcome = self.nested.execute(insn, &mut self.l1, &self.l1_vm.ram, written)?;
         tracing::debug!(rip = format_args!("{rip:#x}"), insn = %insn, ?outcome, "L1 VMX instruction");
+        // The instruction completes (or enters L2): blocking by MOV SS or STI ends with it.
+        if self.l1.peek_events().interrupt.shadow != 0 {
+            self.l1.events_mut().interrupt.shadow = 0;
+        }
         match outcome {
             crate::vmx::cpu::Outcome::Fault(f) => {
                 self.inject_fault(f);
                 self.stats.phases.add_since(Phase::Model, t);
             }
-            crate::vmx::cpu::Outcome::Entry { .. } => {
-                let entry =
-                    self.nested.vm_entry(&mut self.l1, &self.l1_vm.ram, &mut self.notes, &mut self.stats.phases, t)?;
+            crate::vmx::cpu::Outcome::Entry { launch } => {
+                let entry = self.nested.vm_entry(
+                    &mut self.l1,
+                    &self.l1_vm.ram,
+                    &mut self.notes,
+                    &mut self.stats.phases,
+                    t,
+                    launch,
+                    &mut self.platform,
+                )?;
                 match entry {
                     Entry::Entered => {
                         self.level = Level::L2;
@@ -336,6 +350,7 @@ impl Runner {
                     Entry::Refused(why) => {
                         return Ok(Flow::Stop(Outcome::Unsupported(format!("VM entry at L1 RIP {rip:#x}: {why}"))))
                     }
+                    Entry::Aborted(a) => return Ok(Flow::Stop(Outcome::VmxAbort(a.to_string()))),
                 }
             }
             o => {

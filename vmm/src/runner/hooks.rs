@@ -94,6 +94,9 @@ impl Runner {
         let mut ctx = ExitContext::with_record(self.exit_record(exit, route, needs), Some(self.l1_vm.ram.clone()));
         (ctx.memory_captured, ctx.vmcs_captured) = (needs.memory, needs.vmcs);
         if needs.vmcs {
+            if let Err(e) = self.nested.settle_guest_dr7() {
+                tracing::warn!("reading L2's DR7 for the script's VMCS: {e}");
+            }
             ctx.vmcs = self.nested.vmx.current_vmcs().cloned();
         }
         if let (Some(info), Some(v)) = (info, ctx.vmcs.as_mut()) {

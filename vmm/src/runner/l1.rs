@@ -6,6 +6,7 @@ use super::{Flow, Outcome, Runner};
 use crate::error::Error;
 use crate::exit::{ExitDetail, Level};
 use crate::machine::RawExit;
+use crate::nested::debug_regs::IA32_DEBUGCTL;
 use crate::nested::env::gpr;
 use crate::nested::trap;
 use crate::vmx::decode::{exit_qualification, VmxInsn, VmxOp};
@@ -155,9 +156,22 @@ impl Runner {
         Flow::Continue
     }
 
-    /// WRMSR of L1: IA32_FEATURE_CONTROL is locked and the capability MSRs are read-only: #GP
-    /// (SDM 24.7, Appendix A). Writing back the same locked value is tolerated.
+    /// WRMSR of L1: IA32_DEBUGCTL is performed and kept (`nested::debug_regs`); the local
+    /// APIC's MSRs go to the platform; IA32_FEATURE_CONTROL is locked and the capability MSRs
+    /// are read-only: #GP (SDM 24.7, Appendix A). Writing back the same locked value is
+    /// tolerated.
     pub(super) fn l1_wrmsr(&mut self, index: u32, value: u64) -> Flow {
+        if index == IA32_DEBUGCTL {
+            match self.nested.l1_debugctl_write(&self.l1, value) {
+                Ok(true) => {}
+                Ok(false) => self.l1.fail_msr(),
+                Err(e) => {
+                    tracing::warn!("L1 WRMSR of IA32_DEBUGCTL: {e}");
+                    self.l1.fail_msr();
+                }
+            }
+            return Flow::Continue;
+        }
         match self.platform.wrmsr(index, value) {
             Some(Ok(())) => return Flow::Continue,
             Some(Err(_)) => {

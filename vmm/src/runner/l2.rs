@@ -431,12 +431,12 @@ impl Runner {
         Ok(Flow::Continue)
     }
 
-    /// WRMSR of L2 that L1 does not take: done on the L2 vCPU (IA32_SYSENTER_* also kept for
-    /// VM exits to save); one KVM refuses is #GP.
+    /// WRMSR of L2 that L1 does not take: done on the L2 vCPU (IA32_SYSENTER_*, IA32_PAT and
+    /// IA32_DEBUGCTL also kept for VM exits to save); one KVM refuses is #GP.
     pub(super) fn l2_wrmsr(&mut self, index: u32, value: u64) -> Result<Flow, Error> {
         let done = match self.nested.l2_tracked_msr_write(index, value) {
-            Ok(true) => true,
-            Ok(false) => self.nested.l2.as_ref().is_some_and(|l2| l2.vcpu.set_msrs(&[(index, value)]).is_ok()),
+            Ok(Some(done)) => done,
+            Ok(None) => self.nested.l2.as_ref().is_some_and(|l2| l2.vcpu.set_msrs(&[(index, value)]).is_ok()),
             Err(_) => false,
         };
         if !done {

@@ -92,6 +92,8 @@ pub enum Outcome {
     ScriptStop(String),
     /// The guest did something nestbed cannot continue from.
     Unsupported(String),
+    /// A VMX abort (SDM 28.7) shut L1's logical processor down.
+    VmxAbort(String),
     /// The debugger ended the run (`kill`, or a detach with --gdb-exit-on-detach).
     Debugger(String),
     /// nestbed stopped on an error (a script error, a failed KVM call) after the run started;
@@ -106,7 +108,7 @@ impl Outcome {
     pub fn exit_code(&self) -> i32 {
         match self {
             Outcome::GuestExit(c) => i32::from(*c),
-            Outcome::TripleFault { .. } => code::TRIPLE_FAULT,
+            Outcome::TripleFault { .. } | Outcome::VmxAbort(_) => code::TRIPLE_FAULT,
             Outcome::Timeout => code::TIMEOUT,
             Outcome::Interrupted => code::INTERRUPTED,
             Outcome::ScriptStop(_) => code::SCRIPT_STOP,
@@ -126,6 +128,7 @@ impl Outcome {
             Outcome::Interrupted => Some("interrupted".into()),
             Outcome::ScriptStop(r) => Some(format!("stopped by script: {r}")),
             Outcome::Unsupported(r) => Some(r.clone()),
+            Outcome::VmxAbort(why) => Some(format!("L1 {why}")),
             Outcome::Failed { message, .. } => Some(format!("error: {message}")),
             Outcome::Debugger(why) => Some(why.clone()),
         }

@@ -349,3 +349,13 @@ impl Runner {
         }
     }
 }
+
+/// L1's MSRs the VM-exit MSR-load area reaches through the platform (the local APIC's).
+impl crate::nested::msr_lists::ModelMsrs for Platform {
+    fn handles(&self, index: u32) -> bool {
+        Lapic::handles_msr(index)
+    }
+    fn write(&mut self, index: u32, value: u64) -> bool {
+        self.wrmsr(index, value).is_some_and(|r| r.is_ok())
+    }
+}

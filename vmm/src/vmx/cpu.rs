@@ -10,8 +10,8 @@
 //!   VMXON CR4 fixed-bit check skips VMXE for the same reason.
 //! - Segment limit checks on memory operands outside 64-bit mode are not performed (the
 //!   environment does not expose limits); linear addresses are truncated to 32 bits there.
-//! - VM-instruction error 6 (VMRESUME after VMXOFF) and 26 (events blocked by MOV SS) are
-//!   never produced; VMXOFF writes the current VMCS back to memory.
+//! - VM-instruction error 6 (VMRESUME after VMXOFF) is never produced; VMXOFF writes the
+//!   current VMCS back to memory.
 
 use super::bits::{bad_page_addr, is_canonical};
 use super::caps::{cr, ept_cap, VmxCaps};
@@ -80,6 +80,9 @@ pub trait VmxEnv: GuestMemory {
     /// IA32_EFER.LMA && CS.L.
     fn long_mode_64(&self) -> bool;
     fn physical_address_width(&self) -> u8;
+    /// Events are blocked by MOV SS: the instruction follows a MOV to SS or a POP SS (SDM
+    /// 25.4.2, interruptibility state bit 1).
+    fn blocked_by_mov_ss(&self) -> bool;
 }
 
 /// VM-instruction error numbers (SDM 31.4, Table 31-1).
@@ -375,6 +378,10 @@ impl VmxCpu {
                 let Some(launched) = self.current_vmcs().map(|v| v.launched) else {
                     return Ok(Outcome::FailInvalid);
                 };
+                // Before the launch state (SDM 31, VMLAUNCH/VMRESUME pseudocode).
+                if env.blocked_by_mov_ss() {
+                    return Ok(self.vmfail(VmInstructionError::EntryEventsBlockedByMovSs));
+                }
                 Ok(match (launch, launched) {
                     (true, true) => self.vmfail(VmInstructionError::VmlaunchNonClearVmcs),
                     (false, false) => self.vmfail(VmInstructionError::VmresumeNonLaunchedVmcs),
@@ -658,6 +665,7 @@ pub(crate) mod testing {
         pub efer: u64,
         pub rflags: u64,
         pub lm64: bool,
+        pub mov_ss: bool,
     }
 
     impl FakeEnv {
@@ -672,6 +680,7 @@ pub(crate) mod testing {
                 efer: 0x500,
                 rflags: 0x2,
                 lm64: true,
+                mov_ss: false,
             }
         }
     }
@@ -721,6 +730,9 @@ pub(crate) mod testing {
         }
         fn physical_address_width(&self) -> u8 {
             36
+        }
+        fn blocked_by_mov_ss(&self) -> bool {
+            self.mov_ss
         }
     }
 }
@@ -1112,6 +1124,29 @@ mod tests {
         assert_eq!(cpu.entry_check_failed(&v), Some(Outcome::FailValid(E::EntryInvalidHostStateFields)));
         let v = Violation { rule: "x", sdm: "27.3.1", class: CheckClass::GuestState { qualification: 0 } };
         assert_eq!(cpu.entry_check_failed(&v), None);
+    }
+
+    /// VMLAUNCH/VMRESUME right after MOV SS: VMfailInvalid without a current VMCS, else
+    /// VMfailValid(26) before the launch-state checks (SDM 31, VMLAUNCH/VMRESUME).
+    #[test]
+    fn entry_blocked_by_mov_ss() {
+        let (mut cpu, mut env) = in_root();
+        env.mov_ss = true;
+        assert_eq!(run(&mut cpu, &mut env, VMLAUNCH, None), Outcome::FailInvalid);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)), Outcome::Succeed);
+        for insn in [VMLAUNCH, VMRESUME] {
+            assert_eq!(run(&mut cpu, &mut env, insn, None), Outcome::FailValid(E::EntryEventsBlockedByMovSs));
+            assert_eq!(last_error(&cpu), 26);
+        }
+        cpu.mark_launched();
+        assert_eq!(run(&mut cpu, &mut env, VMLAUNCH, None), Outcome::FailValid(E::EntryEventsBlockedByMovSs));
+        env.mov_ss = false;
+        assert_eq!(run(&mut cpu, &mut env, VMLAUNCH, None), Outcome::FailValid(E::VmlaunchNonClearVmcs));
+        assert_eq!(run(&mut cpu, &mut env, VMRESUME, None), Outcome::Entry { launch: false });
+        // #UD and #GP come first.
+        env.mov_ss = true;
+        env.cpl = 3;
+        assert_eq!(run(&mut cpu, &mut env, VMRESUME, None), Outcome::Fault(Fault::GeneralProtection(0)));
     }
 
     #[test]

@@ -65,6 +65,14 @@ impl ExitInfo {
         }
     }
 
+    /// Writes the information of a VM-entry failure during or after loading guest state (SDM
+    /// 27.8): exit reason and qualification only; every other exit-information field, and the
+    /// valid bit of the VM-entry interruption information, stay as they were.
+    pub fn record_entry_failure(&self, vmcs: &mut Vmcs) {
+        vmcs.set(VM_EXIT_REASON, u64::from(self.reason));
+        vmcs.set(EXIT_QUALIFICATION, self.qualification);
+    }
+
     /// Stores a script's write of an exit-information field into this value. Returns false for
     /// fields a VM exit does not write, which go to the VMCS itself.
     pub fn write_field(&mut self, enc: u32, v: u64) -> bool {

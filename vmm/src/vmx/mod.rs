@@ -10,6 +10,7 @@ pub mod events;
 pub mod exit_info;
 pub mod exits;
 pub mod fields;
+pub mod msr_list;
 pub mod route;
 pub mod sensitive;
 pub mod state;
