@@ -1,7 +1,9 @@
 //! Shared code of nestbed's L1 hypervisor test guests: VMCS field encodings (SDM Vol. 3D,
 //! Appendix B), exit reasons (Appendix C), control bits (3C 25.6-25.8), capability MSRs
 //! (Appendix A), page-aligned regions and bitmaps, and a VMCS setup for an L2 that runs in
-//! 64-bit mode on L1's own page tables, segments and descriptor tables (no EPT).
+//! 64-bit mode on L1's own page tables, segments and descriptor tables (no EPT). For the event
+//! guests: the interruption-information format and interruptibility state ([`intr`]) and an
+//! IDT for L2 whose handlers report to L1 how they were entered ([`l2idt`]).
 
 #![no_std]
 
