@@ -163,6 +163,12 @@ impl Vcpu {
         &self.regs_area().sregs
     }
 
+    /// Pending and injected events and interruptibility, as of the last exit or change (for a
+    /// lean vCPU, only after `refresh`).
+    pub fn peek_events(&self) -> &kvm_vcpu_events {
+        &self.regs_area().events
+    }
+
     fn regs_area(&self) -> &kvm_bindings::kvm_sync_regs {
         // SAFETY: the kvm_run mapping lives as long as the VcpuFd; `s.regs` is the x86 sync-regs
         // member, valid because sync regs are enabled for REGS|SREGS|EVENTS at creation. The

@@ -183,6 +183,11 @@ impl Runner {
         }
     }
 
+    /// The guest-debug settings must be applied again (the monitor trap flag changed).
+    pub(super) fn debug_generation_changed(&mut self) {
+        self.debug.generation += 1;
+    }
+
     /// Brings the running vCPU's KVM guest-debug settings up to date.
     pub(super) fn apply_guest_debug(&mut self) -> Result<(), Error> {
         let i = level_index(self.level);
@@ -194,8 +199,13 @@ impl Runner {
         if self.patches.is_some() && !self.debug.attached {
             dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP;
         }
+        // The monitor trap flag (SDM 26.5.2), or waiting for an interrupt window: L2
+        // single-stepped.
+        if self.events_stepping() {
+            dbg.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
+        }
         if self.debug.attached {
-            dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP;
+            dbg.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP;
             if self.debug.stepping() {
                 dbg.control |= KVM_GUESTDBG_SINGLESTEP;
             }
@@ -206,6 +216,16 @@ impl Runner {
                 }
                 dbg.arch.debugreg[7] = dr7(&self.debug.hw);
             }
+        }
+        // Where L2's injected event lands: an execution breakpoint in a slot gdb leaves free.
+        if let (Some(addr), Some(i)) = (self.stop_breakpoint(), self.debug.hw.iter().position(Option::is_none)) {
+            dbg.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
+            let mut slots = self.debug.hw;
+            slots[i] = Some(HwSlot { addr, kind: HwKind::Exec, len: 1 });
+            for (r, s) in dbg.arch.debugreg.iter_mut().zip(slots.iter()) {
+                *r = s.map_or(0, |s| s.addr);
+            }
+            dbg.arch.debugreg[7] = dr7(&slots);
         }
         tracing::debug!(
             level = self.level.as_str(),
@@ -221,6 +241,8 @@ impl Runner {
     /// re-injected.
     pub(super) fn debug_exit(&mut self, exception: u32, pc: u64, dr6: u64) -> Option<DebugEvent> {
         match exception {
+            1 if dr6 & DR6_BS != 0 && self.events_step(pc) => None,
+            1 if self.stop_breakpoint() == Some(pc) && self.delivered() => None,
             1 => {
                 let hit = (0..4).find(|i| dr6 & (1 << i) != 0).and_then(|i| self.debug.hw[i]);
                 if let Some(slot) = hit {

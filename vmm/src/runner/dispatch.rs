@@ -126,6 +126,13 @@ pub(super) enum Work {
     Inject {
         vector: u8,
     },
+    /// L2 executed HLT without HLT exiting: the HLT activity state.
+    L2Hlt,
+    /// An exit nestbed raised at an instruction boundary of L2 (an interrupt, a window, the
+    /// preemption timer, the monitor trap flag) that a script kept from L1.
+    KeptEvent {
+        reason: u32,
+    },
     /// nestbed cannot continue.
     Unsupported(String),
 }
@@ -139,13 +146,19 @@ impl Runner {
             Level::L1 => self.normalize_l1(raw)?,
             Level::L2 => self.normalize_l2(raw)?,
         };
-        let mut ev = match normalized {
+        let ev = match normalized {
             Normalized::Event(ev) => ev,
             Normalized::Quiet { reason, flow } => {
                 self.stats.record(level, reason, Handler::L0, self.clock.since(t0));
                 return Ok(flow);
             }
         };
+        self.dispatch_event(ev, t0)
+    }
+
+    /// An exit from `normalize` or raised by nestbed itself, from route on.
+    pub(super) fn dispatch_event(&mut self, mut ev: Event, t0: u64) -> Result<Flow, Error> {
+        let level = ev.exit.level;
         let route = self.route(&ev);
         let t = self.stats.phases.add_since(Phase::Decode, t0);
         let reflectable = ev.l2.as_ref().is_some_and(|l2| l2.keeps.is_none());
@@ -153,10 +166,18 @@ impl Runner {
         let (action, handler) = self.observe(&ev.exit, route_handler(route), info)?;
         let t = self.stats.phases.add_since(Phase::Hooks, t);
         let inner_before = self.stats.phases.ticks(INNER);
+        // An L2 instruction nestbed completes (KVM holds it until the next KVM_RUN when
+        // `pending`): with the monitor trap flag, an MTF exit follows it.
+        let completes = ev.l2.as_ref().and_then(|l2| l2.reflect.as_ref().ok()).map(|(_, insn)| insn.pending);
         let flow = match action {
             Action::Default if route == Route::L1 => self.reflect(ev.l2.take())?,
             Action::Reflect if reflectable => self.reflect(ev.l2.take())?,
-            Action::Default | Action::Reflect | Action::KeepInL0 => self.handle(ev.work)?,
+            Action::Default | Action::Reflect | Action::KeepInL0 => {
+                if let Some(pending) = completes {
+                    self.instruction_completed(&ev.work, pending);
+                }
+                self.handle(ev.work)?
+            }
             other => self.apply_action(other, &ev.work)?,
         };
         self.stats.phases.add_since_except(Phase::Other, t, INNER, inner_before);
@@ -177,9 +198,11 @@ impl Runner {
     /// A VM exit to L1, or a stop when the host made the exit impossible to reflect.
     fn reflect(&mut self, l2: Option<L2Event>) -> Result<Flow, Error> {
         match l2.map(|l2| l2.reflect) {
-            Some(Ok((info, insn))) => {
+            Some(Ok((mut info, insn))) => {
                 let t = self.clock.now();
+                self.events_at_vm_exit(&mut info);
                 self.nested.vm_exit(&mut self.l1, &info, &insn)?;
+                self.events_saved_at_vm_exit();
                 self.level = Level::L1;
                 self.stats.phases.add_since(Phase::Transfer, t);
                 Ok(Flow::Continue)
@@ -245,6 +268,8 @@ impl Runner {
                 self.active().inject_exception(vector, None);
                 Ok(Flow::Continue)
             }
+            Work::L2Hlt => Ok(self.l2_halt()),
+            Work::KeptEvent { reason } => Ok(self.keep_event(reason)),
             Work::Unsupported(why) => Ok(Flow::Stop(Outcome::Unsupported(why))),
         }
     }
@@ -300,6 +325,7 @@ impl Runner {
                     Entry::Entered => {
                         self.level = Level::L2;
                         self.patch_for_controls();
+                        self.events_at_vm_entry();
                     }
                     Entry::ExitedOnEntry => {}
                     Entry::Failed(o) => {

@@ -33,6 +33,12 @@ impl Runner {
                 Work::PortIn { port, size, count },
             ),
             RawExit::Shutdown => (ExitReason::TRIPLE_FAULT, 0, ExitDetail::None, Work::TripleFault),
+            // This host sometimes reports HLT where L1 executed none (seen after an interrupt
+            // injected while L1 was single-stepped): nothing halted, so L1 goes on.
+            RawExit::Hlt if !self.follows_hlt(rip) => {
+                tracing::debug!(rip = format_args!("{rip:#x}"), "HLT exit not after an HLT: ignored");
+                return Ok(Normalized::Quiet { reason: ExitReason::HLT as u32, flow: Flow::Continue });
+            }
             RawExit::Hlt => (ExitReason::HLT, 0, ExitDetail::None, Work::L1Hlt),
             RawExit::EmulationFailure { bytes } => {
                 self.l1.refresh()?;
@@ -166,5 +172,14 @@ impl Runner {
             self.l1.fail_msr();
         }
         Flow::Continue
+    }
+}
+
+impl Runner {
+    /// Whether L1's instruction before `rip` is HLT (0xF4).
+    fn follows_hlt(&mut self, rip: u64) -> bool {
+        let Some(gpa) = self.debug_translate(Level::L1, rip.wrapping_sub(1)) else { return false };
+        let mut b = [0u8; 1];
+        self.l1_vm.ram.read(gpa, &mut b).is_ok() && b[0] == 0xf4
     }
 }

@@ -98,11 +98,11 @@ impl Runner {
                 let mut b = [0u8; 1];
                 let at_rip = self.l2_bytes(rip.wrapping_sub(1), &mut b) && b[0] == 0xf4;
                 let insn = Insn { rip: if at_rip { rip - 1 } else { rip }, len: 1, pending: false };
-                let why = format!(
-                    "L2 executed HLT at RIP {:#x} without HLT exiting; nestbed has no interrupt sources, so it would never wake",
-                    insn.rip
-                );
-                Parts::reflectable(ExitReason::HLT, 0, insn, ExitDetail::None, Work::Unsupported(why))
+                Parts::reflectable(ExitReason::HLT, 0, insn, ExitDetail::None, Work::L2Hlt)
+            }
+            // L2 can take the interrupt it waits for: decided before the next KVM_RUN.
+            RawExit::IrqWindowOpen => {
+                return Ok(Normalized::Quiet { reason: ExitReason::INTERRUPT_WINDOW as u32, flow: Flow::Continue })
             }
             RawExit::Shutdown => {
                 let insn = Insn { rip, len: 0, pending: false };
@@ -409,7 +409,7 @@ impl Runner {
         b.iter().find(|&&x| !prefixes(x)).is_some_and(|&op| matches!(op, 0x6c..=0x6f))
     }
 
-    fn l2_bytes(&mut self, rip: u64, buf: &mut [u8]) -> bool {
+    pub(super) fn l2_bytes(&mut self, rip: u64, buf: &mut [u8]) -> bool {
         let Some(l2) = self.nested.l2.as_ref() else { return false };
         let v = l2.view();
         paging::read_virt(&v.mem, v.paging, rip, buf).is_ok()

@@ -4,6 +4,7 @@
 pub mod boot;
 pub mod debug;
 mod dispatch;
+mod events;
 mod hooks;
 mod l1;
 mod l2;
@@ -178,6 +179,10 @@ pub struct Runner {
     /// Whether exits are written to the trace file (gdb's `monitor trace on|off`).
     tracing: bool,
     debug: DebugState,
+    /// L2's events for the current VM entry.
+    l2_events: events::L2Events,
+    /// L1 runs single-stepped while an interrupt waits for its window.
+    l1_window_step: bool,
 }
 
 impl Runner {
@@ -267,6 +272,8 @@ impl Runner {
             script_paths: cfg.scripts.clone(),
             script_options: cfg.script_options,
             tracing: true,
+            l2_events: events::L2Events::default(),
+            l1_window_step: false,
         })
     }
 
@@ -342,7 +349,6 @@ impl Runner {
                     return Ok(Stop::Debugger);
                 }
             }
-            self.apply_guest_debug()?;
             self.prepare_watch_step();
             // SREGS/EVENTS are synced on every exit only where they are used on most exits:
             // L1 in VMX operation (VMX instructions, VM entries) and L2.
@@ -356,9 +362,24 @@ impl Runner {
             // SAFETY: the active vCPU's mapping lives as long as the Runner, which clears the
             // registration before returning.
             unsafe { signals::set_running(run) };
-            if self.level == Level::L1 {
-                self.deliver_l1_interrupt();
+            match self.level {
+                Level::L1 => self.deliver_l1_interrupt(),
+                Level::L2 => match self.events_before_l2()? {
+                    events::BeforeL2::Run => {}
+                    events::BeforeL2::Again => match signals::cause() {
+                        signals::INTERRUPT => return Ok(Stop::Finished(Outcome::Interrupted)),
+                        signals::TIMEOUT => return Ok(Stop::Finished(Outcome::Timeout)),
+                        _ => continue,
+                    },
+                    events::BeforeL2::Flow(flow) => {
+                        if let Some(stop) = self.after_dispatch(flow, Level::L2, rip_entry) {
+                            return Ok(stop);
+                        }
+                        continue;
+                    }
+                },
             }
+            self.apply_guest_debug()?;
             let entered = self.clock.now();
             let raw = self.active().run()?;
             let phase = if self.level == Level::L1 { Phase::KvmRunL1 } else { Phase::KvmRunL2 };
@@ -367,6 +388,9 @@ impl Runner {
                 signals::INTERRUPT => return Ok(Stop::Finished(Outcome::Interrupted)),
                 signals::TIMEOUT => return Ok(Stop::Finished(Outcome::Timeout)),
                 _ => {}
+            }
+            if self.level == Level::L2 {
+                self.events_after_l2_run();
             }
             if raw == RawExit::Interrupted {
                 self.active().set_immediate_exit(false);
@@ -403,17 +427,23 @@ impl Runner {
                 }
             }
             let level = self.level;
-            match self.dispatch(raw, t0)? {
-                Flow::Stop(Outcome::ScriptStop(why)) if self.debug.attached => {
-                    return Ok(Stop::Debug(DebugEvent::ScriptStop(why)));
-                }
-                Flow::Stop(o) => return Ok(Stop::Finished(o)),
-                Flow::Continue => {}
-            }
-            if let Some(ev) = self.debug_after_exit(level, rip_entry) {
-                return Ok(Stop::Debug(ev));
+            let flow = self.dispatch(raw, t0)?;
+            if let Some(stop) = self.after_dispatch(flow, level, rip_entry) {
+                return Ok(stop);
             }
         }
+    }
+
+    /// Where an exit of `level` leaves the run: finished, stopped for the debugger, or going on.
+    fn after_dispatch(&mut self, flow: Flow, level: Level, rip_entry: u64) -> Option<Stop> {
+        match flow {
+            Flow::Stop(Outcome::ScriptStop(why)) if self.debug.attached => {
+                return Some(Stop::Debug(DebugEvent::ScriptStop(why)));
+            }
+            Flow::Stop(o) => return Some(Stop::Finished(o)),
+            Flow::Continue => {}
+        }
+        self.debug_after_exit(level, rip_entry).map(Stop::Debug)
     }
 }
 

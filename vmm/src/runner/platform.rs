@@ -27,6 +27,8 @@ pub struct Platform {
     pub ioapic: IoApic,
     pub fw_cfg: FwCfg,
     pub testdev: TestDev,
+    /// An NMI for L1's processor (an NMI IPI to itself), not yet taken.
+    pub nmi: bool,
     /// Guest TSC minus host TSC (KVM runs the guest's TSC at the host's rate).
     tsc_offset: u64,
     tsc_khz: u64,
@@ -88,6 +90,7 @@ impl Platform {
             ioapic: IoApic::new(),
             fw_cfg: FwCfg::new(ram_size, 1),
             testdev: TestDev::new(),
+            nmi: false,
             tsc_offset: guest_tsc.map_or(0, |g| g.wrapping_sub(host_tsc())),
             tsc_khz,
             kick: KickTimer::new(),
@@ -156,6 +159,7 @@ impl Platform {
                     self.deliver(d);
                 }
             }
+            lapic::Effect::Nmi => self.nmi = true,
             lapic::Effect::None | lapic::Effect::Eoi { .. } => {}
             other => tracing::debug!(?other, "local APIC IPI to a CPU nestbed does not have: dropped"),
         }
@@ -237,7 +241,16 @@ impl Platform {
 
     /// Arms the kick for the APIC timer's next deadline (once per new deadline).
     pub fn arm_kick(&mut self) {
-        let deadline = self.lapic.next_deadline();
+        self.arm_kick_with(None);
+    }
+
+    /// Arms the kick for the earlier of the APIC timer's next deadline and `extra` (a guest TSC
+    /// value: L2's VMX-preemption timer).
+    pub fn arm_kick_with(&mut self, extra: Option<u64>) {
+        let deadline = match (self.lapic.next_deadline(), extra) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if deadline == self.armed {
             return;
         }
@@ -257,11 +270,24 @@ impl Platform {
     /// signal stops the run, or `attention` (a debugger) asks for the run loop. A guest that
     /// nothing can wake sleeps until one of those, as a CPU would.
     pub fn sleep_until_interrupt(&mut self, attention: impl Fn() -> bool) {
+        self.sleep_until_interrupt_or(None, attention);
+    }
+
+    /// The same, waking also when the guest TSC reaches `deadline` (one slice at most: the
+    /// caller looks again).
+    pub fn sleep_until_interrupt_or(&mut self, deadline: Option<u64>, attention: impl Fn() -> bool) {
         loop {
-            if self.pending().is_some() || signals::cause() != signals::NONE || attention() {
+            if self.pending().is_some() || self.nmi || signals::cause() != signals::NONE || attention() {
                 return;
             }
-            let slice = self.lapic.next_deadline().map_or(HLT_SLICE, |d| self.until(d).min(HLT_SLICE));
+            if deadline.is_some_and(|d| self.now() >= d) {
+                return;
+            }
+            let next = match (self.lapic.next_deadline(), deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let slice = next.map_or(HLT_SLICE, |d| self.until(d).min(HLT_SLICE));
             std::thread::sleep(slice);
         }
     }
@@ -281,17 +307,37 @@ impl Runner {
     pub(super) fn deliver_l1_interrupt(&mut self) {
         let p = &mut self.platform;
         p.arm_kick();
+        if p.nmi {
+            // KVM delivers it when L1 is not blocking NMIs (SDM 6.7.1).
+            p.nmi = false;
+            let e = self.l1.events_mut();
+            e.nmi.pending = 1;
+            e.flags |= 1; // KVM_VCPUEVENT_VALID_NMI_PENDING
+        }
+        let p = &mut self.platform;
         let Some(source) = p.pending() else {
             self.l1.request_interrupt_window(false);
+            self.set_l1_window_step(false);
             return;
         };
         if !self.l1.ready_for_interrupt() {
             self.l1.request_interrupt_window(true);
+            self.set_l1_window_step(true);
             return;
         }
         if let Some(vector) = p.acknowledge(source) {
             self.l1.inject_interrupt(vector);
         }
         self.l1.request_interrupt_window(false);
+        self.set_l1_window_step(false);
+    }
+
+    /// While an interrupt waits for L1 to open its window, L1 runs single-stepped: this host's
+    /// KVM reports the open window only at an exit it sees, not after STI.
+    fn set_l1_window_step(&mut self, on: bool) {
+        if self.l1_window_step != on {
+            self.l1_window_step = on;
+            self.debug_generation_changed();
+        }
     }
 }

@@ -165,6 +165,8 @@ pub mod ept_cap {
 /// IA32_VMX_MISC bits (SDM A.6).
 pub mod misc {
     pub const STORE_LMA_ON_EXIT: u64 = 1 << 5;
+    /// The HLT activity state is supported (bit 6; shutdown is bit 7, wait-for-SIPI bit 8).
+    pub const ACTIVITY_HLT: u64 = 1 << 6;
     pub const VMWRITE_ANY_FIELD: u64 = 1 << 29;
     pub const CR3_TARGET_SHIFT: u32 = 16;
 }
@@ -267,7 +269,16 @@ impl Default for VmxCaps {
         // control MSRs. Bit 54 (INS/OUTS instruction information) stays clear: L2's string I/O
         // never reaches L1 on our hosts (KVM emulates it in the kernel).
         let basic = u64::from(NESTBED_VMCS_REVISION) | (4096u64 << 32) | (6u64 << 50) | (1u64 << 55);
+        // Events (runner/events.rs): external-interrupt and NMI exiting, virtual NMIs, the
+        // VMX-preemption timer, the interrupt and NMI windows.
+        let pin1 = pin::DEFAULT1
+            | pin::EXT_INTR_EXITING
+            | pin::NMI_EXITING
+            | pin::VIRTUAL_NMIS
+            | pin::ACTIVATE_PREEMPTION_TIMER;
         let primary1 = proc::DEFAULT1
+            | proc::INTR_WINDOW_EXITING
+            | proc::NMI_WINDOW_EXITING
             | proc::HLT_EXITING
             | proc::UNCOND_IO_EXITING
             | proc::USE_IO_BITMAPS
@@ -281,14 +292,15 @@ impl Default for VmxCaps {
             | exit::SAVE_IA32_PAT
             | exit::LOAD_IA32_PAT
             | exit::SAVE_IA32_EFER
-            | exit::LOAD_IA32_EFER;
+            | exit::LOAD_IA32_EFER
+            | exit::SAVE_PREEMPTION_TIMER;
         let entry1 = entry::DEFAULT1 | entry::IA32E_MODE_GUEST | entry::LOAD_IA32_PAT | entry::LOAD_IA32_EFER;
         let cap = |allowed0, allowed1| CtlCap { allowed0, allowed1 };
         VmxCaps {
             feature_control: FEATURE_CONTROL_LOCKED | FEATURE_CONTROL_VMXON_OUTSIDE_SMX,
             basic,
-            pin: cap(pin::DEFAULT1, pin::DEFAULT1),
-            true_pin: cap(pin::DEFAULT1, pin::DEFAULT1),
+            pin: cap(pin::DEFAULT1, pin1),
+            true_pin: cap(pin::DEFAULT1, pin1),
             primary: cap(proc::DEFAULT1, primary1),
             true_primary: cap(proc::TRUE_DEFAULT1, primary1),
             secondary: cap(0, secondary1),
@@ -296,9 +308,13 @@ impl Default for VmxCaps {
             true_exit: cap(exit::TRUE_DEFAULT1, exit1),
             entry: cap(entry::DEFAULT1, entry1),
             true_entry: cap(entry::TRUE_DEFAULT1, entry1),
-            // Only the active state (bits 8:6 = 0); 4 CR3-target values; 512-entry MSR
-            // lists (bits 27:25 = 0); VMWRITE to read-only fields not allowed (bit 29 = 0).
-            misc: misc::STORE_LMA_ON_EXIT | (4 << misc::CR3_TARGET_SHIFT),
+            // The preemption timer's rate; the HLT activity state besides the active one
+            // (bit 6); 4 CR3-target values; 512-entry MSR lists (bits 27:25 = 0); VMWRITE to
+            // read-only fields not allowed (bit 29 = 0).
+            misc: u64::from(super::events::PREEMPTION_TIMER_RATE)
+                | misc::STORE_LMA_ON_EXIT
+                | misc::ACTIVITY_HLT
+                | (4 << misc::CR3_TARGET_SHIFT),
             cr0_fixed0: cr::CR0_PE | cr::CR0_NE | cr::CR0_PG,
             cr0_fixed1: 0xffff_ffff,
             cr4_fixed0: cr::CR4_VMXE,
@@ -493,7 +509,8 @@ mod tests {
         let c = VmxCaps::default();
         assert_eq!(c.cr3_target_count(), 4);
         assert!(!c.vmwrite_any_field());
-        assert_eq!(c.misc & (7 << 6), 0);
+        assert_eq!(c.misc & (7 << 6), misc::ACTIVITY_HLT, "HLT only of the activity states");
+        assert_eq!(c.misc & 0x1f, 5, "the preemption timer's rate");
         assert_eq!(c.cr0_fixed0, 0x8000_0021);
         assert_eq!(c.cr4_fixed1, 0x0037_2fff);
         assert_eq!(c.cr4_fixed0 & c.cr4_fixed1, c.cr4_fixed0);

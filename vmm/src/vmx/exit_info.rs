@@ -15,6 +15,9 @@ pub struct ExitInfo {
     /// VM-exit interruption information (0: no event, SDM 28.2.2).
     pub intr_info: u32,
     pub intr_error_code: u32,
+    /// IDT-vectoring information: the event whose delivery the exit interrupted (SDM 28.2.3).
+    pub idt_vectoring_info: u32,
+    pub idt_vectoring_error_code: u32,
     /// GUEST_PHYSICAL_ADDRESS, written for EPT violations and misconfigurations (SDM 28.2.1).
     pub guest_physical: Option<u64>,
     /// GUEST_LINEAR_ADDRESS, written for EPT violations (0 when not valid).
@@ -36,8 +39,9 @@ impl ExitInfo {
         }
     }
 
-    /// Writes the information into `vmcs` (SDM 28.2): the valid bits of the IDT-vectoring and
-    /// VM-entry interruption-information fields are cleared (SDM 28.2.3, 28.2.4).
+    /// Writes the information into `vmcs` (SDM 28.2): IDT-vectoring information is the
+    /// interrupted event's or invalid (28.2.3); the valid bit of the VM-entry
+    /// interruption-information field is cleared (25.8.3).
     pub fn record(&self, vmcs: &mut Vmcs) {
         vmcs.set(VM_EXIT_REASON, u64::from(self.reason));
         vmcs.set(EXIT_QUALIFICATION, self.qualification);
@@ -47,7 +51,10 @@ impl ExitInfo {
         if self.intr_info & 1 << 11 != 0 {
             vmcs.set(VM_EXIT_INTR_ERROR_CODE, u64::from(self.intr_error_code));
         }
-        vmcs.set(IDT_VECTORING_INFO_FIELD, 0);
+        vmcs.set(IDT_VECTORING_INFO_FIELD, u64::from(self.idt_vectoring_info));
+        if self.idt_vectoring_info & 1 << 11 != 0 {
+            vmcs.set(IDT_VECTORING_ERROR_CODE, u64::from(self.idt_vectoring_error_code));
+        }
         let entry_info = vmcs.get(VM_ENTRY_INTR_INFO_FIELD) & !(1 << 31);
         vmcs.set(VM_ENTRY_INTR_INFO_FIELD, entry_info);
         if let Some(gpa) = self.guest_physical {
@@ -68,6 +75,8 @@ impl ExitInfo {
             VMX_INSTRUCTION_INFO => self.instruction_info = v as u32,
             VM_EXIT_INTR_INFO => self.intr_info = v as u32,
             VM_EXIT_INTR_ERROR_CODE => self.intr_error_code = v as u32,
+            IDT_VECTORING_INFO_FIELD => self.idt_vectoring_info = v as u32,
+            IDT_VECTORING_ERROR_CODE => self.idt_vectoring_error_code = v as u32,
             GUEST_PHYSICAL_ADDRESS => self.guest_physical = Some(v),
             GUEST_LINEAR_ADDRESS => self.guest_linear = Some(v),
             _ => return false,

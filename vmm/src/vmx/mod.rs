@@ -6,6 +6,7 @@ pub mod checks;
 pub mod cpu;
 pub mod decode;
 pub mod ept;
+pub mod events;
 pub mod exit_info;
 pub mod exits;
 pub mod fields;

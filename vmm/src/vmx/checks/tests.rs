@@ -37,7 +37,7 @@ fn control_rules() {
     let pinv = v.get(PIN_BASED_VM_EXEC_CONTROL);
     let cases: &[(&[(u32, u64)], &str)] = &[
         (&[(PIN_BASED_VM_EXEC_CONTROL, 0)], "pin-based controls violate IA32_VMX_TRUE_PINBASED_CTLS"),
-        (&[(PIN_BASED_VM_EXEC_CONTROL, pinv | 1)], "pin-based controls violate IA32_VMX_TRUE_PINBASED_CTLS"),
+        (&[(PIN_BASED_VM_EXEC_CONTROL, pinv | 1 << 7)], "pin-based controls violate IA32_VMX_TRUE_PINBASED_CTLS"),
         (
             &[(CPU_BASED_VM_EXEC_CONTROL, primary | 1 << 3)],
             "primary processor-based controls violate IA32_VMX_TRUE_PROCBASED_CTLS",
@@ -254,7 +254,7 @@ fn guest_rules() {
         (&[(GUEST_RFLAGS, 0)], "guest RFLAGS bit 1 clear"),
         (&[(GUEST_RFLAGS, 0x2 | 1 << 17)], "guest RFLAGS.VM set in IA-32e mode or real mode"),
         (&[(VM_ENTRY_INTR_INFO_FIELD, 0x8000_0020)], "guest RFLAGS.IF clear while injecting an external interrupt"),
-        (&[(GUEST_ACTIVITY_STATE, 1)], "guest activity state not supported"),
+        (&[(GUEST_ACTIVITY_STATE, 2)], "guest activity state not supported"),
         (&[(GUEST_INTERRUPTIBILITY_INFO, 1 << 5)], "guest interruptibility-state reserved bits set"),
         (&[(GUEST_INTERRUPTIBILITY_INFO, 3), (GUEST_RFLAGS, 0x202)], "guest blocking by STI and by MOV SS both set"),
         (&[(GUEST_INTERRUPTIBILITY_INFO, 1)], "guest blocking by STI set while RFLAGS.IF clear"),
