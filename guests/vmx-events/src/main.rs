@@ -8,8 +8,8 @@
 //! interrupts, NMIs and hardware exceptions and the current guest RIP plus the VM-entry
 //! instruction length for the software types; the pushed RFLAGS, which is GUEST_RFLAGS
 //! unchanged; the handler's RFLAGS (an interrupt gate clears IF). Then L1 lets the handler
-//! return with IRETQ and checks where it lands (L2 returns into a sled of one-byte
-//! `out dx, al`, so the exit's GUEST_RIP is the return address). Every VM exit clears the
+//! return with IRETQ and checks where it lands (L2 returns into a sled of one-byte PUSHes
+//! ending in an OUT, so the pushes done tell the return address). Every VM exit clears the
 //! valid bit of the VM-entry interruption-information field (SDM 25.8.3, 28.2.3). NMI delivery
 //! blocks NMIs until the IRET (SDM Vol. 3A 6.7.1): the VM exit in the handler saves blocking
 //! by NMI in the interruptibility state, the exit after the IRET does not.
@@ -35,8 +35,10 @@ use rt::Hex;
 
 rt::entry!(main);
 
-/// The port of the landing sled's `out dx, al`.
+/// The port of the OUT after the landing sled.
 const LAND_PORT: u16 = 0xe1;
+/// One-byte PUSHes in the landing sled.
+const SLED: u64 = 16;
 /// Exception vectors (SDM Vol. 3A Table 6-1).
 const DB: u8 = 1;
 const NMI_VECTOR: u8 = 2;
@@ -59,15 +61,19 @@ static EPT_PT: Page = Page::new();
 static EPT_IDT: Page = Page::new();
 
 // Where every injection starts (GUEST_RIP) and every handler returns: a sled of one-byte
-// `out dx, al` (DX = LAND_PORT), so that the exit after the IRETQ says where it landed.
+// `push rax`, then `out dx, al` (DX = LAND_PORT). At the OUT's exit, GUEST_RSP says how many
+// PUSHes ran, hence where the IRETQ landed.
 global_asm!(
     r#"
     .section .text.vmx_events_land, "ax"
     .global vmx_events_land
     vmx_events_land:
-    .rept 16
-        out dx, al
+    .rept {sled}
+        push rax
     .endr
+    .global vmx_events_landed
+    vmx_events_landed:
+        out dx, al
     2:  hlt
         jmp 2b
 
@@ -77,11 +83,13 @@ global_asm!(
     vmx_events_int3:
         int3
         jmp vmx_events_land
-    "#
+    "#,
+    sled = const SLED,
 );
 
 extern "C" {
     fn vmx_events_land() -> !;
+    fn vmx_events_landed() -> !;
     fn vmx_events_int3() -> !;
 }
 
@@ -92,6 +100,16 @@ extern "C" fn l2_main() -> ! {
 
 fn land() -> u64 {
     vmx_events_land as *const () as u64
+}
+
+/// Where L2 entered the landing sled, from the exit at its OUT: each PUSH it ran took 8 from
+/// RSP (which the IRETQ restored to GUEST_RSP). `None` when the exit is not that OUT.
+fn landed_at(e: &Exit) -> Result<Option<u64>, VmFail> {
+    if e.port() != Some(LAND_PORT) || e.rip != vmx_events_landed as *const () as u64 {
+        return Ok(None);
+    }
+    let pushes = rsp0().wrapping_sub(hv::read(field::GUEST_RSP)?) / 8;
+    Ok((pushes <= SLED).then(|| land() + SLED - pushes))
 }
 
 /// GUEST_RSP of every injection (8 below a 16-byte boundary: delivery aligns the stack, the
@@ -277,7 +295,16 @@ fn own_int3(vcpu: &mut Vcpu) -> Result<u32, VmFail> {
     if reported(&e) {
         e.skip()?;
         let Some(e) = vcpu.enter(&mut failures) else { return Ok(failures) };
-        rt::check!(failures, e.port() == Some(LAND_PORT), "  and returned (", Seen(&e), ")");
+        let at = landed_at(&e)?;
+        rt::check!(
+            failures,
+            at == Some(land()),
+            "  and returned (",
+            Seen(&e),
+            ", into the sled at ",
+            Hex(at.unwrap_or(0)),
+            ")"
+        );
     }
     Ok(failures)
 }
@@ -367,11 +394,14 @@ fn vectored(vcpu: &mut Vcpu, c: &Case) -> Result<u32, VmFail> {
     // On past the handler's OUT: IRETQ to the pushed RIP.
     e.skip()?;
     let Some(e) = vcpu.enter(&mut failures) else { return Ok(failures) };
+    let at = landed_at(&e)?;
     let n = l2idt::last().count;
     rt::check!(
         failures,
-        e.port() == Some(LAND_PORT) && e.rip == want_rip && n == 1,
-        "  IRETQ returned to the pushed RIP (",
+        at == Some(want_rip) && n == 1,
+        "  IRETQ returned to ",
+        Hex(at.unwrap_or(0)),
+        ", the pushed RIP (",
         Seen(&e),
         "); one delivery (",
         n,
@@ -480,6 +510,10 @@ fn not_present_gate(vcpu: &mut Vcpu) -> Result<u32, VmFail> {
         let Some(e) = vcpu.enter(&mut failures) else { break };
         let ok = e.basic() == reason::EXCEPTION_OR_NMI;
         rt::check!(failures, ok, "  VM exit for the #NP of the delivery (", Seen(&e), "; reason 0 expected)");
+        if !ok && reported(&e) {
+            let d = l2idt::last();
+            rt::println!("    L2's handler ran instead: vector ", Hex(d.vector), ", error code ", Hex(d.error_code));
+        }
         if !ok {
             valid_bit_cleared(&mut failures, entry)?;
             continue;
