@@ -167,6 +167,18 @@ fn l2exit(n: u64) -> f64 {
     nestbed_run("vmx-bench", "l2exit", n)
 }
 
+/// The same with L2's VMX-preemption timer and L1's APIC timer armed and idle.
+fn l2exit_timers(n: u64) -> f64 {
+    let image = nestbed::guests::find("vmx-bench").expect("vmx-bench guest").to_vec();
+    let mut cfg = RunConfig::new("vmx-bench", image);
+    cfg.cmdline = format!("l2exit {n} timers");
+    cfg.console = Some(Box::new(std::io::sink()));
+    let t = Instant::now();
+    let report = runner::run(cfg).expect("nestbed run");
+    assert_eq!(report.outcome, runner::Outcome::GuestExit(0), "l2exit {n} timers");
+    t.elapsed().as_secs_f64()
+}
+
 /// nestbed without scripts while another thread of the process keeps the other CPU busy
 /// (`nap` zero) or wakes it every `nap` for 10 µs of work: what the second CPU's activity alone
 /// costs the vCPU thread on this machine (pipelined scripts use that CPU).
@@ -436,6 +448,12 @@ fn main() {
             counts: m,
             base: Some(FLOOR),
         },
+        Variant {
+            label: "nestbed, the same with L2's VMX-preemption timer active and L1's APIC timer armed, both idle",
+            run: l2exit_timers,
+            counts: m,
+            base: Some(FLOOR + 1),
+        },
     ];
     // Interleaved: every repetition measures each variant once, so a burst of background load
     // hits them alike; ratios are taken within a repetition, then the median over repetitions.
@@ -475,7 +493,8 @@ fn main() {
          numbers. The CPU column is the time all of nestbed's threads ran (user and system, from getrusage), per \
          operation: a pipelined script's thread runs beside the vCPU's, so its rows use more CPU than wall time. The \
          last column compares a row with its baseline: nestbed without scripts for the rows with a second thread or \
-         a script, the trapped VMREAD for the patched one, and the two-VM floor for the nested exit.\n\n\
+         a script, the trapped VMREAD for the patched one, the two-VM floor for the nested exit, and the nested exit for \
+         the same with idle timers.\n\n\
          | what | µs per operation | CPU µs per operation | ratio to raw KVM | ratio to its baseline |\n\
          |---|---|---|---|---|\n",
         m.1,

@@ -295,7 +295,7 @@ impl Runner {
                 Flow::Continue
             }
             Action::Inject { vector, error_code } => {
-                self.active().inject_exception(vector, error_code);
+                self.script_inject(vector, error_code);
                 Flow::Continue
             }
             Action::Stop(reason) => Flow::Stop(Outcome::ScriptStop(reason)),

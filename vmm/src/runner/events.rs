@@ -67,6 +67,8 @@ pub struct L2Events {
     /// KVM holds the instruction of L2's last exit until the next KVM_RUN (I/O, MSR, MMIO):
     /// a VM exit now lets KVM finish it first.
     pub kvm_holds_insn: bool,
+    /// An external interrupt a script injects into L2, until L2 can take it.
+    pub script_interrupt: Option<u8>,
 }
 
 /// What the run loop does before running L2.
@@ -207,6 +209,21 @@ impl Runner {
                 l2.vcpu.request_interrupt_window(false);
             }
             AtBoundary::Run { window } => {
+                let open = b.l2_if
+                    && b.l2_interruptibility
+                        & (interruptibility::BLOCKING_BY_STI | interruptibility::BLOCKING_BY_MOV_SS)
+                        == 0;
+                let mut window = window;
+                if let Some(v) = self.l2_events.script_interrupt {
+                    if open {
+                        l2.vcpu.inject_interrupt(v);
+                        self.l2_events.script_interrupt = None;
+                        self.l2_events.halted = false;
+                    } else {
+                        window = true;
+                    }
+                }
+                let l2 = self.nested.l2.as_mut().expect("L2 exists");
                 l2.vcpu.request_interrupt_window(window);
                 if window != self.l2_events.window_step {
                     self.l2_events.window_step = window;
@@ -282,17 +299,7 @@ impl Runner {
         let interrupt = self.platform.pending().is_some();
         let (l2_if, l2_interruptibility) = match self.nested.l2.as_ref() {
             Some(l2) => {
-                let e = l2.vcpu.peek_events();
-                let mut i = 0;
-                if e.interrupt.shadow & KVM_X86_SHADOW_INT_STI != 0 {
-                    i |= interruptibility::BLOCKING_BY_STI;
-                }
-                if e.interrupt.shadow & KVM_X86_SHADOW_INT_MOV_SS != 0 {
-                    i |= interruptibility::BLOCKING_BY_MOV_SS;
-                }
-                if e.nmi.masked != 0 {
-                    i |= interruptibility::BLOCKING_BY_NMI;
-                }
+                let (i, _) = event_state(l2.vcpu.peek_events());
                 (l2.vcpu.peek_regs().rflags & RFLAGS_IF != 0, i)
             }
             None => (false, 0),
@@ -384,6 +391,25 @@ impl Runner {
         e.interrupt.injected != 0 || e.exception.injected != 0 || e.nmi.injected != 0
     }
 
+    /// A script's `e.inject` into the guest that exited: an exception now, an NMI when the
+    /// guest does not block NMIs (KVM's pending NMI), an external interrupt (vector 32-255) for
+    /// L1 raised at its local APIC (L1 acknowledges it with an EOI; while L2 runs it follows
+    /// L1's external-interrupt exiting), for L2 delivered directly when L2 can take it.
+    pub(super) fn script_inject(&mut self, vector: u8, error_code: Option<u32>) {
+        match vector {
+            2 => {
+                let e = self.active().events_mut();
+                e.nmi.pending = 1;
+                e.flags |= KVM_VCPUEVENT_VALID_NMI_PENDING;
+            }
+            0..=31 => self.active().inject_exception(vector, error_code),
+            _ if self.level == Level::L1 => {
+                self.platform.lapic.accept(vector, false);
+            }
+            _ => self.l2_events.script_interrupt = Some(vector),
+        }
+    }
+
     /// nestbed handles an exit of L2's instruction for L0 (`pending`: KVM finishes it at the
     /// next KVM_RUN). The host's single step does not always report such an instruction, so
     /// the monitor trap flag's exit is raised here (SDM 26.5.2: after the instruction).
@@ -467,26 +493,12 @@ impl Runner {
         if ev.mtf || ev.window_step || ev.stop_at.is_some() {
             self.debug_generation_changed();
         }
-        let shadow_nmi = self.nested.l2.as_ref().map(|l2| {
-            let e = l2.vcpu.peek_events();
-            (e.interrupt.shadow, e.nmi.masked != 0)
-        });
+        let blocking = self.nested.l2.as_ref().map(|l2| event_state(l2.vcpu.peek_events()).0);
         let Some(vmcs) = self.nested.vmx.current_vmcs_mut() else { return };
-        let mut i = vmcs.get32(GUEST_INTERRUPTIBILITY_INFO)
-            & !(interruptibility::BLOCKING_BY_STI
-                | interruptibility::BLOCKING_BY_MOV_SS
-                | interruptibility::BLOCKING_BY_NMI);
-        if let Some((shadow, nmi)) = shadow_nmi {
-            if shadow & KVM_X86_SHADOW_INT_STI != 0 {
-                i |= interruptibility::BLOCKING_BY_STI;
-            }
-            if shadow & KVM_X86_SHADOW_INT_MOV_SS != 0 {
-                i |= interruptibility::BLOCKING_BY_MOV_SS;
-            }
-            if nmi {
-                i |= interruptibility::BLOCKING_BY_NMI;
-            }
-        }
+        let keep = interruptibility::BLOCKING_BY_STI
+            | interruptibility::BLOCKING_BY_MOV_SS
+            | interruptibility::BLOCKING_BY_NMI;
+        let i = vmcs.get32(GUEST_INTERRUPTIBILITY_INFO) & !keep | blocking.unwrap_or(0);
         vmcs.set(GUEST_INTERRUPTIBILITY_INFO, u64::from(i));
         // Nothing stays pending: nestbed delivers or reports pending debug exceptions at entry.
         vmcs.set(GUEST_PENDING_DBG_EXCEPTIONS, 0);
@@ -497,4 +509,32 @@ impl Runner {
             }
         }
     }
+}
+
+/// A vCPU's event state as scripts and gdb show it: interruptibility in
+/// GUEST_INTERRUPTIBILITY_INFO's format and the event being delivered or pending, in
+/// interruption-information format (0: none).
+pub fn event_state(e: &kvm_bindings::kvm_vcpu_events) -> (u32, u32) {
+    let mut i = 0;
+    if e.interrupt.shadow & KVM_X86_SHADOW_INT_STI != 0 {
+        i |= interruptibility::BLOCKING_BY_STI;
+    }
+    if e.interrupt.shadow & KVM_X86_SHADOW_INT_MOV_SS != 0 {
+        i |= interruptibility::BLOCKING_BY_MOV_SS;
+    }
+    if e.nmi.masked != 0 {
+        i |= interruptibility::BLOCKING_BY_NMI;
+    }
+    let pending = if e.exception.injected != 0 || e.exception.pending != 0 {
+        let code = (e.exception.has_error_code != 0).then_some(e.exception.error_code);
+        Event { ty: InterruptionType::HardwareException, vector: e.exception.nr, error_code: code, instruction_len: 0 }
+            .info()
+    } else if e.nmi.injected != 0 || e.nmi.pending != 0 {
+        Event::nmi().info()
+    } else if e.interrupt.injected != 0 {
+        Event::external_interrupt(e.interrupt.nr).info()
+    } else {
+        0
+    };
+    (i, pending)
 }

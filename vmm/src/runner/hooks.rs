@@ -74,7 +74,17 @@ impl Runner {
         let (gprs, rip, rflags) = (gprs(r), r.rip, r.rflags);
         let control = needs.control_regs.then(|| {
             let s = *v.sregs();
-            ControlRegs { cr0: s.cr0, cr2: s.cr2, cr3: s.cr3, cr4: s.cr4 | vmxe, efer: s.efer, paging: v.paging() }
+            let (interruptibility, pending_event) = super::events::event_state(v.peek_events());
+            ControlRegs {
+                cr0: s.cr0,
+                cr2: s.cr2,
+                cr3: s.cr3,
+                cr4: s.cr4 | vmxe,
+                efer: s.efer,
+                paging: v.paging(),
+                interruptibility,
+                pending_event,
+            }
         });
         ExitRecord { exit: exit.clone(), route, gprs, rip, rflags, control }
     }

@@ -254,6 +254,14 @@ impl Platform {
         if deadline == self.armed {
             return;
         }
+        // A kick armed earlier than needed only makes one spurious exit, after which the kick
+        // is armed again: a later deadline (each VM entry restarts the preemption timer) needs
+        // no system call while the armed one is still ahead.
+        if let (Some(d), Some(a)) = (extra.and(deadline), self.armed) {
+            if a <= d && a > self.now() {
+                return;
+            }
+        }
         self.armed = deadline;
         if let Some(k) = &self.kick {
             k.arm(deadline.map_or(Duration::ZERO, |d| self.until(d).max(Duration::from_nanos(1))));

@@ -15,7 +15,8 @@ use rhai::{ASTNode, Dynamic, Expr, Stmt, AST};
 use super::context::GPR_NAMES;
 
 /// Properties that read CR0, CR2, CR3, CR4 or EFER.
-const CONTROL_REGS: [&str; 5] = ["cr0", "cr2", "cr3", "cr4", "efer"];
+/// Read with SREGS and the vCPU's event state.
+const CONTROL_REGS: [&str; 7] = ["cr0", "cr2", "cr3", "cr4", "efer", "interruptibility", "pending_event"];
 /// Methods that walk the guest's page tables (they need the paging mode from CR0/CR4/EFER).
 const VIRTUAL: [&str; 2] = ["read_virt", "write_virt"];
 /// Methods on the current VMCS.

@@ -181,7 +181,13 @@ fn register_exit(engine: &mut Engine) {
         .register_get("cr2", |e: &mut ExitRef| e.with(|c| Ok(c.control()?.cr2 as i64)).map_err(err))
         .register_get("cr3", |e: &mut ExitRef| e.with(|c| Ok(c.control()?.cr3 as i64)).map_err(err))
         .register_get("cr4", |e: &mut ExitRef| e.with(|c| Ok(c.control()?.cr4 as i64)).map_err(err))
-        .register_get("efer", |e: &mut ExitRef| e.with(|c| Ok(c.control()?.efer as i64)).map_err(err));
+        .register_get("efer", |e: &mut ExitRef| e.with(|c| Ok(c.control()?.efer as i64)).map_err(err))
+        .register_get("interruptibility", |e: &mut ExitRef| {
+            e.with(|c| Ok(i64::from(c.control()?.interruptibility))).map_err(err)
+        })
+        .register_get("pending_event", |e: &mut ExitRef| {
+            e.with(|c| Ok(i64::from(c.control()?.pending_event))).map_err(err)
+        });
 
     // Per-reason details: () when the exit has no such detail.
     fn opt<T: Into<Dynamic>>(r: Result<Option<T>, ApiError>) -> Res<Dynamic> {
@@ -276,11 +282,13 @@ fn register_exit(engine: &mut Engine) {
         .register_fn("set_result", |e: &mut ExitRef, v: i64| e.decide(Action::Value(v as u64)).map_err(err))
         .register_fn("inject", |e: &mut ExitRef, v: i64| {
             let vector = unsigned("vector", v, 8).map_err(err)? as u8;
+            injectable(vector, None)?;
             e.decide(Action::Inject { vector, error_code: None }).map_err(err)
         })
         .register_fn("inject", |e: &mut ExitRef, v: i64, code: i64| {
             let vector = unsigned("vector", v, 8).map_err(err)? as u8;
             let error_code = Some(unsigned("error code", code, 32).map_err(err)? as u32);
+            injectable(vector, error_code)?;
             e.decide(Action::Inject { vector, error_code }).map_err(err)
         })
         .register_fn("reflect", |e: &mut ExitRef| e.decide(Action::Reflect).map_err(err))
@@ -346,4 +354,26 @@ fn register_globals(engine: &mut Engine, state: &Rc<RefCell<ScriptState>>) {
         w[..b.len()].copy_from_slice(b);
         Ok(i64::from(u32::from_le_bytes(w)))
     });
+}
+
+/// Exceptions that deliver an error code (SDM 6.13, Table 6-1): #DF, #TS, #NP, #SS, #GP, #PF,
+/// #AC, #CP, #VC, #SX.
+const ERROR_CODE_VECTORS: [u8; 10] = [8, 10, 11, 12, 13, 14, 17, 21, 29, 30];
+
+/// What `e.inject` accepts: an exception with an error code exactly when it delivers one, an
+/// NMI (2) or an external interrupt (32-255) without one.
+fn injectable(vector: u8, error_code: Option<u32>) -> Result<(), Box<EvalAltResult>> {
+    let takes_code = ERROR_CODE_VECTORS.contains(&vector);
+    match (vector, error_code) {
+        (2 | 32.., Some(_)) => {
+            Err(format!("e.inject: vector {vector} is an NMI or an external interrupt, which has no error code").into())
+        }
+        (v, None) if takes_code => {
+            Err(format!("e.inject: exception {v} delivers an error code: e.inject({v}, code)").into())
+        }
+        (v, Some(_)) if v < 32 && !takes_code => {
+            Err(format!("e.inject: exception {v} delivers no error code: e.inject({v})").into())
+        }
+        _ => Ok(()),
+    }
 }

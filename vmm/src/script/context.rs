@@ -28,6 +28,12 @@ pub struct ControlRegs {
     pub cr4: u64,
     pub efer: u64,
     pub paging: PagingMode,
+    /// Interruptibility state in GUEST_INTERRUPTIBILITY_INFO's format (SDM 25.4.2): blocking
+    /// by STI, MOV SS, NMI.
+    pub interruptibility: u32,
+    /// The event the vCPU is delivering or has pending (an injected interrupt, exception or
+    /// NMI) in interruption-information format (SDM 25.8.3), 0 if none.
+    pub pending_event: u32,
 }
 
 /// An exit's own record: all a script that only observes can read. The run loop copies it at

@@ -153,6 +153,8 @@ fn decisions_set_the_action() {
         ("e.set_result(0x1234)", Action::Value(0x1234)),
         ("e.inject(14, 2)", Action::Inject { vector: 14, error_code: Some(2) }),
         ("e.inject(6)", Action::Inject { vector: 6, error_code: None }),
+        ("e.inject(2)", Action::Inject { vector: 2, error_code: None }),
+        ("e.inject(0x40)", Action::Inject { vector: 0x40, error_code: None }),
         ("e.reflect()", Action::Reflect),
         ("e.keep_in_l0()", Action::KeepInL0),
         ("e.stop(\"port 0x80\")", Action::Stop("port 0x80".into())),
@@ -165,7 +167,15 @@ fn decisions_set_the_action() {
         assert!(c.changes[0].starts_with("action="), "{:?}", c.changes);
     }
     // Misplaced decisions are script errors that name the exit.
-    for call in ["e.reflect()", "e.set_result(1)", "e.inject(300)"] {
+    for call in [
+        "e.reflect()",
+        "e.set_result(1)",
+        "e.inject(300)",
+        "e.inject(13)",
+        "e.inject(6, 0)",
+        "e.inject(2, 0)",
+        "e.inject(0x40, 1)",
+    ] {
         let mut h = host(&format!("fn on_exit(e) {{ {call}; }}"));
         let mut c = io_exit(Level::L1, 0x80, true);
         let m = script_err(h.on_exit(&mut c));
