@@ -204,6 +204,10 @@ impl Runner {
         if self.events_stepping() {
             dbg.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
         }
+        // L1 intercepts #BP: L2's INT3 must reach nestbed.
+        if self.level == Level::L2 && self.l2_events.intercept_bp {
+            dbg.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP;
+        }
         if self.debug.attached {
             dbg.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP;
             if self.debug.stepping() {

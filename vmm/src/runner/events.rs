@@ -69,6 +69,9 @@ pub struct L2Events {
     pub kvm_holds_insn: bool,
     /// An external interrupt a script injects into L2, until L2 can take it.
     pub script_interrupt: Option<u8>,
+    /// L1's exception bitmap intercepts #BP: L2's INT3 reaches nestbed (guest debug's
+    /// software breakpoints) and exits to L1.
+    pub intercept_bp: bool,
 }
 
 /// What the run loop does before running L2.
@@ -108,7 +111,9 @@ impl Runner {
             PreemptionTimer::start(vmcs.get32(VMX_PREEMPTION_TIMER_VALUE), PREEMPTION_TIMER_RATE, self.platform.now())
         });
         let mtf = controls.primary & proc::MONITOR_TRAP_FLAG != 0;
+        let intercept_bp = vmcs.get32(EXCEPTION_BITMAP) & 1 << 3 != 0;
         let mut ev = L2Events {
+            intercept_bp,
             controls,
             preemption,
             halted,
@@ -160,7 +165,7 @@ impl Runner {
             }
             None => {}
         }
-        if ev.mtf != self.l2_events.mtf {
+        if ev.mtf != self.l2_events.mtf || ev.intercept_bp != self.l2_events.intercept_bp {
             self.debug_generation_changed();
         }
         self.l2_events = ev;
@@ -342,14 +347,36 @@ impl Runner {
         self.boundary_exit_with(reason, None)
     }
 
+    /// L2 executed INT3 and L1's exception bitmap intercepts #BP: an exception exit with the
+    /// software exception and the instruction's length (SDM 26.2, 28.2.2), at the INT3.
+    pub(super) fn l2_breakpoint(&mut self, pc: u64) -> Option<Result<Flow, Error>> {
+        if self.level != Level::L2 || !self.l2_events.intercept_bp {
+            return None;
+        }
+        let bp = Event { ty: InterruptionType::SoftwareException, vector: 3, error_code: None, instruction_len: 1 };
+        Some(self.boundary_exit_at(ExitReason::EXCEPTION_NMI, Some((bp, 0)), pc, 1))
+    }
+
     /// The same, for an exception exit with its event and qualification.
     fn boundary_exit_with(&mut self, reason: ExitReason, exception: Option<(Event, u64)>) -> Result<Flow, Error> {
-        let t0 = self.clock.now();
         let rip = self.nested.l2.as_ref().map_or(0, |l2| l2.vcpu.peek_regs().rip);
+        self.boundary_exit_at(reason, exception, rip, 0)
+    }
+
+    /// An exit at L2's `rip` with its instruction length.
+    fn boundary_exit_at(
+        &mut self,
+        reason: ExitReason,
+        exception: Option<(Event, u64)>,
+        rip: u64,
+        len: u8,
+    ) -> Result<Flow, Error> {
+        let t0 = self.clock.now();
         let (qualification, mut info) = match exception {
             Some((e, q)) => (q, ExitInfo { intr_info: e.info(), ..ExitInfo::new(reason as u32, q) }),
             None => (0, ExitInfo::new(reason as u32, 0)),
         };
+        info.instruction_len = u32::from(len);
         match reason {
             ExitReason::MONITOR_TRAP_FLAG => self.l2_events.mtf_pending = false,
             ExitReason::EXCEPTION_NMI => {
@@ -361,7 +388,7 @@ impl Runner {
         let mut exit = self.next_exit(Level::L2, reason as u32, qualification, rip);
         exit.detail = ExitDetail::None;
         let pending = std::mem::take(&mut self.l2_events.kvm_holds_insn);
-        let insn = Insn { rip, len: 0, pending };
+        let insn = Insn { rip, len, pending };
         let facts =
             ExitFacts { reason: reason as u32, qualification, intr_info: info.intr_info, ..ExitFacts::default() };
         let l2 = L2Event { facts, keeps: None, reflect: Ok((info, insn)) };
@@ -490,7 +517,7 @@ impl Runner {
     pub(super) fn events_saved_at_vm_exit(&mut self) {
         let now = self.platform.now();
         let ev = std::mem::take(&mut self.l2_events);
-        if ev.mtf || ev.window_step || ev.stop_at.is_some() {
+        if ev.mtf || ev.window_step || ev.stop_at.is_some() || ev.intercept_bp {
             self.debug_generation_changed();
         }
         let blocking = self.nested.l2.as_ref().map(|l2| event_state(l2.vcpu.peek_events()).0);

@@ -420,6 +420,18 @@ impl Runner {
                     None => {}
                 }
             }
+            if let Some((3, pc, _)) = debug {
+                let gdb_breakpoint =
+                    self.debug_translate(self.level, pc).is_some_and(|g| self.debug.has_sw_breakpoint(g));
+                if !gdb_breakpoint {
+                    if let Some(flow) = self.l2_breakpoint(pc) {
+                        if let Some(stop) = self.after_dispatch(flow?, Level::L2, rip_entry) {
+                            return Ok(stop);
+                        }
+                        continue;
+                    }
+                }
+            }
             if let Some((exception, pc, dr6)) = debug {
                 match self.debug_exit(exception, pc, dr6) {
                     Some(ev) => return Ok(Stop::Debug(ev)),
