@@ -58,9 +58,13 @@ if [ -n "$check" ]; then
     bad=0
     # vmx.flat as a whole is slower than the runner's timeout here; its VMXON tests and the VM
     # entry tests whose L2 ends with VMCALL (the PAT and EFER load/save controls, the debug
-    # controls, the MSR areas, VM entry after MOV SS) run quickly and must all pass.
+    # controls, the MSR areas, VM entry after MOV SS), and its event tests (interrupts while L2
+    # runs, the interrupt and NMI windows, pending events, the preemption timer), run quickly
+    # and must all pass.
     vmx_tests="test_vmx_feature_control test_vmxon test_vmptrld test_vmclear null vmenter control*"
     vmx_tests+=" debug_controls MSR_switch vmx_store_tsc_test atomic_switch_max_msrs_test vmentry_movss_shadow_test"
+    vmx_tests+=" interrupt vmx_intr_window_test vmx_nmi_window_test vmx_pending_event_test vmx_pending_event_hlt_test"
+    vmx_tests+=" vmx_preemption_timer_zero_test vmx_preemption_timer_expiry_test"
     vmx_out=$(cd "$tree" && "$work/bin/qemu-system-x86_64" -kernel x86/vmx.flat -smp 1 -m 256 -cpu max,+vmx \
         -device isa-debug-exit,iobase=0xf4,iosize=0x4 -serial stdio -display none -nodefaults -no-reboot \
         -append "$vmx_tests" 2>&1) && status=0 || status=$?

@@ -1,7 +1,9 @@
 //! Shared code of nestbed's L1 hypervisor test guests: VMCS field encodings (SDM Vol. 3D,
 //! Appendix B), exit reasons (Appendix C), control bits (3C 25.6-25.8), capability MSRs
 //! (Appendix A), page-aligned regions and bitmaps, and a VMCS setup for an L2 that runs in
-//! 64-bit mode on L1's own page tables, segments and descriptor tables (no EPT).
+//! 64-bit mode on L1's own page tables, segments and descriptor tables (no EPT). For the event
+//! guests: the interruption-information format and interruptibility state ([`intr`]) and an
+//! IDT for L2 whose handlers report to L1 how they were entered ([`l2idt`]).
 
 #![no_std]
 
@@ -11,6 +13,9 @@ use rt::io;
 use rt::vmx::{vmread, vmwrite, GuestRegs, VmFail, CR4_VMXE};
 
 pub use rt::vmx;
+
+pub mod intr;
+pub mod l2idt;
 
 /// VMCS field encodings (SDM Appendix B).
 pub mod field {
@@ -58,8 +63,13 @@ pub mod field {
     pub const VM_ENTRY_CONTROLS: u64 = 0x4012;
     pub const VM_ENTRY_MSR_LOAD_COUNT: u64 = 0x4014;
     pub const VM_ENTRY_INTR_INFO_FIELD: u64 = 0x4016;
+    pub const VM_ENTRY_EXCEPTION_ERROR_CODE: u64 = 0x4018;
+    pub const VM_ENTRY_INSTRUCTION_LEN: u64 = 0x401a;
     pub const SECONDARY_VM_EXEC_CONTROL: u64 = 0x401e;
     pub const VM_EXIT_INTR_INFO: u64 = 0x4404;
+    pub const VM_EXIT_INTR_ERROR_CODE: u64 = 0x4406;
+    pub const IDT_VECTORING_INFO_FIELD: u64 = 0x4408;
+    pub const IDT_VECTORING_ERROR_CODE: u64 = 0x440a;
     pub const GUEST_ES_LIMIT: u64 = 0x4800;
     pub const GUEST_CS_LIMIT: u64 = 0x4802;
     pub const GUEST_LDTR_LIMIT: u64 = 0x480c;
@@ -73,6 +83,7 @@ pub mod field {
     pub const GUEST_INTERRUPTIBILITY_INFO: u64 = 0x4824;
     pub const GUEST_ACTIVITY_STATE: u64 = 0x4826;
     pub const GUEST_SYSENTER_CS: u64 = 0x482a;
+    pub const VMX_PREEMPTION_TIMER_VALUE: u64 = 0x482e;
     pub const HOST_IA32_SYSENTER_CS: u64 = 0x4c00;
     pub const CR0_GUEST_HOST_MASK: u64 = 0x6000;
     pub const CR4_GUEST_HOST_MASK: u64 = 0x6002;
@@ -109,7 +120,10 @@ pub mod field {
 /// Basic exit reasons (SDM Appendix C).
 pub mod reason {
     pub const EXCEPTION_OR_NMI: u32 = 0;
+    pub const EXTERNAL_INTERRUPT: u32 = 1;
     pub const TRIPLE_FAULT: u32 = 2;
+    pub const INTERRUPT_WINDOW: u32 = 7;
+    pub const NMI_WINDOW: u32 = 8;
     pub const CPUID: u32 = 10;
     pub const HLT: u32 = 12;
     pub const INVD: u32 = 13;
@@ -132,10 +146,12 @@ pub mod reason {
     pub const WRMSR: u32 = 32;
     pub const ENTRY_FAIL_GUEST_STATE: u32 = 33;
     pub const ENTRY_FAIL_MSR_LOADING: u32 = 34;
+    pub const MONITOR_TRAP_FLAG: u32 = 37;
     pub const EPT_VIOLATION: u32 = 48;
     pub const EPT_MISCONFIG: u32 = 49;
     pub const WBINVD: u32 = 54;
     pub const INVEPT: u32 = 50;
+    pub const PREEMPTION_TIMER: u32 = 52;
     pub const INVVPID: u32 = 53;
     /// Bit 31 of VM_EXIT_REASON: VM-entry failure (SDM 25.9.1).
     pub const ENTRY_FAILURE: u32 = 1 << 31;
@@ -162,6 +178,10 @@ pub mod error {
 /// VM-execution, exit and entry control bits (SDM 25.6-25.8).
 pub mod ctl {
     pub const PIN_EXT_INTR_EXITING: u32 = 1 << 0;
+    pub const PIN_NMI_EXITING: u32 = 1 << 3;
+    pub const PIN_VIRTUAL_NMIS: u32 = 1 << 5;
+    pub const PIN_ACTIVATE_PREEMPTION_TIMER: u32 = 1 << 6;
+    pub const PROC_INTR_WINDOW_EXITING: u32 = 1 << 2;
     pub const PROC_USE_TSC_OFFSETTING: u32 = 1 << 3;
     pub const PROC_HLT_EXITING: u32 = 1 << 7;
     pub const PROC_INVLPG_EXITING: u32 = 1 << 9;
@@ -171,8 +191,10 @@ pub mod ctl {
     pub const PROC_CR3_STORE_EXITING: u32 = 1 << 16;
     pub const PROC_CR8_LOAD_EXITING: u32 = 1 << 19;
     pub const PROC_CR8_STORE_EXITING: u32 = 1 << 20;
+    pub const PROC_NMI_WINDOW_EXITING: u32 = 1 << 22;
     pub const PROC_UNCOND_IO_EXITING: u32 = 1 << 24;
     pub const PROC_USE_IO_BITMAPS: u32 = 1 << 25;
+    pub const PROC_MONITOR_TRAP_FLAG: u32 = 1 << 27;
     pub const PROC_USE_MSR_BITMAPS: u32 = 1 << 28;
     pub const PROC_ACTIVATE_SECONDARY: u32 = 1 << 31;
     pub const PROC2_ENABLE_EPT: u32 = 1 << 1;
@@ -180,8 +202,10 @@ pub mod ctl {
     pub const PROC2_WBINVD_EXITING: u32 = 1 << 6;
     pub const EXIT_SAVE_DEBUG_CONTROLS: u32 = 1 << 2;
     pub const EXIT_HOST_ADDR_SPACE_SIZE: u32 = 1 << 9;
+    pub const EXIT_ACK_INTR_ON_EXIT: u32 = 1 << 15;
     pub const EXIT_SAVE_IA32_EFER: u32 = 1 << 20;
     pub const EXIT_LOAD_IA32_EFER: u32 = 1 << 21;
+    pub const EXIT_SAVE_PREEMPTION_TIMER: u32 = 1 << 22;
     pub const ENTRY_LOAD_DEBUG_CONTROLS: u32 = 1 << 2;
     pub const ENTRY_IA32E_MODE_GUEST: u32 = 1 << 9;
     pub const ENTRY_LOAD_IA32_EFER: u32 = 1 << 15;
@@ -614,9 +638,31 @@ impl Exit {
         self.reason & 0xffff
     }
 
+    /// The port of an I/O-instruction exit.
+    pub fn port(&self) -> Option<u16> {
+        (self.reason == reason::IO_INSTRUCTION).then(|| Io::decode(self.qualification).port)
+    }
+
     /// Advances GUEST_RIP past the exiting instruction.
     pub fn skip(&self) -> Result<(), VmFail> {
         write(field::GUEST_RIP, self.rip + self.instruction_len)
+    }
+}
+
+/// Shows an exit as "reason N at GUEST_RIP 0x…", with the port of an I/O exit.
+pub struct Seen<'a>(pub &'a Exit);
+
+impl rt::serial::Show for Seen<'_> {
+    fn show(&self) {
+        let e = self.0;
+        rt::print!("exit reason ", e.basic());
+        if e.basic() == reason::IO_INSTRUCTION {
+            rt::print!(" (I/O, port ", rt::Hex(Io::decode(e.qualification).port.into()), ")");
+        }
+        if e.reason & reason::ENTRY_FAILURE != 0 {
+            rt::print!(" (VM-entry failure)");
+        }
+        rt::print!(" at GUEST_RIP ", rt::Hex(e.rip));
     }
 }
 
@@ -662,6 +708,25 @@ impl Vcpu {
         // A VM entry that fails after its checks of the VMCS leaves the launch state clear.
         self.launched |= exit.reason & reason::ENTRY_FAILURE == 0;
         Ok(exit)
+    }
+
+    /// [`run`](Self::run) for a guest's checks: a VMfail or a VM-entry failure is a failed
+    /// check (a `FAIL` line, counted in `failures`) and gives `None`.
+    pub fn enter(&mut self, failures: &mut u32) -> Option<Exit> {
+        let how = if self.launched { "VMRESUME" } else { "VMLAUNCH" };
+        match self.run() {
+            Ok(e) if e.reason & reason::ENTRY_FAILURE == 0 => Some(e),
+            Ok(e) => {
+                rt::println!("FAIL ", how, ": VM-entry failure, ", Seen(&e));
+                *failures += 1;
+                None
+            }
+            Err(err) => {
+                rt::println!("FAIL ", how, ": ", err);
+                *failures += 1;
+                None
+            }
+        }
     }
 }
 

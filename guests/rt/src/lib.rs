@@ -1,5 +1,5 @@
 //! Runtime for nestbed's guests: multiboot v1 entry and long mode (`boot`), serial console
-//! (`println!`), an IDT that reports unhandled exceptions, supports fixups and dispatches
+//! (`println!`), the TSC's rate (`time`), an IDT that reports unhandled exceptions, supports fixups and dispatches
 //! external interrupts to registered handlers (`idt`), the local APIC's registers (`apic`), VMX
 //! instruction wrappers returning `Result` (`vmx`), and `exit(code)` through the debug-exit
 //! port 0xf4. A guest crate provides `fn main(info: &BootInfo) -> u32` via [`entry!`].
@@ -13,6 +13,7 @@ pub mod io;
 mod mem;
 pub mod multiboot;
 pub mod serial;
+pub mod time;
 pub mod vmx;
 
 pub use multiboot::BootInfo;

@@ -23,7 +23,8 @@ static L2_STACK: Stack = Stack::new();
 const EMULATED_IN: u64 = 0x5a;
 
 /// Each expected exit: port, size in bytes, direction in.
-const EXPECTED: [(u16, u8, bool); 4] = [(0x80, 1, false), (0x3f9, 1, false), (0x7f, 2, false), (0x9000, 1, true)];
+const EXPECTED: [(u16, u8, bool); 5] =
+    [(0x80, 1, false), (0x3f9, 1, false), (0x3f9, 1, false), (0x7f, 2, false), (0x9000, 1, true)];
 
 extern "C" fn l2_main() -> ! {
     // SAFETY: port I/O and HLT; writing 0 to the UART's IER (0x3f9) only masks its interrupts.
@@ -34,6 +35,7 @@ extern "C" fn l2_main() -> ! {
             "out 0x81, al", // not intercepted
             "mov dx, 0x3f9",
             "out dx, al",  // A bit 0x3f9: exits
+            "out dx, al",  // the same instruction right after it: exits too, at its own RIP
             "in al, 0x81", // not intercepted
             "mov dx, 0x7f",
             "xor eax, eax",

@@ -122,6 +122,53 @@ pub fn probe_legacy_paging(kvm: &Kvm) -> Result<bool, Error> {
     Ok(matches!(vcpu.run(), Ok(VcpuExit::Hlt)))
 }
 
+/// Where the host leaves RIP at a port-I/O exit: past the instruction (`true`) or at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoRip {
+    pub out_past: bool,
+    pub in_past: bool,
+}
+
+/// Runs `out 0x80, al; in al, 0x80; hlt` in real mode at 0x1000 and looks at RIP at each I/O
+/// exit: nestbed reports an L2 I/O exit at its instruction, which two identical instructions
+/// in a row make ambiguous unless it knows this.
+pub fn probe_io_rip(kvm: &Kvm) -> Result<IoRip, Error> {
+    let mem = GuestRam::new(2)?;
+    mem.write(CODE, &[0xe6, 0x80, 0xe4, 0x80, 0xf4]).map_err(|_| Error::HostIo("writing the probe's code".into()))?;
+    let vm = kvm.create_vm().map_err(host("KVM_CREATE_VM (probe)"))?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        guest_phys_addr: 0,
+        memory_size: mem.size(),
+        userspace_addr: mem.host_base(),
+        flags: 0,
+    };
+    // SAFETY: as in `probe_vmx_trap`: `mem` outlives the VM.
+    unsafe { vm.set_user_memory_region(region) }.map_err(host("KVM_SET_USER_MEMORY_REGION (probe)"))?;
+    let mut vcpu = vm.create_vcpu(0).map_err(host("KVM_CREATE_VCPU (probe)"))?;
+    let mut sregs = vcpu.get_sregs().map_err(host("KVM_GET_SREGS (probe)"))?;
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    vcpu.set_sregs(&sregs).map_err(host("KVM_SET_SREGS (probe)"))?;
+    let mut regs = vcpu.get_regs().map_err(host("KVM_GET_REGS (probe)"))?;
+    regs.rip = CODE;
+    regs.rflags = 2;
+    vcpu.set_regs(&regs).map_err(host("KVM_SET_REGS (probe)"))?;
+    let mut rip_at = |want_out: bool| -> Result<Option<u64>, Error> {
+        let out = match vcpu.run() {
+            Ok(VcpuExit::IoOut(..)) => true,
+            Ok(VcpuExit::IoIn(..)) => false,
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(Error::Host { what: "KVM_RUN (probe)", source: e }),
+        };
+        let rip = vcpu.get_regs().map_err(host("KVM_GET_REGS (probe)"))?.rip;
+        Ok((out == want_out).then_some(rip))
+    };
+    let out_rip = rip_at(true)?;
+    let in_rip = rip_at(false)?;
+    Ok(IoRip { out_past: out_rip == Some(CODE + 2), in_past: in_rip == Some(CODE + 4) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +181,12 @@ mod tests {
         if !std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().contains(" vmx") {
             assert_eq!(answer, VmxTrap::Reported);
         }
+    }
+
+    #[test]
+    fn the_io_probe_gives_an_answer_and_ends() {
+        let Ok(kvm) = Kvm::new() else { return };
+        probe_io_rip(&kvm).expect("the probe runs");
     }
 
     #[test]

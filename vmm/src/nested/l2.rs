@@ -26,6 +26,8 @@ pub struct L2 {
     pub sysenter: Option<[u64; 3]>,
     /// IA32_PAT as the vCPU holds it (last loaded, saved or written by L2), likewise.
     pub pat: Option<u64>,
+    /// Where the host leaves RIP at port-I/O exits (probed once, when L2 is created).
+    pub io_rip: crate::machine::probe::IoRip,
 }
 
 impl L2 {
@@ -33,6 +35,7 @@ impl L2 {
         let vm = Vm::new(kvm, ram.clone())?;
         let mut vcpu = vm.create_vcpu(kvm, 0, false, cpuid)?;
         vcpu.prime()?;
+        let io_rip = crate::machine::probe::probe_io_rip(kvm)?;
         Ok(L2 {
             vm,
             vcpu,
@@ -40,6 +43,7 @@ impl L2 {
             space: AddressSpace::new(ram.size()),
             sysenter: None,
             pat: None,
+            io_rip,
         })
     }
 

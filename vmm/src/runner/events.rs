@@ -180,6 +180,11 @@ impl Runner {
         }
         let now = self.platform.now();
         let b = self.boundary(now);
+        // With the monitor trap flag, the MTF exit comes after the injected event is delivered,
+        // before the handler's first instruction (SDM 26.5.2).
+        if self.l2_events.mtf && self.l2_events.injected.is_some_and(|i| !i.is_pending_mtf()) {
+            self.await_delivery();
+        }
         let decision = match at_boundary(self.l2_events.controls, b) {
             // The injected event is delivered first (SDM 27.6, 26.7): L2 runs until its
             // handler's first instruction, then the exit comes.
@@ -289,7 +294,10 @@ impl Runner {
     /// nestbed's breakpoint was hit: an injected event is delivered, or an IRET returned.
     pub(super) fn delivered(&mut self) -> bool {
         self.l2_events.stop_at = None;
-        self.l2_events.injected = None;
+        self.debug_generation_changed();
+        if self.l2_events.injected.take().is_some() && self.l2_events.mtf {
+            self.l2_events.mtf_pending = true;
+        }
         self.debug_generation_changed();
         true
     }
@@ -406,7 +414,8 @@ impl Runner {
     /// A KVM exit of L2 came back: what KVM delivered, and which synthesized exit may come again.
     pub(super) fn events_after_l2_run(&mut self) {
         self.l2_events.kept = None;
-        if self.l2_events.injected.is_some() && !self.injection_pending() {
+        // While the breakpoint at its handler is armed, `delivered` says when it arrived.
+        if self.l2_events.injected.is_some() && self.l2_events.stop_at.is_none() && !self.injection_pending() {
             self.l2_events.injected = None;
         }
     }
@@ -478,7 +487,13 @@ impl Runner {
     pub(super) fn events_stepping(&self) -> bool {
         match self.level {
             Level::L1 => self.l1_window_step,
-            Level::L2 => self.l2_events.mtf || self.l2_events.window_step,
+            // Not while an injected event is on its way to the breakpoint at its handler: this
+            // host reports a step over an event's delivery only after the handler's first
+            // instruction.
+            Level::L2 => {
+                (self.l2_events.mtf && !(self.l2_events.injected.is_some() && self.l2_events.stop_at.is_some()))
+                    || self.l2_events.window_step
+            }
         }
     }
 

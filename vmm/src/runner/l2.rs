@@ -379,11 +379,13 @@ impl Runner {
                 _ => None,
             }
         };
+        // Where the host leaves RIP decides which to try first: two identical instructions in
+        // a row match both ways.
+        let past = self.nested.l2.as_ref().is_some_and(|l2| if input { l2.io_rip.in_past } else { l2.io_rip.out_past });
         let mut at = [0u8; 3];
-        if self.l2_bytes(rip, &mut at) {
-            if let Some((len, imm)) = matches(&at) {
-                return (Insn { rip, len, pending: true }, imm);
-            }
+        let here = self.l2_bytes(rip, &mut at).then(|| matches(&at)).flatten();
+        if let (Some((len, imm)), false) = (here, past) {
+            return (Insn { rip, len, pending: true }, imm);
         }
         for back in [1u64, 2, 3] {
             let mut b = [0u8; 3];
@@ -394,6 +396,9 @@ impl Runner {
                     }
                 }
             }
+        }
+        if let Some((len, imm)) = here {
+            return (Insn { rip, len, pending: true }, imm);
         }
         (Insn { rip, len: 1, pending: input }, false)
     }

@@ -36,6 +36,9 @@ use super::exits::{io_qualification, ExitReason, VM_ENTRY_FAILURE};
 use super::fields::*;
 use super::vmcs::Vmcs;
 
+/// VM-entry interruption information of a pending MTF VM exit: valid, type 7, vector 0.
+const PENDING_MTF_INJECTION: u32 = 0x8000_0700;
+
 /// What the reflect decision needs to know about one L2 exit (SDM 28.2 exit information).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExitFacts {
@@ -150,7 +153,10 @@ pub fn l1_wants_exit(vmcs: &Vmcs, mem: &dyn GuestMemory, f: &ExitFacts) -> bool 
 
         INTERRUPT_WINDOW => c.primary(proc::INTR_WINDOW_EXITING),
         NMI_WINDOW => c.primary(proc::NMI_WINDOW_EXITING),
-        MONITOR_TRAP_FLAG => c.primary(proc::MONITOR_TRAP_FLAG),
+        // A pending MTF VM exit injected at entry exits even with the control clear (SDM 27.6.2).
+        MONITOR_TRAP_FLAG => {
+            c.primary(proc::MONITOR_TRAP_FLAG) || vmcs.get32(VM_ENTRY_INTR_INFO_FIELD) == PENDING_MTF_INJECTION
+        }
         HLT => c.primary(proc::HLT_EXITING),
         INVLPG => c.primary(proc::INVLPG_EXITING),
         RDPMC => c.primary(proc::RDPMC_EXITING),
