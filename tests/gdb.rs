@@ -193,7 +193,7 @@ fn monitor_commands_and_break_on_exit() {
         &["--gdb-wait", "--trace", trace.to_str().unwrap(), "--script", script.to_str().unwrap()],
     );
     let cmds = "monitor help\nmonitor phys 0x100000 16\nmonitor script reload\nmonitor trace off\n\
-                exit-break HLT L2\ncontinue\ninfo threads\nexits\nvmcs VM_EXIT_REASON\nmonitor nonsense";
+                exit-break HLT L2\ncontinue\ninfo threads\nexits\nvmcs VM_EXIT_REASON\nmonitor events\nmonitor nonsense";
     let out = gdb(&s, "nested-demo", cmds);
     assert!(out.contains("break-on-exit REASON [L1|L2]"), "{out}");
     // The multiboot header at 1 MiB: magic 0x1badb002.
@@ -204,6 +204,9 @@ fn monitor_commands_and_break_on_exit() {
     assert!(out.contains("VM_EXIT_REASON = 0xc"), "stopped after L2's HLT reached L1\n{out}");
     assert!(out.contains("L2    HLT"), "the statistics table\n{out}");
     assert!(out.contains("unknown command 'nonsense'"), "{out}");
+    // L1 after the VM exit: no blocking, nothing pending (the demo runs without interrupts).
+    assert!(out.contains("L1: interruptibility 0x0, event in delivery or pending none"), "{out}");
+    assert!(out.contains("L1's platform: interrupt pending none, NMI pending false"), "{out}");
     let (code, _, stderr) = s.finish();
     assert_eq!(code, 0);
     assert!(stderr.contains("break on exit: L2 HLT"), "{stderr}");

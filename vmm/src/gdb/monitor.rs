@@ -1,5 +1,5 @@
-//! `monitor` commands: the VMCS by field name, exit statistics, trace on/off, script reload,
-//! break on an exit reason, and guest-physical memory.
+//! `monitor` commands: the VMCS by field name, exit statistics, event state, trace on/off,
+//! script reload, break on an exit reason, and guest-physical memory.
 
 use std::fmt::Write as _;
 
@@ -14,6 +14,8 @@ nestbed monitor commands:
   vmcs [FIELD]                  the current VMCS (non-zero fields), or one field by SDM name;
                                 guest-state fields show L2's live state while L2 runs
   exits                         exit statistics so far
+  events                        interruptibility and pending events of L1 and L2, L1's pending
+                                interrupt, L2's preemption timer, HLT state and monitor trap flag
   trace on|off                  write exits to the --trace file or pause it
   script reload                 recompile the --script files (globals start afresh)
   break-on-exit REASON [L1|L2]  stop when an exit of this reason is handled (e.g. IO_INSTRUCTION L2)
@@ -29,6 +31,7 @@ pub fn run(r: &mut Runner, line: &str) -> String {
         ["vmcs"] => vmcs_dump(r),
         ["vmcs", field] => vmcs_field(r, field),
         ["exits"] => Ok(r.stats_report()),
+        ["events"] => Ok(r.events_report()),
         ["trace", "on"] => r.set_tracing(true).map(|()| "trace on\n".into()),
         ["trace", "off"] => r.set_tracing(false).map(|()| "trace off\n".into()),
         ["script", "reload"] => match r.reload_scripts() {

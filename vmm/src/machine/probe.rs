@@ -154,12 +154,18 @@ pub fn probe_io_rip(kvm: &Kvm) -> Result<IoRip, Error> {
     regs.rip = CODE;
     regs.rflags = 2;
     vcpu.set_regs(&regs).map_err(host("KVM_SET_REGS (probe)"))?;
+    // The guest's timers may kick this thread meanwhile (the probe runs at L2's first entry):
+    // an interrupted KVM_RUN is run again.
     let mut rip_at = |want_out: bool| -> Result<Option<u64>, Error> {
-        let out = match vcpu.run() {
-            Ok(VcpuExit::IoOut(..)) => true,
-            Ok(VcpuExit::IoIn(..)) => false,
-            Ok(_) => return Ok(None),
-            Err(e) => return Err(Error::Host { what: "KVM_RUN (probe)", source: e }),
+        let out = loop {
+            match vcpu.run() {
+                Ok(VcpuExit::IoOut(..)) => break true,
+                Ok(VcpuExit::IoIn(..)) => break false,
+                Ok(VcpuExit::Intr) => continue,
+                Ok(_) => return Ok(None),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) => return Err(Error::Host { what: "KVM_RUN (probe)", source: e }),
+            }
         };
         let rip = vcpu.get_regs().map_err(host("KVM_GET_REGS (probe)"))?.rip;
         Ok((out == want_out).then_some(rip))

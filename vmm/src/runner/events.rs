@@ -27,6 +27,9 @@ use crate::vmx::fields::*;
 use crate::vmx::route::ExitFacts;
 
 const RFLAGS_IF: u64 = 1 << 9;
+const RFLAGS_TF: u64 = 1 << 8;
+/// GUEST_PENDING_DBG_EXCEPTIONS.BS: a single-step trap is pending (SDM 25.4.2).
+const PENDING_DBG_BS: u64 = 1 << 14;
 /// kvm_vcpu_events.interrupt.shadow bits (Linux uapi asm/kvm.h).
 const KVM_X86_SHADOW_INT_MOV_SS: u8 = 1;
 const KVM_X86_SHADOW_INT_STI: u8 = 2;
@@ -72,6 +75,12 @@ pub struct L2Events {
     /// L1's exception bitmap intercepts #BP: L2's INT3 reaches nestbed (guest debug's
     /// software breakpoints) and exits to L1.
     pub intercept_bp: bool,
+    /// L2 stepped an instruction with RFLAGS.TF set under the monitor trap flag: its #DB trap
+    /// stays pending behind the MTF exit (SDM 26.5.2), saved as BS in the pending debug
+    /// exceptions.
+    pub pending_bs: bool,
+    /// GUEST_RFLAGS.TF at VM entry (KVM hides the guest's TF while it single-steps it).
+    pub entry_tf: bool,
 }
 
 /// What the run loop does before running L2.
@@ -112,8 +121,10 @@ impl Runner {
         });
         let mtf = controls.primary & proc::MONITOR_TRAP_FLAG != 0;
         let intercept_bp = vmcs.get32(EXCEPTION_BITMAP) & 1 << 3 != 0;
+        let entry_tf = vmcs.get(GUEST_RFLAGS) & RFLAGS_TF != 0;
         let mut ev = L2Events {
             intercept_bp,
+            entry_tf,
             controls,
             preemption,
             halted,
@@ -455,6 +466,7 @@ impl Runner {
         }
         self.l2_events.mtf_pending = true;
         self.l2_events.kvm_holds_insn = pending;
+        self.l2_events.pending_bs = self.l2_events.entry_tf;
     }
 
     /// L2 executed HLT and L1 does not exit on it: the HLT activity state.
@@ -478,6 +490,7 @@ impl Runner {
         }
         if self.l2_events.mtf {
             self.l2_events.mtf_pending = true;
+            self.l2_events.pending_bs = self.l2_events.entry_tf;
             return true;
         }
         self.l2_events.window_step
@@ -542,14 +555,47 @@ impl Runner {
             | interruptibility::BLOCKING_BY_NMI;
         let i = vmcs.get32(GUEST_INTERRUPTIBILITY_INFO) & !keep | blocking.unwrap_or(0);
         vmcs.set(GUEST_INTERRUPTIBILITY_INFO, u64::from(i));
-        // Nothing stays pending: nestbed delivers or reports pending debug exceptions at entry.
-        vmcs.set(GUEST_PENDING_DBG_EXCEPTIONS, 0);
+        // Nothing else stays pending: nestbed delivers or reports pending debug exceptions at entry.
+        vmcs.set(GUEST_PENDING_DBG_EXCEPTIONS, if ev.pending_bs && ev.mtf { PENDING_DBG_BS } else { 0 });
         vmcs.set(GUEST_ACTIVITY_STATE, u64::from(if ev.halted { activity::HLT } else { activity::ACTIVE }));
         if let Some(t) = ev.preemption {
             if vmcs.get32(VM_EXIT_CONTROLS) & exit::SAVE_PREEMPTION_TIMER != 0 {
                 vmcs.set(VMX_PREEMPTION_TIMER_VALUE, u64::from(t.remaining(now)));
             }
         }
+    }
+}
+
+impl Runner {
+    /// gdb's `monitor events`.
+    pub fn events_report(&mut self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let describe = |e: &kvm_bindings::kvm_vcpu_events| {
+            let (i, p) = event_state(e);
+            let pending = if p == 0 { "none".to_string() } else { format!("{p:#010x} (vector {:#x})", p & 0xff) };
+            format!("interruptibility {i:#x}, event in delivery or pending {pending}")
+        };
+        let _ = self.l1.refresh();
+        let _ = writeln!(s, "L1: {}", describe(self.l1.peek_events()));
+        let irq = self.platform.pending().map(|src| format!("{src:?}")).unwrap_or_else(|| "none".into());
+        let _ = writeln!(s, "L1's platform: interrupt pending {irq}, NMI pending {}", self.platform.nmi);
+        if self.level == Level::L2 {
+            let now = self.platform.now();
+            if let Some(l2) = self.nested.l2.as_ref() {
+                let _ = writeln!(s, "L2: {}", describe(l2.vcpu.peek_events()));
+            }
+            let ev = &self.l2_events;
+            let timer = ev.preemption.map_or("inactive".to_string(), |t| format!("{} left", t.remaining(now)));
+            let _ = writeln!(
+                s,
+                "L2: VMX-preemption timer {timer}, activity {}, monitor trap flag {}, injected event {}",
+                if ev.halted { "HLT" } else { "active" },
+                if ev.mtf { "on" } else { "off" },
+                ev.injected.map_or("none".to_string(), |i| format!("{:#010x} (not yet delivered)", i.info()))
+            );
+        }
+        s
     }
 }
 
