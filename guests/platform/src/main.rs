@@ -1,7 +1,8 @@
 //! L1's PC platform as a kernel written for QEMU's PC machine sees it: fw_cfg's signature, CPU
 //! count and RAM size; the local APIC's version and ID; its timer in one-shot, periodic and
 //! TSC-deadline mode, each interrupt taken through `sti; hlt`; the IOAPIC with a level-triggered
-//! and an edge-triggered pin whose lines pc-testdev raises. Exits 0 when every check holds.
+//! and an edge-triggered pin whose lines pc-testdev raises; a flood of self-IPIs. Exits 0 when
+//! every check holds.
 //!
 //! Time: the APIC timer counts a nominal 1 GHz bus (one cycle per ns). The TSC rate comes from
 //! KVM's paravirtual clock (its TSC-to-ns multiplier and shift), else CPUID 0x15, else CPUID
@@ -68,6 +69,19 @@ static LEVEL_COUNT: AtomicU32 = AtomicU32::new(0);
 /// The level pin's redirection entry (low half) as the level handler read it.
 static LEVEL_REDIR_IN_HANDLER: AtomicU32 = AtomicU32::new(0);
 static EDGE_COUNT: AtomicU32 = AtomicU32::new(0);
+static IPI_COUNT: AtomicU32 = AtomicU32::new(0);
+/// The vector of the self-IPIs.
+const IPI_VECTOR: u8 = 0x60;
+/// How many self-IPIs the flood sends each way.
+const IPI_FLOOD: u32 = 2000;
+/// ICR low: fixed delivery, destination shorthand "self" (SDM 11.6.1).
+const ICR_LOW: u32 = 0x300;
+const ICR_SELF: u32 = 1 << 18;
+
+fn ipi_handler(_f: &mut Frame) {
+    IPI_COUNT.fetch_add(1, Ordering::SeqCst);
+    apic::eoi();
+}
 
 fn timer_handler(_f: &mut Frame) {
     TIMER_TSC.store(rdtsc(), Ordering::SeqCst);
@@ -117,6 +131,7 @@ fn main(info: &rt::BootInfo) -> u32 {
     tsc_deadline(&khz, &mut failures);
     ioapic_level(&mut failures);
     ioapic_edge(&mut failures);
+    self_ipi_flood(&mut failures);
     cli();
     if failures == 0 {
         rt::println!("platform: all checks passed");
@@ -186,9 +201,12 @@ fn local_apic(failures: &mut u32) {
     let id = apic::read(apic::ID);
     rt::check!(f, id >> 24 == 0, "APIC ID register ", Hex(id.into()), ": ID 0");
     apic::write(apic::TPR, 0);
-    for (vector, handler) in
-        [(TIMER_VECTOR, timer_handler as rt::idt::Handler), (LEVEL_VECTOR, level_handler), (EDGE_VECTOR, edge_handler)]
-    {
+    for (vector, handler) in [
+        (TIMER_VECTOR, timer_handler as rt::idt::Handler),
+        (LEVEL_VECTOR, level_handler),
+        (EDGE_VECTOR, edge_handler),
+        (IPI_VECTOR, ipi_handler),
+    ] {
         rt::idt::set_handler(vector, handler);
     }
     *failures = f;
@@ -411,5 +429,40 @@ fn ioapic_edge(failures: &mut u32) {
     let entry = ioapic_read(reg);
     rt::check!(f, entry & REDIR_REMOTE_IRR == 0, "edge: no remote IRR (", Hex(entry.into()), ")");
     ioapic_write(reg, REDIR_MASKED);
+    *failures = f;
+}
+
+// ---- self-IPIs ----
+
+/// A flood of self-IPIs (SDM 11.6.1, 11.8.4): with interrupts disabled they collapse into the
+/// one IRR bit of their vector and are taken once; with interrupts enabled each is taken.
+fn self_ipi_flood(failures: &mut u32) {
+    let mut f = *failures;
+    IPI_COUNT.store(0, Ordering::SeqCst);
+    cli();
+    for _ in 0..IPI_FLOOD {
+        apic::write(ICR_LOW, ICR_SELF | u32::from(IPI_VECTOR));
+    }
+    let pending = apic::vector_bit(apic::IRR, IPI_VECTOR);
+    wait_for(&IPI_COUNT, 1);
+    open_window(100_000);
+    let n = IPI_COUNT.load(Ordering::SeqCst);
+    rt::check!(
+        f,
+        pending && n == 1,
+        "self-IPI flood with IF=0: ",
+        IPI_FLOOD,
+        " IPIs, one IRR bit, ",
+        n,
+        " interrupt(s)"
+    );
+    IPI_COUNT.store(0, Ordering::SeqCst);
+    rt::io::sti();
+    for _ in 0..IPI_FLOOD {
+        apic::write(ICR_LOW, ICR_SELF | u32::from(IPI_VECTOR));
+    }
+    cli();
+    let n = IPI_COUNT.load(Ordering::SeqCst);
+    rt::check!(f, n == IPI_FLOOD, "self-IPI flood with IF=1: ", n, " of ", IPI_FLOOD, " interrupts taken");
     *failures = f;
 }

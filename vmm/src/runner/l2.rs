@@ -114,10 +114,7 @@ impl Runner {
                 return Ok(self.l2_vmx(&bytes, rip));
             }
             // VMMCALL is #UD on the Intel CPU L2 sees; it causes no VM exit (SDM 26.1).
-            RawExit::Patched { bytes } if bytes.starts_with(&super::l1::VMMCALL) => {
-                self.active().inject_exception(6, None);
-                return Ok(Normalized::Quiet { reason: ExitReason::EXCEPTION_NMI as u32, flow: Flow::Continue });
-            }
+            RawExit::Patched { bytes } if bytes.starts_with(&super::l1::VMMCALL) => return Ok(self.l2_ud(rip)),
             RawExit::Patched { bytes } => {
                 let bitness = self.nested.l2.as_ref().map_or(64, |l2| trap::bitness(l2.vcpu.peek_sregs()));
                 let Some(insn) = decode_sensitive(&bytes, bitness, rip) else {
@@ -177,15 +174,32 @@ impl Runner {
         Ok(parts.into_event(self))
     }
 
+    /// #UD for L2's instruction at `rip`, raised by nestbed (it is no VMX instruction KVM could
+    /// run): an exception exit when L1's exception bitmap intercepts #UD (SDM 26.2), else
+    /// delivered through L2's IDT.
+    fn l2_ud(&mut self, rip: u64) -> Normalized {
+        let insn = Insn { rip, len: 0, pending: false };
+        let mut p =
+            Parts::reflectable(ExitReason::EXCEPTION_NMI, 0, insn, ExitDetail::None, Work::Inject { vector: 6 });
+        let ud = crate::vmx::events::Event {
+            ty: crate::vmx::events::InterruptionType::HardwareException,
+            vector: 6,
+            error_code: None,
+            instruction_len: 0,
+        };
+        p.facts.intr_info = ud.info();
+        if let Ok((info, _)) = p.reflect.as_mut() {
+            info.intr_info = ud.info();
+        }
+        p.into_event(self)
+    }
+
     /// A VMX instruction L2 executed (trapped, or from a patched site): every one exits to L1
     /// in VMX non-root operation (SDM 26.1.2); VMREAD and VMWRITE name their field in a
     /// register (for VMCS shadowing). Bytes that are no VMX instruction: #UD for L2.
     fn l2_vmx(&mut self, bytes: &[u8], rip: u64) -> Normalized {
         let decoded = self.nested.l2.as_ref().map(|l2| trap::decode_trap(bytes, l2.vcpu.peek_sregs(), rip));
-        let Some(Ok(insn)) = decoded else {
-            self.active().inject_exception(6, None);
-            return Normalized::Quiet { reason: ExitReason::EXCEPTION_NMI as u32, flow: Flow::Continue };
-        };
+        let Some(Ok(insn)) = decoded else { return self.l2_ud(rip) };
         let at = Insn { rip, len: insn.len, pending: false };
         let mut p = Parts::reflectable(
             insn.op.exit_reason(),
