@@ -288,6 +288,20 @@ impl Runner {
     /// return all ones and writes are dropped, as with no device there).
     pub(super) fn l2_ept_allowed(&mut self, eptp: u64, hpa: u64, len: u8, data: Option<u64>) -> Result<Flow, Error> {
         let n = usize::from(len.min(8));
+        // L1's EPT maps the page to L1's devices (its local APIC, IOAPIC, pc-testdev): the
+        // access reaches them as L1's own would.
+        if !self.l1_vm.ram.contains(hpa, n as u64) {
+            match data {
+                Some(v) => {
+                    self.platform.mmio_write(hpa, len, v);
+                }
+                None => {
+                    let v = self.platform.mmio_read(hpa, len).unwrap_or(u64::MAX);
+                    self.active().complete_read(v);
+                }
+            }
+            return Ok(Flow::Continue);
+        }
         let ram = &self.l1_vm.ram;
         match data {
             Some(v) => {
