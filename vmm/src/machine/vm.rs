@@ -165,8 +165,15 @@ pub struct CpuidOverride {
     pub regs: [u32; 4],
 }
 
+/// The physical-address width of nestbed's CPU (CPUID.80000008H:EAX[7:0]): the width its VMX
+/// checks (SDM 27.2) and L2's address space use, whatever the host's.
+pub const PHYS_ADDR_WIDTH: u8 = 46;
+
 fn adjust_cpuid(cpuid: &mut CpuId, vmx: bool, overrides: &[CpuidOverride]) {
     for e in cpuid.as_mut_slice() {
+        if e.function == 0x8000_0008 {
+            e.eax = e.eax & !0xff | u32::from(PHYS_ADDR_WIDTH);
+        }
         if e.function == 0 {
             // The virtual CPU offers Intel's VMX, so it says it is an Intel CPU: software decides
             // between Intel's and AMD's ways (VMCALL or VMMCALL, PMU, ...) by the vendor.

@@ -8,8 +8,7 @@ use crate::machine::{GuestRam, Vcpu};
 use crate::vmx::cpu::{Fault, GuestMemory, MemFault, VmxEnv};
 use crate::vmx::decode::{Gpr, Seg};
 
-/// Physical-address width nestbed reports (CPUID.80000008H:EAX[7:0] on common hosts).
-pub const PHYS_ADDR_WIDTH: u8 = 46;
+pub use crate::machine::vm::PHYS_ADDR_WIDTH;
 
 /// KVM's interrupt-shadow bit for blocking by MOV SS (`kvm_vcpu_events.interrupt.shadow`).
 pub const KVM_X86_SHADOW_INT_MOV_SS: u8 = 1;

@@ -43,6 +43,14 @@ impl Runner {
             RawExit::Hlt => (ExitReason::HLT, 0, ExitDetail::None, Work::L1Hlt),
             RawExit::EmulationFailure { bytes } => {
                 self.l1.refresh()?;
+                // The host reports an instruction's bytes only up to the end of its page: one
+                // that crosses into the next page is read again from L1's memory.
+                let mut fetched = [0u8; 15];
+                let bytes = if bytes.len() < fetched.len() && self.read_l1_virt(rip, &mut fetched) {
+                    fetched.to_vec()
+                } else {
+                    bytes
+                };
                 self.note_host_trapped(Level::L1, rip, &bytes);
                 return self.normalize_l1_vmx(&bytes);
             }
@@ -104,7 +112,7 @@ impl Runner {
             Err(e) => {
                 // Not a VMX instruction KVM could not emulate (e.g. MWAIT): #UD, as without
                 // the feature.
-                tracing::debug!(rip = format_args!("{rip:#x}"), "L1 emulation failure: {e}; injecting #UD");
+                tracing::debug!(rip = format_args!("{rip:#x}"), ?bytes, "L1 emulation failure: {e}; injecting #UD");
                 self.l1.inject_exception(6, None);
                 return Ok(Normalized::Quiet { reason: ExitReason::EXCEPTION_NMI as u32, flow: Flow::Continue });
             }
@@ -195,5 +203,13 @@ impl Runner {
         let Some(gpa) = self.debug_translate(Level::L1, rip.wrapping_sub(1)) else { return false };
         let mut b = [0u8; 1];
         self.l1_vm.ram.read(gpa, &mut b).is_ok() && b[0] == 0xf4
+    }
+}
+
+impl Runner {
+    /// Reads L1's memory at virtual `gva` through its page tables.
+    fn read_l1_virt(&mut self, gva: u64, buf: &mut [u8]) -> bool {
+        let m = self.l1.paging();
+        crate::machine::paging::read_virt(&self.l1_vm.ram, m, gva, buf).is_ok()
     }
 }

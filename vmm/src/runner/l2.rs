@@ -110,6 +110,13 @@ impl Runner {
             }
             RawExit::EmulationFailure { bytes } => {
                 self.active().refresh()?;
+                // As for L1: the host cuts an instruction's bytes at the end of its page.
+                let mut fetched = [0u8; 15];
+                let bytes = if bytes.len() < fetched.len() && self.l2_bytes(rip, &mut fetched) {
+                    fetched.to_vec()
+                } else {
+                    bytes
+                };
                 self.note_host_trapped(Level::L2, rip, &bytes);
                 return Ok(self.l2_vmx(&bytes, rip));
             }
