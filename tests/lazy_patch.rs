@@ -49,3 +49,13 @@ fn an_unknown_simulated_host_is_refused() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("NESTBED_SIMULATE_HOST=nope"), "{}", r.stderr);
 }
+
+#[test]
+fn the_guests_own_ud_still_reaches_its_handler_past_the_catch() {
+    // vmx-errors checks that VMX instructions raise #UD outside VMX operation: those #UDs pass
+    // the breakpoint at the handler (a patched site, not an unpatched instruction) untouched.
+    let args = ["run", "--guest", "vmx-errors", "--timeout", "60", "--patch-sensitive", "auto", "--stats"];
+    let r = nestbed_with_env(&args, &[STOCK_HOST]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("0 patched at run time after #UD"), "{}", r.stderr);
+}

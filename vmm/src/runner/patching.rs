@@ -418,6 +418,26 @@ mod tests {
     }
 
     #[test]
+    fn sites_patched_at_run_time_are_new_or_known_ones_written_back() {
+        let ram = GuestRam::new(2).unwrap();
+        let mut p = Patches::empty();
+        let vmread = [0x0f, 0x78, 0xc8];
+        assert!(p.add(site(0x1000, &vmread, Class::Vmread), &ram));
+        // The guest writes the original bytes back over the trap: the known site is patched again.
+        ram.write(0x1000, &vmread).unwrap();
+        assert!(p.patch_at_run_time(site(0x1000, &vmread, Class::Vmread), &ram));
+        let mut b = [0u8; 3];
+        ram.read(0x1000, &mut b).unwrap();
+        assert_eq!(b, [0xcc; 3]);
+        // Code that was never scanned: a new site.
+        assert!(p.patch_at_run_time(site(0x2000, &vmread, Class::Vmread), &ram));
+        // Other bytes over part of a known site: left alone.
+        assert!(!p.patch_at_run_time(site(0x1001, &[0x0f, 0xa2], Class::Cpuid), &ram));
+        assert_eq!(p.at_run_time.iter().copied().collect::<Vec<_>>(), [0x1000, 0x2000]);
+        assert_eq!(p.len(), 2);
+    }
+
+    #[test]
     fn what_each_mode_patches_at_load() {
         let off = Patches::at_load(PatchMode::Off, VmxTrap::NotReported);
         assert!(!off.contains(Class::Vmcall));
