@@ -133,7 +133,7 @@ impl Runner {
             return;
         }
         match self.ud_frame().and_then(|f| self.patch_faulting(f).map(|site| (f, site))) {
-            Some((frame, site)) => self.undo_delivery(frame, site),
+            Some((frame, (site, first))) => self.undo_delivery(frame, site, first),
             None => {
                 tracing::debug!("L1 #UD not of an unpatched instruction: to L1's handler");
                 self.ud_catch.stepping = true;
@@ -159,8 +159,8 @@ impl Runner {
     }
 
     /// Patches the instruction at the frame's RIP when it is one of a patched class, not
-    /// patched now; returns the site.
-    fn patch_faulting(&mut self, frame: ReturnFrame) -> Option<Site> {
+    /// patched now; returns the site, and whether it is the first time there.
+    fn patch_faulting(&mut self, frame: ReturnFrame) -> Option<(Site, bool)> {
         let s = *self.l1.sregs();
         let (cs_base, bits) = match FrameKind::of(&s) {
             FrameKind::Real => (u64::from(frame.cs) << 4, 16),
@@ -180,11 +180,14 @@ impl Runner {
         let original = bytes[..ins.len()].to_vec();
         let site = Site { addr: gpa, len: len as u8, original, class, text: ins.to_string(), found_by: FoundBy::Sweep };
         let ram = self.l1_vm.ram.clone();
-        self.patches.as_mut()?.patch_at_run_time(site.clone(), &ram).then_some(site)
+        let p = self.patches.as_mut()?;
+        let first = !p.at_run_time.contains(&gpa);
+        p.patch_at_run_time(site.clone(), &ram).then_some((site, first))
     }
 
-    /// L1 returns to the faulting instruction, now a trap (SDM 6.14.3: what IRET would do).
-    fn undo_delivery(&mut self, frame: ReturnFrame, site: Site) {
+    /// L1 returns to the faulting instruction, now a trap (SDM 6.14.3: what IRET would do);
+    /// said the `first` time at a site.
+    fn undo_delivery(&mut self, frame: ReturnFrame, site: Site, first: bool) {
         if FrameKind::of(self.l1.sregs()) == FrameKind::Real {
             let cs = &mut self.l1.sregs_mut().cs;
             cs.selector = frame.cs;
@@ -194,6 +197,9 @@ impl Runner {
         r.rip = frame.rip;
         r.rflags = frame.rflags;
         r.rsp = frame.rsp;
+        if !first {
+            return;
+        }
         let note = format!(
             "L1 {} at {:#x} took #UD (not patched at load: code written at run time?): patched now and re-executed",
             site.class, frame.rip
