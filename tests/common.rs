@@ -11,9 +11,15 @@ pub struct Run {
 }
 
 pub fn nestbed(args: &[&str]) -> Run {
+    nestbed_with_env(args, &[])
+}
+
+/// `nestbed` with these environment variables set.
+pub fn nestbed_with_env(args: &[&str], vars: &[(&str, &str)]) -> Run {
     let out: Output = Command::new(env!("CARGO_BIN_EXE_nestbed"))
         .args(args)
         .env("RUST_LOG", "warn")
+        .envs(vars.iter().copied())
         .output()
         .expect("running nestbed");
     Run {

@@ -5,6 +5,7 @@
 //! `KVM_RUN` (every vCPU ioctl costs about half an exit: README, "Host facts").
 
 pub mod devices;
+pub mod idt;
 pub mod insn;
 pub mod loader;
 pub mod memory;

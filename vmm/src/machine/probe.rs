@@ -24,6 +24,21 @@ pub enum VmxTrap {
     NotReported,
 }
 
+/// `NESTBED_SIMULATE_HOST`, a testing aid: `vmx-ud` simulates a host that raises #UD for
+/// VMX instructions (the probe answers `NotReported`, and nestbed raises #UD for L1's VMX
+/// instructions at unpatched addresses, as `kvm_intel` with nested=0 does).
+pub const SIMULATE_HOST_VAR: &str = "NESTBED_SIMULATE_HOST";
+
+/// Whether `NESTBED_SIMULATE_HOST` asks for a host that raises #UD for VMX instructions.
+pub fn simulates_vmx_ud() -> Result<bool, Error> {
+    match std::env::var(SIMULATE_HOST_VAR) {
+        Err(_) => Ok(false),
+        Ok(v) if v == "vmx-ud" => Ok(true),
+        Ok(v) if v.is_empty() => Ok(false),
+        Ok(v) => Err(Error::Config(format!("{SIMULATE_HOST_VAR}={v}: the only simulated host is `vmx-ud`"))),
+    }
+}
+
 const CODE: u64 = 0x1000;
 const UD_HANDLER: u64 = 0x1100;
 

@@ -77,37 +77,10 @@ impl L2 {
 }
 
 impl L2View<'_> {
-    /// The linear address at which delivering `vector` through L2's IDT starts: a 64-bit gate's
-    /// offset (SDM 6.14.1), a 32-bit gate's segment base plus offset (6.11), or the real-mode
-    /// IVT's segment:offset (20.1.4). `None` when the entry lies outside the IDT, is not
-    /// present, or cannot be read.
+    /// The linear address at which delivering `vector` through L2's IDT starts
+    /// ([`crate::machine::idt::idt_target`]).
     pub fn idt_target(&self, vector: u8) -> Option<u64> {
-        let (idt, v) = (self.sregs.idt, u64::from(vector));
-        let read = |addr: u64, buf: &mut [u8]| self.read_linear(addr, buf).then_some(());
-        let le = |b: &[u8]| b.iter().rev().fold(0u64, |a, &x| a << 8 | u64::from(x));
-        if self.sregs.cr0 & 1 == 0 {
-            let mut b = [0u8; 4];
-            read(idt.base + v * 4, &mut b)?;
-            return Some(le(&b[2..4]) * 16 + le(&b[0..2]));
-        }
-        let size = if self.sregs.efer & (1 << 10) != 0 { 16 } else { 8 };
-        if u64::from(idt.limit) < v * size + size - 1 {
-            return None;
-        }
-        let mut g = [0u8; 16];
-        read(idt.base + v * size, &mut g[..size as usize])?;
-        if g[5] & 0x80 == 0 {
-            return None;
-        }
-        let offset = le(&g[0..2]) | le(&g[6..8]) << 16;
-        if size == 16 {
-            return Some(offset | le(&g[8..12]) << 32);
-        }
-        let selector = le(&g[2..4]);
-        let mut d = [0u8; 8];
-        read(self.sregs.gdt.base + (selector & !7), &mut d)?;
-        let base = le(&d[2..5]) | le(&d[7..8]) << 24;
-        Some(base.wrapping_add(offset) & 0xffff_ffff)
+        crate::machine::idt::idt_target(|addr, buf| self.read_linear(addr, buf), &self.sregs, vector)
     }
 }
 

@@ -221,15 +221,21 @@ impl Runner {
                 dbg.arch.debugreg[7] = dr7(&self.debug.hw);
             }
         }
-        // Where L2's injected event lands: an execution breakpoint in a slot gdb leaves free.
-        if let (Some(addr), Some(i)) = (self.stop_breakpoint(), self.debug.hw.iter().position(Option::is_none)) {
-            dbg.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
-            let mut slots = self.debug.hw;
-            slots[i] = Some(HwSlot { addr, kind: HwKind::Exec, len: 1 });
-            for (r, s) in dbg.arch.debugreg.iter_mut().zip(slots.iter()) {
-                *r = s.map_or(0, |s| s.addr);
+        // Where L2's injected event lands, or L1's #UD handler: an execution breakpoint in a
+        // slot gdb leaves free.
+        let own = self.stop_breakpoint().or_else(|| self.ud_breakpoint());
+        match (own, self.debug.hw.iter().position(Option::is_none)) {
+            (Some(addr), Some(i)) => {
+                dbg.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
+                let mut slots = self.debug.hw;
+                slots[i] = Some(HwSlot { addr, kind: HwKind::Exec, len: 1 });
+                for (r, s) in dbg.arch.debugreg.iter_mut().zip(slots.iter()) {
+                    *r = s.map_or(0, |s| s.addr);
+                }
+                dbg.arch.debugreg[7] = dr7(&slots);
             }
-            dbg.arch.debugreg[7] = dr7(&slots);
+            (Some(_), None) if self.level == Level::L1 => self.ud_catch_blocked(),
+            _ => {}
         }
         tracing::debug!(
             level = self.level.as_str(),
@@ -245,8 +251,13 @@ impl Runner {
     /// re-injected.
     pub(super) fn debug_exit(&mut self, exception: u32, pc: u64, dr6: u64) -> Option<DebugEvent> {
         match exception {
+            1 if dr6 & DR6_BS != 0 && self.ud_stepped() && !self.debug.stepping() && !self.l1_window_step => None,
             1 if dr6 & DR6_BS != 0 && self.events_step(pc) => None,
             1 if self.stop_breakpoint() == Some(pc) && self.delivered() => None,
+            1 if dr6 & DR6_BS == 0 && self.ud_breakpoint() == Some(pc) => {
+                self.catch_ud();
+                None
+            }
             1 => {
                 let hit = (0..4).find(|i| dr6 & (1 << i) != 0).and_then(|i| self.debug.hw[i]);
                 if let Some(slot) = hit {

@@ -499,7 +499,7 @@ impl Runner {
     /// Whether L2 runs single-stepped for the monitor trap flag or an interrupt window.
     pub(super) fn events_stepping(&self) -> bool {
         match self.level {
-            Level::L1 => self.l1_window_step,
+            Level::L1 => self.l1_window_step || self.ud_stepping(),
             // Not while an injected event is on its way to the breakpoint at its handler: this
             // host reports a step over an event's delivery only after the handler's first
             // instruction.

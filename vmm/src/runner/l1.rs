@@ -51,6 +51,10 @@ impl Runner {
                 } else {
                     bytes
                 };
+                self.track_l1_idt();
+                if self.simulated_ud(&bytes, rip) {
+                    return Ok(Normalized::Quiet { reason: ExitReason::EXCEPTION_NMI as u32, flow: Flow::Continue });
+                }
                 self.note_host_trapped(Level::L1, rip, &bytes);
                 return self.normalize_l1_vmx(&bytes);
             }
@@ -65,6 +69,7 @@ impl Runner {
             }
             RawExit::Patched { bytes } => {
                 self.l1.refresh()?;
+                self.track_l1_idt();
                 let bitness = trap::bitness(self.l1.peek_sregs());
                 return match decode_sensitive(&bytes, bitness, rip) {
                     Some(insn) => Ok(self.normalize_l1_sensitive(insn, rip)),

@@ -8,6 +8,7 @@ mod events;
 mod hooks;
 mod l1;
 mod l2;
+mod lazy_patch;
 mod patching;
 mod platform;
 mod sensitive;
@@ -24,7 +25,7 @@ use kvm_ioctls::Kvm;
 use crate::error::{code, host, Error};
 use crate::exit::Level;
 use crate::machine::devices::{Devices, ExitConvention};
-use crate::machine::probe::{probe_legacy_paging, probe_vmx_trap, VmxTrap};
+use crate::machine::probe::{probe_legacy_paging, probe_vmx_trap, simulates_vmx_ud, VmxTrap};
 use crate::machine::{loader, GuestRam, RawExit, Vcpu, Vm};
 use crate::nested::Nested;
 use crate::script::{ScriptHost, ScriptOptions};
@@ -186,6 +187,8 @@ pub struct Runner {
     l2_events: events::L2Events,
     /// L1 runs single-stepped while an interrupt waits for its window.
     l1_window_step: bool,
+    /// The breakpoint at L1's #UD handler that catches VMX instructions not patched at load.
+    ud_catch: lazy_patch::UdCatch,
 }
 
 impl Runner {
@@ -216,23 +219,21 @@ impl Runner {
             .map_err(|source| Error::Image { path: PathBuf::from(&cfg.image_name), source })?;
         let kvm = Kvm::new().map_err(host("opening /dev/kvm"))?;
         let mut notes = Vec::new();
+        let simulate = simulates_vmx_ud()?;
+        let mut catch = false;
         let patches = match cfg.patch {
             PatchMode::Off => None,
             mode => {
                 let mut p = patching::Patches::scan(&cfg.image_name, &cfg.image)?;
                 let host_traps = match mode {
+                    _ if simulate => VmxTrap::NotReported,
                     PatchMode::Auto => probe_vmx_trap(&kvm)?,
                     _ => VmxTrap::Reported,
                 };
                 let n = p.apply(patching::Patches::at_load(mode, host_traps), &ram);
                 tracing::info!(sites = n, ?host_traps, "patched sensitive instructions at load");
                 notes.push(format!("patched {n} sensitive instructions at load ({mode:?}, host {host_traps:?})"));
-                if host_traps == VmxTrap::NotReported {
-                    tracing::warn!(
-                        "this host raises #UD for VMX instructions nestbed did not patch: code the guest writes at \
-                         run time is not patched (a script can, with e.patch_range)"
-                    );
-                }
+                catch = host_traps == VmxTrap::NotReported;
                 Some(p)
             }
         };
@@ -277,6 +278,7 @@ impl Runner {
             tracing: true,
             l2_events: events::L2Events::default(),
             l1_window_step: false,
+            ud_catch: lazy_patch::UdCatch::new(catch, simulate),
         })
     }
 
@@ -315,6 +317,7 @@ impl Runner {
             traps: p.traps,
             written: p.repatched + p.dropped,
             unpatched: p.unpatched.len(),
+            at_run_time: p.at_run_time.len(),
         });
         let outcome = result.unwrap_or_else(|e| Outcome::Failed { code: e.exit_code(), message: e.to_string() });
         Ok(Report { outcome, stats: std::mem::take(&mut this.stats) })

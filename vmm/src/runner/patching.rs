@@ -64,6 +64,8 @@ pub struct Patches {
     /// Instructions of a patched class the host trapped by itself at unpatched addresses
     /// (code written at run time, or missed by the scan), each address noted once.
     pub unpatched: std::collections::BTreeSet<u64>,
+    /// Sites patched at run time, after the instruction took #UD (`runner::lazy_patch`).
+    pub at_run_time: std::collections::BTreeSet<u64>,
 }
 
 /// What an int3 at a patched site stands for.
@@ -87,6 +89,7 @@ impl Patches {
             repatched: 0,
             dropped: 0,
             unpatched: Default::default(),
+            at_run_time: Default::default(),
         }
     }
 
@@ -158,6 +161,22 @@ impl Patches {
     /// the bytes cannot be written.
     pub fn add(&mut self, site: Site, ram: &GuestRam) -> bool {
         self.table.insert(site.clone()) && self.trap(&site, ram)
+    }
+
+    /// Patches the instruction `site` describes, found at run time: a site the table knows
+    /// with the same bytes (the guest wrote them back over its trap) gets its trap back,
+    /// another is added. False when it overlaps another site or cannot be written.
+    pub fn patch_at_run_time(&mut self, site: Site, ram: &GuestRam) -> bool {
+        let known = self.table.site_containing(site.addr).cloned();
+        let written = match known {
+            Some(k) if k.addr == site.addr && k.original == site.original => self.trap(&k, ram),
+            Some(_) => false,
+            None => self.add(site.clone(), ram),
+        };
+        if written {
+            self.at_run_time.insert(site.addr);
+        }
+        written
     }
 
     fn trap(&mut self, site: &Site, ram: &GuestRam) -> bool {
@@ -396,6 +415,26 @@ mod tests {
         assert!(p.table.trapped(0x1000).is_none() && p.dropped == 1);
         assert!(!p.restore(0x1000, &ram), "already restored");
         assert!(!p.restore(0x3000, &ram), "no site there");
+    }
+
+    #[test]
+    fn sites_patched_at_run_time_are_new_or_known_ones_written_back() {
+        let ram = GuestRam::new(2).unwrap();
+        let mut p = Patches::empty();
+        let vmread = [0x0f, 0x78, 0xc8];
+        assert!(p.add(site(0x1000, &vmread, Class::Vmread), &ram));
+        // The guest writes the original bytes back over the trap: the known site is patched again.
+        ram.write(0x1000, &vmread).unwrap();
+        assert!(p.patch_at_run_time(site(0x1000, &vmread, Class::Vmread), &ram));
+        let mut b = [0u8; 3];
+        ram.read(0x1000, &mut b).unwrap();
+        assert_eq!(b, [0xcc; 3]);
+        // Code that was never scanned: a new site.
+        assert!(p.patch_at_run_time(site(0x2000, &vmread, Class::Vmread), &ram));
+        // Other bytes over part of a known site: left alone.
+        assert!(!p.patch_at_run_time(site(0x1001, &[0x0f, 0xa2], Class::Cpuid), &ram));
+        assert_eq!(p.at_run_time.iter().copied().collect::<Vec<_>>(), [0x1000, 0x2000]);
+        assert_eq!(p.len(), 2);
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct PatchStats {
     pub written: u64,
     /// Unpatched sites of patched classes that the host trapped by itself.
     pub unpatched: usize,
+    /// Sites patched at run time after their instruction took #UD.
+    pub at_run_time: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -128,11 +130,11 @@ impl Stats {
                 mean
             );
         }
-        if let Some(PatchStats { sites, traps, written, unpatched }) = self.patched {
+        if let Some(PatchStats { sites, traps, written, unpatched, at_run_time }) = self.patched {
             let _ = writeln!(
                 s,
                 "patched: {sites} sensitive instructions, {traps} traps taken at them, {written} written over by the guest, \
-                 {unpatched} unpatched sites trapped by the host"
+                 {unpatched} unpatched sites trapped by the host, {at_run_time} patched at run time after #UD"
             );
         }
         let _ = writeln!(s, "total: {} exits in {:.3}s", self.total_exits(), self.wall.as_secs_f64());
