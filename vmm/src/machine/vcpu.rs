@@ -281,6 +281,18 @@ impl Vcpu {
         unsafe { (*self.run).ready_for_interrupt_injection != 0 && (*self.run).if_flag != 0 }
     }
 
+    /// CR8 as KVM last reported it. Without an in-kernel local APIC, KVM copies `kvm_run->cr8`
+    /// into the vCPU at every KVM_RUN and back at every exit: this field is the vCPU's CR8.
+    pub fn cr8(&self) -> u64 {
+        // SAFETY: a plain integer field of the mapped kvm_run, set by KVM at every exit.
+        unsafe { (*self.run).cr8 }
+    }
+
+    pub fn set_cr8(&mut self, value: u64) {
+        // SAFETY: a plain integer field of the mapped kvm_run, read by KVM at KVM_RUN.
+        unsafe { (*self.run).cr8 = value };
+    }
+
     /// Asks KVM to exit (KVM_EXIT_IRQ_WINDOW_OPEN) as soon as the guest can take an interrupt.
     pub fn request_interrupt_window(&mut self, on: bool) {
         // SAFETY: a plain integer field of the mapped kvm_run, read by KVM at KVM_RUN.

@@ -132,8 +132,12 @@ impl Runner {
             pending_db_exit: pending_db_exit.then_some(pending_dbg),
             ..Default::default()
         };
+        // L2 starts with L1's TPR in CR8.
+        let tpr = u64::from(self.platform.lapic.tpr() >> 4);
+        self.cr8_seen[1] = tpr;
         let Some(l2) = self.nested.l2.as_mut() else { return };
         let vcpu = &mut l2.vcpu;
+        vcpu.set_cr8(tpr);
         let e = vcpu.events_mut();
         e.interrupt.shadow = 0;
         if guest_interruptibility & interruptibility::BLOCKING_BY_STI != 0 {
@@ -184,6 +188,13 @@ impl Runner {
 
     /// Before each KVM_RUN of L2: the pending events by priority (`at_boundary`).
     pub(super) fn events_before_l2(&mut self) -> Result<BeforeL2, Error> {
+        // Without "use TPR shadow" (not offered), L2's CR8 is L1's APIC's TPR (SDM 29.1).
+        if let Some(cr8) = self.nested.l2.as_ref().map(|l2| l2.vcpu.cr8()) {
+            let tpr = self.sync_tpr(Level::L2, cr8);
+            if let Some(l2) = self.nested.l2.as_mut() {
+                l2.vcpu.set_cr8(tpr);
+            }
+        }
         if let Some(q) = self.l2_events.pending_db_exit.take() {
             return Ok(BeforeL2::Flow(
                 self.boundary_exit_with(ExitReason::EXCEPTION_NMI, Some((Event::debug_trap(), q)))?,
@@ -543,6 +554,10 @@ impl Runner {
     /// After the VM exit was recorded: L2's activity and interruptibility state, and the
     /// preemption timer's value with "save VMX-preemption timer value" (SDM 28.3.4).
     pub(super) fn events_saved_at_vm_exit(&mut self) {
+        // L2's last CR8 is the TPR L1 finds (no TPR shadow).
+        if let Some(cr8) = self.nested.l2.as_ref().map(|l2| l2.vcpu.cr8()) {
+            self.sync_tpr(Level::L2, cr8);
+        }
         let now = self.platform.now();
         let ev = std::mem::take(&mut self.l2_events);
         if ev.mtf || ev.window_step || ev.stop_at.is_some() || ev.intercept_bp {

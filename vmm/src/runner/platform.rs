@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use super::{signals, Runner};
+use crate::exit::Level;
 use crate::platform::fw_cfg::FwCfg;
 use crate::platform::ioapic::{Delivery, DeliveryMode, IoApic, IOAPIC_BASE};
 use crate::platform::lapic::{self, Lapic};
@@ -313,6 +314,9 @@ impl Runner {
     /// (IF set, no interrupt shadow), else KVM is asked to exit when it can (interrupt
     /// window). The APIC timer's kick is armed for its next deadline.
     pub(super) fn deliver_l1_interrupt(&mut self) {
+        let cr8 = self.l1.cr8();
+        let tpr = self.sync_tpr(Level::L1, cr8);
+        self.l1.set_cr8(tpr);
         let p = &mut self.platform;
         p.arm_kick();
         if p.nmi {
@@ -338,6 +342,18 @@ impl Runner {
         }
         self.l1.request_interrupt_window(false);
         self.set_l1_window_step(false);
+    }
+
+    /// CR8 is the local APIC's TPR[7:4] (SDM 11.8.6.1): a guest's MOV to CR8 (which KVM runs
+    /// itself, leaving it in `kvm_run->cr8`) becomes the TPR of nestbed's APIC model.
+    /// Returns the CR8 the vCPU of `level` runs with next.
+    pub(super) fn sync_tpr(&mut self, level: Level, cr8: u64) -> u64 {
+        let i = usize::from(level == Level::L2);
+        if cr8 != self.cr8_seen[i] {
+            self.platform.lapic.set_tpr((cr8 as u8 & 0xf) << 4);
+        }
+        self.cr8_seen[i] = u64::from(self.platform.lapic.tpr() >> 4);
+        self.cr8_seen[i]
     }
 
     /// While an interrupt waits for L1 to open its window, L1 runs single-stepped: this host's

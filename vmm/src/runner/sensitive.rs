@@ -150,7 +150,7 @@ impl Runner {
                     (0, None) => s.cr0,
                     (4, None) => cr4_now,
                     (3, _) => s.cr3,
-                    _ => s.cr8,
+                    _ => self.active().cr8(),
                 };
                 set_gpr(self.active().regs_mut(), g, v);
             }
@@ -184,7 +184,7 @@ impl Runner {
                         if v > 15 {
                             return Err(Fault::Gp);
                         }
-                        self.active().sregs_mut().cr8 = v;
+                        self.active().set_cr8(v);
                     }
                 }
             }
