@@ -256,10 +256,10 @@ impl Platform {
             return;
         }
         // A kick armed earlier than needed only makes one spurious exit, after which the kick
-        // is armed again: a later deadline (each VM entry restarts the preemption timer) needs
-        // no system call while the armed one is still ahead.
-        if let (Some(d), Some(a)) = (extra.and(deadline), self.armed) {
-            if a <= d && a > self.now() {
+        // is armed again: a later deadline, or none (each VM entry restarts the preemption
+        // timer; L1 runs without it), needs no system call while the armed one is still ahead.
+        if let Some(a) = self.armed {
+            if deadline.is_none_or(|d| a <= d) && a > self.now() {
                 return;
             }
         }
