@@ -9,7 +9,7 @@
 //! must refuse what the host would (with #GP, as the host does for an unpatched one).
 
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{Kvm, VcpuExit};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
 use super::memory::GuestRam;
 use crate::error::{host, Error};
@@ -53,27 +53,8 @@ pub fn probe_vmx_trap(kvm: &Kvm) -> Result<VmxTrap, Error> {
     setup(6 * 4, &(UD_HANDLER as u16).to_le_bytes())?;
     setup(CODE, &[0x0f, 0x01, 0xc4, 0xe6, 0x80, 0xf4])?;
     setup(UD_HANDLER, &[0xe6, 0x81, 0xf4])?;
-    let vm = kvm.create_vm().map_err(host("KVM_CREATE_VM (probe)"))?;
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        guest_phys_addr: 0,
-        memory_size: mem.size(),
-        userspace_addr: mem.host_base(),
-        flags: 0,
-    };
-    // SAFETY: `mem` is a page-aligned mapping of `mem.size()` bytes that stays mapped while the
-    // VM exists (declared before it, so dropped after it).
-    unsafe { vm.set_user_memory_region(region) }.map_err(host("KVM_SET_USER_MEMORY_REGION (probe)"))?;
-    let mut vcpu = vm.create_vcpu(0).map_err(host("KVM_CREATE_VCPU (probe)"))?;
-    let mut sregs = vcpu.get_sregs().map_err(host("KVM_GET_SREGS (probe)"))?;
-    sregs.cs.base = 0;
-    sregs.cs.selector = 0;
-    vcpu.set_sregs(&sregs).map_err(host("KVM_SET_SREGS (probe)"))?;
-    let mut regs = vcpu.get_regs().map_err(host("KVM_GET_REGS (probe)"))?;
-    regs.rip = CODE;
-    regs.rflags = 2;
-    regs.rsp = 0x0ff0;
-    vcpu.set_regs(&regs).map_err(host("KVM_SET_REGS (probe)"))?;
+    let (_vm, mut vcpu) = probe_vm(kvm, &mem)?;
+    start_real_mode(&mut vcpu)?;
     let outcome = match vcpu.run() {
         Ok(VcpuExit::InternalError) => VmxTrap::Reported,
         Ok(_) => VmxTrap::NotReported,
@@ -92,17 +73,7 @@ pub fn probe_legacy_paging(kvm: &Kvm) -> Result<bool, Error> {
     // PDE 0: present, writable, 4-MByte page at 0.
     setup(PAGE_DIR, &0x83u32.to_le_bytes())?;
     setup(CODE, &[0xf4])?;
-    let vm = kvm.create_vm().map_err(host("KVM_CREATE_VM (probe)"))?;
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        guest_phys_addr: 0,
-        memory_size: mem.size(),
-        userspace_addr: mem.host_base(),
-        flags: 0,
-    };
-    // SAFETY: as in `probe_vmx_trap`: `mem` outlives the VM.
-    unsafe { vm.set_user_memory_region(region) }.map_err(host("KVM_SET_USER_MEMORY_REGION (probe)"))?;
-    let mut vcpu = vm.create_vcpu(0).map_err(host("KVM_CREATE_VCPU (probe)"))?;
+    let (_vm, mut vcpu) = probe_vm(kvm, &mem)?;
     let mut sregs = vcpu.get_sregs().map_err(host("KVM_GET_SREGS (probe)"))?;
     let flat = |selector: u16, type_: u8| kvm_bindings::kvm_segment {
         base: 0,
@@ -150,25 +121,8 @@ pub struct IoRip {
 pub fn probe_io_rip(kvm: &Kvm) -> Result<IoRip, Error> {
     let mem = GuestRam::new(2)?;
     mem.write(CODE, &[0xe6, 0x80, 0xe4, 0x80, 0xf4]).map_err(|_| Error::HostIo("writing the probe's code".into()))?;
-    let vm = kvm.create_vm().map_err(host("KVM_CREATE_VM (probe)"))?;
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        guest_phys_addr: 0,
-        memory_size: mem.size(),
-        userspace_addr: mem.host_base(),
-        flags: 0,
-    };
-    // SAFETY: as in `probe_vmx_trap`: `mem` outlives the VM.
-    unsafe { vm.set_user_memory_region(region) }.map_err(host("KVM_SET_USER_MEMORY_REGION (probe)"))?;
-    let mut vcpu = vm.create_vcpu(0).map_err(host("KVM_CREATE_VCPU (probe)"))?;
-    let mut sregs = vcpu.get_sregs().map_err(host("KVM_GET_SREGS (probe)"))?;
-    sregs.cs.base = 0;
-    sregs.cs.selector = 0;
-    vcpu.set_sregs(&sregs).map_err(host("KVM_SET_SREGS (probe)"))?;
-    let mut regs = vcpu.get_regs().map_err(host("KVM_GET_REGS (probe)"))?;
-    regs.rip = CODE;
-    regs.rflags = 2;
-    vcpu.set_regs(&regs).map_err(host("KVM_SET_REGS (probe)"))?;
+    let (_vm, mut vcpu) = probe_vm(kvm, &mem)?;
+    start_real_mode(&mut vcpu)?;
     // The guest's timers may kick this thread meanwhile (the probe runs at L2's first entry):
     // an interrupted KVM_RUN is run again.
     let mut rip_at = |want_out: bool| -> Result<Option<u64>, Error> {
@@ -188,6 +142,37 @@ pub fn probe_io_rip(kvm: &Kvm) -> Result<IoRip, Error> {
     let out_rip = rip_at(true)?;
     let in_rip = rip_at(false)?;
     Ok(IoRip { out_past: out_rip == Some(CODE + 2), in_past: in_rip == Some(CODE + 4) })
+}
+
+/// A VM with `mem` at guest-physical 0 and one vCPU. The caller declares `mem` before calling,
+/// so it is dropped after the VM on every way out.
+fn probe_vm(kvm: &Kvm, mem: &GuestRam) -> Result<(VmFd, VcpuFd), Error> {
+    let vm = kvm.create_vm().map_err(host("KVM_CREATE_VM (probe)"))?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        guest_phys_addr: 0,
+        memory_size: mem.size(),
+        userspace_addr: mem.host_base(),
+        flags: 0,
+    };
+    // SAFETY: `mem` is a page-aligned mapping of `mem.size()` bytes that stays mapped while the
+    // VM exists (the caller drops it after the VM).
+    unsafe { vm.set_user_memory_region(region) }.map_err(host("KVM_SET_USER_MEMORY_REGION (probe)"))?;
+    let vcpu = vm.create_vcpu(0).map_err(host("KVM_CREATE_VCPU (probe)"))?;
+    Ok((vm, vcpu))
+}
+
+/// Real mode with CS = 0, RIP at `CODE` and a stack below it.
+fn start_real_mode(vcpu: &mut VcpuFd) -> Result<(), Error> {
+    let mut sregs = vcpu.get_sregs().map_err(host("KVM_GET_SREGS (probe)"))?;
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    vcpu.set_sregs(&sregs).map_err(host("KVM_SET_SREGS (probe)"))?;
+    let mut regs = vcpu.get_regs().map_err(host("KVM_GET_REGS (probe)"))?;
+    regs.rip = CODE;
+    regs.rflags = 2;
+    regs.rsp = 0x0ff0;
+    vcpu.set_regs(&regs).map_err(host("KVM_SET_REGS (probe)"))
 }
 
 #[cfg(test)]

@@ -255,7 +255,6 @@ impl Runner {
                         window = true;
                     }
                 }
-                let l2 = self.nested.l2.as_mut().expect("L2 exists");
                 l2.vcpu.request_interrupt_window(window);
                 if window != self.l2_events.window_step {
                     self.l2_events.window_step = window;
