@@ -159,6 +159,8 @@ impl Runner {
     /// An exit from `normalize` or raised by nestbed itself, from route on.
     pub(super) fn dispatch_event(&mut self, mut ev: Event, t0: u64) -> Result<Flow, Error> {
         let level = ev.exit.level;
+        // An exit between steps: L1 may be stepped again for as long while an interrupt waits.
+        self.l1_window_budget = super::platform::WINDOW_STEPS;
         let route = self.route(&ev);
         let t = self.stats.phases.add_since(Phase::Decode, t0);
         let reflectable = ev.l2.as_ref().is_some_and(|l2| l2.keeps.is_none());

@@ -496,6 +496,7 @@ impl Runner {
             self.debug_generation_changed();
         }
         if self.level == Level::L1 {
+            self.l1_window_budget = self.l1_window_budget.saturating_sub(u32::from(self.l1_window_step));
             return self.l1_window_step;
         }
         if self.l2_events.mtf {

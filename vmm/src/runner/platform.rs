@@ -20,6 +20,11 @@ use crate::platform::testdev::{self, TestDev, IOMEM_BASE, IOMEM_LEN};
 const IOAPIC_SIZE: u64 = 0x1000;
 /// The longest HLT sleep between checks for a signal (Ctrl-C, --timeout, a debugger).
 const HLT_SLICE: Duration = Duration::from_millis(10);
+/// How many of L1's instructions in a row, without another exit, nestbed single-steps while an
+/// interrupt waits for L1 to open its window (`Runner::deliver_l1_interrupt`); past them it
+/// looks every `WINDOW_POLL`.
+pub const WINDOW_STEPS: u32 = 4096;
+const WINDOW_POLL: Duration = Duration::from_millis(1);
 
 /// The devices and the timer that kicks the vCPU.
 pub struct Platform {
@@ -269,6 +274,17 @@ impl Platform {
         }
     }
 
+    /// Kicks the vCPU out of KVM_RUN within `after` (to look at the guest again).
+    pub fn kick_within(&mut self, after: Duration) {
+        let deadline = self.now().saturating_add((after.as_nanos() as u64).saturating_mul(self.tsc_khz) / 1_000_000);
+        if self.armed.is_none_or(|a| a > deadline || a <= self.now()) {
+            self.armed = Some(deadline);
+            if let Some(k) = &self.kick {
+                k.arm(after);
+            }
+        }
+    }
+
     /// Host time until the guest TSC reaches `deadline`.
     fn until(&self, deadline: u64) -> Duration {
         let ticks = deadline.saturating_sub(self.now());
@@ -330,11 +346,18 @@ impl Runner {
         let Some(source) = p.pending() else {
             self.l1.request_interrupt_window(false);
             self.set_l1_window_step(false);
+            self.l1_window_budget = WINDOW_STEPS;
             return;
         };
         if !self.l1.ready_for_interrupt() {
             self.l1.request_interrupt_window(true);
-            self.set_l1_window_step(true);
+            // Stepping is bounded: past the budget, L1 keeps interrupts off for long, and a
+            // kick every `WINDOW_POLL` looks again instead.
+            let step = self.l1_window_budget > 0;
+            self.set_l1_window_step(step);
+            if !step {
+                self.platform.kick_within(WINDOW_POLL);
+            }
             return;
         }
         if let Some(vector) = p.acknowledge(source) {
@@ -342,6 +365,7 @@ impl Runner {
         }
         self.l1.request_interrupt_window(false);
         self.set_l1_window_step(false);
+        self.l1_window_budget = WINDOW_STEPS;
     }
 
     /// CR8 is the local APIC's TPR[7:4] (SDM 11.8.6.1): a guest's MOV to CR8 (which KVM runs
