@@ -120,6 +120,14 @@ fn fuzzing_the_qualification_is_reproducible_and_seen_by_l1() {
 }
 
 #[test]
+fn event_state_shows_l2s_nmi_blocking() {
+    let r = with_scripts("vmx-intr", &["event-state.rhai"], &[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    // vmx-intr enters L2 with blocking by NMI and waits for its IRET.
+    assert!(r.stderr.contains("event-state.rhai: #") && r.stderr.contains("blocking [\"NMI\"]"), "{}", r.stderr);
+}
+
+#[test]
 fn stop_on_port_stops_at_the_first_l2_write() {
     let r = with_scripts("nested-demo", &["stop-on-port.rhai"], &["--stats"]);
     assert_eq!(r.code, 207, "{}", r.stderr);

@@ -154,7 +154,7 @@ impl Runner {
         match injected {
             Some(i) if i.is_pending_mtf() => ev.mtf_pending = true,
             Some(i) => {
-                // An injected event wakes a halted L2 (SDM 27.6.2... the activity state becomes active).
+                // Injecting an event makes a halted L2 active (SDM 27.6.2).
                 ev.halted = false;
                 ev.injected = Some(i);
                 match i.ty {
