@@ -88,19 +88,8 @@ fn timeout_stops_the_guest() {
 
 #[test]
 fn sigint_stops_cleanly_with_statistics() {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_nestbed"))
-        .args(["run", "--guest", "exit-code", "--cmdline", "spin", "--stats", "--timeout", "30"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    // SAFETY: kill(2) touches no memory of ours; the child is not waited for yet, so its pid
-    // still names it.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code::INTERRUPTED), "{stderr}");
+    let (code, stderr) = signal_a_spinning_guest(libc::SIGINT, &["--stats"]);
+    assert_eq!(code, Some(code::INTERRUPTED), "{stderr}");
     assert!(stderr.contains("total:"), "{stderr}");
 }
 
@@ -133,4 +122,46 @@ fn patch_report_of_a_bad_image() {
     let r = nestbed(&["patch-report", "vmx-basic"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("VMLAUNCH") && r.stdout.contains(" sites"), "{}", r.stdout);
+}
+
+/// Runs the spinning guest with `args`, waits for its readiness line, sends `sig`, and returns
+/// the exit code and stderr.
+fn signal_a_spinning_guest(sig: libc::c_int, args: &[&str]) -> (Option<i32>, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nestbed"))
+        .args(["run", "--guest", "exit-code", "--cmdline", "spin", "--timeout", "60"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 && !line.contains("spinning forever") {
+        line.clear();
+    }
+    assert!(line.contains("spinning forever"), "no readiness line");
+    // SAFETY: kill(2) touches no memory of ours; the child is not waited for yet, so its pid
+    // still names it.
+    unsafe { libc::kill(child.id() as i32, sig) };
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn sighup_stops_cleanly_keeping_the_trace_and_statistics() {
+    let trace = std::env::temp_dir().join(format!("nestbed-hup-{}.jsonl", std::process::id()));
+    let (code, stderr) = signal_a_spinning_guest(libc::SIGHUP, &["--stats", "--trace", trace.to_str().unwrap()]);
+    assert_eq!(code, Some(code::INTERRUPTED), "{stderr}");
+    assert!(stderr.contains("total:"), "{stderr}");
+    let lines = std::fs::read_to_string(&trace).unwrap();
+    assert!(lines.lines().count() > 0 && lines.ends_with('\n'), "the trace is kept whole");
+    let _ = std::fs::remove_file(&trace);
+}
+
+#[test]
+fn an_outside_sigalrm_is_an_interruption_not_the_timeout() {
+    let (code, stderr) = signal_a_spinning_guest(libc::SIGALRM, &[]);
+    assert_eq!(code, Some(code::INTERRUPTED), "{stderr}");
+    assert!(!stderr.contains("timeout"), "{stderr}");
 }

@@ -1,6 +1,7 @@
-//! Ctrl-C, SIGTERM and the `--timeout` alarm: the handlers record the cause and set the running
-//! vCPU's `immediate_exit`, so KVM_RUN returns EINTR at once and the run loop stops cleanly
-//! with statistics and traces flushed.
+//! Ctrl-C, SIGTERM, SIGHUP (the terminal closed) and the `--timeout` alarm: the handlers record
+//! the cause and set the running vCPU's `immediate_exit`, so KVM_RUN returns EINTR at once and
+//! the run loop stops cleanly with statistics and traces flushed. A SIGALRM another process
+//! sends is an interruption, not the timeout.
 
 use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
@@ -14,9 +15,12 @@ pub const KICK: u8 = 3;
 static CAUSE: AtomicU8 = AtomicU8::new(NONE);
 static RUNNING: AtomicPtr<kvm_run> = AtomicPtr::new(std::ptr::null_mut());
 
-extern "C" fn on_signal(sig: libc::c_int) {
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t with SA_SIGINFO; si_code is a plain field.
+    let from_kernel = !info.is_null() && unsafe { (*info).si_code } == libc::SI_KERNEL;
     let cause = match sig {
-        libc::SIGALRM => TIMEOUT,
+        // alarm(2)'s expiry comes from the kernel; kill(2) from another process does not.
+        libc::SIGALRM if from_kernel => TIMEOUT,
         libc::SIGUSR1 => KICK,
         _ => INTERRUPT,
     };
@@ -34,12 +38,13 @@ extern "C" fn on_signal(sig: libc::c_int) {
 
 /// Installs the handlers (without SA_RESTART, so blocking calls see EINTR).
 pub fn install() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGALRM, libc::SIGUSR1] {
-        // SAFETY: a zeroed sigaction with a valid handler and empty mask is well-formed;
-        // `on_signal` only does atomic and volatile stores.
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGALRM, libc::SIGUSR1] {
+        // SAFETY: a zeroed sigaction with a valid three-argument handler, SA_SIGINFO and an
+        // empty mask is well-formed; `on_signal` only does atomic and volatile stores.
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_signal as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO;
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
