@@ -165,3 +165,18 @@ fn an_outside_sigalrm_is_an_interruption_not_the_timeout() {
     assert_eq!(code, Some(code::INTERRUPTED), "{stderr}");
     assert!(!stderr.contains("timeout"), "{stderr}");
 }
+
+#[test]
+fn an_endless_file_is_refused_not_read_until_memory_runs_out() {
+    for args in [
+        &["run", "--guest", "/dev/zero"][..],
+        &["run", "--guest", "hello", "--script", "/dev/zero"],
+        &["scenario", "run", "/dev/zero"],
+        &["trace", "report", "/dev/zero"],
+    ] {
+        let r = nestbed(args);
+        assert_eq!(r.code, code::CONFIG, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains("/dev/zero: larger than"), "{args:?}: {}", r.stderr);
+        assert_eq!(r.stderr.trim_end().lines().count(), 1, "{args:?}: {}", r.stderr);
+    }
+}

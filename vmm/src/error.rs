@@ -53,3 +53,39 @@ impl Error {
 pub fn host(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
     move |source| Error::Host { what, source }
 }
+
+/// Size limits of the files nestbed reads whole: larger input (or an endless one such as
+/// /dev/zero) is refused with a clear error instead of filling memory.
+pub mod limit {
+    /// Guest images and modules.
+    pub const IMAGE: u64 = 1 << 30;
+    /// Scripts and scenario files.
+    pub const TEXT: u64 = 16 << 20;
+    /// Traces read back (`trace report`, `trace diff`, golden traces).
+    pub const TRACE: u64 = 1 << 30;
+}
+
+/// Reads the whole file at `path`, at most `limit` bytes: a longer file is an error that says
+/// so.
+pub fn read_limited(path: &std::path::Path, limit: u64) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    let file = |source| Error::File { path: path.to_owned(), source };
+    let mut data = Vec::new();
+    std::fs::File::open(path).and_then(|f| f.take(limit + 1).read_to_end(&mut data)).map_err(file)?;
+    if data.len() as u64 > limit {
+        return Err(Error::Config(format!(
+            "{}: larger than {} MiB, the most nestbed reads from such a file",
+            path.display(),
+            limit >> 20
+        )));
+    }
+    Ok(data)
+}
+
+/// The same for a text file (UTF-8).
+pub fn read_text_limited(path: &std::path::Path, limit: u64) -> Result<String, Error> {
+    String::from_utf8(read_limited(path, limit)?).map_err(|_| Error::File {
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8"),
+    })
+}

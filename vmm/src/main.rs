@@ -212,7 +212,7 @@ fn load_guest(spec: Option<&str>) -> Result<(String, Vec<u8>), Error> {
         return Ok((name.to_string(), img.to_vec()));
     }
     let path = PathBuf::from(name);
-    let bytes = std::fs::read(&path).map_err(|source| Error::File { path: path.clone(), source })?;
+    let bytes = nestbed::error::read_limited(&path, nestbed::error::limit::IMAGE)?;
     Ok((path.display().to_string(), bytes))
 }
 

@@ -48,7 +48,7 @@ impl Module {
 
     /// Reads the module at `path`.
     pub fn read(path: &str, args: &str) -> Result<Self, crate::error::Error> {
-        let data = std::fs::read(path).map_err(|source| crate::error::Error::File { path: path.into(), source })?;
+        let data = crate::error::read_limited(std::path::Path::new(path), crate::error::limit::IMAGE)?;
         Ok(Module::new(path, data, args))
     }
 }

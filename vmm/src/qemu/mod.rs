@@ -365,8 +365,12 @@ impl QemuRun {
             .kernel
             .ok_or_else(|| config("no -kernel given: nestbed boots multiboot kernels (-kernel FILE) only"))?;
         // QEMU's wording, which the runner looks for to tell a missing kernel from a failure.
-        let image =
-            std::fs::read(&kernel).map_err(|e| config(format!("could not load kernel '{kernel}': {}", io_text(&e))))?;
+        let image = crate::error::read_limited(std::path::Path::new(&kernel), crate::error::limit::IMAGE).map_err(
+            |e| match e {
+                Error::File { source, .. } => config(format!("could not load kernel '{kernel}': {}", io_text(&source))),
+                other => other,
+            },
+        )?;
         let mut cfg = RunConfig::new(&kernel, image);
         cfg.mem_mib = self.mem_mib;
         cfg.cmdline = self.append;

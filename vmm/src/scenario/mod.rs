@@ -171,7 +171,7 @@ fn regex_problem(e: &regex::Error) -> String {
 impl Scenario {
     /// Reads and checks a scenario file; any problem is a one-line error naming the file.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::File { path: path.to_owned(), source })?;
+        let text = crate::error::read_text_limited(path, crate::error::limit::TEXT)?;
         Self::parse(path, &text).map_err(|problem| Error::Config(format!("{}: {problem}", path.display())))
     }
 

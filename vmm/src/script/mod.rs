@@ -83,7 +83,7 @@ struct Source {
 
 impl Source {
     fn read(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::File { path: path.to_path_buf(), source })?;
+        let text = crate::error::read_text_limited(path, crate::error::limit::TEXT)?;
         Ok(Source { name: path.display().to_string(), text })
     }
 }

@@ -60,7 +60,7 @@ impl Event {
 
 /// Reads a trace file; a malformed line is an error naming the file and line.
 pub fn read(path: &Path) -> Result<Vec<Event>, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::File { path: path.to_owned(), source })?;
+    let text = crate::error::read_text_limited(path, crate::error::limit::TRACE)?;
     parse(&text).map_err(|(line, msg)| Error::Config(format!("{}:{line}: {msg}", path.display())))
 }
 
