@@ -65,9 +65,9 @@ const RECORD: [&str; 23] = [
     "to_debug",
 ];
 #[cfg(test)]
-/// Global functions, and the Rhai array functions nestbed replaces: none touches the exit
+/// Global functions, and the Rhai functions nestbed replaces or refuses: none touches the exit
 /// (`cpuid_set` works in `on_start` only).
-const GLOBALS: [&str; 16] = [
+const GLOBALS: [&str; 17] = [
     "rand",
     "rand_int",
     "hex",
@@ -84,6 +84,7 @@ const GLOBALS: [&str; 16] = [
     "drain",
     "retain",
     "index_of",
+    "sleep",
 ];
 
 #[cfg(test)]

@@ -60,7 +60,17 @@ pub fn build_engine(state: &Rc<RefCell<ScriptState>>, opts: &ScriptOptions) -> E
     register_exit(&mut engine);
     register_globals(&mut engine, state);
     refuse_function_names(&mut engine);
+    refuse_blocking(&mut engine);
     engine
+}
+
+/// Rhai's `sleep` would stop the whole machine inside a hook for as long as it asks, out of
+/// reach of `--script-ops`: scripts get an error instead.
+fn refuse_blocking(engine: &mut Engine) {
+    fn refused() -> Result<(), Box<EvalAltResult>> {
+        Err("sleep is not available in nestbed scripts: a hook runs while the guest is stopped".into())
+    }
+    engine.register_fn("sleep", |_: i64| refused()).register_fn("sleep", |_: f64| refused());
 }
 
 /// Rhai's array functions that call a function given by *name* (a string) instead of a function

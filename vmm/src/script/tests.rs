@@ -302,6 +302,14 @@ fn on_stop_runs_once_for_every_script() {
 }
 
 #[test]
+fn sleep_is_refused() {
+    let mut h = host("fn on_exit(e) { sleep(3600); }");
+    let mut c = io_exit(Level::L1, 0x80, true);
+    let m = script_err(h.on_exit(&mut c));
+    assert!(m.contains("sleep is not available"), "{m}");
+}
+
+#[test]
 fn eval_is_disabled() {
     let r = ScriptHost::load(&[file("e.rhai", "eval(\"1\");")], ScriptOptions::default());
     assert!(matches!(r, Err(Error::ScriptCompile(_))), "{:?}", r.err());
