@@ -180,3 +180,11 @@ fn an_endless_file_is_refused_not_read_until_memory_runs_out() {
         assert_eq!(r.stderr.trim_end().lines().count(), 1, "{args:?}: {}", r.stderr);
     }
 }
+
+#[test]
+fn a_trace_on_a_full_disk_ends_the_run_with_one_error() {
+    let r = nestbed(&["run", "--guest", "io-bench", "--cmdline", "2000", "--trace", "/dev/full"]);
+    assert_eq!(r.code, code::CONFIG, "{}", r.stderr);
+    assert!(r.stderr.contains("/dev/full: No space left on device"), "{}", r.stderr);
+    assert_eq!(r.stderr.trim_end().lines().count(), 1, "one error, not a warning per exit: {}", r.stderr);
+}

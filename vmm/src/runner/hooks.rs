@@ -56,7 +56,7 @@ impl Runner {
         });
         self.check_break_on_exit(exit);
         if let (Some(t), true) = (self.trace.as_mut(), self.tracing) {
-            t.record(exit, handler, notes, self.start.elapsed().as_nanos() as u64);
+            t.record(exit, handler, notes, self.start.elapsed().as_nanos() as u64)?;
         }
         result.map(|a| (a, handler))
     }

@@ -31,15 +31,17 @@ pub struct Event<'a> {
 
 pub struct TraceWriter {
     out: BufWriter<File>,
+    path: std::path::PathBuf,
 }
 
 impl TraceWriter {
     pub fn create(path: &Path) -> Result<Self, Error> {
         let f = File::create(path).map_err(|source| Error::File { path: path.to_owned(), source })?;
-        Ok(TraceWriter { out: BufWriter::new(f) })
+        Ok(TraceWriter { out: BufWriter::new(f), path: path.to_owned() })
     }
 
-    pub fn record(&mut self, exit: &Exit, handler: Handler, script: Vec<String>, t_ns: u64) {
+    /// Writes one exit's line; a write error (a full disk) ends the run with it.
+    pub fn record(&mut self, exit: &Exit, handler: Handler, script: Vec<String>, t_ns: u64) -> Result<(), Error> {
         let ev = Event {
             seq: exit.seq,
             level: exit.level.as_str(),
@@ -53,9 +55,9 @@ impl TraceWriter {
             script,
             t: t_ns,
         };
-        if serde_json::to_writer(&mut self.out, &ev).is_err() || self.out.write_all(b"\n").is_err() {
-            tracing::warn!("trace write failed");
-        }
+        let file = |source| Error::File { path: self.path.clone(), source };
+        serde_json::to_writer(&mut self.out, &ev).map_err(std::io::Error::from).map_err(file)?;
+        self.out.write_all(b"\n").map_err(file)
     }
 
     pub fn flush(&mut self) {
