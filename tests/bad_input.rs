@@ -188,3 +188,17 @@ fn a_trace_on_a_full_disk_ends_the_run_with_one_error() {
     assert!(r.stderr.contains("/dev/full: No space left on device"), "{}", r.stderr);
     assert_eq!(r.stderr.trim_end().lines().count(), 1, "one error, not a warning per exit: {}", r.stderr);
 }
+
+#[test]
+fn statistics_and_script_prints_on_a_full_stderr_do_not_crash_nestbed() {
+    let script = std::env::temp_dir().join(format!("nestbed-print-{}.rhai", std::process::id()));
+    std::fs::write(&script, "fn on_exit(e) { print(\"exit\"); }\n").unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_nestbed"))
+        .args(["run", "--guest", "hello", "--stats", "--script", script.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create("/dev/full").unwrap())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "the guest's own exit code, not a panic (101)");
+    let _ = std::fs::remove_file(&script);
+}

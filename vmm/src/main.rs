@@ -276,10 +276,10 @@ fn execute(cfg: RunConfig, gdb: Option<GdbOptions>, stats: bool) -> Result<i32, 
         None => runner::run(cfg)?,
     };
     if stats {
-        eprint!("{}", report.stats.report());
+        nestbed::error::to_stderr(&report.stats.report());
     }
     if let Some(msg) = report.outcome.message() {
-        eprintln!("nestbed: {msg}");
+        nestbed::error::to_stderr(&format!("nestbed: {msg}\n"));
     }
     Ok(report.outcome.exit_code())
 }
@@ -402,7 +402,7 @@ fn exit_with(result: Result<i32, Error>) -> ExitCode {
     match result {
         Ok(c) => ExitCode::from(c as u8),
         Err(e) => {
-            eprintln!("nestbed: error: {e}");
+            nestbed::error::to_stderr(&format!("nestbed: error: {e}\n"));
             ExitCode::from(e.exit_code() as u8)
         }
     }

@@ -51,10 +51,10 @@ pub fn build_engine(state: &Rc<RefCell<ScriptState>>, opts: &ScriptOptions) -> E
 
     let name = state.borrow().name.clone();
     let n = name.clone();
-    engine.on_print(move |s| eprintln!("{n}: {s}"));
+    engine.on_print(move |s| crate::error::to_stderr(&format!("{n}: {s}\n")));
     engine.on_debug(move |s, _, pos| match pos.line() {
-        Some(line) => eprintln!("{name}:{line}: {s}"),
-        None => eprintln!("{name}: {s}"),
+        Some(line) => crate::error::to_stderr(&format!("{name}:{line}: {s}\n")),
+        None => crate::error::to_stderr(&format!("{name}: {s}\n")),
     });
 
     register_exit(&mut engine);
