@@ -202,3 +202,25 @@ fn statistics_and_script_prints_on_a_full_stderr_do_not_crash_nestbed() {
     assert_eq!(status.code(), Some(0), "the guest's own exit code, not a panic (101)");
     let _ = std::fs::remove_file(&script);
 }
+
+#[test]
+fn code_outside_ram_is_reported_with_its_address() {
+    // A multiboot a.out-kludge header (flag 16) whose entry point lies past the end of a 64 MiB
+    // guest's RAM.
+    let (magic, flags) = (0x1BAD_B002u32, 0x0001_0000u32);
+    let fields = [magic, flags, magic.wrapping_add(flags).wrapping_neg(), 0x10_0000, 0x10_0000, 0, 0, 0x700_0000];
+    let mut image: Vec<u8> = fields.iter().flat_map(|f| f.to_le_bytes()).collect();
+    image.extend([0x90; 64]);
+    let d = tmpdir("bad-entry");
+    let path = d.join("entry.bin");
+    std::fs::write(&path, image).unwrap();
+    let r = nestbed(&["run", "--guest", path.to_str().unwrap(), "--mem", "64"]);
+    assert_eq!(r.code, code::GUEST_UNSUPPORTED, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("L1 cannot run the code at RIP 0x7000000 (guest-physical 0x7000000, outside guest RAM (64 MiB))"),
+        "{}",
+        r.stderr
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -98,6 +98,22 @@ impl Runner {
                 ExitDetail::Mmio { gpa, len, write: true, data },
                 Work::MmioWrite { gpa, len, data },
             ),
+            // KVM could not fetch L1's instruction: say where, and what is there.
+            RawExit::InternalError { suberror: 1 } => {
+                let gpa = self.debug_translate(Level::L1, rip);
+                let place = match gpa {
+                    Some(g) if self.l1_vm.ram.contains(g, 1) => format!("guest-physical {g:#x}, in RAM"),
+                    Some(g) => {
+                        format!("guest-physical {g:#x}, outside guest RAM ({} MiB)", self.l1_vm.ram.size() >> 20)
+                    }
+                    None => "an address L1's page tables do not map".to_string(),
+                };
+                let why = format!(
+                    "L1 cannot run the code at RIP {rip:#x} ({place}): KVM could not fetch or emulate it\n{}",
+                    super::dump_registers(&mut self.l1)
+                );
+                return Ok(Normalized::Quiet { reason: 0, flow: Flow::Stop(Outcome::Unsupported(why)) });
+            }
             other => {
                 let why = format!("unexpected L1 exit {other:?}\n{}", super::dump_registers(&mut self.l1));
                 return Ok(Normalized::Quiet { reason: 0, flow: Flow::Stop(Outcome::Unsupported(why)) });
