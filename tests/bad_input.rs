@@ -224,3 +224,19 @@ fn code_outside_ram_is_reported_with_its_address() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn a_scripts_rip_write_on_an_io_exit_takes_effect() {
+    // KVM completes the OUT at the next KVM_RUN and would move RIP on from the script's value.
+    let d = tmpdir("rip-on-io");
+    let script = d.join("rip.rhai");
+    std::fs::write(
+        &script,
+        "let done = false;\nfn on_exit(e) { if !done && e.reason == \"IO_INSTRUCTION\" { done = true; e.rip = 0x40000000; } }\n",
+    )
+    .unwrap();
+    let r = nestbed(&["run", "--guest", "hello", "--script", script.to_str().unwrap()]);
+    assert_eq!(r.code, code::GUEST_UNSUPPORTED, "{}", r.stderr);
+    assert!(r.stderr.contains("L1 cannot run the code at RIP 0x40000000"), "{}", r.stderr);
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -370,6 +370,21 @@ impl Vcpu {
         })
     }
 
+    /// Lets KVM finish the instruction it holds (an I/O, MMIO or MSR access whose data was
+    /// supplied) without running the guest further: KVM_RUN with `immediate_exit`. An MMIO
+    /// access split in pieces comes back once per piece (reads of nothing get all ones).
+    pub fn finish_pending(&mut self) {
+        self.set_immediate_exit(true);
+        for _ in 0..4 {
+            match self.run() {
+                Ok(RawExit::MmioRead { .. }) => self.complete_read(u64::MAX),
+                Ok(RawExit::MmioWrite { .. }) => {}
+                _ => break,
+            }
+        }
+        self.set_immediate_exit(false);
+    }
+
     /// Supplies the value of a pending `in`, MMIO read or RDMSR before the next KVM_RUN.
     pub fn complete_read(&mut self, value: u64) {
         let run = self.fd.get_kvm_run();

@@ -14,7 +14,7 @@ use super::space::{Source, SyncError};
 use super::{transfer, L2};
 use crate::error::Error;
 use crate::machine::vm::CpuidOverride;
-use crate::machine::{GuestRam, RawExit, Vcpu};
+use crate::machine::{GuestRam, Vcpu};
 use crate::trace::{Phase, Phases};
 use crate::vmx::caps::{cr, exit};
 use crate::vmx::checks::{check_vm_entry, CheckClass};
@@ -323,18 +323,9 @@ impl Nested {
         let Some(l2) = self.l2.as_mut() else { return Ok(None) };
         transfer::copy_gprs(&l2.vcpu, l1);
         if insn.pending {
-            // Let KVM finish the instruction it is holding, without running L2: the state it
-            // leaves behind is replaced at the next VM entry. An MMIO access split in pieces
-            // comes back once per piece.
-            l2.vcpu.set_immediate_exit(true);
-            for _ in 0..4 {
-                match l2.vcpu.run() {
-                    Ok(RawExit::MmioRead { .. }) => l2.vcpu.complete_read(u64::MAX),
-                    Ok(RawExit::MmioWrite { .. }) => {}
-                    _ => break,
-                }
-            }
-            l2.vcpu.set_immediate_exit(false);
+            // KVM finishes the instruction it holds without running L2: the state it leaves
+            // behind is replaced at the next VM entry.
+            l2.vcpu.finish_pending();
         }
         self.load_host_state(l1, true)?;
         self.load_exit_msrs(l1, ram, model)

@@ -178,7 +178,10 @@ impl Runner {
                 if let Some(pending) = completes {
                     self.instruction_completed(&ev.work, pending);
                 }
-                self.handle(ev.work)?
+                let holds = holds_instruction(&ev.work);
+                let flow = self.handle(ev.work)?;
+                self.script_rip_after(holds);
+                flow
             }
             other => self.apply_action(other, &ev.work)?,
         };
@@ -428,6 +431,37 @@ impl Runner {
             insn: Vec::new(),
             detail: crate::exit::ExitDetail::None,
         }
+    }
+}
+
+/// Whether KVM holds the exit's instruction until the next KVM_RUN, which completes it and
+/// moves RIP past it.
+fn holds_instruction(work: &Work) -> bool {
+    matches!(
+        work,
+        Work::PortIn { .. }
+            | Work::PortOut { .. }
+            | Work::MmioRead { .. }
+            | Work::MmioWrite { .. }
+            | Work::L1Rdmsr { .. }
+            | Work::L1Wrmsr { .. }
+            | Work::L2Rdmsr { .. }
+            | Work::L2Wrmsr { .. }
+    )
+}
+
+impl Runner {
+    /// A script wrote RIP or RFLAGS at an exit whose instruction KVM still holds: KVM's
+    /// completion would move RIP on from the script's value, so KVM finishes the instruction
+    /// first and the script's values are written after it.
+    fn script_rip_after(&mut self, holds: bool) {
+        let Some((rip, rflags)) = self.script_rip.take() else { return };
+        if !holds {
+            return;
+        }
+        self.active().finish_pending();
+        let r = self.active().regs_mut();
+        (r.rip, r.rflags) = (rip, rflags);
     }
 }
 

@@ -123,6 +123,7 @@ impl Runner {
             }
             r.rip = ctx.record.rip;
             r.rflags = ctx.record.rflags;
+            self.script_rip = Some((ctx.record.rip, ctx.record.rflags));
         }
         if ctx.vmcs_dirty {
             for &(enc, v) in &ctx.vmcs_writes {

@@ -187,6 +187,8 @@ pub struct Runner {
     l2_events: events::L2Events,
     /// L1 runs single-stepped while an interrupt waits for its window.
     l1_window_step: bool,
+    /// RIP and RFLAGS a script wrote at the current exit.
+    script_rip: Option<(u64, u64)>,
     /// Steps left for the interrupt that waits for L1's window.
     l1_window_budget: u32,
     /// The CR8 value last given to L1's and to L2's vCPU (the APIC's TPR[7:4]).
@@ -282,6 +284,7 @@ impl Runner {
             tracing: true,
             l2_events: events::L2Events::default(),
             l1_window_step: false,
+            script_rip: None,
             l1_window_budget: platform::WINDOW_STEPS,
             cr8_seen: [0; 2],
             ud_catch: lazy_patch::UdCatch::new(catch, simulate),
