@@ -240,3 +240,38 @@ fn a_scripts_rip_write_on_an_io_exit_takes_effect() {
     assert!(r.stderr.contains("L1 cannot run the code at RIP 0x40000000"), "{}", r.stderr);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn an_elf_whose_segments_add_up_to_more_than_ram_is_refused_at_once() {
+    // 20,000 overlapping PT_LOAD segments of 100 MiB each: loading them would write guest RAM
+    // twenty thousand times over.
+    let (n, phoff) = (20_000u16, 8192usize);
+    let mut image = vec![0u8; phoff + usize::from(n) * 32];
+    image[..16].copy_from_slice(b"\x7fELF\x01\x01\x01\0\0\0\0\0\0\0\0\0");
+    let mut header = vec![];
+    for (v, size) in [(2u32, 2), (3, 2), (1, 4), (0x10_0000, 4), (phoff as u32, 4), (0, 4), (0, 4)] {
+        header.extend_from_slice(&v.to_le_bytes()[..size]);
+    }
+    for v in [52u16, 32, n, 40, 0, 0] {
+        header.extend_from_slice(&v.to_le_bytes());
+    }
+    image[16..16 + header.len()].copy_from_slice(&header);
+    let (magic, flags) = (0x1BAD_B002u32, 0u32);
+    for (i, v) in [magic, flags, magic.wrapping_add(flags).wrapping_neg()].iter().enumerate() {
+        image[64 + 4 * i..68 + 4 * i].copy_from_slice(&v.to_le_bytes());
+    }
+    for i in 0..usize::from(n) {
+        let ph = [1u32, 0, 0x10_0000, 0x10_0000, 0, 100 << 20, 5, 0x1000];
+        for (k, v) in ph.iter().enumerate() {
+            let at = phoff + 32 * i + 4 * k;
+            image[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    let d = tmpdir("many-phdrs");
+    let path = d.join("many.elf");
+    std::fs::write(&path, image).unwrap();
+    let r = nestbed(&["run", "--guest", path.to_str().unwrap(), "--mem", "256"]);
+    assert_eq!(r.code, code::BAD_IMAGE, "{}", r.stderr);
+    assert!(r.stderr.contains("the 20000 loadable segments add up to"), "{}", r.stderr);
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -72,6 +72,8 @@ pub enum LoadError {
     BadElf(String),
     #[error("segment {index} at {start:#x}..{end:#x} lies outside guest RAM (0..{ram:#x}); try a larger --mem")]
     OutsideRam { index: usize, start: u64, end: u64, ram: u64 },
+    #[error("the {count} loadable segments add up to {total:#x} bytes, more than guest RAM ({ram:#x})")]
+    SegmentsLargerThanRam { count: usize, total: u64, ram: u64 },
     #[error("segment {index} leaves no room for the boot information (4 KiB at {INFO_ADDR:#x}, {LOW_INFO_ADDR:#x} or after the image)")]
     OverlapsInfo { index: usize },
     #[error("command line is longer than {CMDLINE_MAX} bytes")]
@@ -120,17 +122,20 @@ pub fn load_with_modules(
         .into_iter()
         .find(|&b| !overlaps(b) && ram.contains(b, INFO_SIZE))
         .ok_or(LoadError::OverlapsInfo { index: 0 })?;
-    let mut image_end = 0;
     for (index, s) in segments.iter().enumerate() {
-        let end = s.paddr.checked_add(s.memsz).ok_or(LoadError::OutsideRam {
-            index,
-            start: s.paddr,
-            end: u64::MAX,
-            ram: ram.size(),
-        })?;
         if !ram.contains(s.paddr, s.memsz) || (s.data.len() as u64) > s.memsz {
+            let end = s.paddr.saturating_add(s.memsz);
             return Err(LoadError::OutsideRam { index, start: s.paddr, end, ram: ram.size() });
         }
+    }
+    // Bounds the loader's work: overlapping segments could make it write RAM many times over.
+    let total = segments.iter().fold(0u64, |t, s| t.saturating_add(s.memsz));
+    if total > ram.size() {
+        return Err(LoadError::SegmentsLargerThanRam { count: segments.len(), total, ram: ram.size() });
+    }
+    let mut image_end = 0;
+    for (index, s) in segments.iter().enumerate() {
+        let end = s.paddr + s.memsz;
         let oob = |_| LoadError::OutsideRam { index, start: s.paddr, end, ram: ram.size() };
         ram.write(s.paddr, s.data).map_err(oob)?;
         let bss = vec![0u8; (s.memsz - s.data.len() as u64) as usize];

@@ -199,6 +199,11 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(mut cfg: RunConfig) -> Result<Self, Error> {
+        // `--timeout` covers loading and probing too.
+        signals::install();
+        if let Some(t) = cfg.timeout {
+            signals::arm_timeout(t);
+        }
         let mut caps = VmxCaps::default();
         if cfg.patch != PatchMode::Off {
             caps.advertise_patched_exits();
@@ -258,9 +263,6 @@ impl Runner {
         vmx.vmxe = !patches.as_ref().is_some_and(|p| p.patches(crate::patch::Class::MovToCr4));
         let console = cfg.console.take().unwrap_or_else(|| Box::new(std::io::LineWriter::new(std::io::stdout())));
         let trace = cfg.trace.as_deref().map(TraceWriter::create).transpose()?;
-        if let Some(t) = cfg.timeout {
-            signals::arm_timeout(t);
-        }
         Ok(Runner {
             l1_vm,
             l1,
