@@ -153,3 +153,26 @@ fn monitor_trap_flag_steps_l2_one_instruction_at_a_time_except_rep_strings_and_f
 fn monitor_trap_flag_steps_l2_one_instruction_at_a_time_except_rep_strings_and_faults_a_host_limit_patched() {
     passes_but_host_limits("vmx-mtf", PATCHED, MTF, MTF_HOST_LIMITS);
 }
+
+/// An NMI that arrives while L2 runs with NMI exiting set (a script injects it, as an NMI IPI
+/// would arrive) is a VM exit to L1 (SDM 26.2), before the NMI window L1 also asked for.
+#[test]
+fn an_nmi_while_l2_runs_with_nmi_exiting_exits_to_l1() {
+    let dir = std::env::temp_dir().join(format!("nestbed-nmi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("nmi.rhai");
+    std::fs::write(
+        &script,
+        "let done = false;\nfn on_exit(e) {\n  if !done && e.level == \"L2\" && (e.vmcs_read(\"PIN_BASED_VM_EXEC_CONTROL\") & 8) != 0 {\n    done = true; e.inject(2);\n  }\n}\n",
+    )
+    .unwrap();
+    let r = run_guest("vmx-intr", &["--script", script.to_str().unwrap(), "--stats"]);
+    let nmi_exits = r.stderr.lines().find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+        ["L2", "EXCEPTION_NMI", "L1", count, ..] => count.parse::<u64>().ok(),
+        _ => None,
+    });
+    assert_eq!(nmi_exits, Some(1), "{}\n{}", r.stdout, r.stderr);
+    // L1 expected the NMI-window exit there and got the NMI's exit (reason 0) instead.
+    assert!(r.stdout.contains("exit reason 0 at GUEST_RIP"), "{}", r.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+}

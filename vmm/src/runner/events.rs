@@ -454,11 +454,9 @@ impl Runner {
     /// L1's external-interrupt exiting), for L2 delivered directly when L2 can take it.
     pub(super) fn script_inject(&mut self, vector: u8, error_code: Option<u32>) {
         match vector {
-            2 => {
-                let e = self.active().events_mut();
-                e.nmi.pending = 1;
-                e.flags |= KVM_VCPUEVENT_VALID_NMI_PENDING;
-            }
+            // An NMI arrives at the processor: L1 takes it, or, while L2 runs, L1's NMI exiting
+            // decides (`at_boundary`), as for an NMI IPI.
+            2 => self.platform.nmi = true,
             0..=31 => self.active().inject_exception(vector, error_code),
             _ if self.level == Level::L1 => {
                 self.platform.lapic.accept(vector, false);
