@@ -15,6 +15,7 @@ use super::dispatch::{Event as ExitEvent, L2Event, Work};
 use super::{Flow, Outcome, Runner};
 use crate::error::Error;
 use crate::exit::{ExitDetail, Level};
+use crate::nested::env::KVM_X86_SHADOW_INT_MOV_SS;
 use crate::nested::Insn;
 use crate::vmx::caps::{exit, pin, proc};
 use crate::vmx::events::{
@@ -30,11 +31,10 @@ const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_TF: u64 = 1 << 8;
 /// GUEST_PENDING_DBG_EXCEPTIONS.BS: a single-step trap is pending (SDM 25.4.2).
 const PENDING_DBG_BS: u64 = 1 << 14;
-/// kvm_vcpu_events.interrupt.shadow bits (Linux uapi asm/kvm.h).
-const KVM_X86_SHADOW_INT_MOV_SS: u8 = 1;
+/// kvm_vcpu_events.interrupt.shadow: blocking by STI (Linux uapi asm/kvm.h).
 const KVM_X86_SHADOW_INT_STI: u8 = 2;
 /// kvm_vcpu_events.flags: nmi.pending is valid.
-const KVM_VCPUEVENT_VALID_NMI_PENDING: u32 = 1;
+pub(super) const KVM_VCPUEVENT_VALID_NMI_PENDING: u32 = 1;
 const KVM_VCPUEVENT_VALID_SHADOW: u32 = 4;
 /// GUEST_PENDING_DBG_EXCEPTIONS bits that make a #DB trap pending: B3-B0, BS (SDM 25.4.2).
 const PENDING_DBG_TRAPS: u64 = 0xf | 1 << 14;

@@ -340,7 +340,7 @@ impl Runner {
             p.nmi = false;
             let e = self.l1.events_mut();
             e.nmi.pending = 1;
-            e.flags |= 1; // KVM_VCPUEVENT_VALID_NMI_PENDING
+            e.flags |= super::events::KVM_VCPUEVENT_VALID_NMI_PENDING;
         }
         let p = &mut self.platform;
         let Some(source) = p.pending() else {
