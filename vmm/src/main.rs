@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use nestbed::error::{code, Error};
 use nestbed::gdb::GdbOptions;
+use nestbed::machine::bios::Firmware;
 use nestbed::machine::devices::ExitConvention;
 use nestbed::machine::loader::Module;
 use nestbed::qemu;
@@ -134,6 +135,11 @@ struct RunArgs {
     /// port 0x8900: status 0).
     #[arg(long, value_enum, default_value_t = ExitArg::Nestbed)]
     exit_convention: ExitArg,
+    /// What runs before the image: none (the machine as a multiboot loader leaves it) or bios
+    /// (also the 8259s, the PIT's 18.2 Hz tick and the real-mode vector table as a PC BIOS
+    /// leaves them; the QEMU front's choice).
+    #[arg(long, value_enum, default_value_t = FirmwareArg::None)]
+    firmware: FirmwareArg,
     /// Write the serial console to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
     serial: Option<PathBuf>,
@@ -182,6 +188,13 @@ struct RunArgs {
     /// them before nestbed handles the exit. See SCRIPTING.md.
     #[arg(long, value_enum, default_value_t = ScriptModeArg::Auto)]
     script_mode: ScriptModeArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Default)]
+enum FirmwareArg {
+    #[default]
+    None,
+    Bios,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Default)]
@@ -236,6 +249,10 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     cfg.exit_convention = match args.exit_convention {
         ExitArg::Nestbed => ExitConvention::Nestbed,
         ExitArg::Qemu => ExitConvention::Qemu,
+    };
+    cfg.firmware = match args.firmware {
+        FirmwareArg::None => Firmware::None,
+        FirmwareArg::Bios => Firmware::Bios,
     };
     cfg.mem_mib = args.mem;
     cfg.cmdline = args.cmdline;

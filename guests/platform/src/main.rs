@@ -1,7 +1,8 @@
 //! L1's PC platform as a kernel written for QEMU's PC machine sees it: fw_cfg's signature, CPU
 //! count and RAM size; the local APIC's version and ID; its timer in one-shot, periodic and
 //! TSC-deadline mode, each interrupt taken through `sti; hlt`; the IOAPIC with a level-triggered
-//! and an edge-triggered pin whose lines pc-testdev raises; a flood of self-IPIs. Exits 0 when
+//! and an edge-triggered pin whose lines pc-testdev raises; the 8254 PIT's IRQ 0 through the
+//! 8259 and LINT0, and its counter 2 through port 0x61; a flood of self-IPIs. Exits 0 when
 //! every check holds.
 //!
 //! Time: the APIC timer counts a nominal 1 GHz bus (one cycle per ns). The TSC rate comes from
@@ -131,6 +132,7 @@ fn main(info: &rt::BootInfo) -> u32 {
     tsc_deadline(&khz, &mut failures);
     ioapic_level(&mut failures);
     ioapic_edge(&mut failures);
+    pit(&khz, &mut failures);
     self_ipi_flood(&mut failures);
     cli();
     if failures == 0 {
@@ -429,6 +431,66 @@ fn ioapic_edge(failures: &mut u32) {
     let entry = ioapic_read(reg);
     rt::check!(f, entry & REDIR_REMOTE_IRR == 0, "edge: no remote IRR (", Hex(entry.into()), ")");
     ioapic_write(reg, REDIR_MASKED);
+    *failures = f;
+}
+
+// ---- 8254 PIT through the 8259 ----
+
+const PIC_VECTOR_BASE: u8 = 0x20;
+/// Counter 0's count: 11932 clocks of 1.193182 MHz, 10 ms.
+const PIT_COUNT: u16 = 11_932;
+const PIT_PERIOD_NS: u64 = 10_000_000;
+static PIT_COUNT_SEEN: AtomicU32 = AtomicU32::new(0);
+static PIT_TSC: AtomicU64 = AtomicU64::new(0);
+
+/// IRQ 0 through the 8259 and LINT0 (ExtINT): the 8259 needs its EOI, the local APIC none.
+fn pit_handler(_f: &mut Frame) {
+    PIT_TSC.store(rdtsc(), Ordering::SeqCst);
+    PIT_COUNT_SEEN.fetch_add(1, Ordering::SeqCst);
+    outb(0x20, 0x20);
+}
+
+fn pit_count() -> u16 {
+    outb(0x43, 0x00); // counter latch, counter 0
+    u16::from_le_bytes([inb(0x40), inb(0x40)])
+}
+
+/// Counter 0 in mode 2 at 100 Hz: IRQ 0 through the 8259 (initialized with vectors 0x20-0x2F,
+/// only IRQ 0 unmasked) and LINT0, three ticks no earlier than 30 ms; the latched count falls;
+/// counter 2 gated by port 0x61 drives its OUT bit there.
+fn pit(rate: &Option<Rate>, failures: &mut u32) {
+    let mut f = *failures;
+    for (port, value) in [(0x20, 0x11), (0xA0, 0x11), (0x21, PIC_VECTOR_BASE), (0xA1, PIC_VECTOR_BASE + 8)] {
+        outb(port, value);
+    }
+    for (port, value) in [(0x21, 0x04), (0xA1, 0x02), (0x21, 0x01), (0xA1, 0x01), (0x21, 0xFE), (0xA1, 0xFF)] {
+        outb(port, value);
+    }
+    rt::idt::set_handler(PIC_VECTOR_BASE, pit_handler);
+    let start = rdtsc();
+    outb(0x43, 0x34); // counter 0, LSB then MSB, mode 2
+    outb(0x40, PIT_COUNT as u8);
+    outb(0x40, (PIT_COUNT >> 8) as u8);
+    let (a, b) = (pit_count(), pit_count());
+    rt::check!(f, a <= PIT_COUNT && b <= a, "PIT: latched count ", a, " then ", b, ", counting down from ", PIT_COUNT);
+    wait_for(&PIT_COUNT_SEEN, 3);
+    let elapsed = PIT_TSC.load(Ordering::SeqCst).wrapping_sub(start);
+    report_lateness("PIT: third IRQ 0", rate, elapsed, 3 * PIT_PERIOD_NS, &mut f);
+    outb(0x21, 0xFF);
+    outb(0x43, 0x30); // counter 0 stopped: mode 0 with no count written
+                      // Counter 2, mode 0, 100 clocks: OUT stays low while its gate (port 0x61 bit 0) is low.
+    outb(0x61, inb(0x61) & !1);
+    outb(0x43, 0xB0);
+    outb(0x42, 100);
+    outb(0x42, 0);
+    let gated = inb(0x61) & 0x20;
+    outb(0x61, inb(0x61) | 1);
+    let mut spins = 0u32;
+    while inb(0x61) & 0x20 == 0 && spins < 1_000_000 {
+        spins += 1;
+    }
+    rt::check!(f, gated == 0 && spins < 1_000_000, "PIT: counter 2's OUT rises in port 0x61 once its gate opens");
+    outb(0x61, inb(0x61) & !1);
     *failures = f;
 }
 

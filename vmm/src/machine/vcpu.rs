@@ -316,6 +316,17 @@ impl Vcpu {
         ev.exception.error_code = error_code.unwrap_or(0);
     }
 
+    /// Raises exception `vector` for the instruction at RIP, as the CPU delivers a fault of that
+    /// instruction: RF is set in the RFLAGS image pushed (SDM Vol. 3A 18.3.1.1), so an
+    /// instruction breakpoint at the faulting instruction does not fire again when the handler
+    /// returns to it. KVM sets RF only for exceptions it raises itself, not for injected ones.
+    pub fn raise_fault(&mut self, vector: u8, error_code: Option<u32>) {
+        if is_fault_class(vector) {
+            self.regs_mut().rflags |= RFLAGS_RF;
+        }
+        self.inject_exception(vector, error_code);
+    }
+
     pub fn kvm_run_ptr(&self) -> *mut kvm_run {
         self.run
     }
@@ -444,4 +455,12 @@ fn le(data: &[u8]) -> u64 {
     let n = data.len().min(8);
     b[..n].copy_from_slice(&data[..n]);
     u64::from_le_bytes(b)
+}
+
+const RFLAGS_RF: u64 = 1 << 16;
+
+/// Fault-class exceptions (SDM Vol. 3A Table 6-1); #DB is left out, being a trap or a fault by
+/// its cause, and every cause nestbed raises it for is a trap.
+fn is_fault_class(vector: u8) -> bool {
+    matches!(vector, 0 | 5 | 6 | 7 | 10..=14 | 16 | 17 | 19 | 20 | 21)
 }

@@ -48,7 +48,7 @@ const DEST_LOGICAL: u64 = 1 << 11;
 const POLARITY_LOW: u64 = 1 << 13;
 const REMOTE_IRR: u64 = 1 << 14;
 const TRIGGER_LEVEL: u64 = 1 << 15;
-const MASKED: u64 = 1 << 16;
+pub const MASKED: u64 = 1 << 16;
 const READ_ONLY: u64 = DELIVERY_STATUS | REMOTE_IRR;
 
 /// The I/O APIC input pin an ISA IRQ reaches on the PC: identity, except that the PIT's IRQ 0 is

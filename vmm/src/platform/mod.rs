@@ -8,4 +8,5 @@ pub mod fw_cfg;
 pub mod ioapic;
 pub mod lapic;
 pub mod pic;
+pub mod pit;
 pub mod testdev;

@@ -287,6 +287,14 @@ impl Pic {
         self.update();
     }
 
+    /// Whether ISA IRQ `line` is masked (its own IMR bit, or the cascade's for the slave's).
+    pub fn masked(&self, line: u8) -> bool {
+        match line {
+            0..=7 => self.master.imr & (1 << line) != 0,
+            _ => self.master.imr & (1 << CASCADE_IRQ) != 0 || self.slave.imr & (1 << (line & 7)) != 0,
+        }
+    }
+
     /// Whether the master asserts INTR to the CPU.
     pub fn output(&self) -> bool {
         self.master.pending(true).is_some()

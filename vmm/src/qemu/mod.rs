@@ -375,6 +375,8 @@ impl QemuRun {
         cfg.mem_mib = self.mem_mib;
         cfg.cmdline = self.append;
         cfg.exit_convention = ExitConvention::Qemu;
+        // QEMU's PC boots the kernel through its BIOS, whose set-up images may rely on.
+        cfg.firmware = crate::machine::bios::Firmware::Bios;
         // Images written for hardware set CR4.VMXE with a plain `mov cr4` and end VMX tests
         // with VMCALL in L2: what this host needs patched is (README, "Patching").
         cfg.patch = crate::runner::PatchMode::Auto;

@@ -273,7 +273,7 @@ impl Runner {
                 Ok(Flow::Stop(Outcome::TripleFault { level, registers }))
             }
             Work::Inject { vector } => {
-                self.active().inject_exception(vector, None);
+                self.active().raise_fault(vector, None);
                 Ok(Flow::Continue)
             }
             Work::L2Hlt => Ok(self.l2_halt()),
@@ -381,7 +381,7 @@ impl Runner {
         if let Fault::PageFault { address, .. } = f {
             self.active().sregs_mut().cr2 = address;
         }
-        self.active().inject_exception(f.vector(), f.error_code());
+        self.active().raise_fault(f.vector(), f.error_code());
     }
 
     /// Completes an `in` (or every element of an INS) on the active vCPU from the devices.

@@ -134,7 +134,7 @@ impl Runner {
                 // Not a VMX instruction KVM could not emulate (e.g. MWAIT): #UD, as without
                 // the feature.
                 tracing::debug!(rip = format_args!("{rip:#x}"), ?bytes, "L1 emulation failure: {e}; injecting #UD");
-                self.l1.inject_exception(6, None);
+                self.l1.raise_fault(6, None);
                 return Ok(Normalized::Quiet { reason: ExitReason::EXCEPTION_NMI as u32, flow: Flow::Continue });
             }
         };

@@ -120,7 +120,7 @@ impl Runner {
             return false;
         }
         tracing::debug!(rip = format_args!("{rip:#x}"), "simulated host: L1 VMX instruction takes #UD");
-        self.l1.inject_exception(UD, None);
+        self.l1.raise_fault(UD, None);
         true
     }
 

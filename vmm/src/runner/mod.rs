@@ -24,6 +24,7 @@ use kvm_ioctls::Kvm;
 
 use crate::error::{code, host, Error};
 use crate::exit::Level;
+use crate::machine::bios::{self, Firmware};
 use crate::machine::devices::{Devices, ExitConvention};
 use crate::machine::probe::{probe_legacy_paging, probe_vmx_trap, simulates_vmx_ud, VmxTrap};
 use crate::machine::{loader, GuestRam, RawExit, Vcpu, Vm};
@@ -57,6 +58,8 @@ pub struct RunConfig {
     pub modules: Vec<loader::Module>,
     /// What the guest's writes to the exit ports mean (`--exit-convention`).
     pub exit_convention: ExitConvention,
+    /// What runs before the image (`--firmware`).
+    pub firmware: Firmware,
 }
 
 impl RunConfig {
@@ -75,6 +78,7 @@ impl RunConfig {
             patch: PatchMode::Off,
             modules: Vec::new(),
             exit_convention: ExitConvention::Nestbed,
+            firmware: Firmware::None,
         }
     }
 }
@@ -226,6 +230,13 @@ impl Runner {
         let ram = GuestRam::new(cfg.mem_mib)?;
         let cmdline =
             if cfg.cmdline.is_empty() { cfg.image_name.clone() } else { format!("{} {}", cfg.image_name, cfg.cmdline) };
+        if cfg.firmware == Firmware::Bios {
+            let (ivt, handlers) = bios::ivt_and_handlers();
+            let oob =
+                |_| Error::Config(format!("--firmware bios needs at least 1 MiB of RAM ({} MiB given)", cfg.mem_mib));
+            ram.write(0, &ivt).map_err(oob)?;
+            ram.write(bios::HANDLERS, &handlers).map_err(oob)?;
+        }
         let boot = loader::load_with_modules(&ram, &cfg.image, &cmdline, &cfg.modules)
             .map_err(|source| Error::Image { path: PathBuf::from(&cfg.image_name), source })?;
         let kvm = Kvm::new().map_err(host("opening /dev/kvm"))?;
@@ -255,7 +266,12 @@ impl Runner {
         let tsc_khz = l1.fd().get_tsc_khz().ok().map(u64::from);
         let clock = Clock::new(tsc_khz);
         let guest_tsc = l1.get_msrs(&[0x10]).ok().and_then(|v| v.first().copied());
-        let platform = platform::Platform::new(l1_vm.ram.size(), tsc_khz.unwrap_or(1_000_000), guest_tsc);
+        let mut platform = platform::Platform::new(l1_vm.ram.size(), tsc_khz.unwrap_or(1_000_000), guest_tsc);
+        if cfg.firmware == Firmware::Bios {
+            for &(port, value) in bios::PORT_WRITES {
+                platform.port_write(port, 1, u64::from(value));
+            }
+        }
         l1.prime()?;
         boot::set_entry_state(&mut l1, &boot);
         let mut vmx = VmxCpu::new(caps);

@@ -12,9 +12,10 @@ use std::time::Duration;
 use super::{signals, Runner};
 use crate::exit::Level;
 use crate::platform::fw_cfg::FwCfg;
-use crate::platform::ioapic::{Delivery, DeliveryMode, IoApic, IOAPIC_BASE};
+use crate::platform::ioapic::{self, Delivery, DeliveryMode, IoApic, IOAPIC_BASE};
 use crate::platform::lapic::{self, Lapic};
 use crate::platform::pic::Pic;
+use crate::platform::pit::Pit;
 use crate::platform::testdev::{self, TestDev, IOMEM_BASE, IOMEM_LEN};
 
 const IOAPIC_SIZE: u64 = 0x1000;
@@ -30,6 +31,7 @@ const WINDOW_POLL: Duration = Duration::from_millis(1);
 pub struct Platform {
     pub lapic: Lapic,
     pub pic: Pic,
+    pub pit: Pit,
     pub ioapic: IoApic,
     pub fw_cfg: FwCfg,
     pub testdev: TestDev,
@@ -90,14 +92,16 @@ impl Platform {
     /// The platform of a machine with `ram_size` bytes; `guest_tsc` is the guest's TSC read
     /// now (for the TSC-deadline timer), `tsc_khz` its rate.
     pub fn new(ram_size: u64, tsc_khz: u64, guest_tsc: Option<u64>) -> Self {
+        let tsc_offset = guest_tsc.map_or(0, |g| g.wrapping_sub(host_tsc()));
         Platform {
             lapic: Lapic::new(tsc_khz),
             pic: Pic::new(),
+            pit: Pit::new(tsc_khz, host_tsc().wrapping_add(tsc_offset)),
             ioapic: IoApic::new(),
             fw_cfg: FwCfg::new(ram_size, 1),
             testdev: TestDev::new(),
             nmi: false,
-            tsc_offset: guest_tsc.map_or(0, |g| g.wrapping_sub(host_tsc())),
+            tsc_offset,
             tsc_khz,
             kick: KickTimer::new(),
             armed: None,
@@ -111,13 +115,16 @@ impl Platform {
 
     /// Whether a port belongs to the platform's devices.
     pub fn claims_port(port: u16) -> bool {
-        Pic::claims(port) || FwCfg::claims(port) || TestDev::claims(port)
+        Pic::claims(port) || Pit::claims(port) || FwCfg::claims(port) || TestDev::claims(port)
     }
 
     pub fn port_read(&mut self, port: u16, size: u8) -> u64 {
         let size = usize::from(size);
         let v = if Pic::claims(port) {
             u32::from(self.pic.port_read(port))
+        } else if Pit::claims(port) {
+            let now = self.now();
+            u32::from(self.pit.port_read(port, now))
         } else if FwCfg::claims(port) {
             self.fw_cfg.port_read(port, size)
         } else {
@@ -130,6 +137,9 @@ impl Platform {
         let size = usize::from(size);
         if Pic::claims(port) {
             self.pic.port_write(port, value as u8);
+        } else if Pit::claims(port) {
+            let now = self.now();
+            self.pit.port_write(port, value as u8, now);
         } else if FwCfg::claims(port) {
             self.fw_cfg.port_write(port, size, value as u32);
         } else if let testdev::Effect::SetIrq { line, level } = self.testdev.port_write(port, size, value as u32) {
@@ -142,7 +152,7 @@ impl Platform {
         if line < 16 {
             self.pic.set_irq(line, level);
         }
-        let pin = crate::platform::ioapic::isa_irq_to_pin(line);
+        let pin = ioapic::isa_irq_to_pin(line);
         if let Some(d) = self.ioapic.set_irq(usize::from(pin), level) {
             self.deliver(d);
         }
@@ -228,6 +238,11 @@ impl Platform {
     pub fn pending(&mut self) -> Option<Source> {
         let now = self.now();
         self.lapic.tick(now);
+        if self.pit.tick(now) {
+            // IRQ 0 is an edge: a pulse is latched by the PIC and the IOAPIC alike.
+            self.set_irq(0, true);
+            self.set_irq(0, false);
+        }
         if self.lapic.pending().is_some() {
             Some(Source::Lapic)
         } else if self.pic.output() && self.lapic.accepts_pic_intr() {
@@ -253,10 +268,7 @@ impl Platform {
     /// Arms the kick for the earlier of the APIC timer's next deadline and `extra` (a guest TSC
     /// value: L2's VMX-preemption timer).
     pub fn arm_kick_with(&mut self, extra: Option<u64>) {
-        let deadline = match (self.lapic.next_deadline(), extra) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = earliest(self.timer_deadline(), extra);
         if deadline == self.armed {
             return;
         }
@@ -285,6 +297,19 @@ impl Platform {
         }
     }
 
+    /// The guest TSC of the platform timers' next interrupt: the APIC timer's, or the PIT's
+    /// IRQ 0 while the PIC or the IOAPIC lets it through.
+    fn timer_deadline(&self) -> Option<u64> {
+        let irq0 = (!self.pic.masked(0)
+            || self
+                .ioapic
+                .redirection(usize::from(ioapic::isa_irq_to_pin(0)))
+                .is_some_and(|e| e & ioapic::MASKED == 0))
+        .then(|| self.pit.next_deadline())
+        .flatten();
+        earliest(self.lapic.next_deadline(), irq0)
+    }
+
     /// Host time until the guest TSC reaches `deadline`.
     fn until(&self, deadline: u64) -> Duration {
         let ticks = deadline.saturating_sub(self.now());
@@ -308,13 +333,17 @@ impl Platform {
             if deadline.is_some_and(|d| self.now() >= d) {
                 return;
             }
-            let next = match (self.lapic.next_deadline(), deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let next = earliest(self.timer_deadline(), deadline);
             let slice = next.map_or(HLT_SLICE, |d| self.until(d).min(HLT_SLICE));
             std::thread::sleep(slice);
         }
+    }
+}
+
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

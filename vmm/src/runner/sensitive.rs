@@ -114,7 +114,7 @@ impl Runner {
             Ok(()) => {
                 self.active().regs_mut().rip = rip.wrapping_add(u64::from(insn.len));
             }
-            Err(Fault::Gp) => self.active().inject_exception(13, Some(0)),
+            Err(Fault::Gp) => self.active().raise_fault(13, Some(0)),
         }
         Ok(Flow::Continue)
     }
