@@ -21,6 +21,8 @@ fn platform_guest_passes_every_check() {
         "edge pin 11: raise 2",
         "ok   PIT: third IRQ 0",
         "ok   PIT: counter 2's OUT rises in port 0x61 once its gate opens",
+        "ok   RTC: update-in-progress seen set, then clear",
+        "ok   RTC: update-ended interrupt with register C",
         "ok   self-IPI flood with IF=0: 2000 IPIs, one IRR bit, 1 interrupt(s)",
         "ok   self-IPI flood with IF=1: 2000 of 2000 interrupts taken",
     ] {

@@ -2,7 +2,8 @@
 //! count and RAM size; the local APIC's version and ID; its timer in one-shot, periodic and
 //! TSC-deadline mode, each interrupt taken through `sti; hlt`; the IOAPIC with a level-triggered
 //! and an edge-triggered pin whose lines pc-testdev raises; the 8254 PIT's IRQ 0 through the
-//! 8259 and LINT0, and its counter 2 through port 0x61; a flood of self-IPIs. Exits 0 when
+//! 8259 and LINT0, and its counter 2 through port 0x61; the RTC's date, update cycle and
+//! update-ended interrupt; a flood of self-IPIs. Exits 0 when
 //! every check holds.
 //!
 //! Time: the APIC timer counts a nominal 1 GHz bus (one cycle per ns). The TSC rate comes from
@@ -133,6 +134,7 @@ fn main(info: &rt::BootInfo) -> u32 {
     ioapic_level(&mut failures);
     ioapic_edge(&mut failures);
     pit(&khz, &mut failures);
+    rtc(&mut failures);
     self_ipi_flood(&mut failures);
     cli();
     if failures == 0 {
@@ -491,6 +493,88 @@ fn pit(rate: &Option<Rate>, failures: &mut u32) {
     }
     rt::check!(f, gated == 0 && spins < 1_000_000, "PIT: counter 2's OUT rises in port 0x61 once its gate opens");
     outb(0x61, inb(0x61) & !1);
+    *failures = f;
+}
+
+// ---- MC146818 RTC ----
+
+const RTC_VECTOR: u8 = 0x52;
+const RTC_PIN: u8 = 8;
+static RTC_COUNT: AtomicU32 = AtomicU32::new(0);
+static RTC_REG_C: AtomicU32 = AtomicU32::new(0);
+
+fn cmos(reg: u8) -> u8 {
+    outb(0x70, reg);
+    inb(0x71)
+}
+
+/// Reading register C acknowledges the interrupt: IRQ 8 goes low before the EOI.
+fn rtc_handler(_f: &mut Frame) {
+    RTC_REG_C.store(cmos(0x0C).into(), Ordering::SeqCst);
+    RTC_COUNT.fetch_add(1, Ordering::SeqCst);
+    apic::eoi();
+}
+
+fn bcd(v: u8) -> u32 {
+    u32::from(v >> 4) * 10 + u32::from(v & 0xF)
+}
+
+fn bcd_ok(v: u8, max: u8) -> bool {
+    v & 0xF < 10 && v >> 4 < 10 && (v >> 4) * 10 + (v & 0xF) <= max
+}
+
+/// The RTC in its BIOS state (24-hour BCD, valid RAM): a plausible date, the update-in-progress
+/// bit seen set and then clear, and the update-ended interrupt (UIE) on IOAPIC pin 8.
+fn rtc(failures: &mut u32) {
+    let mut f = *failures;
+    let (sec, min, hour, day, month, year, century) =
+        (cmos(0x00), cmos(0x02), cmos(0x04), cmos(0x07), cmos(0x08), cmos(0x09), cmos(0x32));
+    rt::check!(
+        f,
+        bcd_ok(sec, 59)
+            && bcd_ok(min, 59)
+            && bcd_ok(hour, 23)
+            && bcd_ok(day, 31)
+            && bcd_ok(month, 12)
+            && bcd_ok(year, 99)
+            && century == 0x20,
+        "RTC: ",
+        bcd(century) * 100 + bcd(year),
+        "-",
+        bcd(month),
+        "-",
+        bcd(day),
+        " ",
+        bcd(hour),
+        "h",
+        bcd(min),
+        "m",
+        bcd(sec),
+        "s in BCD, 24-hour (register B ",
+        Hex(cmos(0x0B).into()),
+        "), register D ",
+        Hex(cmos(0x0D).into())
+    );
+    let mut spins = 0u32;
+    while cmos(0x0A) & 0x80 == 0 && spins < 10_000_000 {
+        spins += 1;
+    }
+    while cmos(0x0A) & 0x80 != 0 && spins < 10_000_000 {
+        spins += 1;
+    }
+    rt::check!(f, spins < 10_000_000, "RTC: update-in-progress seen set, then clear");
+    rt::idt::set_handler(RTC_VECTOR, rtc_handler);
+    route(RTC_PIN, RTC_VECTOR, false);
+    cmos(0x0C);
+    outb(0x70, 0x0B);
+    let b = inb(0x71);
+    outb(0x71, b | 0x10);
+    wait_for(&RTC_COUNT, 1);
+    outb(0x70, 0x0B);
+    outb(0x71, b);
+    let c = RTC_REG_C.load(Ordering::SeqCst);
+    rt::check!(f, c & 0x90 == 0x90, "RTC: update-ended interrupt with register C ", Hex(c.into()), " (IRQF, UF)");
+    ioapic_write(IOAPIC_REDIR + 2 * u32::from(RTC_PIN), REDIR_MASKED);
     *failures = f;
 }
 

@@ -4,9 +4,11 @@
 //! raise) as values for the run loop to route. QEMU's PC machine is the reference: test kernels
 //! written for it (kvm-unit-tests first) must run unmodified.
 
+pub mod acpi_pm;
 pub mod fw_cfg;
 pub mod ioapic;
 pub mod lapic;
 pub mod pic;
 pub mod pit;
+pub mod rtc;
 pub mod testdev;

@@ -12,6 +12,7 @@ use crate::machine::RawExit;
 use crate::nested::env::RamView;
 use crate::nested::route::{route, L0Keeps, Route};
 use crate::nested::{Entry, Insn};
+use crate::platform::acpi_pm;
 use crate::trace::Phase;
 use crate::vmx::cpu::{apply_rflags, Fault};
 use crate::vmx::decode::{VmxInsn, VmxOp};
@@ -410,8 +411,12 @@ impl Runner {
 
     fn port_write(&mut self, port: u16, size: u8, data: u64) -> Flow {
         if Platform::claims_port(port) {
-            self.platform.port_write(port, size, data);
-            return Flow::Continue;
+            return match self.platform.port_write(port, size, data) {
+                acpi_pm::Effect::None => Flow::Continue,
+                acpi_pm::Effect::SleepS3 => self.sleep_s3(),
+                // ACPI soft off: the machine powers down, as QEMU's exits with status 0.
+                acpi_pm::Effect::PowerOff => Flow::Stop(Outcome::GuestExit(0)),
+            };
         }
         match self.devices.write(port, size, data) {
             PortEffect::Exit(c) => Flow::Stop(Outcome::GuestExit(c)),

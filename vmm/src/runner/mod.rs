@@ -1,6 +1,7 @@
 //! The run loop: enter the active vCPU (L1, or L2 while L1 runs a nested guest) and hand each
 //! exit to [`dispatch`](Runner::dispatch), the one path every exit of either level takes.
 
+mod acpi_sleep;
 pub mod boot;
 pub mod debug;
 mod dispatch;
@@ -199,6 +200,8 @@ pub struct Runner {
     cr8_seen: [u64; 2],
     /// The breakpoint at L1's #UD handler that catches VMX instructions not patched at load.
     ud_catch: lazy_patch::UdCatch,
+    /// What ran before the image (the BIOS's set-up is redone at S3 resume).
+    firmware: Firmware,
 }
 
 impl Runner {
@@ -236,6 +239,9 @@ impl Runner {
                 |_| Error::Config(format!("--firmware bios needs at least 1 MiB of RAM ({} MiB given)", cfg.mem_mib));
             ram.write(0, &ivt).map_err(oob)?;
             ram.write(bios::HANDLERS, &handlers).map_err(oob)?;
+            for (addr, table) in crate::machine::acpi::tables() {
+                ram.write(addr, &table).map_err(oob)?;
+            }
         }
         let boot = loader::load_with_modules(&ram, &cfg.image, &cmdline, &cfg.modules)
             .map_err(|source| Error::Image { path: PathBuf::from(&cfg.image_name), source })?;
@@ -306,6 +312,7 @@ impl Runner {
             l1_window_budget: platform::WINDOW_STEPS,
             cr8_seen: [0; 2],
             ud_catch: lazy_patch::UdCatch::new(catch, simulate),
+            firmware: cfg.firmware,
         })
     }
 

@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use super::{signals, Runner};
 use crate::exit::Level;
+use crate::platform::acpi_pm::{self, AcpiPm};
 use crate::platform::fw_cfg::FwCfg;
 use crate::platform::ioapic::{self, Delivery, DeliveryMode, IoApic, IOAPIC_BASE};
 use crate::platform::lapic::{self, Lapic};
 use crate::platform::pic::Pic;
 use crate::platform::pit::Pit;
+use crate::platform::rtc::Rtc;
 use crate::platform::testdev::{self, TestDev, IOMEM_BASE, IOMEM_LEN};
 
 const IOAPIC_SIZE: u64 = 0x1000;
@@ -32,6 +34,10 @@ pub struct Platform {
     pub lapic: Lapic,
     pub pic: Pic,
     pub pit: Pit,
+    pub rtc: Rtc,
+    pub pm: AcpiPm,
+    /// IRQ 8 as the RTC drives it (register C's IRQF).
+    rtc_irq: bool,
     pub ioapic: IoApic,
     pub fw_cfg: FwCfg,
     pub testdev: TestDev,
@@ -97,6 +103,9 @@ impl Platform {
             lapic: Lapic::new(tsc_khz),
             pic: Pic::new(),
             pit: Pit::new(tsc_khz, host_tsc().wrapping_add(tsc_offset)),
+            rtc: Rtc::new(unix_now(), tsc_khz, host_tsc().wrapping_add(tsc_offset)),
+            pm: AcpiPm::new(tsc_khz, host_tsc().wrapping_add(tsc_offset)),
+            rtc_irq: false,
             ioapic: IoApic::new(),
             fw_cfg: FwCfg::new(ram_size, 1),
             testdev: TestDev::new(),
@@ -115,7 +124,12 @@ impl Platform {
 
     /// Whether a port belongs to the platform's devices.
     pub fn claims_port(port: u16) -> bool {
-        Pic::claims(port) || Pit::claims(port) || FwCfg::claims(port) || TestDev::claims(port)
+        Pic::claims(port)
+            || Pit::claims(port)
+            || Rtc::claims(port)
+            || AcpiPm::claims(port)
+            || FwCfg::claims(port)
+            || TestDev::claims(port)
     }
 
     pub fn port_read(&mut self, port: u16, size: u8) -> u64 {
@@ -125,6 +139,13 @@ impl Platform {
         } else if Pit::claims(port) {
             let now = self.now();
             u32::from(self.pit.port_read(port, now))
+        } else if Rtc::claims(port) {
+            let now = self.now();
+            let v = self.rtc.port_read(port, now);
+            self.sync_rtc_irq();
+            u32::from(v)
+        } else if AcpiPm::claims(port) {
+            self.pm.read(port, size, self.now())
         } else if FwCfg::claims(port) {
             self.fw_cfg.port_read(port, size)
         } else {
@@ -133,9 +154,17 @@ impl Platform {
         u64::from(v)
     }
 
-    pub fn port_write(&mut self, port: u16, size: u8, value: u64) {
+    /// A port write; what it asks of the machine beyond the device (ACPI sleep) is returned.
+    pub fn port_write(&mut self, port: u16, size: u8, value: u64) -> acpi_pm::Effect {
         let size = usize::from(size);
-        if Pic::claims(port) {
+        if AcpiPm::claims(port) {
+            return self.pm.write(port, size, value as u32);
+        }
+        if Rtc::claims(port) {
+            let now = self.now();
+            self.rtc.port_write(port, value as u8, now);
+            self.sync_rtc_irq();
+        } else if Pic::claims(port) {
             self.pic.port_write(port, value as u8);
         } else if Pit::claims(port) {
             let now = self.now();
@@ -145,6 +174,43 @@ impl Platform {
         } else if let testdev::Effect::SetIrq { line, level } = self.testdev.port_write(port, size, value as u32) {
             self.set_irq(line, level);
         }
+        acpi_pm::Effect::None
+    }
+
+    /// IRQ 8 follows the RTC's IRQF: up when an enabled flag is set, down when register C is
+    /// read.
+    fn sync_rtc_irq(&mut self) {
+        let level = self.rtc.irq_line();
+        if level != self.rtc_irq {
+            self.rtc_irq = level;
+            self.set_irq(8, level);
+        }
+    }
+
+    /// Asleep in S3: whether a wake event has come (an RTC alarm, when PM1_EN.RTC_EN lets it
+    /// wake), and the guest TSC to look again at otherwise.
+    pub fn s3_wake_event(&mut self) -> (bool, Option<u64>) {
+        let now = self.now();
+        let tick = self.rtc.tick(now);
+        (tick.alarm && self.pm.rtc_wakes(), self.rtc.next_second())
+    }
+
+    /// Host time until the guest TSC reaches `deadline`, at most one HLT slice.
+    pub fn slice_until(&self, deadline: Option<u64>) -> Duration {
+        deadline.map_or(HLT_SLICE, |d| self.until(d).min(HLT_SLICE))
+    }
+
+    /// The interrupt controllers and timers as at power-on (S3 resume: the processor and its
+    /// chipset lost their state; the RTC, the PM registers, fw_cfg and the test device keep
+    /// theirs).
+    pub fn power_on_reset(&mut self) {
+        let now = self.now();
+        self.lapic = Lapic::new(self.tsc_khz);
+        self.pic = Pic::new();
+        self.pit = Pit::new(self.tsc_khz, now);
+        self.ioapic = IoApic::new();
+        self.nmi = false;
+        self.rtc_irq = false;
     }
 
     /// A device line: the PIC sees ISA lines 0-15, the IOAPIC its pins (ISA IRQ 0 on pin 2).
@@ -238,6 +304,9 @@ impl Platform {
     pub fn pending(&mut self) -> Option<Source> {
         let now = self.now();
         self.lapic.tick(now);
+        if self.rtc.tick(now).irq {
+            self.sync_rtc_irq();
+        }
         if self.pit.tick(now) {
             // IRQ 0 is an edge: a pulse is latched by the PIC and the IOAPIC alike.
             self.set_irq(0, true);
@@ -307,7 +376,7 @@ impl Platform {
                 .is_some_and(|e| e & ioapic::MASKED == 0))
         .then(|| self.pit.next_deadline())
         .flatten();
-        earliest(self.lapic.next_deadline(), irq0)
+        earliest(earliest(self.lapic.next_deadline(), irq0), self.rtc.next_deadline())
     }
 
     /// Host time until the guest TSC reaches `deadline`.
@@ -338,6 +407,10 @@ impl Platform {
             std::thread::sleep(slice);
         }
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {

@@ -217,6 +217,15 @@ impl VmxCpu {
         VmxCpu { caps, vmxe: true, vmxon: false, vmxon_ptr: 0, current: None, vmcs: None, invalidations: Vec::new() }
     }
 
+    /// The processor's power-on state (it lost its state in S3): outside VMX operation, no
+    /// current VMCS.
+    pub fn power_on(&mut self) {
+        self.vmxon = false;
+        self.current = None;
+        self.vmcs = None;
+        self.invalidations.clear();
+    }
+
     /// Executes `insn` in VMX root operation (or outside VMX operation).
     pub fn execute(&mut self, insn: &VmxInsn, env: &mut dyn VmxEnv) -> Outcome {
         match self.step(insn, env) {
