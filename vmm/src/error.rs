@@ -90,9 +90,4 @@ pub fn read_text_limited(path: &std::path::Path, limit: u64) -> Result<String, E
     })
 }
 
-/// Writes `text` to stderr. A stderr that cannot be written (a full device, a closed pipe)
-/// loses the text but never ends nestbed in a panic: the run's outcome and files stay whole.
-pub fn to_stderr(text: &str) {
-    use std::io::Write;
-    let _ = std::io::stderr().lock().write_all(text.as_bytes());
-}
+pub use crate::stdio::to_stderr;

@@ -20,5 +20,6 @@ pub mod qemu;
 pub mod runner;
 pub mod scenario;
 pub mod script;
+pub mod stdio;
 pub mod trace;
 pub mod vmx;

@@ -303,11 +303,11 @@ impl BlockingEventLoop for EventLoop {
                     addr,
                 },
                 Stop::Debug(DebugEvent::ScriptStop(why)) => {
-                    eprintln!("nestbed: stopped by script: {why}");
+                    crate::error::to_stderr(&format!("nestbed: stopped by script: {why}\n"));
                     MultiThreadStopReason::SignalWithThread { tid: t, signal: Signal::SIGTRAP }
                 }
                 Stop::Debug(DebugEvent::BreakOnExit(what)) => {
-                    eprintln!("nestbed: break on exit: {what}");
+                    crate::error::to_stderr(&format!("nestbed: break on exit: {what}\n"));
                     MultiThreadStopReason::SignalWithThread { tid: t, signal: Signal::SIGTRAP }
                 }
                 Stop::Finished(o) => {

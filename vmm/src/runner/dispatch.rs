@@ -416,6 +416,11 @@ impl Runner {
         match self.devices.write(port, size, data) {
             PortEffect::Exit(c) => Flow::Stop(Outcome::GuestExit(c)),
             PortEffect::None => Flow::Continue,
+            PortEffect::ConsoleFailed(std::io::ErrorKind::BrokenPipe) => Flow::Stop(Outcome::OutputClosed),
+            PortEffect::ConsoleFailed(kind) => Flow::Stop(Outcome::Failed {
+                code: crate::error::code::HOST,
+                message: format!("serial console: {}", std::io::Error::from(kind)),
+            }),
         }
     }
 

@@ -97,6 +97,8 @@ pub enum Outcome {
     VmxAbort(String),
     /// The debugger ended the run (`kill`, or a detach with --gdb-exit-on-detach).
     Debugger(String),
+    /// stdout or stderr lost its reader (`nestbed run | head -1`): nestbed ends quietly.
+    OutputClosed,
     /// nestbed stopped on an error (a script error, a failed KVM call) after the run started;
     /// statistics and traces are still complete.
     Failed {
@@ -116,12 +118,13 @@ impl Outcome {
             Outcome::Unsupported(_) => code::GUEST_UNSUPPORTED,
             Outcome::Failed { code, .. } => *code,
             Outcome::Debugger(_) => code::INTERRUPTED,
+            Outcome::OutputClosed => crate::stdio::CLOSED,
         }
     }
 
     pub fn message(&self) -> Option<String> {
         match self {
-            Outcome::GuestExit(_) => None,
+            Outcome::GuestExit(_) | Outcome::OutputClosed => None,
             Outcome::TripleFault { level, registers } => {
                 Some(format!("{} triple fault (shutdown)\n{registers}", level.as_str()))
             }
@@ -465,6 +468,9 @@ impl Runner {
 
     /// Where an exit of `level` leaves the run: finished, stopped for the debugger, or going on.
     fn after_dispatch(&mut self, flow: Flow, level: Level, rip_entry: u64) -> Option<Stop> {
+        if crate::stdio::closed() {
+            return Some(Stop::Finished(Outcome::OutputClosed));
+        }
         match flow {
             Flow::Stop(Outcome::ScriptStop(why)) if self.debug.attached => {
                 return Some(Stop::Debug(DebugEvent::ScriptStop(why)));

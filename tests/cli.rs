@@ -1,0 +1,143 @@
+//! What a researcher meets in the first hour at the command line: closed pipes, the statistics'
+//! formats, names in traces, typos, the progress line and exit statuses.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+
+use common::{nestbed, run_guest, tmpdir};
+
+const NESTBED: &str = env!("CARGO_BIN_EXE_nestbed");
+
+/// The write end of a pipe whose reader is already gone.
+fn closed_pipe() -> Stdio {
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) writes two descriptors into the array it is given.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: fds[0] is the read end pipe(2) just opened; nothing else owns it.
+    drop(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+    // SAFETY: fds[1] is the write end pipe(2) just opened; the Stdio takes it over.
+    Stdio::from(unsafe { OwnedFd::from_raw_fd(fds[1]) })
+}
+
+fn trace_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn a_closed_stdout_ends_the_run_quietly_with_its_trace_and_stats_whole() {
+    let d = tmpdir("cli-closed-stdout");
+    let (trace, stats) = (d.join("t.jsonl"), d.join("stats.json"));
+    let out = Command::new(NESTBED)
+        .args(["run", "--trace", trace.to_str().unwrap(), "--stats-format", "json", "--stats-file"])
+        .arg(&stats)
+        .stdout(closed_pipe())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "128 + SIGPIPE\n{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("failed"), "{stderr}");
+    let lines = trace_lines(&trace);
+    assert!(!lines.is_empty());
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(stats["total_exits"].as_u64(), Some(lines.len() as u64), "the run ended at the first console write");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn closed_stdout_and_stderr_end_without_a_panic() {
+    // `nestbed run --stats 2>&1 | head -2` once ended in a panic (101).
+    let d = tmpdir("cli-closed-both");
+    let trace = d.join("t.jsonl");
+    let status = Command::new(NESTBED)
+        .args(["run", "--stats", "--trace", trace.to_str().unwrap()])
+        .env("RUST_BACKTRACE", "1")
+        .stdout(closed_pipe())
+        .stderr(closed_pipe())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(141));
+    assert!(trace_lines(&trace).iter().all(|l| l["seq"].is_u64()));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_closed_stderr_alone_ends_with_the_same_status() {
+    let out =
+        Command::new(NESTBED).args(["run", "--guest", "hello", "--stats"]).stderr(closed_pipe()).output().unwrap();
+    assert_eq!(out.status.code(), Some(141));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Hello"), "the console is whole");
+}
+
+/// (level, reason, handler) -> count.
+type Counts = BTreeMap<(String, String, String), u64>;
+
+#[test]
+fn stats_json_agrees_with_the_trace() {
+    let d = tmpdir("cli-stats-json");
+    let (trace, stats) = (d.join("t.jsonl"), d.join("s.json"));
+    let r = run_guest(
+        "nested-demo",
+        &["--trace", trace.to_str().unwrap(), "--stats-format", "json", "--stats-file", stats.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(s["time"], "handling");
+    let mut from_trace = Counts::new();
+    let lines = trace_lines(&trace);
+    for l in &lines {
+        let key = |k: &str| l[k].as_str().unwrap().to_string();
+        *from_trace.entry((key("level"), key("reason"), key("handler"))).or_default() += 1;
+    }
+    let mut from_stats = Counts::new();
+    let (mut exits_pct, mut time_pct, mut total_ns) = (0.0, 0.0, 0);
+    for row in s["rows"].as_array().unwrap() {
+        let key = |k: &str| row[k].as_str().unwrap().to_string();
+        let n = |k: &str| row[k].as_u64().unwrap();
+        from_stats.insert((key("level"), key("reason"), key("handler")), n("count"));
+        assert!(n("min_ns") <= n("p50_ns") && n("p50_ns") <= n("p99_ns") && n("p99_ns") <= n("max_ns"), "{row}");
+        assert!(n("min_ns") <= n("mean_ns") && n("mean_ns") <= n("max_ns"), "{row}");
+        assert_eq!(n("mean_ns"), n("total_ns") / n("count"), "{row}");
+        exits_pct += row["exits_pct"].as_f64().unwrap();
+        time_pct += row["time_pct"].as_f64().unwrap();
+        total_ns += n("total_ns");
+    }
+    assert_eq!(from_stats, from_trace);
+    assert_eq!(s["total_exits"].as_u64(), Some(lines.len() as u64));
+    assert!((exits_pct - 100.0f64).abs() < 0.01 && (time_pct - 100.0f64).abs() < 0.01, "{exits_pct} {time_pct}");
+    // Handling time is nestbed's alone: less than the run.
+    assert!(total_ns < s["wall_ns"].as_u64().unwrap());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn stats_csv_and_table_say_what_they_measure() {
+    let r = run_guest("hello", &["--stats-format", "csv"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut lines = r.stderr.lines();
+    assert_eq!(
+        lines.next(),
+        Some("level,reason,reason_nr,handler,count,exits_pct,time_pct,total_ns,mean_ns,min_ns,max_ns,p50_ns,p99_ns")
+    );
+    let row: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(&row[..4], ["L1", "IO_INSTRUCTION", "30", "L0"]);
+    assert_eq!(row.len(), 13);
+
+    let d = tmpdir("cli-stats-table");
+    let trace = d.join("t.jsonl");
+    let r = run_guest("hello", &["--stats", "--trace", trace.to_str().unwrap()]);
+    assert!(r.stderr.starts_with("time: nestbed's handling of each exit"), "{}", r.stderr);
+    for column in ["count", "exits%", "time%", "total", "mean", "min", "max", "p99"] {
+        assert!(r.stderr.lines().nth(1).unwrap().contains(column), "{column}: {}", r.stderr);
+    }
+    let report = nestbed(&["trace", "report", trace.to_str().unwrap()]);
+    assert_eq!(report.code, 0, "{}", report.stderr);
+    assert!(report.stdout.starts_with("time: from each exit to the next exit in the trace"), "{}", report.stdout);
+    let _ = std::fs::remove_dir_all(&d);
+}
