@@ -141,3 +141,77 @@ fn stats_csv_and_table_say_what_they_measure() {
     assert!(report.stdout.starts_with("time: from each exit to the next exit in the trace"), "{}", report.stdout);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn a_misspelt_guest_names_the_nearest() {
+    let r = nestbed(&["run", "--guest", "helo"]);
+    assert_eq!(r.code, 202);
+    assert!(r.stderr.contains("no embedded guest named helo; nearest: hello"), "{}", r.stderr);
+    let r = nestbed(&["guests", "--symbols", "vmx-basc"]);
+    assert_eq!(r.code, 202);
+    assert!(r.stderr.contains("no embedded guest named vmx-basc; nearest: vmx-basic"), "{}", r.stderr);
+}
+
+fn script(dir: &str, body: &str) -> String {
+    let p = tmpdir(dir).join("s.rhai");
+    std::fs::write(&p, body).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn a_misspelt_hook_or_none_at_all_is_warned_about() {
+    let s = script("cli-typo-hook", "let n = 0;\nfn on_exitt(e) { n += 1; }\n");
+    let r = run_guest("hello", &["--script", &s]);
+    assert_eq!(r.code, 0, "a warning, not an error\n{}", r.stderr);
+    assert!(
+        r.stderr.contains("fn on_exitt is not a hook and nestbed never calls it; did you mean on_exit?"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("defines no hook (on_start, on_exit(e), on_stop)"), "{}", r.stderr);
+    let s = script("cli-good-hook", "fn on_exit(e) { }\nfn on_exit_count() { }\nfn helper(x) { x }\n");
+    let r = run_guest("hello", &["--script", &s]);
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+}
+
+#[test]
+fn pipelined_is_refused_for_a_script_that_decides() {
+    let s = script("cli-pipelined", "fn on_exit(e) { if e.port == 0x80 { e.skip(); } }\n");
+    let r = run_guest("hello", &["--script", &s, "--script-mode", "pipelined"]);
+    assert_eq!(r.code, 202, "{}", r.stderr);
+    assert!(r.stderr.contains("--script-mode pipelined:") && r.stderr.contains("must run inline"), "{}", r.stderr);
+    assert!(!r.stdout.contains("Hello"), "nothing ran");
+    assert_eq!(run_guest("hello", &["--script", &s, "--script-mode", "inline"]).code, 0);
+}
+
+#[test]
+fn flags_that_need_the_gdb_server_and_a_zero_timeout_are_refused() {
+    let r = nestbed(&["run", "--guest", "hello", "--gdb-exit-on-detach"]);
+    assert_eq!(r.code, 202);
+    assert!(r.stderr.contains("--gdb-exit-on-detach needs the gdb server"), "{}", r.stderr);
+    let r = nestbed(&["run", "--guest", "hello", "--timeout", "0"]);
+    assert_eq!(r.code, 202);
+    assert!(r.stderr.contains("--timeout 0: give a number of seconds above 0"), "{}", r.stderr);
+}
+
+#[test]
+fn trace_dash_writes_the_trace_to_stdout_and_the_console_to_stderr() {
+    let r = run_guest("hello", &["--trace", "-"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<serde_json::Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["seq"], 1);
+    assert!(lines.iter().all(|l| l["level"] == "L1"));
+    assert!(r.stderr.contains("Hello"), "{}", r.stderr);
+}
+
+#[test]
+fn exits_are_numbered_from_one_as_scripting_md_says() {
+    let s = script(
+        "cli-seq",
+        "let first = true;\nfn on_exit(e) { if first { first = false; print(`first seq ${e.seq}`); } }\n",
+    );
+    let r = run_guest("hello", &["--script", &s]);
+    assert!(r.stderr.contains("first seq 1\n"), "{}", r.stderr);
+    let doc = include_str!("../SCRIPTING.md");
+    assert!(doc.contains("| `e.seq` | exit number, counting from 1"), "SCRIPTING.md's e.seq row");
+}

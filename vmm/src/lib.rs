@@ -21,5 +21,6 @@ pub mod runner;
 pub mod scenario;
 pub mod script;
 pub mod stdio;
+pub mod suggest;
 pub mod trace;
 pub mod vmx;

@@ -152,10 +152,11 @@ struct RunArgs {
     /// Write the --stats output to FILE instead of stderr; implies --stats.
     #[arg(long, value_name = "FILE")]
     stats_file: Option<PathBuf>,
-    /// Stop the guest after SECS seconds (exit code 204).
+    /// Stop the guest after SECS seconds, at least 1 (exit code 204); no limit without it.
     #[arg(long, value_name = "SECS")]
     timeout: Option<u32>,
-    /// Write every exit as one JSON line to FILE.
+    /// Write every exit as one JSON line to FILE (TRACE.md); `-` writes them to stdout and moves
+    /// the serial console to stderr unless --serial says where it goes.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
     /// Run a Rhai script on every exit (repeatable; hooks run in the order given). See SCRIPTING.md.
@@ -232,11 +233,28 @@ fn load_guest(spec: Option<&str>) -> Result<(String, Vec<u8>), Error> {
         return Ok((name.to_string(), img.to_vec()));
     }
     let path = PathBuf::from(name);
+    if !path.exists() && !name.contains('/') {
+        return Err(Error::Config(format!("{}; no file of that name either", nestbed::guests::unknown(name))));
+    }
     let bytes = nestbed::error::read_limited(&path, nestbed::error::limit::IMAGE)?;
     Ok((path.display().to_string(), bytes))
 }
 
+/// Combinations of flags that cannot do what they say.
+fn check_flags(args: &RunArgs) -> Result<(), Error> {
+    if args.gdb_exit_on_detach && args.gdb.is_none() && !args.gdb_wait {
+        return Err(Error::Config("--gdb-exit-on-detach needs the gdb server: add --gdb [ADDR] or --gdb-wait".into()));
+    }
+    if args.timeout == Some(0) {
+        return Err(Error::Config(
+            "--timeout 0: give a number of seconds above 0, or leave --timeout out to run without a limit".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn run(args: RunArgs) -> Result<i32, Error> {
+    check_flags(&args)?;
     let vmx_msrs = args
         .vmx_msrs
         .iter()
@@ -283,6 +301,8 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     if let Some(path) = &args.serial {
         let f = std::fs::File::create(path).map_err(|source| Error::File { path: path.clone(), source })?;
         cfg.console = Some(Box::new(std::io::LineWriter::new(f)));
+    } else if cfg.trace.as_deref() == Some(Path::new(nestbed::trace::writer::STDOUT)) {
+        cfg.console = Some(Box::new(std::io::LineWriter::new(std::io::stderr())));
     }
     let gdb = args.gdb.or_else(|| args.gdb_wait.then(|| nestbed::gdb::DEFAULT_ADDR.to_string()));
     let gdb = gdb.map(|addr| GdbOptions { addr, wait: args.gdb_wait, exit_on_detach: args.gdb_exit_on_detach });
@@ -424,7 +444,7 @@ fn main() -> ExitCode {
                 to_stdout(&format!("{}\n", Path::new(nestbed::guests::SYMBOLS_DIR).join(&name).display()));
                 Ok(0)
             }
-            None => Err(Error::Config(format!("no embedded guest named '{name}' (see `nestbed guests`)"))),
+            None => Err(Error::Config(nestbed::guests::unknown(&name))),
         },
         Command::Guests { symbols: None } => {
             for (name, desc, _) in nestbed::guests::GUESTS {
