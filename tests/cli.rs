@@ -215,3 +215,31 @@ fn exits_are_numbered_from_one_as_scripting_md_says() {
     let doc = include_str!("../SCRIPTING.md");
     assert!(doc.contains("| `e.seq` | exit number, counting from 1"), "SCRIPTING.md's e.seq row");
 }
+
+#[test]
+fn vmread_and_vmwrite_exits_name_their_field_in_the_trace_and_scripts() {
+    let d = tmpdir("cli-vmcs-names");
+    let trace = d.join("t.jsonl");
+    let s = script(
+        "cli-vmx-script",
+        "fn on_exit(e) {\n  if e.vmx != () && e.vmx.field == \"HOST_RIP\" { print(`HOST_RIP <- ${hex(e.vmx.value)}`); }\n  \
+         if e.msr_name == \"IA32_VMX_BASIC\" { print(\"read IA32_VMX_BASIC\"); }\n}\n",
+    );
+    let r = run_guest("vmx-basic", &["--trace", trace.to_str().unwrap(), "--script", &s]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines = trace_lines(&trace);
+    let detail = |reason: &str, field: &str| {
+        lines.iter().find(|l| l["reason"] == reason && l["detail"]["field"] == field).map(|l| l["detail"].clone())
+    };
+    let host_rip = detail("VMWRITE", "HOST_RIP").expect("a VMWRITE of HOST_RIP");
+    assert_eq!(host_rip["encoding"], "0x6c16");
+    let written = host_rip["value"].as_u64().unwrap();
+    assert!(r.stderr.contains(&format!("HOST_RIP <- {written:#x}")), "{}", r.stderr);
+    let reason = detail("VMREAD", "VM_EXIT_REASON").expect("a VMREAD of VM_EXIT_REASON");
+    assert_eq!(reason["encoding"], "0x4402");
+    assert_eq!(reason["value"], 30, "the first exit L1 reads is L2's I/O");
+    let msr = lines.iter().find(|l| l["reason"] == "RDMSR").unwrap();
+    assert_eq!(msr["detail"]["name"], "IA32_VMX_BASIC", "{msr}");
+    assert!(r.stderr.contains("read IA32_VMX_BASIC"), "{}", r.stderr);
+    let _ = std::fs::remove_dir_all(&d);
+}

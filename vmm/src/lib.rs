@@ -13,6 +13,7 @@ pub mod exit;
 pub mod gdb;
 pub mod guests;
 pub mod machine;
+pub mod msr;
 pub mod nested;
 pub mod patch;
 pub mod platform;

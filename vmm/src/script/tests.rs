@@ -374,7 +374,7 @@ fn example_scripts_run() {
             qualification: 0,
             rip: 0x2000,
             insn: vec![0x0f, 0x32],
-            detail: ExitDetail::Msr { index: 0x48a, write: false, value: 0 },
+            detail: ExitDetail::Msr { index: 0x48a, name: None, write: false, value: 0 },
         };
         let mut contexts = vec![io_exit(Level::L2, 0x80, true), io_exit(Level::L1, 0x3f8, false)];
         contexts.push(ExitContext::new(msr, Some(GuestRam::new(4).unwrap())));
