@@ -243,3 +243,53 @@ fn vmread_and_vmwrite_exits_name_their_field_in_the_trace_and_scripts() {
     assert!(r.stderr.contains("read IA32_VMX_BASIC"), "{}", r.stderr);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Runs nestbed with its stderr on a new pseudo-terminal (stdout to a pipe); returns its status
+/// and what reached the terminal.
+fn on_a_terminal(args: &[&str]) -> (i32, String) {
+    use std::io::Read;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty(3) writes two descriptors; the name, termios and window size may be null.
+    let rc =
+        unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: both are the fresh descriptors openpty opened; each is owned once from here.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut child = Command::new(NESTBED)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    let mut terminal = std::fs::File::from(master);
+    let mut text = Vec::new();
+    // Reading ends with EIO once the child, the last holder of the slave side, has exited.
+    let _ = terminal.read_to_end(&mut text);
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    (code, String::from_utf8_lossy(&text).into_owned())
+}
+
+#[test]
+fn the_progress_line_shows_on_a_terminal_only() {
+    let spin = ["run", "--guest", "exit-code", "--cmdline", "spin", "--timeout", "2"];
+    let (code, terminal) = on_a_terminal(&spin);
+    assert_eq!(code, 204, "{terminal}");
+    let line =
+        terminal.split('\r').find(|l| l.starts_with("nestbed: ") && l.contains("exits/s")).unwrap_or_else(|| {
+            panic!("no progress line on the terminal:\n{terminal:?}");
+        });
+    assert!(line.contains(" s, ") && line.contains("L1 ") && line.contains("L2 0 exits"), "{line:?}");
+    // The line is erased before the final message, which starts on a clean line.
+    assert!(terminal.contains("\r\x1b[Knestbed: timeout"), "{terminal:?}");
+
+    let mut quiet = spin.to_vec();
+    quiet.push("--quiet");
+    let (code, terminal) = on_a_terminal(&quiet);
+    assert_eq!(code, 204);
+    assert!(!terminal.contains("exits/s"), "{terminal:?}");
+
+    let piped = nestbed(&spin);
+    assert_eq!(piped.code, 204);
+    assert!(!piped.stderr.contains("exits/s") && !piped.stderr.contains('\r'), "{}", piped.stderr);
+}

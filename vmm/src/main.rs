@@ -145,6 +145,11 @@ struct RunArgs {
     /// is not in it, unlike `trace report`'s gap between exits).
     #[arg(long)]
     stats: bool,
+    /// No progress line. Without it, a run whose stderr is a terminal shows one (elapsed time,
+    /// exits per second, L1 and L2 exits, the last exit's reason), redrawn at most twice a
+    /// second and erased at the end; never in pipes or files, nor under --gdb.
+    #[arg(long, short = 'q')]
+    quiet: bool,
     /// How --stats prints: a table, one JSON object or CSV (JSON and CSV: times in ns, shares in
     /// percent); implies --stats.
     #[arg(long, value_enum, value_name = "FORMAT")]
@@ -305,6 +310,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         cfg.console = Some(Box::new(std::io::LineWriter::new(std::io::stderr())));
     }
     let gdb = args.gdb.or_else(|| args.gdb_wait.then(|| nestbed::gdb::DEFAULT_ADDR.to_string()));
+    cfg.progress = !args.quiet && gdb.is_none();
     let gdb = gdb.map(|addr| GdbOptions { addr, wait: args.gdb_wait, exit_on_detach: args.gdb_exit_on_detach });
     let stats = (args.stats || args.stats_format.is_some() || args.stats_file.is_some()).then(|| StatsOut {
         format: match args.stats_format.unwrap_or_default() {

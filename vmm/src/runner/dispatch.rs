@@ -150,6 +150,9 @@ impl Runner {
             Normalized::Event(ev) => ev,
             Normalized::Quiet { reason, flow } => {
                 self.stats.record(level, reason, Handler::L0, self.clock.since(t0));
+                if let Some(p) = &self.progress {
+                    p.counters.note(level, reason);
+                }
                 return Ok(flow);
             }
         };
@@ -187,6 +190,9 @@ impl Runner {
         };
         self.stats.phases.add_since_except(Phase::Other, t, INNER, inner_before);
         self.stats.record(level, ev.exit.reason, handler, self.clock.since(t0));
+        if let Some(p) = &self.progress {
+            p.counters.note(level, ev.exit.reason);
+        }
         self.verify_patches();
         Ok(flow)
     }

@@ -11,6 +11,7 @@ mod l2;
 mod lazy_patch;
 mod patching;
 mod platform;
+mod progress;
 mod sensitive;
 pub mod signals;
 
@@ -57,6 +58,8 @@ pub struct RunConfig {
     pub modules: Vec<loader::Module>,
     /// What the guest's writes to the exit ports mean (`--exit-convention`).
     pub exit_convention: ExitConvention,
+    /// Show the progress line when stderr is a terminal (off with `--quiet`).
+    pub progress: bool,
 }
 
 impl RunConfig {
@@ -75,6 +78,7 @@ impl RunConfig {
             patch: PatchMode::Off,
             modules: Vec::new(),
             exit_convention: ExitConvention::Nestbed,
+            progress: false,
         }
     }
 }
@@ -198,6 +202,8 @@ pub struct Runner {
     cr8_seen: [u64; 2],
     /// The breakpoint at L1's #UD handler that catches VMX instructions not patched at load.
     ud_catch: lazy_patch::UdCatch,
+    /// The progress line, on a terminal.
+    progress: Option<progress::Progress>,
 }
 
 impl Runner {
@@ -264,7 +270,11 @@ impl Runner {
         let mut vmx = VmxCpu::new(caps);
         // With MOV to CR4 patched, CR4.VMXE is L1's to set (virtual, as on hardware).
         vmx.vmxe = !patches.as_ref().is_some_and(|p| p.patches(crate::patch::Class::MovToCr4));
-        let console = cfg.console.take().unwrap_or_else(|| Box::new(std::io::LineWriter::new(std::io::stdout())));
+        let mut console = cfg.console.take().unwrap_or_else(|| Box::new(std::io::LineWriter::new(std::io::stdout())));
+        let progress = if cfg.progress { progress::Progress::start() } else { None };
+        if progress.is_some() {
+            console = Box::new(crate::stdio::BesideStatus(console));
+        }
         let trace = cfg.trace.as_deref().map(TraceWriter::create).transpose()?;
         Ok(Runner {
             l1_vm,
@@ -293,6 +303,7 @@ impl Runner {
             l1_window_budget: platform::WINDOW_STEPS,
             cr8_seen: [0; 2],
             ud_catch: lazy_patch::UdCatch::new(catch, simulate),
+            progress,
         })
     }
 
@@ -311,6 +322,7 @@ impl Runner {
         signals::install();
         let (mut this, mut result) = drive(self);
         let this = &mut this;
+        this.progress = None;
         // SAFETY: null clears the registration.
         unsafe { signals::set_running(std::ptr::null_mut()) };
         if let Some(s) = this.scripts.as_mut() {
