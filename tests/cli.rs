@@ -293,3 +293,64 @@ fn the_progress_line_shows_on_a_terminal_only() {
     assert_eq!(piped.code, 204);
     assert!(!piped.stderr.contains("exits/s") && !piped.stderr.contains('\r'), "{}", piped.stderr);
 }
+
+#[test]
+fn the_guests_status_is_told_apart_from_nestbeds() {
+    let d = tmpdir("cli-exit-code-file");
+    let file = d.join("status");
+    let f = file.to_str().unwrap();
+    let r = run_guest("exit-code", &["--cmdline", "204", "--exit-code-file", f]);
+    assert_eq!(r.code, 204);
+    assert!(r.stderr.contains("nestbed: exit status 204, set by the guest"), "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "204 guest exit\n");
+
+    let r = nestbed(&["run", "--guest", "exit-code", "--cmdline", "spin", "--timeout", "1", "--exit-code-file", f]);
+    assert_eq!(r.code, 204);
+    assert!(r.stderr.contains("nestbed: timeout") && !r.stderr.contains("set by the guest"), "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "204 nestbed timeout\n");
+
+    let r = nestbed(&["run", "--guest", "helo", "--exit-code-file", f]);
+    assert_eq!(r.code, 202);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "202 nestbed config\n");
+
+    let r = run_guest("exit-code", &["--exit-code-file", f]);
+    assert_eq!(r.code, 0);
+    assert!(!r.stderr.contains("exit status"), "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "0 guest exit\n");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn help_has_the_exit_status_table_and_describes_every_argument() {
+    let help = nestbed(&["run", "--help"]).stdout;
+    for line in ["Exit status:", "141            stdout or stderr closed", "204            --timeout expired"] {
+        assert!(help.contains(line), "{line}: {help}");
+    }
+    for args in
+        [&["--help"][..], &["trace", "diff", "--help"], &["trace", "report", "--help"], &["scenario", "run", "--help"]]
+    {
+        let out = nestbed(args).stdout;
+        let bare = out.lines().filter(|l| l.trim_start().starts_with('<') && l.trim_end().ends_with('>'));
+        assert_eq!(bare.count(), 0, "an argument without a description: {out}");
+    }
+    let guests = nestbed(&["guests", "--help"]).stdout;
+    assert!(guests.contains("instead of the list"), "{guests}");
+    let top = nestbed(&["--help"]).stdout;
+    assert!(top.contains("Without a command, nestbed runs `nestbed run`"), "{top}");
+}
+
+#[test]
+fn the_readme_and_the_justfile_install_the_command_the_same_way() {
+    let install = "cargo install --locked --path vmm --target-dir target";
+    assert!(include_str!("../README.md").contains(install));
+    let justfile = include_str!("../justfile");
+    let recipe = &justfile[justfile.find("\ninstall:").expect("a `just install` recipe")..];
+    assert!(recipe.lines().nth(2).is_some_and(|l| l.trim() == install), "{recipe}");
+    // `just gdb` keeps the terminal's Ctrl-C for gdb and nestbed's output out of its prompt.
+    let gdb = &justfile[justfile.find("\ngdb guest=").expect("a `just gdb` recipe")..];
+    assert!(gdb.contains("setsid \"$nb\" run") && gdb.contains(">\"$log\" 2>&1"), "{gdb}");
+    // What GDB.md hands gdb exists.
+    let symbols = nestbed(&["guests", "--symbols", "nested-demo"]);
+    assert_eq!(symbols.code, 0, "{}", symbols.stderr);
+    assert!(std::path::Path::new(symbols.stdout.trim()).is_file(), "{}", symbols.stdout);
+}

@@ -10,7 +10,7 @@ use nestbed::gdb::GdbOptions;
 use nestbed::machine::devices::ExitConvention;
 use nestbed::machine::loader::Module;
 use nestbed::qemu;
-use nestbed::runner::{self, PatchMode, RunConfig};
+use nestbed::runner::{self, Outcome, PatchMode, RunConfig};
 use nestbed::script::{OnScriptError, ScriptMode, ScriptOptions};
 use nestbed::stdio::to_stdout;
 use nestbed::trace::stats::Format;
@@ -19,12 +19,32 @@ use nestbed::trace::stats::Format;
 #[command(
     name = "nestbed",
     version,
-    about = "Nested-virtualization research testbed: a KVM VMM with a virtual Intel VMX"
+    about = "Nested-virtualization research testbed: a KVM VMM with a virtual Intel VMX",
+    after_help = "Without a command, nestbed runs `nestbed run`: the embedded nested demo (an L1 hypervisor \
+                  running an L2). `nestbed COMMAND --help` describes each command's arguments; the README, \
+                  SCRIPTING.md, GDB.md and TRACE.md the rest."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
 }
+
+/// `nestbed run --help`'s table of exit statuses (the README has the same).
+const EXIT_CODES: &str = "\
+Exit status:
+  the guest's    whatever the guest sets (0-255): by default the byte it writes to port 0xf4;
+                 a non-zero one is followed by \"nestbed: exit status N, set by the guest\" on stderr
+  130            interrupted (Ctrl-C, SIGTERM, SIGHUP) or ended from gdb
+  141            stdout or stderr closed (128 + SIGPIPE), e.g. `nestbed run | head -1`
+  201            bad guest image
+  202            bad command line or file, or the --trace file could not be written
+  203            triple fault, or L1's VMX abort
+  204            --timeout expired
+  205, 206, 207  script compile error, script runtime error, stopped by a script
+  208            host or KVM error
+  209            the guest did something nestbed cannot continue from
+nestbed's own statuses come with a \"nestbed: ...\" message on stderr. --exit-code-file FILE
+writes \"STATUS SETTER WHAT\" (e.g. \"204 guest exit\" or \"204 nestbed timeout\") for scripts and CI.";
 
 #[derive(Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 enum PatchArg {
@@ -37,10 +57,12 @@ enum PatchArg {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a guest (the embedded default when --guest is not given).
+    #[command(after_help = EXIT_CODES)]
     Run(Box<RunArgs>),
     /// List the embedded guests.
     Guests {
-        /// Print the path of NAME's ELF image with symbols (for gdb's `file`) instead.
+        /// Print the path of embedded guest NAME's ELF image with debug symbols (for gdb's `file`)
+        /// instead of the list.
         #[arg(long, value_name = "NAME")]
         symbols: Option<String>,
     },
@@ -68,6 +90,7 @@ enum Command {
     /// started as qemu-system-x86_64. `nestbed qemu -h` lists the flags.
     #[command(disable_help_flag = true)]
     Qemu {
+        /// QEMU's arguments (`nestbed qemu -h` lists those nestbed takes).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -77,6 +100,7 @@ enum Command {
 enum ScenarioCommand {
     /// Run each scenario and check its expectations; exit 0 when all pass, 210 otherwise.
     Run {
+        /// Scenario files (TOML, see tests/scenarios/README.md).
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
         /// Run with this --patch-sensitive mode; other than off, golden traces are not compared
@@ -86,6 +110,7 @@ enum ScenarioCommand {
     },
     /// Run each scenario and rewrite its golden trace (exit code and console must still match).
     Bless {
+        /// Scenario files whose `golden` trace is rewritten.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
@@ -95,7 +120,9 @@ enum ScenarioCommand {
 enum TraceCommand {
     /// Show where two traces part, ignoring timing; exit 0 when they match, 1 when they differ.
     Diff {
+        /// The first trace (`--trace` output, JSON lines; see TRACE.md).
         a: PathBuf,
+        /// The second trace.
         b: PathBuf,
         /// Compare only the level, reason and handler of each exit.
         #[arg(long)]
@@ -106,6 +133,7 @@ enum TraceCommand {
     },
     /// Print the statistics table of a trace and draw it as SVG.
     Report {
+        /// A `--trace` file (JSON lines; see TRACE.md).
         file: PathBuf,
         /// Where to write the SVG (default: FILE with the extension .svg).
         #[arg(long, value_name = "OUT")]
@@ -160,6 +188,10 @@ struct RunArgs {
     /// Stop the guest after SECS seconds, at least 1 (exit code 204); no limit without it.
     #[arg(long, value_name = "SECS")]
     timeout: Option<u32>,
+    /// Write the exit status and who set it to FILE when nestbed ends, as one line "STATUS
+    /// SETTER WHAT": `42 guest exit`, `204 nestbed timeout`, `202 nestbed config`...
+    #[arg(long, value_name = "FILE")]
+    exit_code_file: Option<PathBuf>,
     /// Write every exit as one JSON line to FILE (TRACE.md); `-` writes them to stdout and moves
     /// the serial console to stderr unless --serial says where it goes.
     #[arg(long, value_name = "FILE")]
@@ -258,7 +290,31 @@ fn check_flags(args: &RunArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// `nestbed run`: boots, then says who set the status: a line on stderr for a guest's non-zero
+/// status (nestbed's own come with their message), and `--exit-code-file`.
 fn run(args: RunArgs) -> Result<i32, Error> {
+    let file = args.exit_code_file.clone();
+    let result = boot(args);
+    let (status, setter, what) = match &result {
+        _ if nestbed::stdio::closed() => (nestbed::stdio::CLOSED, "nestbed", "output-closed"),
+        Ok((code, outcome)) => {
+            let (setter, what) = outcome.origin();
+            (*code, setter, what)
+        }
+        Err(e) => (e.exit_code(), "nestbed", e.kind()),
+    };
+    // nestbed's own statuses come with their message; a guest's may look like one of them.
+    if status != 0 && setter == "guest" {
+        nestbed::error::to_stderr(&format!("nestbed: exit status {status}, set by the guest\n"));
+    }
+    if let Some(path) = file {
+        std::fs::write(&path, format!("{status} {setter} {what}\n"))
+            .map_err(|source| Error::File { path: path.clone(), source })?;
+    }
+    result.map(|(code, _)| code)
+}
+
+fn boot(args: RunArgs) -> Result<(i32, Outcome), Error> {
     check_flags(&args)?;
     let vmx_msrs = args
         .vmx_msrs
@@ -331,7 +387,7 @@ struct StatsOut {
 }
 
 /// Boots `cfg` (under a gdb server with `gdb`) and reports how the run ended.
-fn execute(cfg: RunConfig, gdb: Option<GdbOptions>, stats: Option<StatsOut>) -> Result<i32, Error> {
+fn execute(cfg: RunConfig, gdb: Option<GdbOptions>, stats: Option<StatsOut>) -> Result<(i32, Outcome), Error> {
     let report = match gdb {
         Some(opts) => nestbed::gdb::run(runner::Runner::new(cfg)?, opts)?,
         None => runner::run(cfg)?,
@@ -346,7 +402,7 @@ fn execute(cfg: RunConfig, gdb: Option<GdbOptions>, stats: Option<StatsOut>) -> 
     if let Some(msg) = report.outcome.message() {
         nestbed::error::to_stderr(&format!("nestbed: {msg}\n"));
     }
-    Ok(report.outcome.exit_code())
+    Ok((report.outcome.exit_code(), report.outcome))
 }
 
 /// The QEMU-compatible front (`nestbed qemu`, or started as qemu-system-x86_64).
@@ -365,7 +421,7 @@ fn qemu_front(args: Vec<OsString>) -> Result<i32, Error> {
             for w in &run.warnings {
                 nestbed::error::to_stderr(&format!("nestbed: warning: {w}\n"));
             }
-            return execute(run.into_run_config()?, None, None);
+            return execute(run.into_run_config()?, None, None).map(|(code, _)| code);
         }
     }
     Ok(0)
@@ -447,7 +503,15 @@ fn main() -> ExitCode {
         Command::Run(args) => run(*args),
         Command::Guests { symbols: Some(name) } => match nestbed::guests::find(&name) {
             Some(_) => {
-                to_stdout(&format!("{}\n", Path::new(nestbed::guests::SYMBOLS_DIR).join(&name).display()));
+                let path = Path::new(nestbed::guests::SYMBOLS_DIR).join(&name);
+                if !path.exists() {
+                    return exit_with(Err(Error::Config(format!(
+                        "{}: {name}'s image with symbols is gone from where nestbed was built (a `cargo clean`, or \
+                         `cargo install` without `--target-dir target`); rebuild with `just install` or `cargo build`",
+                        path.display()
+                    ))));
+                }
+                to_stdout(&format!("{}\n", path.display()));
                 Ok(0)
             }
             None => Err(Error::Config(nestbed::guests::unknown(&name))),

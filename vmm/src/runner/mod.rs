@@ -126,6 +126,23 @@ impl Outcome {
         }
     }
 
+    /// Who set the exit status, "guest" or "nestbed", and a one-word name of the outcome (for
+    /// `--exit-code-file`).
+    pub fn origin(&self) -> (&'static str, &'static str) {
+        match self {
+            Outcome::GuestExit(_) => ("guest", "exit"),
+            Outcome::TripleFault { .. } => ("nestbed", "triple-fault"),
+            Outcome::VmxAbort(_) => ("nestbed", "vmx-abort"),
+            Outcome::Timeout => ("nestbed", "timeout"),
+            Outcome::Interrupted => ("nestbed", "interrupted"),
+            Outcome::ScriptStop(_) => ("nestbed", "script-stop"),
+            Outcome::Unsupported(_) => ("nestbed", "unsupported"),
+            Outcome::Debugger(_) => ("nestbed", "debugger"),
+            Outcome::OutputClosed => ("nestbed", "output-closed"),
+            Outcome::Failed { code, .. } => ("nestbed", crate::error::code::name(*code)),
+        }
+    }
+
     pub fn message(&self) -> Option<String> {
         match self {
             Outcome::GuestExit(_) | Outcome::OutputClosed => None,
