@@ -363,7 +363,7 @@ fn boot(args: RunArgs) -> Result<(i32, Outcome), Error> {
         let f = std::fs::File::create(path).map_err(|source| Error::File { path: path.clone(), source })?;
         cfg.console = Some(Box::new(std::io::LineWriter::new(f)));
     } else if cfg.trace.as_deref() == Some(Path::new(nestbed::trace::writer::STDOUT)) {
-        cfg.console = Some(Box::new(std::io::LineWriter::new(std::io::stderr())));
+        cfg.console = Some(Box::new(std::io::LineWriter::new(nestbed::stdio::BesideStatus(std::io::stderr()))));
     }
     let gdb = args.gdb.or_else(|| args.gdb_wait.then(|| nestbed::gdb::DEFAULT_ADDR.to_string()));
     cfg.progress = !args.quiet && gdb.is_none();

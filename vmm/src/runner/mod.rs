@@ -287,11 +287,12 @@ impl Runner {
         let mut vmx = VmxCpu::new(caps);
         // With MOV to CR4 patched, CR4.VMXE is L1's to set (virtual, as on hardware).
         vmx.vmxe = !patches.as_ref().is_some_and(|p| p.patches(crate::patch::Class::MovToCr4));
-        let mut console = cfg.console.take().unwrap_or_else(|| Box::new(std::io::LineWriter::new(std::io::stdout())));
         let progress = if cfg.progress { progress::Progress::start() } else { None };
-        if progress.is_some() {
-            console = Box::new(crate::stdio::BesideStatus(console));
-        }
+        // The console's whole lines erase the progress line when they reach the terminal.
+        let console = cfg.console.take().unwrap_or_else(|| match progress {
+            Some(_) => Box::new(std::io::LineWriter::new(crate::stdio::BesideStatus(std::io::stdout()))),
+            None => Box::new(std::io::LineWriter::new(std::io::stdout())),
+        });
         let trace = cfg.trace.as_deref().map(TraceWriter::create).transpose()?;
         Ok(Runner {
             l1_vm,
