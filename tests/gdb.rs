@@ -389,5 +389,9 @@ fn after_an_l2_out_exit_l2s_pc_is_guest_rip_and_exits_names_vmcs_fields() {
     let last = &out[out.find("last exits:").unwrap_or_else(|| panic!("{out}"))..];
     assert!(last.contains("L1 VMRESUME") || last.contains("L1 VMLAUNCH"), "{last}");
     assert!(last.contains("L2 IO_INSTRUCTION") && last.contains("-> L1"), "{last}");
+    assert!(
+        last.lines().any(|l| (l.contains("L1 VMREAD") || l.contains("L1 VMWRITE")) && l.contains("_RIP (0x")),
+        "a VMREAD or VMWRITE of a RIP field, by name\n{last}"
+    );
     assert_eq!(s.finish().0, 0);
 }
