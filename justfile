@@ -45,13 +45,27 @@ bless name:
 trace-report file:
     cargo run --release -- trace report "{{join(invocation_directory(), file)}}"
 
-# Debug a guest: nestbed waits for gdb on 127.0.0.1:1234, gdb attaches with gdb/nestbed.gdb and symbols.
+# Debug a guest: nestbed waits for gdb in a session of its own (Ctrl-C stays gdb's), its console
+# and messages going to nestbed-gdb.log; gdb attaches with gdb/nestbed.gdb and the guest's symbols.
 gdb guest="nested-demo" *args="":
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build --release
     nb=./target/release/nestbed
-    "$nb" run --guest {{guest}} --gdb-wait {{args}} &
-    trap 'kill $! 2>/dev/null || true' EXIT
-    sleep 0.5
-    gdb -x gdb/nestbed.gdb -ex "target remote 127.0.0.1:1234" "$("$nb" guests --symbols {{guest}})"
+    log=nestbed-gdb.log
+    symbols=$("$nb" guests --symbols {{guest}})
+    setsid "$nb" run --guest {{guest}} --gdb-wait {{args}} </dev/null >"$log" 2>&1 &
+    pid=$!
+    trap 'kill $pid 2>/dev/null || true' EXIT
+    until grep -q "gdb server on" "$log"; do
+        kill -0 $pid 2>/dev/null || { cat "$log"; exit 1; }
+        sleep 0.1
+    done
+    addr=$(sed -n 's/.*gdb server on \([^,]*\).*/\1/p' "$log")
+    echo "nestbed's console and messages go to $log (tail -f $log in another terminal)"
+    gdb -x gdb/nestbed.gdb -ex "target remote $addr" "$symbols"
+
+# Install the `nestbed` command into ~/.cargo/bin, built in ./target so that
+# `nestbed guests --symbols` keeps finding the guests' debug images there.
+install:
+    cargo install --locked --path vmm --target-dir target

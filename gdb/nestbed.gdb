@@ -35,7 +35,8 @@ define exits
   monitor exits
 end
 document exits
-Exit statistics so far, by level, reason and handler.
+Exit statistics so far, by level, reason and handler, then the last 16 exits with the VMCS
+field (name, encoding, value) or MSR each names.
 end
 
 define exit-break

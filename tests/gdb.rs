@@ -369,3 +369,29 @@ fn a_breakpoint_on_a_patched_instruction_stops_there_and_shows_the_original() {
     let (code, console, stderr) = s.finish();
     assert_eq!(code, 0, "{console}\n{stderr}");
 }
+
+#[test]
+fn after_an_l2_out_exit_l2s_pc_is_guest_rip_and_exits_names_vmcs_fields() {
+    // On hardware an I/O exit saves the RIP of the OUT itself in GUEST_RIP (SDM 28.3.3); KVM
+    // has already completed the OUT in L2's vCPU, which must not show through.
+    let s = serve("gdb-l2-out", "nested-demo", &["--gdb-wait"]);
+    // L2's first I/O exits (the UART's status port) are nestbed's; stop at the first that
+    // reached L1, which leaves thread 1 running.
+    let script = "exit-break IO_INSTRUCTION L2\ncontinue\nset $n = 0\nwhile $_thread == 2 && $n < 100\n  continue\n  \
+                  set $n = $n + 1\nend\nvmcs VM_EXIT_REASON\nvmcs EXIT_QUALIFICATION\nvmcs GUEST_RIP\n\
+                  thread 2\nprintf \"l2pc=%#lx\\n\", $pc\nx/i $pc\nexits";
+    let out = gdb(&s, "nested-demo", script);
+    assert_eq!(hex_after(&out, "VM_EXIT_REASON = "), 30, "{out}");
+    assert_eq!(hex_after(&out, "EXIT_QUALIFICATION = ") & 8, 0, "an OUT (SDM Table 28-5)\n{out}");
+    assert_eq!(hex_after(&out, "l2pc="), hex_after(&out, "GUEST_RIP = "), "{out}");
+    assert!(out.lines().any(|l| l.contains("=>") && l.contains("out ")), "pc is at the OUT\n{out}");
+    // `exits` lists the last exits with the VMCS fields L1's VMREADs and VMWRITEs named.
+    let last = &out[out.find("last exits:").unwrap_or_else(|| panic!("{out}"))..];
+    assert!(last.contains("L1 VMRESUME") || last.contains("L1 VMLAUNCH"), "{last}");
+    assert!(last.contains("L2 IO_INSTRUCTION") && last.contains("-> L1"), "{last}");
+    assert!(
+        last.lines().any(|l| (l.contains("L1 VMREAD") || l.contains("L1 VMWRITE")) && l.contains("_RIP (0x")),
+        "a VMREAD or VMWRITE of a RIP field, by name\n{last}"
+    );
+    assert_eq!(s.finish().0, 0);
+}

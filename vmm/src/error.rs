@@ -15,6 +15,24 @@ pub mod code {
     pub const GUEST_UNSUPPORTED: i32 = 209;
     pub const SCENARIO_FAILED: i32 = 210;
     pub const INTERRUPTED: i32 = 130;
+
+    /// A one-word name of nestbed's own status `code` (for `--exit-code-file`).
+    pub fn name(code: i32) -> &'static str {
+        match code {
+            BAD_IMAGE => "bad-image",
+            CONFIG => "config",
+            TRIPLE_FAULT => "triple-fault",
+            TIMEOUT => "timeout",
+            SCRIPT_COMPILE => "script-compile",
+            SCRIPT_RUNTIME => "script-runtime",
+            SCRIPT_STOP => "script-stop",
+            HOST => "host",
+            GUEST_UNSUPPORTED => "unsupported",
+            SCENARIO_FAILED => "scenario-failed",
+            INTERRUPTED => "interrupted",
+            _ => "error",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +56,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// The exit status's one-word name.
+    pub fn kind(&self) -> &'static str {
+        code::name(self.exit_code())
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Image { .. } | Error::Scan { .. } => code::BAD_IMAGE,
@@ -90,9 +113,4 @@ pub fn read_text_limited(path: &std::path::Path, limit: u64) -> Result<String, E
     })
 }
 
-/// Writes `text` to stderr. A stderr that cannot be written (a full device, a closed pipe)
-/// loses the text but never ends nestbed in a panic: the run's outcome and files stay whole.
-pub fn to_stderr(text: &str) {
-    use std::io::Write;
-    let _ = std::io::stderr().lock().write_all(text.as_bytes());
-}
+pub use crate::stdio::to_stderr;

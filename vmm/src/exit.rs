@@ -35,6 +35,9 @@ pub enum ExitDetail {
     },
     Msr {
         index: u32,
+        /// The MSR's architectural name, when nestbed knows it (`crate::msr`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<&'static str>,
         write: bool,
         value: u64,
     },
@@ -42,6 +45,9 @@ pub enum ExitDetail {
     Vmx {
         mnemonic: String,
         operands: String,
+        /// VMREAD and VMWRITE: the VMCS field their register operand names.
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        vmcs: Option<VmcsAccess>,
     },
     Mmio {
         gpa: u64,
@@ -49,6 +55,35 @@ pub enum ExitDetail {
         write: bool,
         data: u64,
     },
+}
+
+/// The VMCS field of a VMREAD or VMWRITE (SDM Appendix B encodings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct VmcsAccess {
+    /// The field's SDM name; None for an encoding the VMCS does not have (the instruction
+    /// fails with VMfailValid(12)).
+    pub field: Option<&'static str>,
+    #[serde(serialize_with = "hex32")]
+    pub encoding: u32,
+    /// L1's VMREAD: the field's value before the instruction; VMWRITE: the value written. None
+    /// for L2's instructions (they exit to L1, whose VMCS they do not reach) and where the
+    /// operand could not be read.
+    pub value: Option<u64>,
+}
+
+fn hex32<S: serde::Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:#x}"))
+}
+
+impl VmcsAccess {
+    /// `GUEST_RIP (0x681e) = 0x10233f`, as gdb's `exits` lists it.
+    pub fn describe(&self) -> String {
+        let mut s = format!("{} ({:#x})", self.field.unwrap_or("unknown field"), self.encoding);
+        if let Some(v) = self.value {
+            s.push_str(&format!(" = {v:#x}"));
+        }
+        s
+    }
 }
 
 /// Who dealt with an exit in the end.

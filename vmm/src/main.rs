@@ -11,19 +11,41 @@ use nestbed::machine::bios::Firmware;
 use nestbed::machine::devices::ExitConvention;
 use nestbed::machine::loader::Module;
 use nestbed::qemu;
-use nestbed::runner::{self, PatchMode, RunConfig};
+use nestbed::runner::{self, Outcome, PatchMode, RunConfig};
 use nestbed::script::{OnScriptError, ScriptMode, ScriptOptions};
+use nestbed::stdio::to_stdout;
+use nestbed::trace::stats::Format;
 
 #[derive(Parser)]
 #[command(
     name = "nestbed",
     version,
-    about = "Nested-virtualization research testbed: a KVM VMM with a virtual Intel VMX"
+    about = "Nested-virtualization research testbed: a KVM VMM with a virtual Intel VMX",
+    after_help = "Without a command, nestbed runs `nestbed run`: the embedded nested demo (an L1 hypervisor \
+                  running an L2). `nestbed COMMAND --help` describes each command's arguments; the README, \
+                  SCRIPTING.md, GDB.md and TRACE.md the rest."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
 }
+
+/// `nestbed run --help`'s table of exit statuses (the README has the same).
+const EXIT_CODES: &str = "\
+Exit status:
+  the guest's    whatever the guest sets (0-255): by default the byte it writes to port 0xf4;
+                 a non-zero one is followed by \"nestbed: exit status N, set by the guest\" on stderr
+  130            interrupted (Ctrl-C, SIGTERM, SIGHUP) or ended from gdb
+  141            stdout or stderr closed (128 + SIGPIPE), e.g. `nestbed run | head -1`
+  201            bad guest image
+  202            bad command line or file, or the --trace file could not be written
+  203            triple fault, or L1's VMX abort
+  204            --timeout expired
+  205, 206, 207  script compile error, script runtime error, stopped by a script
+  208            host or KVM error
+  209            the guest did something nestbed cannot continue from
+nestbed's own statuses come with a \"nestbed: ...\" message on stderr. --exit-code-file FILE
+writes \"STATUS SETTER WHAT\" (e.g. \"204 guest exit\" or \"204 nestbed timeout\") for scripts and CI.";
 
 #[derive(Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 enum PatchArg {
@@ -36,10 +58,12 @@ enum PatchArg {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a guest (the embedded default when --guest is not given).
-    Run(RunArgs),
+    #[command(after_help = EXIT_CODES)]
+    Run(Box<RunArgs>),
     /// List the embedded guests.
     Guests {
-        /// Print the path of NAME's ELF image with symbols (for gdb's `file`) instead.
+        /// Print the path of embedded guest NAME's ELF image with debug symbols (for gdb's `file`)
+        /// instead of the list.
         #[arg(long, value_name = "NAME")]
         symbols: Option<String>,
     },
@@ -67,6 +91,7 @@ enum Command {
     /// started as qemu-system-x86_64. `nestbed qemu -h` lists the flags.
     #[command(disable_help_flag = true)]
     Qemu {
+        /// QEMU's arguments (`nestbed qemu -h` lists those nestbed takes).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -76,6 +101,7 @@ enum Command {
 enum ScenarioCommand {
     /// Run each scenario and check its expectations; exit 0 when all pass, 210 otherwise.
     Run {
+        /// Scenario files (TOML, see tests/scenarios/README.md).
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
         /// Run with this --patch-sensitive mode; other than off, golden traces are not compared
@@ -85,6 +111,7 @@ enum ScenarioCommand {
     },
     /// Run each scenario and rewrite its golden trace (exit code and console must still match).
     Bless {
+        /// Scenario files whose `golden` trace is rewritten.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
@@ -94,7 +121,9 @@ enum ScenarioCommand {
 enum TraceCommand {
     /// Show where two traces part, ignoring timing; exit 0 when they match, 1 when they differ.
     Diff {
+        /// The first trace (`--trace` output, JSON lines; see TRACE.md).
         a: PathBuf,
+        /// The second trace.
         b: PathBuf,
         /// Compare only the level, reason and handler of each exit.
         #[arg(long)]
@@ -105,6 +134,7 @@ enum TraceCommand {
     },
     /// Print the statistics table of a trace and draw it as SVG.
     Report {
+        /// A `--trace` file (JSON lines; see TRACE.md).
         file: PathBuf,
         /// Where to write the SVG (default: FILE with the extension .svg).
         #[arg(long, value_name = "OUT")]
@@ -143,13 +173,33 @@ struct RunArgs {
     /// Write the serial console to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
     serial: Option<PathBuf>,
-    /// Print exit statistics on stderr when the run ends (on every way out).
+    /// Print exit statistics on stderr when the run ends (on every way out): per level, reason
+    /// and handler, count, share of exits and of time, total, mean, min, max and 99th percentile
+    /// of nestbed's handling time (from KVM_RUN's return to the next VM entry; the guest's run
+    /// is not in it, unlike `trace report`'s gap between exits).
     #[arg(long)]
     stats: bool,
-    /// Stop the guest after SECS seconds (exit code 204).
+    /// No progress line. Without it, a run whose stderr is a terminal shows one (elapsed time,
+    /// exits per second, L1 and L2 exits, the last exit's reason), redrawn at most twice a
+    /// second and erased at the end; never in pipes or files, nor under --gdb.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+    /// How --stats prints: a table, one JSON object or CSV (JSON and CSV: times in ns, shares in
+    /// percent); implies --stats.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    stats_format: Option<StatsFormatArg>,
+    /// Write the --stats output to FILE instead of stderr; implies --stats.
+    #[arg(long, value_name = "FILE")]
+    stats_file: Option<PathBuf>,
+    /// Stop the guest after SECS seconds, at least 1 (exit code 204); no limit without it.
     #[arg(long, value_name = "SECS")]
     timeout: Option<u32>,
-    /// Write every exit as one JSON line to FILE.
+    /// Write the exit status and who set it to FILE when nestbed ends, as one line "STATUS
+    /// SETTER WHAT": `42 guest exit`, `204 nestbed timeout`, `202 nestbed config`...
+    #[arg(long, value_name = "FILE")]
+    exit_code_file: Option<PathBuf>,
+    /// Write every exit as one JSON line to FILE (TRACE.md); `-` writes them to stdout and moves
+    /// the serial console to stderr unless --serial says where it goes.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
     /// Run a Rhai script on every exit (repeatable; hooks run in the order given). See SCRIPTING.md.
@@ -205,6 +255,14 @@ enum ExitArg {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Default)]
+enum StatsFormatArg {
+    #[default]
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Default)]
 enum ScriptModeArg {
     #[default]
     Auto,
@@ -225,11 +283,52 @@ fn load_guest(spec: Option<&str>) -> Result<(String, Vec<u8>), Error> {
         return Ok((name.to_string(), img.to_vec()));
     }
     let path = PathBuf::from(name);
+    if !path.exists() && !name.contains('/') {
+        return Err(Error::Config(format!("{}; no file of that name either", nestbed::guests::unknown(name))));
+    }
     let bytes = nestbed::error::read_limited(&path, nestbed::error::limit::IMAGE)?;
     Ok((path.display().to_string(), bytes))
 }
 
+/// Combinations of flags that cannot do what they say.
+fn check_flags(args: &RunArgs) -> Result<(), Error> {
+    if args.gdb_exit_on_detach && args.gdb.is_none() && !args.gdb_wait {
+        return Err(Error::Config("--gdb-exit-on-detach needs the gdb server: add --gdb [ADDR] or --gdb-wait".into()));
+    }
+    if args.timeout == Some(0) {
+        return Err(Error::Config(
+            "--timeout 0: give a number of seconds above 0, or leave --timeout out to run without a limit".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `nestbed run`: boots, then says who set the status: a line on stderr for a guest's non-zero
+/// status (nestbed's own come with their message), and `--exit-code-file`.
 fn run(args: RunArgs) -> Result<i32, Error> {
+    let file = args.exit_code_file.clone();
+    let result = boot(args);
+    let (status, setter, what) = match &result {
+        _ if nestbed::stdio::closed() => (nestbed::stdio::CLOSED, "nestbed", "output-closed"),
+        Ok((code, outcome)) => {
+            let (setter, what) = outcome.origin();
+            (*code, setter, what)
+        }
+        Err(e) => (e.exit_code(), "nestbed", e.kind()),
+    };
+    // nestbed's own statuses come with their message; a guest's may look like one of them.
+    if status != 0 && setter == "guest" {
+        nestbed::error::to_stderr(&format!("nestbed: exit status {status}, set by the guest\n"));
+    }
+    if let Some(path) = file {
+        std::fs::write(&path, format!("{status} {setter} {what}\n"))
+            .map_err(|source| Error::File { path: path.clone(), source })?;
+    }
+    result.map(|(code, _)| code)
+}
+
+fn boot(args: RunArgs) -> Result<(i32, Outcome), Error> {
+    check_flags(&args)?;
     let vmx_msrs = args
         .vmx_msrs
         .iter()
@@ -280,25 +379,47 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     if let Some(path) = &args.serial {
         let f = std::fs::File::create(path).map_err(|source| Error::File { path: path.clone(), source })?;
         cfg.console = Some(Box::new(std::io::LineWriter::new(f)));
+    } else if cfg.trace.as_deref() == Some(Path::new(nestbed::trace::writer::STDOUT)) {
+        cfg.console = Some(Box::new(std::io::LineWriter::new(nestbed::stdio::BesideStatus(std::io::stderr()))));
     }
     let gdb = args.gdb.or_else(|| args.gdb_wait.then(|| nestbed::gdb::DEFAULT_ADDR.to_string()));
+    cfg.progress = !args.quiet && gdb.is_none();
     let gdb = gdb.map(|addr| GdbOptions { addr, wait: args.gdb_wait, exit_on_detach: args.gdb_exit_on_detach });
-    execute(cfg, gdb, args.stats)
+    let stats = (args.stats || args.stats_format.is_some() || args.stats_file.is_some()).then(|| StatsOut {
+        format: match args.stats_format.unwrap_or_default() {
+            StatsFormatArg::Table => Format::Table,
+            StatsFormatArg::Json => Format::Json,
+            StatsFormatArg::Csv => Format::Csv,
+        },
+        file: args.stats_file,
+    });
+    execute(cfg, gdb, stats)
+}
+
+/// Where and how `--stats` goes.
+struct StatsOut {
+    format: Format,
+    /// stderr when None.
+    file: Option<PathBuf>,
 }
 
 /// Boots `cfg` (under a gdb server with `gdb`) and reports how the run ended.
-fn execute(cfg: RunConfig, gdb: Option<GdbOptions>, stats: bool) -> Result<i32, Error> {
+fn execute(cfg: RunConfig, gdb: Option<GdbOptions>, stats: Option<StatsOut>) -> Result<(i32, Outcome), Error> {
     let report = match gdb {
         Some(opts) => nestbed::gdb::run(runner::Runner::new(cfg)?, opts)?,
         None => runner::run(cfg)?,
     };
-    if stats {
-        nestbed::error::to_stderr(&report.stats.report());
+    if let Some(out) = stats {
+        let text = report.stats.render(out.format);
+        match &out.file {
+            Some(path) => std::fs::write(path, text).map_err(|source| Error::File { path: path.clone(), source })?,
+            None => nestbed::error::to_stderr(&text),
+        }
     }
     if let Some(msg) = report.outcome.message() {
         nestbed::error::to_stderr(&format!("nestbed: {msg}\n"));
     }
-    Ok(report.outcome.exit_code())
+    Ok((report.outcome.exit_code(), report.outcome))
 }
 
 /// The QEMU-compatible front (`nestbed qemu`, or started as qemu-system-x86_64).
@@ -309,15 +430,15 @@ fn qemu_front(args: Vec<OsString>) -> Result<i32, Error> {
         .map(|a| a.into_string().map_err(|a| Error::Config(format!("{}: not UTF-8", a.to_string_lossy()))))
         .collect::<Result<Vec<_>, _>>()?;
     match qemu::parse(&args)? {
-        Invocation::Help => print!("{}", qemu::help()),
-        Invocation::Version => println!("{}", qemu::version_line()),
-        Invocation::DeviceList => print!("{}", qemu::device_list()),
-        Invocation::CpuList => print!("{}", qemu::cpu_list()),
+        Invocation::Help => to_stdout(&qemu::help()),
+        Invocation::Version => to_stdout(&format!("{}\n", qemu::version_line())),
+        Invocation::DeviceList => to_stdout(&qemu::device_list()),
+        Invocation::CpuList => to_stdout(&qemu::cpu_list()),
         Invocation::Run(run) => {
             for w in &run.warnings {
-                eprintln!("nestbed: warning: {w}");
+                nestbed::error::to_stderr(&format!("nestbed: warning: {w}\n"));
             }
-            return execute(run.into_run_config()?, None, false);
+            return execute(run.into_run_config()?, None, None).map(|(code, _)| code);
         }
     }
     Ok(0)
@@ -346,19 +467,19 @@ fn trace(command: TraceCommand) -> Result<i32, Error> {
             let opts = diff::DiffOptions { coarse, skip_console };
             match diff::first_difference(&ta, &tb, opts) {
                 None => {
-                    println!("traces match ({} exits compared)", diff::selected(&ta, opts).len());
+                    to_stdout(&format!("traces match ({} exits compared)\n", diff::selected(&ta, opts).len()));
                     Ok(0)
                 }
                 Some(d) => {
-                    println!("traces differ: A = {}, B = {}", a.display(), b.display());
+                    to_stdout(&format!("traces differ: A = {}, B = {}\n", a.display(), b.display()));
                     let (na, nb) = (diff::selected(&ta, opts).len(), diff::selected(&tb, opts).len());
-                    print!("{}", d.render("A", "B", na, nb));
+                    to_stdout(&d.render("A", "B", na, nb));
                     Ok(1)
                 }
             }
         }
         TraceCommand::Report { file, svg } => {
-            print!("{}", report::report_file(&file, svg.as_deref())?);
+            to_stdout(&report::report_file(&file, svg.as_deref())?);
             Ok(0)
         }
     }
@@ -369,14 +490,14 @@ fn patch_report(image: &str, all: bool) -> Result<i32, Error> {
     let (name, bytes) = load_guest(Some(image))?;
     let selection = if all { Selection::all() } else { Selection::default_set() };
     let scan = patch::scan(&bytes, selection).map_err(|source| Error::Scan { path: PathBuf::from(&name), source })?;
-    print!("{}", patch::report(&scan));
+    to_stdout(&patch::report(&scan));
     Ok(0)
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
+        .with_writer(nestbed::stdio::Stderr)
         .init();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let invoked_as_qemu = argv.first().and_then(|a| Path::new(a).file_name()) == Some(OsStr::new(qemu::PROGRAM));
@@ -391,33 +512,44 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { code::CONFIG as u8 } else { 0 });
         }
     };
-    let result =
-        match cli.command.unwrap_or(Command::Run(RunArgs { mem: 128, script_ops: 1_000_000, ..Default::default() })) {
-            Command::Run(args) => run(args),
-            Command::Guests { symbols: Some(name) } => match nestbed::guests::find(&name) {
-                Some(_) => {
-                    println!("{}", std::path::Path::new(nestbed::guests::SYMBOLS_DIR).join(&name).display());
-                    Ok(0)
+    let result = match cli.command.unwrap_or(Command::Run(Box::new(RunArgs {
+        mem: 128,
+        script_ops: 1_000_000,
+        ..Default::default()
+    }))) {
+        Command::Run(args) => run(*args),
+        Command::Guests { symbols: Some(name) } => match nestbed::guests::find(&name) {
+            Some(_) => {
+                let path = Path::new(nestbed::guests::SYMBOLS_DIR).join(&name);
+                if !path.exists() {
+                    return exit_with(Err(Error::Config(format!(
+                        "{}: {name}'s image with symbols is gone from where nestbed was built (a `cargo clean`, or \
+                         `cargo install` without `--target-dir target`); rebuild with `just install` or `cargo build`",
+                        path.display()
+                    ))));
                 }
-                None => Err(Error::Config(format!("no embedded guest named '{name}' (see `nestbed guests`)"))),
-            },
-            Command::Guests { symbols: None } => {
-                for (name, desc, _) in nestbed::guests::GUESTS {
-                    println!("{name:<16} {desc}");
-                }
+                to_stdout(&format!("{}\n", path.display()));
                 Ok(0)
             }
-            Command::Scenario { command } => scenario(command),
-            Command::Trace { command } => trace(command),
-            Command::PatchReport { image, all } => patch_report(&image, all),
-            Command::Qemu { args } => qemu_front(args.into_iter().map(OsString::from).collect()),
-        };
+            None => Err(Error::Config(nestbed::guests::unknown(&name))),
+        },
+        Command::Guests { symbols: None } => {
+            for (name, desc, _) in nestbed::guests::GUESTS {
+                to_stdout(&format!("{name:<16} {desc}\n"));
+            }
+            Ok(0)
+        }
+        Command::Scenario { command } => scenario(command),
+        Command::Trace { command } => trace(command),
+        Command::PatchReport { image, all } => patch_report(&image, all),
+        Command::Qemu { args } => qemu_front(args.into_iter().map(OsString::from).collect()),
+    };
     exit_with(result)
 }
 
 fn exit_with(result: Result<i32, Error>) -> ExitCode {
     match result {
-        Ok(c) => ExitCode::from(c as u8),
+        Ok(c) => ExitCode::from(nestbed::stdio::status(c) as u8),
         Err(e) => {
             nestbed::error::to_stderr(&format!("nestbed: error: {e}\n"));
             ExitCode::from(e.exit_code() as u8)

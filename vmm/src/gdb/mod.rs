@@ -44,15 +44,15 @@ pub fn run(runner: Runner, opts: GdbOptions) -> Result<Report, Error> {
         TcpListener::bind(&opts.addr).map_err(|e| Error::Config(format!("--gdb {}: cannot listen: {e}", opts.addr)))?;
     let local = listener.local_addr().map_err(|e| Error::Config(format!("--gdb {}: {e}", opts.addr)))?;
     if !local.ip().is_loopback() {
-        eprintln!(
+        crate::error::to_stderr(&format!(
             "nestbed: warning: the gdb server listens on {local}, reachable from other machines; whoever connects \
-             controls the guest"
-        );
+             controls the guest\n"
+        ));
     }
-    eprintln!(
-        "nestbed: gdb server on {local}{}",
+    crate::error::to_stderr(&format!(
+        "nestbed: gdb server on {local}{}\n",
         if opts.wait { ", waiting for gdb before the first instruction" } else { "" }
-    );
+    ));
     runner.run_with(move |r| serve(r, listener, &opts))
 }
 
@@ -141,7 +141,7 @@ fn session_then(
     opts: &GdbOptions,
 ) -> (Runner, Option<Outcome>) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    eprintln!("nestbed: gdb connected from {peer}");
+    crate::error::to_stderr(&format!("nestbed: gdb connected from {peer}\n"));
     let (r, end) = session(r, stream, link, kicker);
     busy.store(false, Ordering::SeqCst);
     let outcome = match end {
@@ -150,7 +150,7 @@ fn session_then(
             Some(Outcome::Debugger("gdb detached (--gdb-exit-on-detach)".into()))
         }
         SessionEnd::Detached => {
-            eprintln!("nestbed: gdb detached; the guest runs on");
+            crate::error::to_stderr("nestbed: gdb detached; the guest runs on\n");
             None
         }
     };
@@ -178,7 +178,7 @@ fn session(mut r: Runner, stream: TcpStream, link: &Arc<Link>, kicker: Kicker) -
         (Ok(DisconnectReason::Kill), None) => SessionEnd::Finished(Outcome::Debugger("killed by gdb".into())),
         (Ok(_), None) => SessionEnd::Detached,
         (Err(e), None) => {
-            eprintln!("nestbed: gdb connection ended: {e}");
+            crate::error::to_stderr(&format!("nestbed: gdb connection ended: {e}\n"));
             SessionEnd::Detached
         }
     };

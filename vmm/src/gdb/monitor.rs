@@ -13,7 +13,7 @@ pub const HELP: &str = "\
 nestbed monitor commands:
   vmcs [FIELD]                  the current VMCS (non-zero fields), or one field by SDM name;
                                 guest-state fields show L2's live state while L2 runs
-  exits                         exit statistics so far
+  exits                         exit statistics so far and the last 16 exits (VMCS fields, MSRs)
   events                        interruptibility and pending events of L1 and L2, L1's pending
                                 interrupt, L2's preemption timer, HLT state and monitor trap flag
   trace on|off                  write exits to the --trace file or pause it

@@ -28,6 +28,7 @@ use crate::error::Error;
 use crate::exit::Level;
 use crate::runner::debug::{DebugEvent, HwKind, HwSlot, Link};
 use crate::runner::{Outcome, Runner, Stop};
+use crate::vmx::fields;
 
 pub const TID_L1: usize = 1;
 pub const TID_L2: usize = 2;
@@ -94,6 +95,16 @@ impl MultiThreadBase for Debuggee {
         let v = self.runner.vcpu_of(level(t)).ok_or(TargetError::NonFatal)?;
         *out = regs::read(v).map_err(fatal)?;
         out.cr4 |= vmxe;
+        // While L1 runs, L2's RIP, RSP and RFLAGS are the VMCS guest-state area's (SDM 28.3.1):
+        // at an exit, RIP is the exiting instruction's as L1 reads it, and what L1 wrote there
+        // is where L2 resumes. L2's vCPU may already be past an instruction KVM completed.
+        if level(t) == Level::L2 && self.runner.level() == Level::L1 {
+            if let Some(vmcs) = self.runner.vmcs_view() {
+                out.rip = vmcs.get(fields::GUEST_RIP);
+                out.gpr[7] = vmcs.get(fields::GUEST_RSP);
+                out.eflags = vmcs.get(fields::GUEST_RFLAGS) as u32;
+            }
+        }
         Ok(())
     }
 
@@ -303,11 +314,11 @@ impl BlockingEventLoop for EventLoop {
                     addr,
                 },
                 Stop::Debug(DebugEvent::ScriptStop(why)) => {
-                    eprintln!("nestbed: stopped by script: {why}");
+                    crate::error::to_stderr(&format!("nestbed: stopped by script: {why}\n"));
                     MultiThreadStopReason::SignalWithThread { tid: t, signal: Signal::SIGTRAP }
                 }
                 Stop::Debug(DebugEvent::BreakOnExit(what)) => {
-                    eprintln!("nestbed: break on exit: {what}");
+                    crate::error::to_stderr(&format!("nestbed: break on exit: {what}\n"));
                     MultiThreadStopReason::SignalWithThread { tid: t, signal: Signal::SIGTRAP }
                 }
                 Stop::Finished(o) => {

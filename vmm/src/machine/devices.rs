@@ -41,6 +41,8 @@ pub enum PortEffect {
     None,
     /// The guest wrote its exit code to the debug-exit port.
     Exit(u8),
+    /// The console's destination failed (its reader went away, a full disk): the byte is lost.
+    ConsoleFailed(std::io::ErrorKind),
 }
 
 pub struct Devices {
@@ -66,12 +68,10 @@ impl Devices {
 
     pub fn write(&mut self, port: u16, size: u8, data: u64) -> PortEffect {
         match port {
-            p if (COM1..COM1 + 8).contains(&p) => {
-                if self.serial.write((p - COM1) as u8, data as u8).is_err() {
-                    tracing::warn!("serial console write failed");
-                }
-                PortEffect::None
-            }
+            p if (COM1..COM1 + 8).contains(&p) => match self.serial.write((p - COM1) as u8, data as u8) {
+                Err(vm_superio::serial::Error::IOError(e)) => PortEffect::ConsoleFailed(e.kind()),
+                _ => PortEffect::None,
+            },
             DEBUG_EXIT => match self.exit {
                 ExitConvention::Nestbed => PortEffect::Exit(data as u8),
                 ExitConvention::Qemu => {

@@ -13,7 +13,7 @@ use kvm_bindings::{
 
 use super::Runner;
 use crate::error::{host, Error};
-use crate::exit::{Exit, Level};
+use crate::exit::{Exit, ExitDetail, Handler, Level};
 use crate::machine::insn::memory_accesses;
 use crate::machine::paging::{self, Access};
 use crate::machine::Vcpu;
@@ -98,7 +98,12 @@ pub struct DebugState {
     /// Bumped on every change of the guest-debug settings; `applied` is what each vCPU has.
     generation: u64,
     applied: [u64; 2],
+    /// The last exits while a debugger is attached, oldest first, for gdb's `exits`.
+    recent: std::collections::VecDeque<String>,
 }
+
+/// How many exits gdb's `exits` lists.
+const RECENT: usize = 16;
 
 impl DebugState {
     /// Whether gdb has a software breakpoint at guest-physical `gpa`.
@@ -110,6 +115,35 @@ impl DebugState {
     /// `generation` is not 0 (patched sites need software breakpoints without a debugger).
     pub(super) fn with_generation(generation: u64) -> Self {
         DebugState { generation, ..DebugState::default() }
+    }
+
+    /// Notes an exit for gdb's `exits`: number, level, reason, what it names (a VMCS field
+    /// with its value, an MSR, a port), RIP and handler.
+    pub(super) fn remember(&mut self, exit: &Exit, handler: Handler) {
+        let what = match &exit.detail {
+            ExitDetail::Vmx { vmcs: Some(a), .. } => a.describe(),
+            ExitDetail::Msr { index, name, .. } => format!("{} ({index:#x})", name.unwrap_or("MSR")),
+            ExitDetail::Io { port, write, .. } => format!("port {port:#x} {}", if *write { "out" } else { "in" }),
+            ExitDetail::Mmio { gpa, .. } => format!("gpa {gpa:#x}"),
+            _ => String::new(),
+        };
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(format!(
+            "#{:<8} {} {:<20} {:<40} rip {:#x} -> {}",
+            exit.seq,
+            exit.level.as_str(),
+            exit.reason_name(),
+            what,
+            exit.rip,
+            handler.as_str()
+        ));
+    }
+
+    /// The exits `remember` kept, oldest first.
+    pub(crate) fn recent(&self) -> impl Iterator<Item = &String> {
+        self.recent.iter()
     }
 
     /// Single-stepping: for gdb's step, or to watch data accesses.
@@ -513,9 +547,17 @@ impl Runner {
         Some(v)
     }
 
+    /// gdb's `exits`: the statistics so far, then the last exits with the VMCS fields and MSRs
+    /// they name.
     pub(crate) fn stats_report(&mut self) -> String {
         self.stats.wall = self.start.elapsed();
-        self.stats.report()
+        let mut s = self.stats.report();
+        s.push_str("last exits:\n");
+        for line in self.debug.recent() {
+            s.push_str(line.trim_end());
+            s.push('\n');
+        }
+        s
     }
 
     /// Turns trace writing on or off; an error when the run has no trace file.

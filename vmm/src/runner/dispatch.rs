@@ -151,6 +151,9 @@ impl Runner {
             Normalized::Event(ev) => ev,
             Normalized::Quiet { reason, flow } => {
                 self.stats.record(level, reason, Handler::L0, self.clock.since(t0));
+                if let Some(p) = &self.progress {
+                    p.counters.note(level, reason);
+                }
                 return Ok(flow);
             }
         };
@@ -188,6 +191,9 @@ impl Runner {
         };
         self.stats.phases.add_since_except(Phase::Other, t, INNER, inner_before);
         self.stats.record(level, ev.exit.reason, handler, self.clock.since(t0));
+        if let Some(p) = &self.progress {
+            p.counters.note(level, ev.exit.reason);
+        }
         self.verify_patches();
         Ok(flow)
     }
@@ -421,6 +427,11 @@ impl Runner {
         match self.devices.write(port, size, data) {
             PortEffect::Exit(c) => Flow::Stop(Outcome::GuestExit(c)),
             PortEffect::None => Flow::Continue,
+            PortEffect::ConsoleFailed(std::io::ErrorKind::BrokenPipe) => Flow::Stop(Outcome::OutputClosed),
+            PortEffect::ConsoleFailed(kind) => Flow::Stop(Outcome::Failed {
+                code: crate::error::code::HOST,
+                message: format!("serial console: {}", std::io::Error::from(kind)),
+            }),
         }
     }
 

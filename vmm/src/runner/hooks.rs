@@ -58,12 +58,17 @@ impl Runner {
         if let (Some(t), true) = (self.trace.as_mut(), self.tracing) {
             t.record(exit, handler, notes, self.start.elapsed().as_nanos() as u64)?;
         }
+        if self.debug.attached {
+            self.debug.remember(exit, handler);
+        }
         result.map(|a| (a, handler))
     }
 
-    /// Whether anything reads an exit's details: the trace or a script's `on_exit`.
+    /// Whether anything reads an exit's details: the trace, a script's `on_exit` or a debugger.
     pub(super) fn observed(&self) -> bool {
-        (self.trace.is_some() && self.tracing) || self.scripts.as_ref().is_some_and(|s| s.has_on_exit())
+        (self.trace.is_some() && self.tracing)
+            || self.scripts.as_ref().is_some_and(|s| s.has_on_exit())
+            || self.debug.attached
     }
 
     /// The exit's own record, with the control registers when the scripts name them.

@@ -4,13 +4,14 @@
 use super::dispatch::{Event, Normalized, Work};
 use super::{Flow, Outcome, Runner};
 use crate::error::Error;
-use crate::exit::{ExitDetail, Level};
+use crate::exit::{ExitDetail, Level, VmcsAccess};
 use crate::machine::RawExit;
 use crate::nested::debug_regs::IA32_DEBUGCTL;
-use crate::nested::env::gpr;
+use crate::nested::env::{gpr, gprs};
 use crate::nested::trap;
-use crate::vmx::decode::{exit_qualification, VmxInsn, VmxOp};
+use crate::vmx::decode::{effective_address, exit_qualification, MemOperand, Operand, Seg, VmxInsn, VmxOp};
 use crate::vmx::exits::{io_qualification, ExitReason};
+use crate::vmx::fields;
 use crate::vmx::sensitive::decode_sensitive;
 
 const IA32_FEATURE_CONTROL: u32 = 0x3a;
@@ -76,13 +77,16 @@ impl Runner {
                     None => self.normalize_l1_vmx(&bytes),
                 };
             }
-            RawExit::RdMsr { index } => {
-                (ExitReason::RDMSR, 0, ExitDetail::Msr { index, write: false, value: 0 }, Work::L1Rdmsr { index })
-            }
+            RawExit::RdMsr { index } => (
+                ExitReason::RDMSR,
+                0,
+                ExitDetail::Msr { index, name: crate::msr::name(index), write: false, value: 0 },
+                Work::L1Rdmsr { index },
+            ),
             RawExit::WrMsr { index, data } => (
                 ExitReason::WRMSR,
                 0,
-                ExitDetail::Msr { index, write: true, value: data },
+                ExitDetail::Msr { index, name: crate::msr::name(index), write: true, value: data },
                 Work::L1Wrmsr { index, value: data },
             ),
             // Outside RAM there is no device: reads return all ones, writes are dropped.
@@ -149,11 +153,55 @@ impl Runner {
         let mut exit = self.next_exit(level, insn.op.exit_reason() as u32, exit_qualification(insn), rip);
         exit.detail = if observed {
             exit.insn = bytes[..usize::from(insn.len).min(bytes.len())].to_vec();
-            ExitDetail::Vmx { mnemonic: insn.op.name().to_string(), operands: insn.to_string() }
+            let vmcs = self.vmcs_access(level, insn);
+            ExitDetail::Vmx { mnemonic: insn.op.name().to_string(), operands: insn.to_string(), vmcs }
         } else {
-            ExitDetail::Vmx { mnemonic: String::new(), operands: String::new() }
+            ExitDetail::Vmx { mnemonic: String::new(), operands: String::new(), vmcs: None }
         };
         exit
+    }
+
+    /// The field a VMREAD or VMWRITE names, from the register operand of the guest that
+    /// executed it; for L1 also the value: the field's for a VMREAD, the source's for a VMWRITE.
+    fn vmcs_access(&mut self, level: Level, insn: &VmxInsn) -> Option<VmcsAccess> {
+        if !matches!(insn.op, VmxOp::Vmread | VmxOp::Vmwrite) {
+            return None;
+        }
+        let vcpu = match level {
+            Level::L1 => &self.l1,
+            Level::L2 => &self.nested.l2.as_ref()?.vcpu,
+        };
+        let mask = if insn.operand_size == 64 { u64::MAX } else { 0xffff_ffff };
+        let encoding = (gpr(vcpu.peek_regs(), insn.reg2()?) & mask) as u32;
+        let field = fields::by_encoding(encoding).map(|(_, f)| f.name);
+        let value = match (level, insn.op, insn.rm()) {
+            (Level::L2, ..) => None,
+            (_, VmxOp::Vmread, _) => self.nested.vmx.current_vmcs().and_then(|v| v.read(encoding)),
+            (_, _, Some(Operand::Reg(r))) => Some(gpr(vcpu.peek_regs(), r) & mask),
+            (_, _, Some(Operand::Mem(m))) => self.vmwrite_source(insn, &m),
+            _ => None,
+        };
+        Some(VmcsAccess { field, encoding, value })
+    }
+
+    /// VMWRITE's memory source, read through L1's segments and page tables (the model reads it
+    /// again when it executes the instruction, with its faults).
+    fn vmwrite_source(&mut self, insn: &VmxInsn, m: &MemOperand) -> Option<u64> {
+        let (regs, sregs) = (self.l1.peek_regs(), self.l1.peek_sregs());
+        let ea = effective_address(m, &gprs(regs));
+        let long = sregs.efer & (1 << 10) != 0 && sregs.cs.l != 0;
+        let base = match m.segment {
+            Seg::Fs => sregs.fs.base,
+            Seg::Gs => sregs.gs.base,
+            _ if long => 0,
+            Seg::Es => sregs.es.base,
+            Seg::Cs => sregs.cs.base,
+            Seg::Ss => sregs.ss.base,
+            Seg::Ds => sregs.ds.base,
+        };
+        let mut b = [0u8; 8];
+        let n = usize::from(insn.operand_size / 8);
+        (self.debug_read(Level::L1, base.wrapping_add(ea), &mut b[..n]) == n).then(|| u64::from_le_bytes(b))
     }
 
     /// The field a VMWRITE of L1 writes, read before the instruction can change registers.

@@ -133,7 +133,7 @@ impl Runner {
                     let (r, s) = (*self.active().regs(), *self.active().sregs());
                     q = invlpg_address(&bytes, bitness, rip, |reg| register_value(reg, &r, &s)).unwrap_or(0);
                 }
-                let detail = ExitDetail::Vmx { mnemonic: insn.name().to_string(), operands: String::new() };
+                let detail = ExitDetail::Vmx { mnemonic: insn.name().to_string(), operands: String::new(), vmcs: None };
                 let at = Insn { rip, len: insn.len, pending: false };
                 let mut p = Parts::reflectable(insn.exit_reason(), q, at, detail, Work::Sensitive { insn, rip });
                 p.facts.cr_value = self.sensitive_value(&insn);
@@ -147,7 +147,13 @@ impl Runner {
                 let reason = if write { ExitReason::WRMSR } else { ExitReason::RDMSR };
                 let work = if write { Work::L2Wrmsr { index, value } } else { Work::L2Rdmsr { index } };
                 let insn = Insn { rip, len: 2, pending: true };
-                let mut p = Parts::reflectable(reason, 0, insn, ExitDetail::Msr { index, write, value }, work);
+                let mut p = Parts::reflectable(
+                    reason,
+                    0,
+                    insn,
+                    ExitDetail::Msr { index, name: crate::msr::name(index), write, value },
+                    work,
+                );
                 p.facts.msr = index;
                 p
             }

@@ -12,6 +12,7 @@ mod l2;
 mod lazy_patch;
 mod patching;
 mod platform;
+mod progress;
 mod sensitive;
 pub mod signals;
 
@@ -61,6 +62,8 @@ pub struct RunConfig {
     pub exit_convention: ExitConvention,
     /// What runs before the image (`--firmware`).
     pub firmware: Firmware,
+    /// Show the progress line when stderr is a terminal (off with `--quiet`).
+    pub progress: bool,
 }
 
 impl RunConfig {
@@ -80,6 +83,7 @@ impl RunConfig {
             modules: Vec::new(),
             exit_convention: ExitConvention::Nestbed,
             firmware: Firmware::None,
+            progress: false,
         }
     }
 }
@@ -102,6 +106,8 @@ pub enum Outcome {
     VmxAbort(String),
     /// The debugger ended the run (`kill`, or a detach with --gdb-exit-on-detach).
     Debugger(String),
+    /// stdout or stderr lost its reader (`nestbed run | head -1`): nestbed ends quietly.
+    OutputClosed,
     /// nestbed stopped on an error (a script error, a failed KVM call) after the run started;
     /// statistics and traces are still complete.
     Failed {
@@ -121,12 +127,30 @@ impl Outcome {
             Outcome::Unsupported(_) => code::GUEST_UNSUPPORTED,
             Outcome::Failed { code, .. } => *code,
             Outcome::Debugger(_) => code::INTERRUPTED,
+            Outcome::OutputClosed => crate::stdio::CLOSED,
+        }
+    }
+
+    /// Who set the exit status, "guest" or "nestbed", and a one-word name of the outcome (for
+    /// `--exit-code-file`).
+    pub fn origin(&self) -> (&'static str, &'static str) {
+        match self {
+            Outcome::GuestExit(_) => ("guest", "exit"),
+            Outcome::TripleFault { .. } => ("nestbed", "triple-fault"),
+            Outcome::VmxAbort(_) => ("nestbed", "vmx-abort"),
+            Outcome::Timeout => ("nestbed", "timeout"),
+            Outcome::Interrupted => ("nestbed", "interrupted"),
+            Outcome::ScriptStop(_) => ("nestbed", "script-stop"),
+            Outcome::Unsupported(_) => ("nestbed", "unsupported"),
+            Outcome::Debugger(_) => ("nestbed", "debugger"),
+            Outcome::OutputClosed => ("nestbed", "output-closed"),
+            Outcome::Failed { code, .. } => ("nestbed", crate::error::code::name(*code)),
         }
     }
 
     pub fn message(&self) -> Option<String> {
         match self {
-            Outcome::GuestExit(_) => None,
+            Outcome::GuestExit(_) | Outcome::OutputClosed => None,
             Outcome::TripleFault { level, registers } => {
                 Some(format!("{} triple fault (shutdown)\n{registers}", level.as_str()))
             }
@@ -202,6 +226,8 @@ pub struct Runner {
     ud_catch: lazy_patch::UdCatch,
     /// What ran before the image (the BIOS's set-up is redone at S3 resume).
     firmware: Firmware,
+    /// The progress line, on a terminal.
+    progress: Option<progress::Progress>,
 }
 
 impl Runner {
@@ -283,7 +309,12 @@ impl Runner {
         let mut vmx = VmxCpu::new(caps);
         // With MOV to CR4 patched, CR4.VMXE is L1's to set (virtual, as on hardware).
         vmx.vmxe = !patches.as_ref().is_some_and(|p| p.patches(crate::patch::Class::MovToCr4));
-        let console = cfg.console.take().unwrap_or_else(|| Box::new(std::io::LineWriter::new(std::io::stdout())));
+        let progress = if cfg.progress { progress::Progress::start() } else { None };
+        // The console's whole lines erase the progress line when they reach the terminal.
+        let console = cfg.console.take().unwrap_or_else(|| match progress {
+            Some(_) => Box::new(std::io::LineWriter::new(crate::stdio::BesideStatus(std::io::stdout()))),
+            None => Box::new(std::io::LineWriter::new(std::io::stdout())),
+        });
         let trace = cfg.trace.as_deref().map(TraceWriter::create).transpose()?;
         Ok(Runner {
             l1_vm,
@@ -313,6 +344,7 @@ impl Runner {
             cr8_seen: [0; 2],
             ud_catch: lazy_patch::UdCatch::new(catch, simulate),
             firmware: cfg.firmware,
+            progress,
         })
     }
 
@@ -331,6 +363,7 @@ impl Runner {
         signals::install();
         let (mut this, mut result) = drive(self);
         let this = &mut this;
+        this.progress = None;
         // SAFETY: null clears the registration.
         unsafe { signals::set_running(std::ptr::null_mut()) };
         if let Some(s) = this.scripts.as_mut() {
@@ -488,6 +521,9 @@ impl Runner {
 
     /// Where an exit of `level` leaves the run: finished, stopped for the debugger, or going on.
     fn after_dispatch(&mut self, flow: Flow, level: Level, rip_entry: u64) -> Option<Stop> {
+        if crate::stdio::closed() {
+            return Some(Stop::Finished(Outcome::OutputClosed));
+        }
         match flow {
             Flow::Stop(Outcome::ScriptStop(why)) if self.debug.attached => {
                 return Some(Stop::Debug(DebugEvent::ScriptStop(why)));

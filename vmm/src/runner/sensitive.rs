@@ -53,7 +53,7 @@ impl Runner {
     pub(super) fn normalize_l1_sensitive(&mut self, insn: SensitiveInsn, rip: u64) -> Normalized {
         let q = self.sensitive_qualification(&insn);
         let mut exit = self.next_exit(Level::L1, insn.exit_reason() as u32, q, rip);
-        exit.detail = ExitDetail::Vmx { mnemonic: insn.name().to_string(), operands: String::new() };
+        exit.detail = ExitDetail::Vmx { mnemonic: insn.name().to_string(), operands: String::new(), vmcs: None };
         Normalized::Event(Event { exit, work: Work::Sensitive { insn, rip }, l2: None })
     }
 

@@ -185,7 +185,12 @@ impl Scenario {
             file => {
                 let p = dir.join(file);
                 if !p.is_file() {
-                    return Err(format!("guest `{file}` is neither an embedded guest nor a file ({})", p.display()));
+                    let near = crate::guests::GUESTS.iter().map(|(n, _, _)| *n);
+                    let hint = crate::suggest::nearest(file, near).map_or(String::new(), |n| format!("; nearest: {n}"));
+                    return Err(format!(
+                        "guest `{file}` is neither an embedded guest nor a file ({}){hint}",
+                        p.display()
+                    ));
                 }
                 p.display().to_string()
             }
@@ -298,6 +303,7 @@ mod tests {
             ("guest = \"hello\"\nbogus = 1", "line 2, column 1: unknown field `bogus`"),
             ("guest = \"hello", "line 1"),
             ("guest = \"no/such.elf\"", "neither an embedded guest nor a file"),
+            ("guest = \"vmx-basc\"", "vmx-basc); nearest: vmx-basic"),
             ("guest = \"hello\"\n[expect]\nexit_code = 300", "not an exit code"),
             ("guest = \"hello\"\n[expect]\nconsole_regex = \"a(b\"", "console_regex: unclosed group"),
             ("guest = \"hello\"\nscripts = [\"none.rhai\"]", "script `none.rhai` not found"),

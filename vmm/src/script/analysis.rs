@@ -39,7 +39,7 @@ const CHANGES: [&str; 11] = [
 ];
 #[cfg(test)]
 /// Members of the exit that read only its own record: a copy taken at the exit answers them.
-const RECORD: [&str; 23] = [
+const RECORD: [&str; 25] = [
     "level",
     "reason",
     "reason_nr",
@@ -61,6 +61,8 @@ const RECORD: [&str; 23] = [
     "gpa",
     "mnemonic",
     "operands",
+    "vmx",
+    "msr_name",
     "to_string",
     "to_debug",
 ];

@@ -261,6 +261,24 @@ fn register_exit(engine: &mut Engine) {
                 _ => None,
             }))
         })
+        .register_get("msr_name", |e: &mut ExitRef| {
+            opt(e.exit_detail(|d| match d {
+                ExitDetail::Msr { name, .. } => name.map(|n| n.to_string()),
+                _ => None,
+            }))
+        })
+        .register_get("vmx", |e: &mut ExitRef| {
+            opt(e.exit_detail(|d| match d {
+                ExitDetail::Vmx { vmcs: Some(a), .. } => {
+                    let mut m = rhai::Map::new();
+                    m.insert("field".into(), a.field.map_or(Dynamic::UNIT, |f| f.into()));
+                    m.insert("encoding".into(), i64::from(a.encoding).into());
+                    m.insert("value".into(), a.value.map_or(Dynamic::UNIT, |v| (v as i64).into()));
+                    Some(m)
+                }
+                _ => None,
+            }))
+        })
         .register_get("operands", |e: &mut ExitRef| {
             opt(e.exit_detail(|d| match d {
                 ExitDetail::Vmx { operands, .. } => Some(operands.clone()),

@@ -265,6 +265,21 @@ impl ScriptHost {
     pub fn load(paths: &[PathBuf], opts: ScriptOptions) -> Result<Self, Error> {
         let sources = paths.iter().map(|p| Source::read(p)).collect::<Result<Vec<_>, _>>()?;
         let compiled = sources.iter().map(|s| Compiled::new(s, &opts)).collect::<Result<Vec<_>, _>>()?;
+        for c in &compiled {
+            for w in hook_warnings(&c.name, &c.ast, c.has) {
+                crate::error::to_stderr(&format!("nestbed: warning: {w}\n"));
+            }
+        }
+        if opts.mode == ScriptMode::Pipelined {
+            if let Some(c) = compiled.iter().find(|c| c.has[1] && !Needs::of(&c.ast).observe_only()) {
+                return Err(Error::Config(format!(
+                    "--script-mode pipelined: {} changes the guest, decides, or reads memory or the VMCS, so its \
+                     on_exit must run inline, before nestbed handles the exit (SCRIPTING.md, \"Inline and pipelined\"); \
+                     leave --script-mode out",
+                    c.name
+                )));
+            }
+        }
         let needs = compiled.iter().fold(Needs::default(), |n, c| n.union(Needs::of(&c.ast)));
         let has_on_exit = compiled.iter().any(|c| c.has[1]);
         // A second thread only pays where it gets a CPU of its own.
@@ -347,6 +362,26 @@ impl ScriptHost {
     pub fn pipelined(&self) -> bool {
         matches!(self.run, Run::Pipelined(_))
     }
+}
+
+/// Warnings for a script whose hooks will not run as its author meant: a function whose name
+/// is a slip from a hook's (`on_exitt`, `On_Exit`), or no hook at all.
+fn hook_warnings(file: &str, ast: &AST, has: [bool; 3]) -> Vec<String> {
+    const HOOKS: [&str; 3] = [ON_START, ON_EXIT, ON_STOP];
+    let mut warnings: Vec<String> = ast
+        .iter_functions()
+        .filter(|f| !HOOKS.contains(&f.name))
+        .filter_map(|f| {
+            let hook = crate::suggest::nearest(f.name, HOOKS)?;
+            Some(format!("{file}: fn {} is not a hook and nestbed never calls it; did you mean {hook}?", f.name))
+        })
+        .collect();
+    if !has.contains(&true) {
+        warnings.push(format!(
+            "{file} defines no hook (on_start, on_exit(e), on_stop): only its top-level code runs, once, at load"
+        ));
+    }
+    warnings
 }
 
 /// `FILE:LINE:COL` (or just `FILE` when Rhai gives no position).

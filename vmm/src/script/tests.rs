@@ -374,7 +374,7 @@ fn example_scripts_run() {
             qualification: 0,
             rip: 0x2000,
             insn: vec![0x0f, 0x32],
-            detail: ExitDetail::Msr { index: 0x48a, write: false, value: 0 },
+            detail: ExitDetail::Msr { index: 0x48a, name: None, write: false, value: 0 },
         };
         let mut contexts = vec![io_exit(Level::L2, 0x80, true), io_exit(Level::L1, 0x3f8, false)];
         contexts.push(ExitContext::new(msr, Some(GuestRam::new(4).unwrap())));
@@ -442,13 +442,16 @@ fn scripts_that_change_or_read_live_state_run_inline() {
         "fn on_exit(e) { e.read_phys(0, 1); }",
         "fn on_exit(e) { if e.port == 0x80 { e.stop(\"port\") } }",
     ] {
-        let h = ScriptHost::load(&[file("c.rhai", src)], pipelined()).unwrap();
+        let h = ScriptHost::load(&[file("c.rhai", src)], ScriptOptions::default()).unwrap();
         assert!(!h.pipelined(), "{src}");
+        // Asked for pipelined, such a script is refused rather than run inline unsaid.
+        let refused = ScriptHost::load(&[file("c.rhai", src)], pipelined()).err().expect(src);
+        assert!(refused.to_string().contains("must run inline"), "{refused}");
     }
     // One script that changes makes them all inline (their order is kept).
     let a = file("a.rhai", "fn on_exit(e) { }");
     let b = file("b.rhai", "fn on_exit(e) { e.skip(); }");
-    assert!(!ScriptHost::load(&[a, b], pipelined()).unwrap().pipelined());
+    assert!(!ScriptHost::load(&[a, b], ScriptOptions::default()).unwrap().pipelined());
 }
 
 #[test]

@@ -4,6 +4,7 @@
 pub mod clock;
 pub mod diff;
 pub mod file;
+pub mod histogram;
 pub mod phases;
 pub mod report;
 pub mod stats;

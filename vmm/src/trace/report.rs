@@ -12,6 +12,7 @@ use crate::exit::{Handler, Level};
 /// plus the guest's run up to the next exit (the last exit gets none).
 pub fn stats(events: &[Event]) -> Result<Stats, (usize, String)> {
     let mut stats = Stats::default();
+    stats.basis = super::stats::TimeBasis::Gap;
     for (i, e) in events.iter().enumerate() {
         let bad = |what: &str| (e.line, format!("missing or unknown `{what}`"));
         let level = match e.str("level") {
@@ -48,11 +49,7 @@ pub fn report_file(path: &Path, svg_out: Option<&Path>) -> Result<String, Error>
     let out = svg_out.map_or_else(|| path.with_extension("svg"), PathBuf::from);
     let picture = svg::render(&events, &path.display().to_string());
     std::fs::write(&out, picture).map_err(|source| Error::File { path: out.clone(), source })?;
-    Ok(format!(
-        "{}time of an exit: from it to the next exit (handling plus guest run)\nSVG written to {}\n",
-        stats.report(),
-        out.display()
-    ))
+    Ok(format!("{}SVG written to {}\n", stats.report(), out.display()))
 }
 
 #[cfg(test)]
@@ -66,7 +63,7 @@ mod tests {
         let s = stats(&file::parse(text).unwrap()).unwrap();
         assert_eq!(s.total_exits(), 2);
         let rows = s.rows();
-        assert_eq!(rows[0].3.total, Duration::from_nanos(3000));
+        assert_eq!(rows[0].row.total, Duration::from_nanos(3000));
         assert_eq!(s.wall, Duration::from_nanos(4000));
         assert_eq!(stats(&file::parse("{\"level\":\"L3\"}").unwrap()).unwrap_err().0, 1);
     }

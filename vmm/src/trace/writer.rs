@@ -29,15 +29,22 @@ pub struct Event<'a> {
     pub t: u64,
 }
 
+/// The trace path that means stdout.
+pub const STDOUT: &str = "-";
+
 pub struct TraceWriter {
-    out: BufWriter<File>,
+    out: BufWriter<Box<dyn Write + Send>>,
     path: std::path::PathBuf,
 }
 
 impl TraceWriter {
     pub fn create(path: &Path) -> Result<Self, Error> {
-        let f = File::create(path).map_err(|source| Error::File { path: path.to_owned(), source })?;
-        Ok(TraceWriter { out: BufWriter::new(f), path: path.to_owned() })
+        let out: Box<dyn Write + Send> = if path == Path::new(STDOUT) {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(File::create(path).map_err(|source| Error::File { path: path.to_owned(), source })?)
+        };
+        Ok(TraceWriter { out: BufWriter::new(out), path: path.to_owned() })
     }
 
     /// Writes one exit's line; a write error (a full disk) ends the run with it.
@@ -55,9 +62,17 @@ impl TraceWriter {
             script,
             t: t_ns,
         };
-        let file = |source| Error::File { path: self.path.clone(), source };
-        serde_json::to_writer(&mut self.out, &ev).map_err(std::io::Error::from).map_err(file)?;
-        self.out.write_all(b"\n").map_err(file)
+        let written = serde_json::to_writer(&mut self.out, &ev)
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.out.write_all(b"\n"));
+        match written {
+            // A reader of `--trace -` that went away ends the run as a closed stdout does.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                crate::stdio::stdout_lost();
+                Ok(())
+            }
+            r => r.map_err(|source| Error::File { path: self.path.clone(), source }),
+        }
     }
 
     pub fn flush(&mut self) {
