@@ -14,10 +14,12 @@ use crate::nested::route::L0Keeps;
 use crate::nested::space::{Source, SyncError};
 use crate::nested::transition::MAX_L2_GPA;
 use crate::nested::{trap, Insn};
+use crate::vmx::caps::{proc, proc2};
 use crate::vmx::decode::{exit_qualification, instruction_info, VmxOp};
 use crate::vmx::ept::{ept_translate_width, ept_violation_qualification, EptPerms};
 use crate::vmx::exit_info::ExitInfo;
 use crate::vmx::exits::{io_qualification, ExitReason};
+use crate::vmx::fields::{CPU_BASED_VM_EXEC_CONTROL, SECONDARY_VM_EXEC_CONTROL};
 use crate::vmx::route::ExitFacts;
 use crate::vmx::sensitive::{decode_sensitive, invlpg_address, Sensitive};
 
@@ -127,6 +129,10 @@ impl Runner {
                 let Some(insn) = decode_sensitive(&bytes, bitness, rip) else {
                     return Ok(self.l2_vmx(&bytes, rip));
                 };
+                // With "enable RDTSCP" 0, RDTSCP is #UD before any VM exit (SDM 25.3).
+                if insn.op == Sensitive::Rdtscp && !self.l2_rdtscp_enabled() {
+                    return Ok(self.l2_ud(rip));
+                }
                 let mut q = self.sensitive_qualification(&insn);
                 if insn.op == Sensitive::Invlpg {
                     // The qualification is INVLPG's linear-address operand (SDM 28.2.1).
@@ -185,6 +191,13 @@ impl Runner {
             }
         };
         Ok(parts.into_event(self))
+    }
+
+    fn l2_rdtscp_enabled(&self) -> bool {
+        self.nested.vmx.current_vmcs().is_some_and(|v| {
+            v.get32(CPU_BASED_VM_EXEC_CONTROL) & proc::ACTIVATE_SECONDARY_CONTROLS != 0
+                && v.get32(SECONDARY_VM_EXEC_CONTROL) & proc2::ENABLE_RDTSCP != 0
+        })
     }
 
     /// #UD for L2's instruction at `rip`, raised by nestbed (it is no VMX instruction KVM could
