@@ -122,6 +122,12 @@ pub(super) enum Work {
         len: u8,
         data: Option<u64>,
     },
+    /// L2's VMREAD or VMWRITE that VMCS shadowing serves from the shadow VMCS, without a VM
+    /// exit (SDM 25.10).
+    Shadowed {
+        insn: VmxInsn,
+        rip: u64,
+    },
     /// An exception for the guest that exited (a VMX instruction of L2 kept in L0: #UD).
     Inject {
         vector: u8,
@@ -276,6 +282,7 @@ impl Runner {
                 self.active().inject_exception(vector, None);
                 Ok(Flow::Continue)
             }
+            Work::Shadowed { insn, rip } => Ok(self.l2_shadowed(&insn, rip)),
             Work::L2Hlt => Ok(self.l2_halt()),
             Work::KeptEvent { reason } => Ok(self.keep_event(reason)),
             Work::Unsupported(why) => Ok(Flow::Stop(Outcome::Unsupported(why))),
@@ -292,6 +299,9 @@ impl Runner {
                 match work {
                     Work::L1Vmx { insn, rip } => self.l1.regs_mut().rip = rip.wrapping_add(u64::from(insn.len)),
                     Work::Sensitive { insn, rip } => {
+                        self.active().regs_mut().rip = rip.wrapping_add(u64::from(insn.len));
+                    }
+                    Work::Shadowed { insn, rip } => {
                         self.active().regs_mut().rip = rip.wrapping_add(u64::from(insn.len));
                     }
                     _ => {}
@@ -377,7 +387,7 @@ impl Runner {
         Flow::Continue
     }
 
-    fn inject_fault(&mut self, f: Fault) {
+    pub(super) fn inject_fault(&mut self, f: Fault) {
         if let Fault::PageFault { address, .. } = f {
             self.active().sregs_mut().cr2 = address;
         }

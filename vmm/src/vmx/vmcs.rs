@@ -49,19 +49,17 @@ impl Vmcs {
     /// yields bits 63:32 of the 64-bit field (SDM 25.11.2).
     pub fn read(&self, enc: u32) -> Option<u64> {
         let (i, _) = fields::by_encoding(enc)?;
-        let v = self.values[i];
-        Some(if fields::is_high_access(enc) { v >> 32 } else { v })
+        Some(read_value(self.values[i], enc))
     }
 
     /// VMWRITE semantics without the read-only check: stores `v` truncated to the field's
     /// width; a high-access encoding replaces bits 63:32. `false` for an unsupported
     /// component.
     pub fn write(&mut self, enc: u32, v: u64) -> bool {
-        let Some((i, f)) = fields::by_encoding(enc) else {
+        let Some((i, _)) = fields::by_encoding(enc) else {
             return false;
         };
-        self.values[i] =
-            if fields::is_high_access(enc) { (self.values[i] & 0xffff_ffff) | (v << 32) } else { v & f.width().mask() };
+        self.values[i] = written_value(self.values[i], enc, v);
         true
     }
 
@@ -126,6 +124,32 @@ impl Vmcs {
 
     pub fn width_of(enc: u32) -> Option<Width> {
         fields::by_encoding(enc).map(|(_, f)| f.width())
+    }
+}
+
+/// Offset in a VMCS region of the 8 bytes holding the field `enc` (or the 64-bit field a
+/// high-access encoding names); `None` for an unsupported component. How a VMREAD or VMWRITE
+/// that VMCS shadowing serves (SDM 25.10) reaches a region that is not cached.
+pub fn field_offset(enc: u32) -> Option<usize> {
+    fields::by_encoding(enc).map(|(i, _)| OFFSET_FIELDS + 8 * i)
+}
+
+/// What a VMREAD of `enc` returns when its field holds `stored`.
+pub fn read_value(stored: u64, enc: u32) -> u64 {
+    if fields::is_high_access(enc) {
+        stored >> 32
+    } else {
+        stored
+    }
+}
+
+/// What the field `enc` holds after a VMWRITE of `v` when it held `stored`: truncated to the
+/// field's width, or bits 63:32 replaced for a high-access encoding.
+pub fn written_value(stored: u64, enc: u32, v: u64) -> u64 {
+    match fields::by_encoding(enc) {
+        Some(_) if fields::is_high_access(enc) => (stored & 0xffff_ffff) | (v << 32),
+        Some((_, f)) => v & f.width().mask(),
+        None => stored,
     }
 }
 
