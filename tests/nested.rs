@@ -26,6 +26,32 @@ fn vmx_l2_vmx() {
     assert_eq!(stat_count(&r.stderr, "L2", "VMWRITE", "L1"), Some(2), "{}", r.stderr);
 }
 
+/// VMCS shadowing (SDM 25.10): L2's VMREADs and VMWRITEs whose bitmap bit is 0 are served from
+/// the shadow VMCS by nestbed (handled in L0, no VM exit), the others reach L1; bad link
+/// pointers fail VM entry with qualification 4; a bitmap past the end of RAM makes VMREAD exit.
+#[test]
+fn vmx_shadow() {
+    let r = passes("vmx-shadow");
+    assert!(
+        r.stdout.contains("L2 executed 13 VMREAD/VMWRITE: 4 reached L1, 9 were served from the shadow VMCS"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(stat_count(&r.stderr, "L2", "VMREAD", "L0"), Some(7), "{}", r.stderr);
+    assert_eq!(stat_count(&r.stderr, "L2", "VMREAD", "L1"), Some(4), "{}", r.stderr);
+    assert_eq!(stat_count(&r.stderr, "L2", "VMWRITE", "L0"), Some(3), "{}", r.stderr);
+    assert_eq!(stat_count(&r.stderr, "L2", "VMWRITE", "L1"), Some(1), "{}", r.stderr);
+}
+
+/// Without bit 14 in IA32_VMX_PROCBASED_CTLS2's allowed 1-settings, L1 cannot turn shadowing
+/// on: the guest says so and exits 77.
+#[test]
+fn vmx_shadow_not_offered() {
+    let r = run_guest("vmx-shadow", &["--vmx-msr", "0x48b=0x102a00000000"]);
+    assert_eq!(r.code, 77, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("VMCS shadowing is not offered"), "{}", r.stdout);
+}
+
 /// What the host's KVM does with a VMCALL in the L2 VM: it emulates it as a hypercall
 /// instruction over and over without an exit to userspace, so L2 hangs before its first exit.
 #[test]
@@ -277,6 +303,7 @@ fn every_vmx_guest_passes_with_patched_sensitive_instructions() {
             "sdm-l1",
             "nested-demo",
             "vmx-l2-vmx",
+            "vmx-shadow",
         ] {
             let r = run_guest(guest, &["--stats", "--patch-sensitive", mode]);
             assert_eq!(r.code, 0, "{guest} failed with --patch-sensitive {mode}:\n{}\n{}", r.stdout, r.stderr);
