@@ -3,7 +3,12 @@
 mod common;
 use common::run_guest;
 
+/// Runs `guest` with the enlightened VMCS offered (which guests/hv uses) and with `--no-evmcs`;
+/// both must pass. The first run is returned.
 fn passes(guest: &str) -> common::Run {
+    let without = run_guest(guest, &["--stats", "--no-evmcs"]);
+    assert_eq!(without.code, 0, "{guest} failed with --no-evmcs:\n{}\n{}", without.stdout, without.stderr);
+    assert!(!without.stdout.contains("FAIL"), "--no-evmcs: {}", without.stdout);
     let r = run_guest(guest, &["--stats"]);
     assert_eq!(r.code, 0, "{guest} failed:\n{}\n{}", r.stdout, r.stderr);
     assert!(!r.stdout.contains("FAIL"), "{}", r.stdout);
@@ -50,6 +55,37 @@ fn vmx_shadow_not_offered() {
     let r = run_guest("vmx-shadow", &["--vmx-msr", "0x48b=0x102a00000000"]);
     assert_eq!(r.code, 77, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("VMCS shadowing is not offered"), "{}", r.stdout);
+}
+
+/// The enlightened VMCS (EVMCS.md): registration and its #GP cases, the fields-changed mask,
+/// VMfail and VM-entry failures in the page, L2 writing the page. L1 sets up its VMCS and
+/// handles L2's exits without a VMWRITE that traps; the four VMREADs are the guest's own
+/// checks. Without the protocol offered, the guest exits 77.
+#[test]
+fn vmx_evmcs() {
+    let r = run_guest("vmx-evmcs", &["--stats"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(!r.stdout.contains("FAIL"), "{}", r.stdout);
+    assert_eq!(stat_count(&r.stderr, "L1", "VMWRITE", "L0"), None, "{}", r.stderr);
+    assert_eq!(stat_count(&r.stderr, "L1", "VMREAD", "L0"), Some(4), "{}", r.stderr);
+    let r = run_guest("vmx-evmcs", &["--no-evmcs"]);
+    assert_eq!(r.code, 77, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("the enlightened VMCS is not offered"), "{}", r.stdout);
+}
+
+/// guests/hv uses the enlightened VMCS when offered: the nested demo's L1 then executes no
+/// VMREAD or VMWRITE that traps, and the same exits reach it; with --no-evmcs they trap.
+#[test]
+fn hv_uses_the_enlightened_vmcs_when_offered() {
+    let with = passes("nested-demo");
+    let without = run_guest("nested-demo", &["--stats", "--no-evmcs"]);
+    for reason in ["VMREAD", "VMWRITE", "VMPTRLD"] {
+        assert_eq!(stat_count(&with.stderr, "L1", reason, "L0"), None, "{reason}: {}", with.stderr);
+        assert!(stat_count(&without.stderr, "L1", reason, "L0").is_some_and(|n| n > 0), "{reason}: {}", without.stderr);
+    }
+    let l2_exits = |r: &common::Run| stat_count(&r.stderr, "L2", "IO_INSTRUCTION", "L1");
+    assert_eq!(l2_exits(&with), l2_exits(&without), "{}\n{}", with.stderr, without.stderr);
+    assert_eq!(stat_count(&with.stderr, "L1", "WRMSR", "L0"), Some(1), "{}", with.stderr);
 }
 
 /// What the host's KVM does with a VMCALL in the L2 VM: it emulates it as a hypercall
@@ -104,7 +140,7 @@ const MSR_LISTS_KEY_LINES: &[&str] = &[
 /// host and patched into int3 traps.
 #[test]
 fn vmx_msr_lists() {
-    for extra in [&[][..], &["--patch-sensitive", "on"][..]] {
+    for extra in [&[][..], &["--patch-sensitive", "on"][..], &["--no-evmcs"][..]] {
         let mut args = vec!["--stats"];
         args.extend_from_slice(extra);
         let r = run_guest("vmx-msr-lists", &args);
@@ -115,7 +151,9 @@ fn vmx_msr_lists() {
         }
         // L2's IA32_SYSENTER_ESP write reaches nestbed; L1's IA32_DEBUGCTL write too.
         assert_eq!(stat_count(&r.stderr, "L2", "WRMSR", "L0"), Some(1), "{}", r.stderr);
-        assert_eq!(stat_count(&r.stderr, "L1", "WRMSR", "L0"), Some(1), "{}", r.stderr);
+        // With the enlightened VMCS, L1 also registers its VMCS page by WRMSR.
+        let evmcs = u64::from(!extra.contains(&"--no-evmcs"));
+        assert_eq!(stat_count(&r.stderr, "L1", "WRMSR", "L0"), Some(1 + evmcs), "{}", r.stderr);
     }
 }
 

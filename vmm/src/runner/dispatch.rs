@@ -165,6 +165,10 @@ impl Runner {
     /// An exit from `normalize` or raised by nestbed itself, from route on.
     pub(super) fn dispatch_event(&mut self, mut ev: Event, t0: u64) -> Result<Flow, Error> {
         let level = ev.exit.level;
+        if level == Level::L1 {
+            // What L1 marked changed in an enlightened VMCS is the VMCS scripts and gdb see.
+            self.nested.vmx.absorb_enlightened(&mut RamView(&self.l1_vm.ram));
+        }
         // An exit between steps: L1 may be stepped again for as long while an interrupt waits.
         self.l1_window_budget = super::platform::WINDOW_STEPS;
         let route = self.route(&ev);
@@ -214,6 +218,7 @@ impl Runner {
                 self.events_at_vm_exit(&mut info);
                 let abort = self.nested.vm_exit(&mut self.l1, &self.l1_vm.ram, &info, &insn, &mut self.platform)?;
                 self.events_saved_at_vm_exit();
+                self.sync_enlightened()?;
                 self.level = Level::L1;
                 self.stats.phases.add_since(Phase::Transfer, t);
                 Ok(match abort {
@@ -350,6 +355,7 @@ impl Runner {
                     launch,
                     &mut self.platform,
                 )?;
+                self.sync_enlightened()?;
                 match entry {
                     Entry::Entered => {
                         self.level = Level::L2;
@@ -376,6 +382,16 @@ impl Runner {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// An enlightened current VMCS is written back to its page, where L1 reads it (EVMCS.md),
+    /// with GUEST_DR7 up to date.
+    fn sync_enlightened(&mut self) -> Result<(), Error> {
+        if self.nested.vmx.enlightened {
+            self.nested.settle_guest_dr7()?;
+            self.nested.vmx.sync_enlightened(&mut RamView(&self.l1_vm.ram));
+        }
+        Ok(())
     }
 
     /// A hypercall of L1 to its hypervisor, nestbed, which offers none: the answer is KVM's

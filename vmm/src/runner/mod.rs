@@ -57,6 +57,8 @@ pub struct RunConfig {
     pub modules: Vec<loader::Module>,
     /// What the guest's writes to the exit ports mean (`--exit-convention`).
     pub exit_convention: ExitConvention,
+    /// Offer the enlightened VMCS (EVMCS.md) to L1; `--no-evmcs` turns it off.
+    pub evmcs: bool,
 }
 
 impl RunConfig {
@@ -75,6 +77,7 @@ impl RunConfig {
             patch: PatchMode::Off,
             modules: Vec::new(),
             exit_convention: ExitConvention::Nestbed,
+            evmcs: true,
         }
     }
 }
@@ -195,6 +198,8 @@ pub struct Runner {
     cr8_seen: [u64; 2],
     /// The breakpoint at L1's #UD handler that catches VMX instructions not patched at load.
     ud_catch: lazy_patch::UdCatch,
+    /// The enlightened VMCS is offered (EVMCS.md).
+    evmcs: bool,
 }
 
 impl Runner {
@@ -215,6 +220,10 @@ impl Runner {
         let mut scripts =
             if cfg.scripts.is_empty() { None } else { Some(ScriptHost::load(&cfg.scripts, cfg.script_options)?) };
         let (mut l1_cpuid, mut l2_cpuid) = (Vec::new(), Vec::new());
+        if cfg.evmcs {
+            let regs = crate::vmx::evmcs::cpuid_regs();
+            l1_cpuid.push(crate::machine::vm::CpuidOverride { leaf: crate::vmx::evmcs::CPUID_LEAF, subleaf: 0, regs });
+        }
         if let Some(s) = scripts.as_mut() {
             for (level, ov) in s.on_start()? {
                 match level {
@@ -290,6 +299,7 @@ impl Runner {
             l1_window_budget: platform::WINDOW_STEPS,
             cr8_seen: [0; 2],
             ud_catch: lazy_patch::UdCatch::new(catch, simulate),
+            evmcs: cfg.evmcs,
         })
     }
 

@@ -19,7 +19,7 @@ use super::caps::{cr, ept_cap, VmxCaps};
 use super::checks::{eptp_valid, CheckClass, Violation};
 use super::decode::{effective_address, Gpr, Operand, Seg, VmxInsn, VmxOp};
 use super::fields::{self, VM_INSTRUCTION_ERROR};
-use super::vmcs::{Vmcs, OFFSET_LAUNCH_STATE, VMCS_SIZE};
+use super::vmcs::{Vmcs, OFFSET_CHANGED, OFFSET_LAUNCH_STATE, VMCS_SIZE};
 
 /// A guest-physical access outside RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +202,23 @@ pub struct VmxCpu {
     pub current: Option<u64>,
     /// Cache of the current VMCS.
     pub vmcs: Option<Vmcs>,
+    /// The current VMCS is an enlightened VMCS (EVMCS.md): its region in memory is what L1
+    /// reads and writes, and the cache follows it ([`super::evmcs`]).
+    pub enlightened: bool,
     invalidations: Vec<Invalidation>,
+}
+
+/// Why L1's WRMSR registering an enlightened VMCS is refused (#GP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvmcsRefused {
+    /// Outside VMX operation.
+    NotInVmxOperation,
+    /// Reserved bits 11:1 set, or an address not 4-KByte aligned or beyond the
+    /// physical-address width, or the VMXON region.
+    BadAddress,
+    /// The region's first word is not the revision identifier (with the shadow-VMCS
+    /// indicator 0).
+    BadRevision,
 }
 
 impl Default for VmxCpu {
@@ -215,15 +231,115 @@ type Step = Result<Outcome, Fault>;
 
 impl VmxCpu {
     pub fn new(caps: VmxCaps) -> Self {
-        VmxCpu { caps, vmxe: true, vmxon: false, vmxon_ptr: 0, current: None, vmcs: None, invalidations: Vec::new() }
+        VmxCpu {
+            caps,
+            vmxe: true,
+            vmxon: false,
+            vmxon_ptr: 0,
+            current: None,
+            vmcs: None,
+            enlightened: false,
+            invalidations: Vec::new(),
+        }
     }
 
-    /// Executes `insn` in VMX root operation (or outside VMX operation).
+    /// Executes `insn` in VMX root operation (or outside VMX operation). With an enlightened
+    /// current VMCS, the groups L1 marked changed are taken from its page first and the page
+    /// is written back after; enlightened use ends when the VMCS stops being current.
     pub fn execute(&mut self, insn: &VmxInsn, env: &mut dyn VmxEnv) -> Outcome {
-        match self.step(insn, env) {
+        let enlightened = self.current.filter(|_| self.enlightened);
+        if enlightened.is_some() {
+            self.absorb_enlightened(env);
+        }
+        let o = match self.step(insn, env) {
             Ok(o) => o,
             Err(f) => Outcome::Fault(f),
+        };
+        if enlightened.is_some() {
+            if self.current == enlightened {
+                self.flush_current(env);
+            } else {
+                self.enlightened = false;
+            }
         }
+        o
+    }
+
+    /// L1's WRMSR of [`super::evmcs::MSR_EVMCS`]: with bit 0 set, the page at bits 63:12 becomes
+    /// the current VMCS as VMPTRLD would make it (the same checks, refused with #GP instead of
+    /// VMfail), enlightened; 0 ends enlightened use, the VMCS stays current.
+    pub fn write_evmcs_msr(&mut self, value: u64, mem: &mut dyn GuestMemory, width: u8) -> Result<(), EvmcsRefused> {
+        if !self.vmxon {
+            return Err(EvmcsRefused::NotInVmxOperation);
+        }
+        if value & super::evmcs::MSR_ENABLE == 0 {
+            if value != 0 {
+                return Err(EvmcsRefused::BadAddress);
+            }
+            self.sync_enlightened(mem);
+            self.enlightened = false;
+            return Ok(());
+        }
+        let page = value & !super::evmcs::MSR_ENABLE;
+        if bad_page_addr(page, width) || page == self.vmxon_ptr {
+            return Err(EvmcsRefused::BadAddress);
+        }
+        let mut region = vec![0u8; VMCS_SIZE];
+        if mem.read_phys(page, &mut region).is_err() {
+            return Err(EvmcsRefused::BadAddress);
+        }
+        let head = u32::from_le_bytes([region[0], region[1], region[2], region[3]]);
+        if head != self.caps.revision() {
+            return Err(EvmcsRefused::BadRevision);
+        }
+        if self.current == Some(page) {
+            // The cache is the VMCS; the page becomes it.
+            self.flush_current(mem);
+        } else {
+            self.flush_current(mem);
+            self.current = Some(page);
+            self.vmcs = Some(Vmcs::from_bytes(&region));
+            // The page was read whole: nothing is left to take from the mask.
+            let _ = mem.write_phys(page + OFFSET_CHANGED as u64, &0u64.to_le_bytes());
+        }
+        self.enlightened = true;
+        Ok(())
+    }
+
+    /// L1's RDMSR of [`super::evmcs::MSR_EVMCS`].
+    pub fn read_evmcs_msr(&self) -> u64 {
+        match self.current {
+            Some(p) if self.enlightened => p | super::evmcs::MSR_ENABLE,
+            _ => 0,
+        }
+    }
+
+    /// Writes an enlightened current VMCS back to its page (after a VM exit or entry).
+    pub fn sync_enlightened(&mut self, mem: &mut dyn GuestMemory) {
+        if self.enlightened {
+            self.flush_current(mem);
+        }
+    }
+
+    /// Takes the groups L1 marked changed from the enlightened page and clears the mask.
+    pub fn absorb_enlightened(&mut self, mem: &mut dyn GuestMemory) {
+        if !self.enlightened {
+            return;
+        }
+        let (Some(page), Some(cache)) = (self.current, self.vmcs.as_mut()) else { return };
+        let mut b = [0u8; 8];
+        if mem.read_phys(page + OFFSET_CHANGED as u64, &mut b).is_err() {
+            return;
+        }
+        let mask = u64::from_le_bytes(b);
+        if mask == 0 {
+            return;
+        }
+        let mut region = vec![0u8; VMCS_SIZE];
+        if mem.read_phys(page, &mut region).is_ok() {
+            super::evmcs::absorb(cache, &region, mask);
+        }
+        let _ = mem.write_phys(page + OFFSET_CHANGED as u64, &0u64.to_le_bytes());
     }
 
     /// The oldest pending invalidation from INVEPT/INVVPID.
