@@ -88,6 +88,29 @@ fn hv_uses_the_enlightened_vmcs_when_offered() {
     assert_eq!(stat_count(&with.stderr, "L1", "WRMSR", "L0"), Some(1), "{}", with.stderr);
 }
 
+/// Turtles: L1 runs L2, a hypervisor that launches L3; L1 emulates VMX for L2 with a shadow
+/// VMCS. Of L2's VMREADs and VMWRITEs, only the VMREADs of the exit information (4 fields, 3
+/// per reflected exit) reach L1; nestbed serves the rest from the shadow VMCS. nestbed's "L2" is
+/// the VM L1 runs: L2 on VMCS01 or L3 on VMCS02, whose OUT and HLT exits reach L1.
+#[test]
+fn vmx_turtles() {
+    let r = passes("vmx-turtles");
+    assert!(
+        r.stdout.contains("L2 executed 114 VMREADs and VMWRITEs: 12 reached L1, 102 were served from the shadow VMCS"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(stat_count(&r.stderr, "L2", "VMREAD", "L1"), Some(12), "{}", r.stderr);
+    let served = ["VMREAD", "VMWRITE"].map(|x| stat_count(&r.stderr, "L2", x, "L0").unwrap_or(0));
+    assert_eq!(served.iter().sum::<u64>(), 102, "{}", r.stderr);
+    assert_eq!(stat_count(&r.stderr, "L2", "VMWRITE", "L1"), None, "{}", r.stderr);
+    for reason in ["VMXON", "VMCLEAR", "VMPTRLD", "VMLAUNCH", "VMXOFF"] {
+        assert_eq!(stat_count(&r.stderr, "L2", reason, "L1"), Some(1), "{reason}: {}", r.stderr);
+    }
+    assert_eq!(stat_count(&r.stderr, "L2", "VMRESUME", "L1"), Some(3), "{}", r.stderr);
+    assert_eq!(stat_count(&r.stderr, "L2", "IO_INSTRUCTION", "L1"), Some(3), "{}", r.stderr);
+}
+
 /// What the host's KVM does with a VMCALL in the L2 VM: it emulates it as a hypercall
 /// instruction over and over without an exit to userspace, so L2 hangs before its first exit.
 #[test]

@@ -173,9 +173,15 @@ pub fn vmptrst() -> Result<u64, VmFail> {
     result(rflags, faulted).map(|()| out)
 }
 
+/// How many VMREADs and VMWRITEs [`vmread`] and [`vmwrite`] executed (code that runs at more
+/// than one level, such as a guest hypervisor sharing the image, tells them apart by when it
+/// reads the count).
+pub static VMREAD_VMWRITE_COUNT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 /// VMREAD with register operands.
 #[inline(never)]
 pub fn vmread(field: u64) -> Result<u64, VmFail> {
+    VMREAD_VMWRITE_COUNT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     let (value, rflags, faulted): (u64, u64, u64);
     // SAFETY: register operands only; a fault resumes at the fixup.
     unsafe {
@@ -218,6 +224,7 @@ pub fn vmread(field: u64) -> Result<u64, VmFail> {
 /// VMWRITE with register operands.
 #[inline(never)]
 pub fn vmwrite(field: u64, value: u64) -> Result<(), VmFail> {
+    VMREAD_VMWRITE_COUNT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     let (rflags, faulted): (u64, u64);
     // SAFETY: register operands only; a fault resumes at the fixup.
     unsafe {

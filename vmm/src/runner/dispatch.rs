@@ -355,7 +355,10 @@ impl Runner {
                     launch,
                     &mut self.platform,
                 )?;
-                self.sync_enlightened()?;
+                // A VMRESUME that entered changed nothing in the VMCS: the page is up to date.
+                if launch || !matches!(entry, Entry::Entered) {
+                    self.sync_enlightened()?;
+                }
                 match entry {
                     Entry::Entered => {
                         self.level = Level::L2;

@@ -256,10 +256,11 @@ impl VmxCpu {
             Err(f) => Outcome::Fault(f),
         };
         if enlightened.is_some() {
-            if self.current == enlightened {
-                self.flush_current(env);
-            } else {
+            if self.current != enlightened {
                 self.enlightened = false;
+            } else if !matches!(o, Outcome::Entry { .. }) {
+                // After a VM entry the glue writes the page back (`sync_enlightened`).
+                self.flush_current(env);
             }
         }
         o
@@ -335,10 +336,7 @@ impl VmxCpu {
         if mask == 0 {
             return;
         }
-        let mut region = vec![0u8; VMCS_SIZE];
-        if mem.read_phys(page, &mut region).is_ok() {
-            super::evmcs::absorb(cache, &region, mask);
-        }
+        super::evmcs::absorb_from(cache, mem, page, mask);
         let _ = mem.write_phys(page + OFFSET_CHANGED as u64, &0u64.to_le_bytes());
     }
 

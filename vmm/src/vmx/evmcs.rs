@@ -5,6 +5,7 @@
 //! groups from the page at every VMX instruction of L1 and writes the whole VMCS back after
 //! it and at every VM exit ([`super::cpu::VmxCpu`]).
 
+use super::cpu::GuestMemory;
 use super::fields::FIELDS;
 use super::vmcs::{field_offset, group, Vmcs, OFFSET_CHANGED};
 
@@ -37,6 +38,18 @@ pub fn absorb(cache: &mut Vmcs, page: &[u8], mask: u64) {
         let Some(o) = field_offset(f.encoding) else { continue };
         if let Some(b) = page.get(o..o + 8) {
             cache.set(f.encoding, u64::from_le_bytes(b.try_into().unwrap_or_default()));
+        }
+    }
+}
+
+/// [`absorb`] from guest memory, reading only the marked groups' fields (a page outside RAM
+/// gives nothing).
+pub fn absorb_from(cache: &mut Vmcs, mem: &dyn GuestMemory, page: u64, mask: u64) {
+    for f in FIELDS.iter().filter(|f| mask >> group(f.encoding) & 1 != 0 && !f.read_only()) {
+        let Some(o) = field_offset(f.encoding) else { continue };
+        let mut b = [0u8; 8];
+        if mem.read_phys(page + o as u64, &mut b).is_ok() {
+            cache.set(f.encoding, u64::from_le_bytes(b));
         }
     }
 }
