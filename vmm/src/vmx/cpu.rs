@@ -710,7 +710,8 @@ impl VmxCpu {
             let Some(off) = u32::try_from(enc).ok().and_then(super::vmcs::field_offset) else {
                 return Ok(self.vmfail(VmInstructionError::UnsupportedVmcsComponent));
             };
-            let stored = read_phys_u64(mem, link + off as u64);
+            // A link pointer a script wrote past the end of the address space reads as all ones.
+            let stored = link.checked_add(off as u64).map_or(u64::MAX, |at| read_phys_u64(mem, at));
             self.vmread_store(insn, guest, super::vmcs::read_value(stored, enc as u32))?;
             return Ok(Outcome::Succeed);
         }
@@ -722,10 +723,11 @@ impl VmxCpu {
         let Some(off) = super::vmcs::field_offset(enc) else {
             return Ok(self.vmfail(VmInstructionError::UnsupportedVmcsComponent));
         };
-        let at = link + off as u64;
-        let stored = read_phys_u64(mem, at);
         // Outside RAM the write reaches no device and is lost, as on hardware.
-        let _ = mem.write_phys(at, &super::vmcs::written_value(stored, enc, value).to_le_bytes());
+        if let Some(at) = link.checked_add(off as u64) {
+            let stored = read_phys_u64(mem, at);
+            let _ = mem.write_phys(at, &super::vmcs::written_value(stored, enc, value).to_le_bytes());
+        }
         Ok(Outcome::Succeed)
     }
 
@@ -1393,6 +1395,15 @@ mod tests {
         assert_eq!(go(&mut cpu, &mut l1, &mut l2, &vmread_insn), Outcome::Fault(Fault::InvalidOpcode));
         l2.lm64 = true;
         assert_eq!(go(&mut cpu, &mut l1, &mut l2, &op(VMLAUNCH)), Outcome::Fault(Fault::InvalidOpcode));
+
+        // A link pointer at the end of the address space (a script can write one while L2
+        // runs): all ones, the write lost, no overflow.
+        cpu.current_vmcs_mut().unwrap().set(VMCS_LINK_POINTER, u64::MAX - 0xfff);
+        l2.gprs[1] = u64::from(GUEST_RIP);
+        assert_eq!(go(&mut cpu, &mut l1, &mut l2, &vmread_insn), Outcome::Succeed);
+        assert_eq!(l2.gprs[0], u64::MAX);
+        (l2.gprs[0], l2.gprs[1]) = (u64::from(GUEST_RIP), 1);
+        assert_eq!(go(&mut cpu, &mut l1, &mut l2, &vmwrite_insn), Outcome::Succeed);
 
         // A link pointer whose region ends past RAM: reads are all ones, writes are lost.
         let end = l1.ram.0.len() as u64;
