@@ -165,6 +165,9 @@ impl Runner {
     /// An exit from `normalize` or raised by nestbed itself, from route on.
     pub(super) fn dispatch_event(&mut self, mut ev: Event, t0: u64) -> Result<Flow, Error> {
         let level = ev.exit.level;
+        if level == Level::L2 {
+            ev.exit.vmcs = self.nested.vmx.current;
+        }
         if level == Level::L1 {
             // What L1 marked changed in an enlightened VMCS is the VMCS scripts and gdb see.
             self.nested.vmx.absorb_enlightened(&mut RamView(&self.l1_vm.ram));
@@ -459,6 +462,7 @@ impl Runner {
             rip,
             insn: Vec::new(),
             detail: crate::exit::ExitDetail::None,
+            vmcs: None,
         }
     }
 }
