@@ -134,6 +134,29 @@ fn breakpoint_in_l2_code_stops_thread_2_and_the_vmcs_agrees() {
     assert!(console.contains("L1 agrees"), "{console}");
 }
 
+/// Turtles: thread 2 is the guest L1 last entered, so gdb stops in L2's code (a hypervisor, on
+/// L1's VMCS01) and later in L3's (on VMCS02), each with the VMCS L1 entered it with.
+#[test]
+fn turtles_l2_and_l3_code_stop_thread_2() {
+    let s = serve("gdb-turtles", "vmx-turtles", &["--gdb-wait"]);
+    let out = gdb(
+        &s,
+        "vmx-turtles",
+        "break vmx_turtles::l2_main\nbreak vmx_turtles::l3_main\ncontinue\ninfo threads\nprintf \"l2pc=%#lx\\n\", $pc\n\
+         vmcs GUEST_RIP\ncontinue\ninfo threads\nprintf \"l3pc=%#lx\\n\", $pc\ndelete",
+    );
+    // The breakpoint is past l2_main's prologue, in code inlined into it.
+    assert!(out.contains("Thread 2 hit Breakpoint 1, vmx_turtles::"), "{out}");
+    assert!(out.contains("Thread 2 hit Breakpoint 2, vmx_turtles::l3_main"), "{out}");
+    assert_eq!(hex_after(&out, "l2pc="), hex_after(&out, "GUEST_RIP = "), "{out}");
+    let vmcs: std::collections::BTreeSet<&str> =
+        out.split("L2 vmcs@").skip(1).filter_map(|t| t.split_whitespace().next()).collect();
+    assert_eq!(vmcs.len(), 2, "L2 and L3 run on two VMCSs: {out}");
+    let (code, console, _) = s.finish();
+    assert_eq!(code, 0, "{console}");
+    assert!(console.contains("vmx-turtles: all checks passed"), "{console}");
+}
+
 #[test]
 fn stepi_leaves_l2_at_host_rip_and_reenters_at_guest_rip() {
     let s = serve("gdb-step", "nested-demo", &["--gdb-wait"]);
@@ -374,7 +397,8 @@ fn a_breakpoint_on_a_patched_instruction_stops_there_and_shows_the_original() {
 fn after_an_l2_out_exit_l2s_pc_is_guest_rip_and_exits_names_vmcs_fields() {
     // On hardware an I/O exit saves the RIP of the OUT itself in GUEST_RIP (SDM 28.3.3); KVM
     // has already completed the OUT in L2's vCPU, which must not show through.
-    let s = serve("gdb-l2-out", "nested-demo", &["--gdb-wait"]);
+    // Without the enlightened VMCS, L1's VMREADs and VMWRITEs are exits `exits` can name.
+    let s = serve("gdb-l2-out", "nested-demo", &["--gdb-wait", "--no-evmcs"]);
     // L2's first I/O exits (the UART's status port) are nestbed's; stop at the first that
     // reached L1, which leaves thread 1 running.
     let script = "exit-break IO_INSTRUCTION L2\ncontinue\nset $n = 0\nwhile $_thread == 2 && $n < 100\n  continue\n  \

@@ -3,7 +3,12 @@
 mod common;
 use common::run_guest;
 
+/// Runs `guest` with the enlightened VMCS offered (which guests/hv uses) and with `--no-evmcs`;
+/// both must pass. The first run is returned.
 fn passes(guest: &str) -> common::Run {
+    let without = run_guest(guest, &["--stats", "--no-evmcs"]);
+    assert_eq!(without.code, 0, "{guest} failed with --no-evmcs:\n{}\n{}", without.stdout, without.stderr);
+    assert!(!without.stdout.contains("FAIL"), "--no-evmcs: {}", without.stdout);
     let r = run_guest(guest, &["--stats"]);
     assert_eq!(r.code, 0, "{guest} failed:\n{}\n{}", r.stdout, r.stderr);
     assert!(!r.stdout.contains("FAIL"), "{}", r.stdout);
@@ -24,6 +29,86 @@ fn vmx_l2_vmx() {
     }
     assert_eq!(stat_count(&r.stderr, "L2", "VMREAD", "L1"), Some(2), "{}", r.stderr);
     assert_eq!(stat_count(&r.stderr, "L2", "VMWRITE", "L1"), Some(2), "{}", r.stderr);
+}
+
+/// VMCS shadowing (SDM 25.10): L2's VMREADs and VMWRITEs whose bitmap bit is 0 are served from
+/// the shadow VMCS by nestbed (handled in L0, no VM exit), the others reach L1; bad link
+/// pointers fail VM entry with qualification 4; a bitmap past the end of RAM makes VMREAD exit.
+#[test]
+fn vmx_shadow() {
+    let r = passes("vmx-shadow");
+    assert!(
+        r.stdout.contains("L2 executed 13 VMREAD/VMWRITE: 4 reached L1, 9 were served from the shadow VMCS"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(stat_count(&r.stderr, "L2", "VMREAD", "L0"), Some(7), "{}", r.stderr);
+    assert_eq!(stat_count(&r.stderr, "L2", "VMREAD", "L1"), Some(4), "{}", r.stderr);
+    assert_eq!(stat_count(&r.stderr, "L2", "VMWRITE", "L0"), Some(3), "{}", r.stderr);
+    assert_eq!(stat_count(&r.stderr, "L2", "VMWRITE", "L1"), Some(1), "{}", r.stderr);
+}
+
+/// Without bit 14 in IA32_VMX_PROCBASED_CTLS2's allowed 1-settings, L1 cannot turn shadowing
+/// on: the guest says so and exits 77.
+#[test]
+fn vmx_shadow_not_offered() {
+    let r = run_guest("vmx-shadow", &["--vmx-msr", "0x48b=0x102a00000000"]);
+    assert_eq!(r.code, 77, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("VMCS shadowing is not offered"), "{}", r.stdout);
+}
+
+/// The enlightened VMCS (EVMCS.md): registration and its #GP cases, the fields-changed mask,
+/// VMfail and VM-entry failures in the page, L2 writing the page. L1 sets up its VMCS and
+/// handles L2's exits without a VMWRITE that traps; the four VMREADs are the guest's own
+/// checks. Without the protocol offered, the guest exits 77.
+#[test]
+fn vmx_evmcs() {
+    let r = run_guest("vmx-evmcs", &["--stats"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(!r.stdout.contains("FAIL"), "{}", r.stdout);
+    assert_eq!(stat_count(&r.stderr, "L1", "VMWRITE", "L0"), None, "{}", r.stderr);
+    assert_eq!(stat_count(&r.stderr, "L1", "VMREAD", "L0"), Some(4), "{}", r.stderr);
+    let r = run_guest("vmx-evmcs", &["--no-evmcs"]);
+    assert_eq!(r.code, 77, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("the enlightened VMCS is not offered"), "{}", r.stdout);
+}
+
+/// guests/hv uses the enlightened VMCS when offered: the nested demo's L1 then executes no
+/// VMREAD or VMWRITE that traps, and the same exits reach it; with --no-evmcs they trap.
+#[test]
+fn hv_uses_the_enlightened_vmcs_when_offered() {
+    let with = passes("nested-demo");
+    let without = run_guest("nested-demo", &["--stats", "--no-evmcs"]);
+    for reason in ["VMREAD", "VMWRITE", "VMPTRLD"] {
+        assert_eq!(stat_count(&with.stderr, "L1", reason, "L0"), None, "{reason}: {}", with.stderr);
+        assert!(stat_count(&without.stderr, "L1", reason, "L0").is_some_and(|n| n > 0), "{reason}: {}", without.stderr);
+    }
+    let l2_exits = |r: &common::Run| stat_count(&r.stderr, "L2", "IO_INSTRUCTION", "L1");
+    assert_eq!(l2_exits(&with), l2_exits(&without), "{}\n{}", with.stderr, without.stderr);
+    assert_eq!(stat_count(&with.stderr, "L1", "WRMSR", "L0"), Some(1), "{}", with.stderr);
+}
+
+/// Turtles: L1 runs L2, a hypervisor that launches L3; L1 emulates VMX for L2 with a shadow
+/// VMCS. Of L2's VMREADs and VMWRITEs, only the VMREADs of the exit information (4 fields, 3
+/// per reflected exit) reach L1; nestbed serves the rest from the shadow VMCS. nestbed's "L2" is
+/// the VM L1 runs: L2 on VMCS01 or L3 on VMCS02, whose OUT and HLT exits reach L1.
+#[test]
+fn vmx_turtles() {
+    let r = passes("vmx-turtles");
+    assert!(
+        r.stdout.contains("L2 executed 114 VMREADs and VMWRITEs: 12 reached L1, 102 were served from the shadow VMCS"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(stat_count(&r.stderr, "L2", "VMREAD", "L1"), Some(12), "{}", r.stderr);
+    let served = ["VMREAD", "VMWRITE"].map(|x| stat_count(&r.stderr, "L2", x, "L0").unwrap_or(0));
+    assert_eq!(served.iter().sum::<u64>(), 102, "{}", r.stderr);
+    assert_eq!(stat_count(&r.stderr, "L2", "VMWRITE", "L1"), None, "{}", r.stderr);
+    for reason in ["VMXON", "VMCLEAR", "VMPTRLD", "VMLAUNCH", "VMXOFF"] {
+        assert_eq!(stat_count(&r.stderr, "L2", reason, "L1"), Some(1), "{reason}: {}", r.stderr);
+    }
+    assert_eq!(stat_count(&r.stderr, "L2", "VMRESUME", "L1"), Some(3), "{}", r.stderr);
+    assert_eq!(stat_count(&r.stderr, "L2", "IO_INSTRUCTION", "L1"), Some(3), "{}", r.stderr);
 }
 
 /// What the host's KVM does with a VMCALL in the L2 VM: it emulates it as a hypercall
@@ -78,7 +163,7 @@ const MSR_LISTS_KEY_LINES: &[&str] = &[
 /// host and patched into int3 traps.
 #[test]
 fn vmx_msr_lists() {
-    for extra in [&[][..], &["--patch-sensitive", "on"][..]] {
+    for extra in [&[][..], &["--patch-sensitive", "on"][..], &["--no-evmcs"][..]] {
         let mut args = vec!["--stats"];
         args.extend_from_slice(extra);
         let r = run_guest("vmx-msr-lists", &args);
@@ -89,7 +174,9 @@ fn vmx_msr_lists() {
         }
         // L2's IA32_SYSENTER_ESP write reaches nestbed; L1's IA32_DEBUGCTL write too.
         assert_eq!(stat_count(&r.stderr, "L2", "WRMSR", "L0"), Some(1), "{}", r.stderr);
-        assert_eq!(stat_count(&r.stderr, "L1", "WRMSR", "L0"), Some(1), "{}", r.stderr);
+        // With the enlightened VMCS, L1 also registers its VMCS page by WRMSR.
+        let evmcs = u64::from(!extra.contains(&"--no-evmcs"));
+        assert_eq!(stat_count(&r.stderr, "L1", "WRMSR", "L0"), Some(1 + evmcs), "{}", r.stderr);
     }
 }
 
@@ -277,6 +364,7 @@ fn every_vmx_guest_passes_with_patched_sensitive_instructions() {
             "sdm-l1",
             "nested-demo",
             "vmx-l2-vmx",
+            "vmx-shadow",
         ] {
             let r = run_guest(guest, &["--stats", "--patch-sensitive", mode]);
             assert_eq!(r.code, 0, "{guest} failed with --patch-sensitive {mode}:\n{}\n{}", r.stdout, r.stderr);

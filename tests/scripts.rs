@@ -328,3 +328,33 @@ fn on_exit(e) {
     assert!(r.stderr.contains("raises #UD there"), "{}", r.stderr);
     assert!(r.stderr.contains("1 written over by the guest, 1 unpatched sites trapped by the host"), "{}", r.stderr);
 }
+
+/// scripts/turtles-levels.rhai names the level of each exit on vmx-turtles by the VMCS L1
+/// entered (`e.vmcs`): L2, the hypervisor, and L3, its guest, as L1 sees their exits; the
+/// trace carries the same VMCS address on every L2 exit.
+#[test]
+fn turtles_levels_name_l2_and_l3() {
+    let dir = tmpdir("turtles");
+    let trace = dir.join("t.jsonl");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/turtles-levels.rhai");
+    let r = run_guest("vmx-turtles", &["--script", script, "--trace", trace.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    for line in
+        ["L2 VMLAUNCH L1: 1", "L2 VMREAD L1: 12", "L2 VMWRITE L0: 98", "L3 IO_INSTRUCTION L1: 3", "L3 HLT L1: 1"]
+    {
+        assert!(r.stderr.contains(line), "{line}: {}", r.stderr);
+    }
+    assert!(!r.stderr.contains("L3 VM"), "L3 executes no VMX instruction: {}", r.stderr);
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let vmcs_of = |reason: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter(|l| l.contains("\"level\":\"L2\"") && l.contains(&format!("\"reason\":\"{reason}\"")))
+            .filter_map(|l| l.split("\"vmcs\":\"").nth(1).and_then(|v| v.split('"').next()).map(str::to_string))
+            .collect()
+    };
+    let (l2, l3) = (vmcs_of("VMXON"), vmcs_of("IO_INSTRUCTION"));
+    assert_eq!((l2.len(), l3.len()), (1, 1), "{l2:?} {l3:?}");
+    assert_ne!(l2, l3);
+    assert!(!text.lines().any(|l| l.contains("\"level\":\"L1\"") && l.contains("\"vmcs\"")));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,7 +8,11 @@
 //!   without and with scripts;
 //! - a trapped VMREAD: the `vmx-bench` guest's L1 executing VMREADs (`vmread N`);
 //! - a nested exit: the `vmx-bench` guest's L2 doing `out`, each exit reflected to L1, which
-//!   only executes VMRESUME (`l2exit N`).
+//!   only executes VMRESUME (`l2exit N`);
+//! - a nested exit handled as a hypervisor does (`l2handle N`: four fields read, GUEST_RIP
+//!   written), with VMREAD/VMWRITE (`--no-evmcs`) and with the enlightened VMCS (EVMCS.md);
+//! - a nested hypervisor's VMREAD with VMCS shadowing (`l2vmread N exit|shadow`): exiting to
+//!   L1, or served from the shadow VMCS.
 //!
 //! Every loop, raw or guest, takes three instructions per operation (four for a nested exit):
 //! some hosts' KVM emulates each guest instruction, at about a microsecond each.
@@ -146,6 +150,75 @@ fn nestbed_run_phases(guest: &str, args: &str, n: u64) -> (f64, Phases) {
 
 fn vmread(n: u64) -> f64 {
     nestbed_run("vmx-bench", "vmread", n)
+}
+
+/// Wall time and exits of one vmx-bench run with command line `args n`, with or without the
+/// enlightened VMCS.
+fn vmx_bench_exits(args: &str, n: u64, evmcs: bool) -> (f64, u64) {
+    let image = nestbed::guests::find("vmx-bench").expect("vmx-bench guest").to_vec();
+    let mut cfg = RunConfig::new("vmx-bench", image);
+    let (what, rest) = args.split_once(' ').unwrap_or((args, ""));
+    cfg.cmdline = format!("{what} {n} {rest}").trim().to_string();
+    cfg.console = Some(Box::new(std::io::sink()));
+    cfg.evmcs = evmcs;
+    let t = Instant::now();
+    let report = runner::run(cfg).expect("nestbed run");
+    assert_eq!(report.outcome, runner::Outcome::GuestExit(0), "vmx-bench {args} {n}");
+    (t.elapsed().as_secs_f64(), report.stats.total_exits())
+}
+
+fn l2handle_vmx(n: u64) -> f64 {
+    vmx_bench_exits("l2handle", n, false).0
+}
+
+fn l2handle_evmcs(n: u64) -> f64 {
+    vmx_bench_exits("l2handle", n, true).0
+}
+
+fn l2vmread_exit(n: u64) -> f64 {
+    vmx_bench_exits("l2vmread exit", n, true).0
+}
+
+fn l2vmread_shadow(n: u64) -> f64 {
+    vmx_bench_exits("l2vmread shadow", n, true).0
+}
+
+/// KVM exits per operation (difference of two runs), for the rows that avoid traps.
+fn traps_table(m: (u64, u64)) -> String {
+    let per = |args: &str, evmcs: bool| {
+        let (a, b) = (vmx_bench_exits(args, m.0, evmcs).1, vmx_bench_exits(args, m.1, evmcs).1);
+        (b - a) as f64 / (m.1 - m.0) as f64
+    };
+    let rows = [
+        ("L2 exit handled by L1 with VMREAD/VMWRITE (`--no-evmcs`)", per("l2handle", false)),
+        ("L2 exit handled by L1 with the enlightened VMCS", per("l2handle", true)),
+        ("nested hypervisor's VMREAD exiting to L1 (shadowing, bitmap bit set)", per("l2vmread exit", true)),
+        ("nested hypervisor's VMREAD served from the shadow VMCS (bitmap bit clear)", per("l2vmread shadow", true)),
+    ];
+    let mut text = String::from(
+        "
+## Traps per operation
+
+The exits nestbed takes (every one a KVM round trip) per operation of the rows above, from its statistics: what the enlightened VMCS and VMCS shadowing avoid.
+
+| operation | exits |
+|---|---|
+",
+    );
+    for (what, n) in rows {
+        text.push_str(&format!(
+            "| {what} | {n:.2} |
+"
+        ));
+    }
+    text.push_str(&format!(
+        "
+The enlightened VMCS avoids {:.2} traps per L2 exit L1 handles; VMCS shadowing avoids {:.2} per nested hypervisor's VMREAD (and the round trip through L1).
+",
+        rows[0].1 - rows[1].1,
+        rows[2].1 - rows[3].1
+    ));
+    text
 }
 
 /// The same VMREADs patched at load into int3 traps (`--patch-sensitive on`): the path a host
@@ -454,6 +527,30 @@ fn main() {
             counts: m,
             base: Some(FLOOR + 1),
         },
+        Variant {
+            label: "nestbed, one L2 exit handled by L1 as a hypervisor does (VMREAD of the exit reason, qualification, GUEST_RIP and instruction length, VMWRITE of GUEST_RIP, VMRESUME), `--no-evmcs`",
+            run: l2handle_vmx,
+            counts: m,
+            base: Some(FLOOR),
+        },
+        Variant {
+            label: "nestbed, the same with the enlightened VMCS (EVMCS.md): the five fields are loads and stores",
+            run: l2handle_evmcs,
+            counts: m,
+            base: Some(FLOOR + 3),
+        },
+        Variant {
+            label: "nestbed, a nested hypervisor's (L2's) VMREAD that exits to L1, which skips it (VMCS shadowing, VMREAD-bitmap bit set; L1 on the enlightened VMCS)",
+            run: l2vmread_exit,
+            counts: m,
+            base: None,
+        },
+        Variant {
+            label: "nestbed, the same VMREAD served from the shadow VMCS (bitmap bit clear): no VM exit to L1",
+            run: l2vmread_shadow,
+            counts: m,
+            base: Some(FLOOR + 5),
+        },
     ];
     // Interleaved: every repetition measures each variant once, so a burst of background load
     // hits them alike; ratios are taken within a repetition, then the median over repetitions.
@@ -493,8 +590,9 @@ fn main() {
          numbers. The CPU column is the time all of nestbed's threads ran (user and system, from getrusage), per \
          operation: a pipelined script's thread runs beside the vCPU's, so its rows use more CPU than wall time. The \
          last column compares a row with its baseline: nestbed without scripts for the rows with a second thread or \
-         a script, the trapped VMREAD for the patched one, the two-VM floor for the nested exit, and the nested exit for \
-         the same with idle timers.\n\n\
+         a script, the trapped VMREAD for the patched one, the two-VM floor for the nested exit and the exit handled with \
+         VMREAD/VMWRITE, the nested exit for the same with idle timers, the VMREAD/VMWRITE handler for the enlightened \
+         one, and the exiting nested VMREAD for the shadowed one.\n\n\
          | what | µs per operation | CPU µs per operation | ratio to raw KVM | ratio to its baseline |\n\
          |---|---|---|---|---|\n",
         m.1,
@@ -511,6 +609,7 @@ fn main() {
             median(ratios[i].clone())
         ));
     }
+    text.push_str(&traps_table(m));
     text.push_str(&phase_table(m, reps));
     let late: Vec<[f64; 3]> = (0..reps).map(|_| timer_lateness()).collect();
     let col = |i: usize| median(late.iter().map(|l| l[i]).collect());

@@ -119,6 +119,10 @@ pub struct Exit {
     /// Instruction bytes at RIP when known (VMX instructions, decoded I/O), up to 15.
     pub insn: Vec<u8>,
     pub detail: ExitDetail,
+    /// L2 exits: the VMCS L1 entered the exiting guest with. One L1 may run several guests (a
+    /// hypervisor L2 on one VMCS and, for it, L3 on another): this tells them apart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vmcs: Option<u64>,
 }
 
 impl Exit {

@@ -108,6 +108,10 @@ enum ScenarioCommand {
         /// (patched instructions add exits).
         #[arg(long, value_name = "MODE")]
         patch_sensitive: Option<PatchArg>,
+        /// Run without the enlightened VMCS (`run --no-evmcs`); golden traces are not compared
+        /// (L1's VMREADs and VMWRITEs trap again).
+        #[arg(long)]
+        no_evmcs: bool,
     },
     /// Run each scenario and rewrite its golden trace (exit code and console must still match).
     Bless {
@@ -229,6 +233,9 @@ struct RunArgs {
     /// what L1's exit controls ask for (RDTSC, CR0/CR3/CR8, INVLPG, ...). on: everything.
     #[arg(long, value_name = "MODE", default_value = "off")]
     patch_sensitive: PatchArg,
+    /// Do not offer the enlightened VMCS (EVMCS.md): no CPUID leaf 0x400000E0, the MSR takes #GP.
+    #[arg(long)]
+    no_evmcs: bool,
     /// Operation budget of one script hook call (0 = unlimited).
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     script_ops: u64,
@@ -359,6 +366,7 @@ fn boot(args: RunArgs) -> Result<(i32, Outcome), Error> {
     cfg.trace = args.trace;
     cfg.scripts = args.scripts;
     cfg.vmx_msrs = vmx_msrs;
+    cfg.evmcs = !args.no_evmcs;
     cfg.patch = match args.patch_sensitive {
         PatchArg::Off => PatchMode::Off,
         PatchArg::Auto => PatchMode::Auto,
@@ -447,16 +455,16 @@ fn qemu_front(args: Vec<OsString>) -> Result<i32, Error> {
 fn scenario(command: ScenarioCommand) -> Result<i32, Error> {
     use nestbed::scenario::{run_files, Mode};
     let exe = std::env::current_exe().map_err(|e| Error::HostIo(format!("finding the nestbed binary: {e}")))?;
-    let (files, mode, patch) = match command {
-        ScenarioCommand::Run { files, patch_sensitive } => (files, Mode::Run, patch_sensitive),
-        ScenarioCommand::Bless { files } => (files, Mode::Bless, None),
+    let (files, mode, patch, no_evmcs) = match command {
+        ScenarioCommand::Run { files, patch_sensitive, no_evmcs } => (files, Mode::Run, patch_sensitive, no_evmcs),
+        ScenarioCommand::Bless { files } => (files, Mode::Bless, None, false),
     };
     let patch = patch.map(|p| match p {
         PatchArg::Off => "off",
         PatchArg::Auto => "auto",
         PatchArg::On => "on",
     });
-    run_files(&exe, &files, mode, patch, &mut std::io::stdout())
+    run_files(&exe, &files, mode, patch, no_evmcs, &mut std::io::stdout())
 }
 
 fn trace(command: TraceCommand) -> Result<i32, Error> {

@@ -481,14 +481,21 @@ pub struct Config {
     pub msr_bitmap: Option<&'static Page>,
 }
 
-/// VMWRITE that says which field failed.
+/// VMWRITE that says which field failed; a store into the page of an enlightened VMCS.
 pub fn write(field: u64, value: u64) -> Result<(), VmFail> {
+    if rt::vmx::evmcs::current() != 0 {
+        rt::vmx::evmcs::write(field, value);
+        return Ok(());
+    }
     vmwrite(field, value)
         .inspect_err(|e| rt::println!("hv: VMWRITE ", rt::Hex(field), " = ", rt::Hex(value), " failed: ", *e))
 }
 
-/// VMREAD that says which field failed.
+/// VMREAD that says which field failed; a load from the page of an enlightened VMCS.
 pub fn read(field: u64) -> Result<u64, VmFail> {
+    if rt::vmx::evmcs::current() != 0 {
+        return Ok(rt::vmx::evmcs::read(field));
+    }
     vmread(field).inspect_err(|e| rt::println!("hv: VMREAD ", rt::Hex(field), " failed: ", *e))
 }
 
@@ -505,10 +512,15 @@ pub const CODE_SELECTOR: u16 = 0x08;
 pub const DATA_SELECTOR: u16 = 0x10;
 const EFER_LME_LMA: u64 = 0x500;
 
-/// Makes `vmcs` current (after initializing it with the revision and VMCLEAR, SDM 25.11.3).
+/// Makes `vmcs` current (after initializing it with the revision and VMCLEAR, SDM 25.11.3):
+/// as an enlightened VMCS where nestbed offers one (EVMCS.md), with VMPTRLD otherwise.
 pub fn load_vmcs(caps: &Caps, vmcs: &Page) -> Result<(), VmFail> {
     vmcs.init_region(caps.revision());
     rt::vmx::vmclear(vmcs.addr())?;
+    if rt::vmx::evmcs::allowed() && rt::vmx::evmcs::offered() {
+        rt::vmx::evmcs::register(vmcs.addr());
+        return Ok(());
+    }
     rt::vmx::vmptrld(vmcs.addr())
 }
 

@@ -62,6 +62,8 @@ macro_rules! vmx_mem_operand {
         $(#[$m])*
         #[inline(never)]
         pub fn $name(addr: u64) -> Result<(), VmFail> {
+            // The current VMCS may change: until told again, it is not an enlightened one.
+            evmcs::forget();
             let (rflags, faulted): (u64, u64);
             // SAFETY: the instruction reads the 64-bit physical address at `&addr`; a fault
             // resumes at the fixup.
@@ -128,8 +130,14 @@ macro_rules! vmx_no_operand {
 }
 
 vmx_no_operand!(
-    /// VMXOFF.
-    vmxoff, "vmxoff");
+    /// VMXOFF without forgetting an enlightened VMCS; [`vmxoff`] is the one to use.
+    vmxoff_raw, "vmxoff");
+
+/// VMXOFF.
+pub fn vmxoff() -> Result<(), VmFail> {
+    evmcs::forget();
+    vmxoff_raw()
+}
 vmx_no_operand!(
     /// A bare VMLAUNCH, for error tests only: on success control goes to the guest and never
     /// returns here. Use [`vm_run`] to run a guest.
@@ -165,9 +173,15 @@ pub fn vmptrst() -> Result<u64, VmFail> {
     result(rflags, faulted).map(|()| out)
 }
 
+/// How many VMREADs and VMWRITEs [`vmread`] and [`vmwrite`] executed (code that runs at more
+/// than one level, such as a guest hypervisor sharing the image, tells them apart by when it
+/// reads the count).
+pub static VMREAD_VMWRITE_COUNT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 /// VMREAD with register operands.
 #[inline(never)]
 pub fn vmread(field: u64) -> Result<u64, VmFail> {
+    VMREAD_VMWRITE_COUNT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     let (value, rflags, faulted): (u64, u64, u64);
     // SAFETY: register operands only; a fault resumes at the fixup.
     unsafe {
@@ -210,6 +224,7 @@ pub fn vmread(field: u64) -> Result<u64, VmFail> {
 /// VMWRITE with register operands.
 #[inline(never)]
 pub fn vmwrite(field: u64, value: u64) -> Result<(), VmFail> {
+    VMREAD_VMWRITE_COUNT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     let (rflags, faulted): (u64, u64);
     // SAFETY: register operands only; a fault resumes at the fixup.
     unsafe {
@@ -420,7 +435,8 @@ global_asm!(
     r#"
     .section .text
     .global rt_vm_run
-    // rdi = &mut GuestRegs, esi = 0 for VMLAUNCH, 1 for VMRESUME.
+    // rdi = &mut GuestRegs, esi = 0 for VMLAUNCH, 1 for VMRESUME, rdx = the page of an
+    // enlightened current VMCS or 0.
     // Returns 0 after a VM exit, (1 << 63) | RFLAGS after VMfail, 1 << 62 after a fault.
     rt_vm_run:
         push rbp
@@ -430,11 +446,21 @@ global_asm!(
         push r14
         push r15
         push rdi
+        test rdx, rdx
+        jz 5f
+        // HOST_RSP and HOST_RIP as plain stores, and their group marked changed.
+        mov [rdx + {host_rsp}], rsp
+        lea rax, [rip + rt_vm_exit]
+        mov [rdx + {host_rip}], rax
+        or qword ptr [rdx + {changed}], {host_group}
+        jmp 6f
+    5:
         mov rax, 0x6c14
         vmwrite rax, rsp
         lea rdx, [rip + rt_vm_exit]
         mov rax, 0x6c16
         vmwrite rax, rdx
+    6:
         test esi, esi
         mov rax, [rdi + 0]
         mov rbx, [rdi + 8]
@@ -508,24 +534,128 @@ global_asm!(
         pop rbp
         xor eax, eax
         ret
-    "#
+    "#,
+    host_rsp = const evmcs::offset(field::HOST_RSP as u32),
+    host_rip = const evmcs::offset(field::HOST_RIP as u32),
+    changed = const evmcs::OFFSET_CHANGED,
+    host_group = const 1u32 << evmcs::group(field::HOST_RSP as u32),
 );
 
 extern "C" {
-    fn rt_vm_run(regs: *mut GuestRegs, resume: u32) -> u64;
+    fn rt_vm_run(regs: *mut GuestRegs, resume: u32, evmcs_page: u64) -> u64;
 }
 
 /// Enters the guest of the current VMCS (VMLAUNCH, or VMRESUME when `resume`) after writing
-/// HOST_RSP and HOST_RIP; returns at its next VM exit, with its registers in `regs`.
+/// HOST_RSP and HOST_RIP (into the page of an enlightened VMCS, without VMWRITE); returns at
+/// its next VM exit, with its registers in `regs`.
 pub fn vm_run(regs: &mut GuestRegs, resume: bool) -> Result<(), VmFail> {
     // SAFETY: rt_vm_run saves and restores the callee-saved registers and returns on this stack
     // at VM exit (HOST_RSP/HOST_RIP point back into it).
-    let r = unsafe { rt_vm_run(regs, u32::from(resume)) };
+    let r = unsafe { rt_vm_run(regs, u32::from(resume), evmcs::current()) };
     if r == 0 {
         Ok(())
     } else if r & (1 << 63) != 0 {
         result(r & !(1 << 63), 0)
     } else {
         Err(VmFail::Fault(last_fault() as u8))
+    }
+}
+
+/// nestbed's enlightened VMCS (EVMCS.md in the nestbed repository): offered through a CPUID
+/// leaf, a page registered through an MSR becomes the current VMCS, and its fields are read
+/// and written as memory; VMLAUNCH and VMRESUME still go to the hypervisor.
+pub mod evmcs {
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    pub const CPUID_LEAF: u32 = 0x4000_00e0;
+    pub const SIGNATURE: &[u8; 12] = b"nestbedEVMCS";
+    pub const MSR: u32 = 0x4e42_4500;
+    /// The fields-changed mask: bit g for a change in group g.
+    pub const OFFSET_CHANGED: usize = 4088;
+
+    /// The page of the current enlightened VMCS, 0 when there is none.
+    static CURRENT: AtomicU64 = AtomicU64::new(0);
+    /// Off: the VMX wrappers never register a page ([`set_allowed`]).
+    static ALLOWED: AtomicU64 = AtomicU64::new(1);
+
+    /// The group of a field: 4 * width + type (encoding bits 14:13, 11:10).
+    pub const fn group(enc: u32) -> u32 {
+        4 * (enc >> 13 & 3) + (enc >> 10 & 3)
+    }
+
+    /// Where a field's 8 bytes are in the page.
+    pub const fn offset(enc: u32) -> usize {
+        let g = group(enc);
+        let slot = 24 * g + if g > 4 { 16 } else { 0 } + (enc >> 1 & 0x1ff);
+        16 + 8 * slot as usize
+    }
+
+    /// Whether the hypervisor offers the protocol (CPUID leaf 0x400000E0: version 1 and the
+    /// signature).
+    pub fn offered() -> bool {
+        let [eax, ebx, ecx, edx] = crate::io::cpuid(CPUID_LEAF, 0);
+        let mut sig = [0u8; 12];
+        sig[..4].copy_from_slice(&ebx.to_le_bytes());
+        sig[4..8].copy_from_slice(&ecx.to_le_bytes());
+        sig[8..].copy_from_slice(&edx.to_le_bytes());
+        eax == 1 && &sig == SIGNATURE
+    }
+
+    /// Lets [`register`] be used or not (a guest that measures both ways).
+    pub fn set_allowed(on: bool) {
+        ALLOWED.store(u64::from(on), Ordering::Relaxed);
+    }
+
+    pub fn allowed() -> bool {
+        ALLOWED.load(Ordering::Relaxed) != 0
+    }
+
+    pub fn current() -> u64 {
+        CURRENT.load(Ordering::Relaxed)
+    }
+
+    /// Makes the VMCS region at `page` (initialized and cleared as for VMPTRLD) the current,
+    /// enlightened VMCS. Only where [`offered`]: the MSR takes #GP elsewhere.
+    pub fn register(page: u64) {
+        crate::io::wrmsr(MSR, page | 1);
+        CURRENT.store(page, Ordering::Relaxed);
+    }
+
+    /// The current VMCS may have changed (VMPTRLD, VMCLEAR, VMXOFF): use VMREAD/VMWRITE until a
+    /// page is registered again.
+    pub fn forget() {
+        CURRENT.store(0, Ordering::Relaxed);
+    }
+
+    fn slot(enc: u64) -> *mut u64 {
+        (current() + offset(enc as u32) as u64) as *mut u64
+    }
+
+    /// A field of the current enlightened VMCS, as VMREAD returns it (bits 63:32 for a
+    /// high-access encoding).
+    pub fn read(enc: u64) -> u64 {
+        // SAFETY: the registered page is identity-mapped and 4 KiB; offset() stays inside it.
+        let v = unsafe { core::ptr::read_volatile(slot(enc)) };
+        if enc >> 13 & 3 == 1 && enc & 1 == 1 {
+            v >> 32
+        } else {
+            v
+        }
+    }
+
+    /// Writes a field of the current enlightened VMCS and marks its group changed.
+    pub fn write(enc: u64, value: u64) {
+        let p = slot(enc);
+        // SAFETY: as for read; the mask is the page's last 8 bytes.
+        unsafe {
+            let v = if enc >> 13 & 3 == 1 && enc & 1 == 1 {
+                core::ptr::read_volatile(p) & 0xffff_ffff | value << 32
+            } else {
+                value
+            };
+            core::ptr::write_volatile(p, v);
+            let m = (current() + OFFSET_CHANGED as u64) as *mut u64;
+            core::ptr::write_volatile(m, core::ptr::read_volatile(m) | 1 << group(enc as u32));
+        }
     }
 }

@@ -1,9 +1,10 @@
-//! L1's processor context as the VMX model sees it ([`VmxEnv`]): registers through sync regs,
-//! memory operands through L1's segments and page tables, everything checked against guest RAM.
+//! A vCPU's context as the VMX model sees it ([`VmxEnv`]): registers through sync regs, memory
+//! operands through its segments and page tables over its guest-physical memory: L1's
+//! ([`L1Env`]), or L2's as its memslots map it (for VMREAD/VMWRITE served from a shadow VMCS).
 
 use kvm_bindings::kvm_regs;
 
-use crate::machine::paging::{self, Access, WalkError};
+use crate::machine::paging::{self, PhysMem, WalkError};
 use crate::machine::{GuestRam, Vcpu};
 use crate::vmx::cpu::{Fault, GuestMemory, MemFault, VmxEnv};
 use crate::vmx::decode::{Gpr, Seg};
@@ -24,10 +25,13 @@ impl GuestMemory for RamView<'_> {
     }
 }
 
-pub struct L1Env<'a> {
+pub struct VcpuEnv<'a, M: PhysMem + ?Sized> {
     pub vcpu: &'a mut Vcpu,
-    pub ram: &'a GuestRam,
+    pub ram: &'a M,
 }
+
+/// L1's vCPU over L1's RAM.
+pub type L1Env<'a> = VcpuEnv<'a, GuestRam>;
 
 /// All sixteen, in the SDM's register-number order (the order of `gpr`).
 pub fn gprs(r: &kvm_regs) -> [u64; 16] {
@@ -85,16 +89,16 @@ fn walk_fault(e: WalkError) -> Fault {
     }
 }
 
-impl GuestMemory for L1Env<'_> {
+impl<M: PhysMem + ?Sized> GuestMemory for VcpuEnv<'_, M> {
     fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemFault> {
-        self.ram.read(gpa, buf).map_err(|_| MemFault { gpa })
+        self.ram.read_phys(gpa, buf).map_err(|_| MemFault { gpa })
     }
     fn write_phys(&mut self, gpa: u64, buf: &[u8]) -> Result<(), MemFault> {
-        self.ram.write(gpa, buf).map_err(|_| MemFault { gpa })
+        self.ram.write_phys(gpa, buf).map_err(|_| MemFault { gpa })
     }
 }
 
-impl VmxEnv for L1Env<'_> {
+impl<M: PhysMem + ?Sized> VmxEnv for VcpuEnv<'_, M> {
     fn gpr(&self, r: Gpr) -> u64 {
         // The sync-regs area is read through a shared borrow of the vCPU.
         gpr(self.vcpu_regs(), r)
@@ -119,7 +123,6 @@ impl VmxEnv for L1Env<'_> {
     }
     fn write_virt(&mut self, gva: u64, buf: &[u8]) -> Result<(), Fault> {
         let m = self.vcpu.paging();
-        let _ = Access::default();
         paging::write_virt(self.ram, m, gva, buf).map_err(walk_fault)
     }
     fn cpl(&self) -> u8 {
@@ -149,7 +152,7 @@ impl VmxEnv for L1Env<'_> {
     }
 }
 
-impl L1Env<'_> {
+impl<M: PhysMem + ?Sized> VcpuEnv<'_, M> {
     fn vcpu_regs(&self) -> &kvm_regs {
         self.vcpu.peek_regs()
     }

@@ -183,7 +183,7 @@ impl Nested {
         let Some(vmcs) = self.vmx.current_vmcs() else {
             return Ok(Entry::Failed(VmxOutcome::FailInvalid));
         };
-        if let Err(v) = check_vm_entry(vmcs, &self.vmx.caps, PHYS_ADDR_WIDTH) {
+        if let Err(v) = check_vm_entry(vmcs, &self.vmx.caps, PHYS_ADDR_WIDTH, &RamView(ram)) {
             tracing::info!(rule = v.rule, sdm = v.sdm, "VM-entry check failed: {v}");
             notes.push(format!("VM-entry check failed: {} (SDM {})", v.rule, v.sdm));
             if let Some(o) = self.vmx.entry_check_failed(&v) {

@@ -123,6 +123,12 @@ pub(super) enum Work {
         len: u8,
         data: Option<u64>,
     },
+    /// L2's VMREAD or VMWRITE that VMCS shadowing serves from the shadow VMCS, without a VM
+    /// exit (SDM 25.10).
+    Shadowed {
+        insn: VmxInsn,
+        rip: u64,
+    },
     /// An exception for the guest that exited (a VMX instruction of L2 kept in L0: #UD).
     Inject {
         vector: u8,
@@ -163,6 +169,13 @@ impl Runner {
     /// An exit from `normalize` or raised by nestbed itself, from route on.
     pub(super) fn dispatch_event(&mut self, mut ev: Event, t0: u64) -> Result<Flow, Error> {
         let level = ev.exit.level;
+        if level == Level::L2 {
+            ev.exit.vmcs = self.nested.vmx.current;
+        }
+        if level == Level::L1 {
+            // What L1 marked changed in an enlightened VMCS is the VMCS scripts and gdb see.
+            self.nested.vmx.absorb_enlightened(&mut RamView(&self.l1_vm.ram));
+        }
         // An exit between steps: L1 may be stepped again for as long while an interrupt waits.
         self.l1_window_budget = super::platform::WINDOW_STEPS;
         let route = self.route(&ev);
@@ -215,6 +228,7 @@ impl Runner {
                 self.events_at_vm_exit(&mut info);
                 let abort = self.nested.vm_exit(&mut self.l1, &self.l1_vm.ram, &info, &insn, &mut self.platform)?;
                 self.events_saved_at_vm_exit();
+                self.sync_enlightened()?;
                 self.level = Level::L1;
                 self.stats.phases.add_since(Phase::Transfer, t);
                 Ok(match abort {
@@ -283,6 +297,7 @@ impl Runner {
                 self.active().raise_fault(vector, None);
                 Ok(Flow::Continue)
             }
+            Work::Shadowed { insn, rip } => Ok(self.l2_shadowed(&insn, rip)),
             Work::L2Hlt => Ok(self.l2_halt()),
             Work::KeptEvent { reason } => Ok(self.keep_event(reason)),
             Work::Unsupported(why) => Ok(Flow::Stop(Outcome::Unsupported(why))),
@@ -299,6 +314,9 @@ impl Runner {
                 match work {
                     Work::L1Vmx { insn, rip } => self.l1.regs_mut().rip = rip.wrapping_add(u64::from(insn.len)),
                     Work::Sensitive { insn, rip } => {
+                        self.active().regs_mut().rip = rip.wrapping_add(u64::from(insn.len));
+                    }
+                    Work::Shadowed { insn, rip } => {
                         self.active().regs_mut().rip = rip.wrapping_add(u64::from(insn.len));
                     }
                     _ => {}
@@ -347,6 +365,10 @@ impl Runner {
                     launch,
                     &mut self.platform,
                 )?;
+                // A VMRESUME that entered changed nothing in the VMCS: the page is up to date.
+                if launch || !matches!(entry, Entry::Entered) {
+                    self.sync_enlightened()?;
+                }
                 match entry {
                     Entry::Entered => {
                         self.level = Level::L2;
@@ -375,6 +397,16 @@ impl Runner {
         Ok(Flow::Continue)
     }
 
+    /// An enlightened current VMCS is written back to its page, where L1 reads it (EVMCS.md),
+    /// with GUEST_DR7 up to date.
+    fn sync_enlightened(&mut self) -> Result<(), Error> {
+        if self.nested.vmx.enlightened {
+            self.nested.settle_guest_dr7()?;
+            self.nested.vmx.sync_enlightened(&mut RamView(&self.l1_vm.ram));
+        }
+        Ok(())
+    }
+
     /// A hypercall of L1 to its hypervisor, nestbed, which offers none: the answer is KVM's
     /// for an unknown one, -KVM_ENOSYS in RAX.
     fn hypercall(&mut self, len: u8, rip: u64) -> Flow {
@@ -384,7 +416,7 @@ impl Runner {
         Flow::Continue
     }
 
-    fn inject_fault(&mut self, f: Fault) {
+    pub(super) fn inject_fault(&mut self, f: Fault) {
         if let Fault::PageFault { address, .. } = f {
             self.active().sregs_mut().cr2 = address;
         }
@@ -446,6 +478,7 @@ impl Runner {
             rip,
             insn: Vec::new(),
             detail: crate::exit::ExitDetail::None,
+            vmcs: None,
         }
     }
 }

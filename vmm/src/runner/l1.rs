@@ -7,9 +7,10 @@ use crate::error::Error;
 use crate::exit::{ExitDetail, Level, VmcsAccess};
 use crate::machine::RawExit;
 use crate::nested::debug_regs::IA32_DEBUGCTL;
-use crate::nested::env::{gpr, gprs};
+use crate::nested::env::{gpr, gprs, RamView, PHYS_ADDR_WIDTH};
 use crate::nested::trap;
 use crate::vmx::decode::{effective_address, exit_qualification, MemOperand, Operand, Seg, VmxInsn, VmxOp};
+use crate::vmx::evmcs;
 use crate::vmx::exits::{io_qualification, ExitReason};
 use crate::vmx::fields;
 use crate::vmx::sensitive::decode_sensitive;
@@ -212,6 +213,11 @@ impl Runner {
     /// RDMSR of L1: the VMX capability MSRs and IA32_FEATURE_CONTROL; any other MSR that
     /// reaches nestbed is unknown to the host: #GP.
     pub(super) fn l1_rdmsr(&mut self, index: u32) -> Flow {
+        if index == evmcs::MSR_EVMCS && self.evmcs {
+            let v = self.nested.vmx.read_evmcs_msr();
+            self.l1.complete_read(v);
+            return Flow::Continue;
+        }
         match self.platform.rdmsr(index) {
             Some(Ok(v)) => {
                 self.l1.complete_read(v);
@@ -238,6 +244,18 @@ impl Runner {
     /// are read-only: #GP (SDM 24.7, Appendix A). Writing back the same locked value is
     /// tolerated.
     pub(super) fn l1_wrmsr(&mut self, index: u32, value: u64) -> Flow {
+        if index == evmcs::MSR_EVMCS && self.evmcs {
+            let r = self.nested.vmx.write_evmcs_msr(value, &mut RamView(&self.l1_vm.ram), PHYS_ADDR_WIDTH);
+            if let Err(why) = r {
+                tracing::debug!(
+                    value = format_args!("{value:#x}"),
+                    ?why,
+                    "L1 WRMSR of the enlightened-VMCS MSR refused: #GP"
+                );
+                self.l1.fail_msr();
+            }
+            return Flow::Continue;
+        }
         if index == IA32_DEBUGCTL {
             match self.nested.l1_debugctl_write(&self.l1, value) {
                 Ok(true) => {}

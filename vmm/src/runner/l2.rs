@@ -9,13 +9,14 @@ use crate::machine::insn::register_value;
 use crate::machine::paging::{self, Access, WalkError};
 use crate::machine::RawExit;
 use crate::nested::access::{find_access, AccessInsn};
-use crate::nested::env::{gpr, RamView, PHYS_ADDR_WIDTH};
+use crate::nested::env::{gpr, RamView, VcpuEnv, PHYS_ADDR_WIDTH};
 use crate::nested::route::L0Keeps;
-use crate::nested::space::{Source, SyncError};
+use crate::nested::space::{L2Memory, Source, SyncError};
 use crate::nested::transition::MAX_L2_GPA;
 use crate::nested::{trap, Insn};
 use crate::vmx::caps::{proc, proc2};
-use crate::vmx::decode::{exit_qualification, instruction_info, VmxOp};
+use crate::vmx::cpu::{apply_rflags, Outcome as VmxOutcome};
+use crate::vmx::decode::{exit_qualification, instruction_info, VmxInsn, VmxOp};
 use crate::vmx::ept::{ept_translate_width, ept_violation_qualification, EptPerms};
 use crate::vmx::exit_info::ExitInfo;
 use crate::vmx::exits::{io_qualification, ExitReason};
@@ -221,19 +222,19 @@ impl Runner {
     }
 
     /// A VMX instruction L2 executed (trapped, or from a patched site): every one exits to L1
-    /// in VMX non-root operation (SDM 26.1.2); VMREAD and VMWRITE name their field in a
-    /// register (for VMCS shadowing). Bytes that are no VMX instruction: #UD for L2.
+    /// in VMX non-root operation (SDM 26.1.2) except VMREAD and VMWRITE that VMCS shadowing
+    /// lets through (26.1.3): they name their field in a register, which the route looks up in
+    /// L1's VMREAD/VMWRITE bitmap, and nestbed serves them from the shadow VMCS when L1 does
+    /// not want them. Bytes that are no VMX instruction: #UD for L2.
     fn l2_vmx(&mut self, bytes: &[u8], rip: u64) -> Normalized {
         let decoded = self.nested.l2.as_ref().map(|l2| trap::decode_trap(bytes, l2.vcpu.peek_sregs(), rip));
         let Some(Ok(insn)) = decoded else { return self.l2_ud(rip) };
         let at = Insn { rip, len: insn.len, pending: false };
-        let mut p = Parts::reflectable(
-            insn.op.exit_reason(),
-            exit_qualification(&insn),
-            at,
-            ExitDetail::None,
-            Work::Inject { vector: 6 },
-        );
+        let work = match insn.op {
+            VmxOp::Vmread | VmxOp::Vmwrite => Work::Shadowed { insn: insn.clone(), rip },
+            _ => Work::Inject { vector: 6 },
+        };
+        let mut p = Parts::reflectable(insn.op.exit_reason(), exit_qualification(&insn), at, ExitDetail::None, work);
         if let (VmxOp::Vmread | VmxOp::Vmwrite, Some(r), Some(l2)) = (insn.op, insn.reg2(), self.nested.l2.as_ref()) {
             p.facts.field = gpr(l2.vcpu.peek_regs(), r);
         }
@@ -243,6 +244,27 @@ impl Runner {
         let exit = self.vmx_exit(Level::L2, &insn, bytes, rip);
         let l2 = L2Event { facts: p.facts, keeps: None, reflect: p.reflect };
         Normalized::Event(Event { exit, work: p.work, l2: Some(l2) })
+    }
+
+    /// L2's VMREAD or VMWRITE that L1's VMREAD/VMWRITE bitmap lets through: the model reads or
+    /// writes the shadow VMCS in L1's memory, L2 goes on after the instruction with RFLAGS as
+    /// VMsucceed/VMfail set them (SDM 31.2). An exception it raises (#GP at CPL > 0, #PF on a
+    /// memory operand) goes to L2's IDT.
+    pub(super) fn l2_shadowed(&mut self, insn: &VmxInsn, rip: u64) -> Flow {
+        let Some(l2) = self.nested.l2.as_mut() else { return Flow::Continue };
+        let mem = L2Memory { ram: &l2.vm.ram, space: &l2.space };
+        let mut guest = VcpuEnv { vcpu: &mut l2.vcpu, ram: &mem };
+        let outcome = self.nested.vmx.execute_shadowed(insn, &mut guest, &mut RamView(&self.l1_vm.ram));
+        tracing::debug!(rip = format_args!("{rip:#x}"), insn = %insn, ?outcome, "L2 VMX instruction served from the shadow VMCS");
+        match outcome {
+            VmxOutcome::Fault(f) => self.inject_fault(f),
+            o => {
+                let r = self.active().regs_mut();
+                r.rflags = apply_rflags(r.rflags, &o);
+                r.rip = rip.wrapping_add(u64::from(insn.len));
+            }
+        }
+        Flow::Continue
     }
 
     /// IN or OUT (`data`: OUT's value), or INS/OUTS, of L2.

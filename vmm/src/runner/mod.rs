@@ -64,6 +64,8 @@ pub struct RunConfig {
     pub firmware: Firmware,
     /// Show the progress line when stderr is a terminal (off with `--quiet`).
     pub progress: bool,
+    /// Offer the enlightened VMCS (EVMCS.md) to L1; `--no-evmcs` turns it off.
+    pub evmcs: bool,
 }
 
 impl RunConfig {
@@ -84,6 +86,7 @@ impl RunConfig {
             exit_convention: ExitConvention::Nestbed,
             firmware: Firmware::None,
             progress: false,
+            evmcs: true,
         }
     }
 }
@@ -228,6 +231,8 @@ pub struct Runner {
     firmware: Firmware,
     /// The progress line, on a terminal.
     progress: Option<progress::Progress>,
+    /// The enlightened VMCS is offered (EVMCS.md).
+    evmcs: bool,
 }
 
 impl Runner {
@@ -248,6 +253,10 @@ impl Runner {
         let mut scripts =
             if cfg.scripts.is_empty() { None } else { Some(ScriptHost::load(&cfg.scripts, cfg.script_options)?) };
         let (mut l1_cpuid, mut l2_cpuid) = (Vec::new(), Vec::new());
+        if cfg.evmcs {
+            let regs = crate::vmx::evmcs::cpuid_regs();
+            l1_cpuid.push(crate::machine::vm::CpuidOverride { leaf: crate::vmx::evmcs::CPUID_LEAF, subleaf: 0, regs });
+        }
         if let Some(s) = scripts.as_mut() {
             for (level, ov) in s.on_start()? {
                 match level {
@@ -345,6 +354,7 @@ impl Runner {
             ud_catch: lazy_patch::UdCatch::new(catch, simulate),
             firmware: cfg.firmware,
             progress,
+            evmcs: cfg.evmcs,
         })
     }
 

@@ -263,12 +263,13 @@ pub fn run_files(
     files: &[PathBuf],
     mode: Mode,
     patch: Option<&str>,
+    no_evmcs: bool,
     out: &mut dyn Write,
 ) -> Result<i32, Error> {
     let scenarios = files.iter().map(|f| Scenario::load(f)).collect::<Result<Vec<_>, _>>()?;
     let mut failed = 0;
     for sc in &scenarios {
-        let verdict = run::run_one(exe, sc, mode, patch)?;
+        let verdict = run::run_one(exe, sc, mode, patch, no_evmcs)?;
         let _ = out.write_all(verdict.text.as_bytes());
         let _ = out.flush();
         failed += usize::from(!verdict.passed);

@@ -39,8 +39,9 @@ fn scratch_dir(sc: &Scenario) -> Result<PathBuf, Error> {
     Ok(dir)
 }
 
-/// Runs the scenario's guest with `exe run ...`, with `--patch-sensitive=PATCH` when given.
-pub fn execute(exe: &Path, sc: &Scenario, patch: Option<&str>) -> Result<Output, Error> {
+/// Runs the scenario's guest with `exe run ...`, with `--patch-sensitive=PATCH` when given and
+/// `--no-evmcs` when `no_evmcs`.
+pub fn execute(exe: &Path, sc: &Scenario, patch: Option<&str>, no_evmcs: bool) -> Result<Output, Error> {
     let dir = scratch_dir(sc)?;
     let console = dir.join("console.txt");
     let trace = dir.join("trace.jsonl");
@@ -63,6 +64,9 @@ pub fn execute(exe: &Path, sc: &Scenario, patch: Option<&str>) -> Result<Output,
     if let Some(p) = patch {
         cmd.arg(format!("--patch-sensitive={p}"));
     }
+    if no_evmcs {
+        cmd.arg("--no-evmcs");
+    }
     let start = Instant::now();
     let out = cmd.output().map_err(|e| Error::HostIo(format!("running {}: {e}", exe.display())))?;
     let elapsed = start.elapsed();
@@ -83,14 +87,18 @@ fn bless(sc: &Scenario, golden: &Path, trace: &Path) -> Result<usize, String> {
 
 /// Runs one scenario and judges it (or, blessing, rewrites its golden trace). With `patch`
 /// other than `off`, exit code and console are judged but not the golden trace: patched
-/// sensitive instructions add exits the golden (made unpatched) does not have.
-pub fn run_one(exe: &Path, sc: &Scenario, mode: Mode, patch: Option<&str>) -> Result<Verdict, Error> {
-    let out = execute(exe, sc, patch)?;
+/// sensitive instructions add exits the golden (made unpatched) does not have; likewise with
+/// `no_evmcs`: L1's VMREADs and VMWRITEs then trap, which the golden (made with the enlightened
+/// VMCS offered) does not have.
+pub fn run_one(exe: &Path, sc: &Scenario, mode: Mode, patch: Option<&str>, no_evmcs: bool) -> Result<Verdict, Error> {
+    let out = execute(exe, sc, patch, no_evmcs)?;
     let mut failures = compare::outcome(sc.expect_for(patch), &out);
     let mut note = String::new();
     let patched = patch.is_some_and(|p| p != "off");
     if let (Some(_), true) = (&sc.expect.golden, patched) {
         note = format!(", golden trace not compared: --patch-sensitive={}", patch.unwrap_or_default());
+    } else if let (Some(_), true) = (&sc.expect.golden, no_evmcs) {
+        note = ", golden trace not compared: --no-evmcs".into();
     } else if let Some(golden) = &sc.expect.golden {
         match mode {
             Mode::Run => failures.extend(compare::golden(sc, golden, &out.trace)),

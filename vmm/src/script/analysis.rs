@@ -39,8 +39,9 @@ const CHANGES: [&str; 11] = [
 ];
 #[cfg(test)]
 /// Members of the exit that read only its own record: a copy taken at the exit answers them.
-const RECORD: [&str; 25] = [
+const RECORD: [&str; 26] = [
     "level",
+    "vmcs",
     "reason",
     "reason_nr",
     "qualification",

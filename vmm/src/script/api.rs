@@ -163,6 +163,7 @@ fn register_exit(engine: &mut Engine) {
         .register_get("reason_nr", |e: &mut ExitRef| e.get(|c| i64::from(c.record.exit.reason)).map_err(err))
         .register_get("qualification", |e: &mut ExitRef| e.get(|c| c.record.exit.qualification as i64).map_err(err))
         .register_get("seq", |e: &mut ExitRef| e.get(|c| c.record.exit.seq as i64).map_err(err))
+        .register_get("vmcs", |e: &mut ExitRef| e.get(|c| c.record.exit.vmcs.map_or(-1, |v| v as i64)).map_err(err))
         .register_get("insn", |e: &mut ExitRef| e.get(|c| Blob::from(c.record.exit.insn.clone())).map_err(err))
         .register_get("insn_len", |e: &mut ExitRef| e.get(|c| c.record.exit.insn.len() as i64).map_err(err))
         .register_get("action", |e: &mut ExitRef| e.get(|c| action_name(&c.action).to_string()).map_err(err))

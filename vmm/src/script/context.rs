@@ -122,6 +122,7 @@ impl ExitContext {
             rip: 0,
             insn: Vec::new(),
             detail: ExitDetail::None,
+            vmcs: None,
         };
         ExitContext::new(exit, None)
     }

@@ -53,6 +53,7 @@ fn io_exit(level: Level, port: u16, write: bool) -> ExitContext {
         rip: 0x1000,
         insn: vec![0xe6, 0x80],
         detail: ExitDetail::Io { port, size: 1, write, data: 0x42 },
+        vmcs: None,
     };
     let mut c = ExitContext::new(exit, Some(GuestRam::new(4).unwrap()));
     c.record.rip = 0x1000;
@@ -375,6 +376,7 @@ fn example_scripts_run() {
             rip: 0x2000,
             insn: vec![0x0f, 0x32],
             detail: ExitDetail::Msr { index: 0x48a, name: None, write: false, value: 0 },
+            vmcs: None,
         };
         let mut contexts = vec![io_exit(Level::L2, 0x80, true), io_exit(Level::L1, 0x3f8, false)];
         contexts.push(ExitContext::new(msr, Some(GuestRam::new(4).unwrap())));

@@ -23,6 +23,9 @@ pub struct Event<'a> {
     pub insn: String,
     pub detail: &'a ExitDetail,
     pub handler: &'a str,
+    /// L2 exits: the VMCS L1 entered the exiting guest with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vmcs: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub script: Vec<String>,
     /// Nanoseconds since the start of the run (timing: ignored by comparisons).
@@ -59,6 +62,7 @@ impl TraceWriter {
             insn: exit.insn.iter().map(|b| format!("{b:02x}")).collect(),
             detail: &exit.detail,
             handler: handler.as_str(),
+            vmcs: exit.vmcs.map(|v| format!("{v:#x}")),
             script,
             t: t_ns,
         };

@@ -285,7 +285,13 @@ impl Default for VmxCaps {
             | proc::MONITOR_TRAP_FLAG
             | proc::USE_MSR_BITMAPS
             | proc::ACTIVATE_SECONDARY_CONTROLS;
-        let secondary1 = proc2::ENABLE_EPT | proc2::ENABLE_RDTSCP | proc2::ENABLE_VPID | proc2::ENABLE_INVPCID;
+        // VMCS shadowing (SDM 25.10): L2's VMREAD/VMWRITE the bitmaps let through are served
+        // from the shadow VMCS without a VM exit (`VmxCpu::execute_shadowed`).
+        let secondary1 = proc2::ENABLE_EPT
+            | proc2::ENABLE_RDTSCP
+            | proc2::ENABLE_VPID
+            | proc2::ENABLE_INVPCID
+            | proc2::VMCS_SHADOWING;
         let exit1 = exit::DEFAULT1
             | exit::HOST_ADDR_SPACE_SIZE
             | exit::ACK_INTR_ON_EXIT
@@ -501,7 +507,7 @@ mod tests {
             assert_eq!(c.allowed(ctl), (tru.allowed0, tru.allowed1));
         }
         assert_eq!(c.true_primary.allowed0, 0x0400_6172);
-        assert_eq!(c.secondary.msr(), 0x102a_u64 << 32);
+        assert_eq!(c.secondary.msr(), 0x502a_u64 << 32);
     }
 
     #[test]
@@ -516,7 +522,7 @@ mod tests {
         assert_eq!(c.cr4_fixed0 & c.cr4_fixed1, c.cr4_fixed0);
         assert_eq!(c.ept_vpid_cap, 0x0000_0f01_0613_4040);
         assert_eq!(c.vmcs_enum, u64::from(super::super::fields::max_index()) << 1);
-        assert!(!c.vmcs_shadowing());
+        assert!(c.vmcs_shadowing());
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Semantics of the VMX instructions executed in VMX root operation (SDM ch. 31, "VMX
 //! Instruction Reference", and 31.2 "Conventions" for VMsucceed / VMfail).
 //!
-//! `VmxCpu` is one logical processor's VMX state. It models L1 (VMX root operation) only:
-//! VMX instructions executed by L2 (non-root) always cause VM exits to L1, which the glue
-//! does without calling [`VmxCpu::execute`].
+//! `VmxCpu` is one logical processor's VMX state. It models L1 (VMX root operation) and, of
+//! VMX non-root operation, the VMREAD and VMWRITE that VMCS shadowing serves from the shadow
+//! VMCS without a VM exit ([`VmxCpu::execute_shadowed`], SDM 25.10); every other VMX
+//! instruction of L2 is a VM exit to L1, which the glue does without the model.
 //!
 //! Deviations from hardware, all documented at the use site:
 //! - CR4.VMXE is virtual ([`VmxCpu::vmxe`]) because our hosts cannot set the real bit; the
@@ -18,7 +19,7 @@ use super::caps::{cr, ept_cap, VmxCaps};
 use super::checks::{eptp_valid, CheckClass, Violation};
 use super::decode::{effective_address, Gpr, Operand, Seg, VmxInsn, VmxOp};
 use super::fields::{self, VM_INSTRUCTION_ERROR};
-use super::vmcs::{Vmcs, OFFSET_LAUNCH_STATE, VMCS_SIZE};
+use super::vmcs::{Vmcs, OFFSET_CHANGED, OFFSET_LAUNCH_STATE, VMCS_SIZE};
 
 /// A guest-physical access outside RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,7 +202,23 @@ pub struct VmxCpu {
     pub current: Option<u64>,
     /// Cache of the current VMCS.
     pub vmcs: Option<Vmcs>,
+    /// The current VMCS is an enlightened VMCS (EVMCS.md): its region in memory is what L1
+    /// reads and writes, and the cache follows it ([`super::evmcs`]).
+    pub enlightened: bool,
     invalidations: Vec<Invalidation>,
+}
+
+/// Why L1's WRMSR registering an enlightened VMCS is refused (#GP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvmcsRefused {
+    /// Outside VMX operation.
+    NotInVmxOperation,
+    /// Reserved bits 11:1 set, or an address not 4-KByte aligned or beyond the
+    /// physical-address width, or the VMXON region.
+    BadAddress,
+    /// The region's first word is not the revision identifier (with the shadow-VMCS
+    /// indicator 0).
+    BadRevision,
 }
 
 impl Default for VmxCpu {
@@ -214,7 +231,16 @@ type Step = Result<Outcome, Fault>;
 
 impl VmxCpu {
     pub fn new(caps: VmxCaps) -> Self {
-        VmxCpu { caps, vmxe: true, vmxon: false, vmxon_ptr: 0, current: None, vmcs: None, invalidations: Vec::new() }
+        VmxCpu {
+            caps,
+            vmxe: true,
+            vmxon: false,
+            vmxon_ptr: 0,
+            current: None,
+            vmcs: None,
+            enlightened: false,
+            invalidations: Vec::new(),
+        }
     }
 
     /// The processor's power-on state (it lost its state in S3): outside VMX operation, no
@@ -223,15 +249,105 @@ impl VmxCpu {
         self.vmxon = false;
         self.current = None;
         self.vmcs = None;
+        self.enlightened = false;
         self.invalidations.clear();
     }
 
-    /// Executes `insn` in VMX root operation (or outside VMX operation).
+    /// Executes `insn` in VMX root operation (or outside VMX operation). With an enlightened
+    /// current VMCS, the groups L1 marked changed are taken from its page first and the page
+    /// is written back after; enlightened use ends when the VMCS stops being current.
     pub fn execute(&mut self, insn: &VmxInsn, env: &mut dyn VmxEnv) -> Outcome {
-        match self.step(insn, env) {
+        let enlightened = self.current.filter(|_| self.enlightened);
+        if enlightened.is_some() {
+            self.absorb_enlightened(env);
+        }
+        let o = match self.step(insn, env) {
             Ok(o) => o,
             Err(f) => Outcome::Fault(f),
+        };
+        if enlightened.is_some() {
+            if self.current != enlightened {
+                self.enlightened = false;
+            } else if !matches!(o, Outcome::Entry { .. }) {
+                // After a VM entry the glue writes the page back (`sync_enlightened`).
+                self.flush_current(env);
+            }
         }
+        o
+    }
+
+    /// L1's WRMSR of [`super::evmcs::MSR_EVMCS`]: with bit 0 set, the page at bits 63:12 becomes
+    /// the current VMCS as VMPTRLD would make it (the same checks, refused with #GP instead of
+    /// VMfail), enlightened; 0 ends enlightened use, the VMCS stays current.
+    pub fn write_evmcs_msr(&mut self, value: u64, mem: &mut dyn GuestMemory, width: u8) -> Result<(), EvmcsRefused> {
+        if !self.vmxon {
+            return Err(EvmcsRefused::NotInVmxOperation);
+        }
+        if value & super::evmcs::MSR_ENABLE == 0 {
+            if value != 0 {
+                return Err(EvmcsRefused::BadAddress);
+            }
+            self.sync_enlightened(mem);
+            self.enlightened = false;
+            return Ok(());
+        }
+        let page = value & !super::evmcs::MSR_ENABLE;
+        if bad_page_addr(page, width) || page == self.vmxon_ptr {
+            return Err(EvmcsRefused::BadAddress);
+        }
+        let mut region = vec![0u8; VMCS_SIZE];
+        if mem.read_phys(page, &mut region).is_err() {
+            return Err(EvmcsRefused::BadAddress);
+        }
+        let head = u32::from_le_bytes([region[0], region[1], region[2], region[3]]);
+        if head != self.caps.revision() {
+            return Err(EvmcsRefused::BadRevision);
+        }
+        if self.current == Some(page) {
+            // The cache is the VMCS; the page becomes it.
+            self.flush_current(mem);
+        } else {
+            self.flush_current(mem);
+            self.current = Some(page);
+            self.vmcs = Some(Vmcs::from_bytes(&region));
+            // The page was read whole: nothing is left to take from the mask.
+            let _ = mem.write_phys(page + OFFSET_CHANGED as u64, &0u64.to_le_bytes());
+        }
+        self.enlightened = true;
+        Ok(())
+    }
+
+    /// L1's RDMSR of [`super::evmcs::MSR_EVMCS`].
+    pub fn read_evmcs_msr(&self) -> u64 {
+        match self.current {
+            Some(p) if self.enlightened => p | super::evmcs::MSR_ENABLE,
+            _ => 0,
+        }
+    }
+
+    /// Writes an enlightened current VMCS back to its page (after a VM exit or entry).
+    pub fn sync_enlightened(&mut self, mem: &mut dyn GuestMemory) {
+        if self.enlightened {
+            self.flush_current(mem);
+        }
+    }
+
+    /// Takes the groups L1 marked changed from the enlightened page and clears the mask.
+    pub fn absorb_enlightened(&mut self, mem: &mut dyn GuestMemory) {
+        if !self.enlightened {
+            return;
+        }
+        let (Some(page), Some(cache)) = (self.current, self.vmcs.as_mut()) else { return };
+        let mut b = [0u8; 8];
+        if mem.read_phys(page + OFFSET_CHANGED as u64, &mut b).is_err() {
+            return;
+        }
+        let mask = u64::from_le_bytes(b);
+        if mask == 0 {
+            return;
+        }
+        super::evmcs::absorb_from(cache, mem, page, mask);
+        let _ = mem.write_phys(page + OFFSET_CHANGED as u64, &0u64.to_le_bytes());
     }
 
     /// The oldest pending invalidation from INVEPT/INVVPID.
@@ -384,7 +500,8 @@ impl VmxCpu {
             VmxOp::Vmlaunch | VmxOp::Vmresume => {
                 self.root_checks(env)?;
                 let launch = insn.op == VmxOp::Vmlaunch;
-                let Some(launched) = self.current_vmcs().map(|v| v.launched) else {
+                // A shadow VMCS cannot be entered (SDM 25.10, 27.1): VMfailInvalid.
+                let Some(launched) = self.current_vmcs().filter(|v| !v.shadow).map(|v| v.launched) else {
                     return Ok(Outcome::FailInvalid);
                 };
                 // Before the launch state (SDM 31, VMLAUNCH/VMRESUME pseudocode).
@@ -510,6 +627,12 @@ impl VmxCpu {
         let Some(value) = value else {
             return Ok(self.vmfail(VmInstructionError::UnsupportedVmcsComponent));
         };
+        self.vmread_store(insn, env, value)?;
+        Ok(Outcome::Succeed)
+    }
+
+    /// Stores a VMREAD's value in its destination operand.
+    fn vmread_store(&self, insn: &VmxInsn, env: &mut dyn VmxEnv, value: u64) -> Result<(), Fault> {
         let value = value & Self::operand_mask(insn);
         match insn.rm() {
             Some(Operand::Reg(r)) => env.set_gpr(r, value),
@@ -520,7 +643,34 @@ impl VmxCpu {
             }
             None => return Err(Fault::InvalidOpcode),
         }
-        Ok(Outcome::Succeed)
+        Ok(())
+    }
+
+    /// A VMWRITE's source operand.
+    fn vmwrite_source(&self, insn: &VmxInsn, env: &mut dyn VmxEnv) -> Result<u64, Fault> {
+        match insn.rm() {
+            Some(Operand::Reg(r)) => Ok(env.gpr(r) & Self::operand_mask(insn)),
+            Some(Operand::Mem(_)) => {
+                // The source is 32 bits outside 64-bit mode (SDM 31, VMWRITE): reading 8 bytes
+                // could fault on the page after it.
+                let la = self.linear(insn, env)?;
+                let mut b = [0u8; 8];
+                env.read_virt(la, &mut b[..usize::from(insn.operand_size / 8)])?;
+                Ok(u64::from_le_bytes(b))
+            }
+            None => Err(Fault::InvalidOpcode),
+        }
+    }
+
+    /// The field a VMWRITE may write, or the VMfail it ends with (SDM 31, VMWRITE).
+    fn vmwrite_field(&mut self, enc: u64) -> Result<u32, Outcome> {
+        let Some((_, field)) = u32::try_from(enc).ok().and_then(fields::by_encoding) else {
+            return Err(self.vmfail(VmInstructionError::UnsupportedVmcsComponent));
+        };
+        if field.read_only() && !self.caps.vmwrite_any_field() {
+            return Err(self.vmfail(VmInstructionError::VmwriteReadOnlyComponent));
+        }
+        Ok(enc as u32)
     }
 
     fn vmwrite(&mut self, insn: &VmxInsn, env: &mut dyn VmxEnv) -> Step {
@@ -528,27 +678,65 @@ impl VmxCpu {
         if self.current_vmcs().is_none() {
             return Ok(Outcome::FailInvalid);
         }
-        let value = match insn.rm() {
-            Some(Operand::Reg(r)) => env.gpr(r) & Self::operand_mask(insn),
-            Some(Operand::Mem(_)) => {
-                // The source is 32 bits outside 64-bit mode (SDM 31, VMWRITE): reading 8 bytes
-                // could fault on the page after it.
-                let la = self.linear(insn, env)?;
-                let mut b = [0u8; 8];
-                env.read_virt(la, &mut b[..usize::from(insn.operand_size / 8)])?;
-                u64::from_le_bytes(b)
-            }
-            None => return Err(Fault::InvalidOpcode),
-        };
+        let value = self.vmwrite_source(insn, env)?;
         let enc = Self::reg2_value(insn, env)?;
-        let Some((_, field)) = u32::try_from(enc).ok().and_then(fields::by_encoding) else {
+        let enc = match self.vmwrite_field(enc) {
+            Ok(e) => e,
+            Err(fail) => return Ok(fail),
+        };
+        if let Some(v) = self.current_vmcs_mut() {
+            v.write(enc, value);
+        }
+        Ok(Outcome::Succeed)
+    }
+
+    /// VMREAD or VMWRITE executed by L2 in VMX non-root operation that causes no VM exit: the
+    /// current VMCS has "VMCS shadowing" set and the VMREAD/VMWRITE bitmap bit of the field
+    /// is 0 (SDM 25.6.15, 26.1.3; the caller decided that). It reads or writes the VMCS the
+    /// current VMCS's link pointer names, in `mem` (L1-physical memory, in nestbed's region
+    /// layout); `guest` is L2's context. VMfailInvalid when the link pointer is
+    /// FFFFFFFF_FFFFFFFFH; VMfailValid stores its error in the current VMCS (SDM 31,
+    /// VMREAD/VMWRITE pseudocode).
+    pub fn execute_shadowed(&mut self, insn: &VmxInsn, guest: &mut dyn VmxEnv, mem: &mut dyn GuestMemory) -> Outcome {
+        match self.shadowed(insn, guest, mem) {
+            Ok(o) => o,
+            Err(f) => Outcome::Fault(f),
+        }
+    }
+
+    fn shadowed(&mut self, insn: &VmxInsn, guest: &mut dyn VmxEnv, mem: &mut dyn GuestMemory) -> Step {
+        if Self::mode_ud(guest) || !matches!(insn.op, VmxOp::Vmread | VmxOp::Vmwrite) {
+            return Err(Fault::InvalidOpcode);
+        }
+        if guest.cpl() > 0 {
+            return Err(Fault::GeneralProtection(0));
+        }
+        let link = self.current_vmcs().map_or(u64::MAX, |v| v.get(fields::VMCS_LINK_POINTER));
+        if link == u64::MAX {
+            return Ok(Outcome::FailInvalid);
+        }
+        let enc = Self::reg2_value(insn, guest)?;
+        if insn.op == VmxOp::Vmread {
+            let Some(off) = u32::try_from(enc).ok().and_then(super::vmcs::field_offset) else {
+                return Ok(self.vmfail(VmInstructionError::UnsupportedVmcsComponent));
+            };
+            // A link pointer a script wrote past the end of the address space reads as all ones.
+            let stored = link.checked_add(off as u64).map_or(u64::MAX, |at| read_phys_u64(mem, at));
+            self.vmread_store(insn, guest, super::vmcs::read_value(stored, enc as u32))?;
+            return Ok(Outcome::Succeed);
+        }
+        let value = self.vmwrite_source(insn, guest)?;
+        let enc = match self.vmwrite_field(enc) {
+            Ok(e) => e,
+            Err(fail) => return Ok(fail),
+        };
+        let Some(off) = super::vmcs::field_offset(enc) else {
             return Ok(self.vmfail(VmInstructionError::UnsupportedVmcsComponent));
         };
-        if field.read_only() && !self.caps.vmwrite_any_field() {
-            return Ok(self.vmfail(VmInstructionError::VmwriteReadOnlyComponent));
-        }
-        if let Some(v) = self.current_vmcs_mut() {
-            v.write(enc as u32, value);
+        // Outside RAM the write reaches no device and is lost, as on hardware.
+        if let Some(at) = link.checked_add(off as u64) {
+            let stored = read_phys_u64(mem, at);
+            let _ = mem.write_phys(at, &super::vmcs::written_value(stored, enc, value).to_le_bytes());
         }
         Ok(Outcome::Succeed)
     }
@@ -608,6 +796,15 @@ impl VmxCpu {
         }
         self.invalidations.push(Invalidation::Vpid { kind, vpid, address });
         Ok(Outcome::Succeed)
+    }
+}
+
+/// Reads a u64 of guest-physical memory; outside RAM reads as all-ones.
+fn read_phys_u64(mem: &dyn GuestMemory, gpa: u64) -> u64 {
+    let mut b = [0u8; 8];
+    match mem.read_phys(gpa, &mut b) {
+        Ok(()) => u64::from_le_bytes(b),
+        Err(_) => u64::MAX,
     }
 }
 
@@ -919,7 +1116,9 @@ mod tests {
         assert_eq!(last_error(&cpu), 10);
         env.ram.put_u32(0x5000, 7);
         assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(0x5000)), Outcome::FailValid(E::VmptrldIncorrectRevision));
+        // A shadow VMCS where VMCS shadowing is not supported (SDM 31, VMPTRLD).
         env.ram.put_u32(0x5000, cpu.caps.revision() | 1 << 31);
+        cpu.caps.secondary.allowed1 &= !super::super::caps::proc2::VMCS_SHADOWING;
         assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(0x5000)), Outcome::FailValid(E::VmptrldIncorrectRevision));
         // Outside RAM reads as all-ones.
         assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(0x10_0000)), Outcome::FailValid(E::VmptrldIncorrectRevision));
@@ -1103,6 +1302,127 @@ mod tests {
         cpu.caps.set_msr(super::super::caps::IA32_VMX_CR0_FIXED0, cr::CR0_PE | cr::CR0_NE).unwrap();
         assert_eq!(cpu.execute(&vmxon, &mut env), Outcome::Succeed);
         assert!(cpu.vmxon);
+    }
+
+    /// A shadow VMCS in VMX root operation (SDM 25.10, 31): VMPTRLD makes it current, VMREAD
+    /// and VMWRITE work on it, VMLAUNCH and VMRESUME fail with VMfailInvalid, VMCLEAR writes
+    /// it back with its shadow-VMCS indicator.
+    #[test]
+    fn shadow_vmcs_in_root() {
+        let (mut cpu, mut env) = in_root();
+        assert!(cpu.caps.vmcs_shadowing());
+        env.ram.put_u32(VMCS_B, cpu.caps.revision() | 1 << 31);
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_B)), Outcome::Succeed);
+        assert!(cpu.current_vmcs().unwrap().shadow);
+        assert_eq!(vmwrite(&mut cpu, &mut env, GUEST_RIP as u64, 0x1234), Outcome::Succeed);
+        assert_eq!(vmread(&mut cpu, &mut env, GUEST_RIP as u64), (Outcome::Succeed, 0x1234));
+        for insn in [VMLAUNCH, VMRESUME] {
+            assert_eq!(run(&mut cpu, &mut env, insn, None), Outcome::FailInvalid);
+        }
+        assert_eq!(run(&mut cpu, &mut env, VMCLEAR, Some(VMCS_B)), Outcome::Succeed);
+        assert_eq!(env.ram.u32_at(VMCS_B), cpu.caps.revision() | 1 << 31);
+        let v = Vmcs::from_bytes(&env.ram.0[VMCS_B as usize..VMCS_B as usize + VMCS_SIZE]);
+        assert!(v.shadow);
+        assert_eq!(v.get(GUEST_RIP), 0x1234);
+        // An ordinary VMCS is entered as before.
+        assert_eq!(run(&mut cpu, &mut env, VMPTRLD, Some(VMCS_A)), Outcome::Succeed);
+        assert_eq!(run(&mut cpu, &mut env, VMLAUNCH, None), Outcome::Entry { launch: true });
+    }
+
+    /// L2's VMREAD and VMWRITE served from the shadow VMCS (SDM 25.10, 31 VMREAD/VMWRITE):
+    /// the link pointer's region in L1 memory changes, the ordinary VMCS only takes the
+    /// VM-instruction error of a VMfailValid.
+    #[test]
+    fn shadowed_vmread_vmwrite() {
+        let (mut cpu, mut l1) = with_current();
+        let rev = cpu.caps.revision();
+        let mut shadow = Vmcs::new(rev);
+        shadow.shadow = true;
+        shadow.set(GUEST_RIP, 0x5555);
+        shadow.set(TSC_OFFSET, 0x1111_2222_3333_4444);
+        l1.ram.write_phys(VMCS_B, &shadow.to_bytes()).unwrap();
+        let mut l2 = FakeEnv::new(0x1000);
+        let vmread_insn = op(VMREAD_RAX_RCX);
+        let vmwrite_insn = op(VMWRITE_RAX_RCX);
+        let go = |cpu: &mut VmxCpu, l1: &mut FakeEnv, l2: &mut FakeEnv, i: &VmxInsn| {
+            cpu.execute_shadowed(i, l2, &mut l1.ram)
+        };
+
+        // Link pointer FFFFFFFF_FFFFFFFFH: VMfailInvalid.
+        assert_eq!(vmwrite(&mut cpu, &mut l1, VMCS_LINK_POINTER as u64, u64::MAX), Outcome::Succeed);
+        l2.gprs[1] = GUEST_RIP as u64;
+        assert_eq!(go(&mut cpu, &mut l1, &mut l2, &vmread_insn), Outcome::FailInvalid);
+
+        assert_eq!(vmwrite(&mut cpu, &mut l1, VMCS_LINK_POINTER as u64, VMCS_B), Outcome::Succeed);
+        assert_eq!(vmwrite(&mut cpu, &mut l1, GUEST_RIP as u64, 0xaaaa), Outcome::Succeed);
+        assert_eq!(go(&mut cpu, &mut l1, &mut l2, &vmread_insn), Outcome::Succeed);
+        assert_eq!(l2.gprs[0], 0x5555);
+        l2.gprs[1] = u64::from(TSC_OFFSET | 1);
+        assert_eq!(go(&mut cpu, &mut l1, &mut l2, &vmread_insn), Outcome::Succeed);
+        assert_eq!(l2.gprs[0], 0x1111_2222);
+
+        // vmwrite rcx, rax: field in RAX, value in RCX; truncated to the field's width.
+        (l2.gprs[0], l2.gprs[1]) = (u64::from(GUEST_CS_SELECTOR), 0x1_0018);
+        assert_eq!(go(&mut cpu, &mut l1, &mut l2, &vmwrite_insn), Outcome::Succeed);
+        (l2.gprs[0], l2.gprs[1]) = (u64::from(TSC_OFFSET | 1), 0xdead);
+        assert_eq!(go(&mut cpu, &mut l1, &mut l2, &vmwrite_insn), Outcome::Succeed);
+        let b = Vmcs::from_bytes(&l1.ram.0[VMCS_B as usize..VMCS_B as usize + VMCS_SIZE]);
+        assert_eq!(b.get(GUEST_CS_SELECTOR), 0x18);
+        assert_eq!(b.get(TSC_OFFSET), 0x0000_dead_3333_4444);
+        assert!(b.shadow, "the header is untouched");
+        assert_eq!(cpu.current_vmcs().unwrap().get(GUEST_CS_SELECTOR), 0, "the ordinary VMCS is untouched");
+        assert_eq!(cpu.current_vmcs().unwrap().get(GUEST_RIP), 0xaaaa);
+
+        // VMfailValid: the error goes to the current (ordinary) VMCS.
+        l2.gprs[1] = 0x7777;
+        assert_eq!(go(&mut cpu, &mut l1, &mut l2, &vmread_insn), Outcome::FailValid(E::UnsupportedVmcsComponent));
+        assert_eq!(last_error(&cpu), 12);
+        (l2.gprs[0], l2.gprs[1]) = (u64::from(VM_EXIT_REASON), 1);
+        assert_eq!(go(&mut cpu, &mut l1, &mut l2, &vmwrite_insn), Outcome::FailValid(E::VmwriteReadOnlyComponent));
+        assert_eq!(last_error(&cpu), 13);
+        // With IA32_VMX_MISC bit 29 the read-only field is written.
+        cpu.caps.misc |= super::super::caps::misc::VMWRITE_ANY_FIELD;
+        (l2.gprs[0], l2.gprs[1]) = (u64::from(VM_EXIT_REASON), 30);
+        assert_eq!(go(&mut cpu, &mut l1, &mut l2, &vmwrite_insn), Outcome::Succeed);
+        let b = Vmcs::from_bytes(&l1.ram.0[VMCS_B as usize..VMCS_B as usize + VMCS_SIZE]);
+        assert_eq!(b.get(VM_EXIT_REASON), 30);
+
+        // A memory destination is in L2's memory (vmread [rbx], rcx).
+        (l2.gprs[1], l2.gprs[3]) = (u64::from(GUEST_RIP), 0x800);
+        assert_eq!(go(&mut cpu, &mut l1, &mut l2, &op(&[0x0f, 0x78, 0x0b])), Outcome::Succeed);
+        assert_eq!(l2.ram.u64_at(0x800), 0x5555);
+        l2.gprs[3] = 0x2000;
+        assert!(matches!(
+            go(&mut cpu, &mut l1, &mut l2, &op(&[0x0f, 0x78, 0x0b])),
+            Outcome::Fault(Fault::PageFault { .. })
+        ));
+
+        // CPL > 0: #GP(0); compatibility mode: #UD; other instructions are no shadow access.
+        l2.cpl = 3;
+        assert_eq!(go(&mut cpu, &mut l1, &mut l2, &vmread_insn), Outcome::Fault(Fault::GeneralProtection(0)));
+        l2.cpl = 0;
+        l2.lm64 = false;
+        assert_eq!(go(&mut cpu, &mut l1, &mut l2, &vmread_insn), Outcome::Fault(Fault::InvalidOpcode));
+        l2.lm64 = true;
+        assert_eq!(go(&mut cpu, &mut l1, &mut l2, &op(VMLAUNCH)), Outcome::Fault(Fault::InvalidOpcode));
+
+        // A link pointer at the end of the address space (a script can write one while L2
+        // runs): all ones, the write lost, no overflow.
+        cpu.current_vmcs_mut().unwrap().set(VMCS_LINK_POINTER, u64::MAX - 0xfff);
+        l2.gprs[1] = u64::from(GUEST_RIP);
+        assert_eq!(go(&mut cpu, &mut l1, &mut l2, &vmread_insn), Outcome::Succeed);
+        assert_eq!(l2.gprs[0], u64::MAX);
+        (l2.gprs[0], l2.gprs[1]) = (u64::from(GUEST_RIP), 1);
+        assert_eq!(go(&mut cpu, &mut l1, &mut l2, &vmwrite_insn), Outcome::Succeed);
+
+        // A link pointer whose region ends past RAM: reads are all ones, writes are lost.
+        let end = l1.ram.0.len() as u64;
+        assert_eq!(vmwrite(&mut cpu, &mut l1, VMCS_LINK_POINTER as u64, end), Outcome::Succeed);
+        l2.gprs[1] = u64::from(GUEST_RIP);
+        assert_eq!(go(&mut cpu, &mut l1, &mut l2, &vmread_insn), Outcome::Succeed);
+        assert_eq!(l2.gprs[0], u64::MAX);
+        (l2.gprs[0], l2.gprs[1]) = (u64::from(GUEST_RIP), 1);
+        assert_eq!(go(&mut cpu, &mut l1, &mut l2, &vmwrite_insn), Outcome::Succeed);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod decode;
 pub mod ept;
 pub mod events;
+pub mod evmcs;
 pub mod exit_info;
 pub mod exits;
 pub mod fields;

@@ -9,11 +9,18 @@
 //! | 4 | 4 | VMX-abort indicator (SDM 28.7) |
 //! | 8 | 4 | launch state: 0 clear, 1 launched (nestbed-specific) |
 //! | 12 | 4 | reserved, written as 0 |
-//! | 16 + 8*i | 8 | value of field `fields::FIELDS[i]` |
+//! | 16 + 8*slot | 8 | value of the field whose encoding gives `slot` ([`field_offset`]) |
+//! | 4088 | 8 | fields-changed mask of an enlightened VMCS (EVMCS.md), written as 0 |
 //! | rest | | reserved, written as 0 |
 //!
-//! L1 software must not touch the region directly (SDM 25.11.1); nestbed reads it on
-//! VMPTRLD and writes it back on VMCLEAR / VMPTRLD of another VMCS.
+//! A field's slot follows from its encoding (SDM Appendix B): its group `g = 4 * width + type`
+//! (encoding bits 14:13 and 11:10), and its index (bits 9:1):
+//! `slot = 24 * g + (16 if g > 4) + index`; group 4 (64-bit control fields) has 40 slots, the
+//! others 24. Values are stored whole, 64 bits, whatever the field's width.
+//!
+//! L1 software must not touch the region directly (SDM 25.11.1) unless it is an enlightened
+//! VMCS (EVMCS.md); nestbed reads it on VMPTRLD and writes it back on VMCLEAR / VMPTRLD of
+//! another VMCS.
 
 use super::fields::{self, Width, FIELDS};
 
@@ -22,6 +29,8 @@ pub const OFFSET_REVISION: usize = 0;
 pub const OFFSET_ABORT: usize = 4;
 pub const OFFSET_LAUNCH_STATE: usize = 8;
 pub const OFFSET_FIELDS: usize = 16;
+/// The fields-changed mask of an enlightened VMCS (EVMCS.md).
+pub const OFFSET_CHANGED: usize = 4088;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vmcs {
@@ -49,19 +58,17 @@ impl Vmcs {
     /// yields bits 63:32 of the 64-bit field (SDM 25.11.2).
     pub fn read(&self, enc: u32) -> Option<u64> {
         let (i, _) = fields::by_encoding(enc)?;
-        let v = self.values[i];
-        Some(if fields::is_high_access(enc) { v >> 32 } else { v })
+        Some(read_value(self.values[i], enc))
     }
 
     /// VMWRITE semantics without the read-only check: stores `v` truncated to the field's
     /// width; a high-access encoding replaces bits 63:32. `false` for an unsupported
     /// component.
     pub fn write(&mut self, enc: u32, v: u64) -> bool {
-        let Some((i, f)) = fields::by_encoding(enc) else {
+        let Some((i, _)) = fields::by_encoding(enc) else {
             return false;
         };
-        self.values[i] =
-            if fields::is_high_access(enc) { (self.values[i] & 0xffff_ffff) | (v << 32) } else { v & f.width().mask() };
+        self.values[i] = written_value(self.values[i], enc, v);
         true
     }
 
@@ -90,8 +97,8 @@ impl Vmcs {
         b[OFFSET_REVISION..4].copy_from_slice(&self.header().to_le_bytes());
         b[OFFSET_ABORT..8].copy_from_slice(&self.abort.to_le_bytes());
         b[OFFSET_LAUNCH_STATE..12].copy_from_slice(&u32::from(self.launched).to_le_bytes());
-        for (i, v) in self.values.iter().enumerate() {
-            let o = OFFSET_FIELDS + 8 * i;
+        for (f, v) in FIELDS.iter().zip(&self.values) {
+            let o = slot_offset(f.encoding);
             b[o..o + 8].copy_from_slice(&v.to_le_bytes());
         }
         b
@@ -109,7 +116,7 @@ impl Vmcs {
         };
         let u64_at = |o: usize| u64::from(u32_at(o)) | (u64::from(u32_at(o + 4)) << 32);
         let head = u32_at(OFFSET_REVISION);
-        let values = FIELDS.iter().enumerate().map(|(i, f)| u64_at(OFFSET_FIELDS + 8 * i) & f.width().mask()).collect();
+        let values = FIELDS.iter().map(|f| u64_at(slot_offset(f.encoding)) & f.width().mask()).collect();
         Vmcs {
             revision: head & 0x7fff_ffff,
             shadow: head >> 31 == 1,
@@ -126,6 +133,59 @@ impl Vmcs {
 
     pub fn width_of(enc: u32) -> Option<Width> {
         fields::by_encoding(enc).map(|(_, f)| f.width())
+    }
+}
+
+/// Offset in a VMCS region of the 8 bytes holding the field `enc` (or the 64-bit field a
+/// high-access encoding names); `None` for an unsupported component. How a VMREAD or VMWRITE
+/// that VMCS shadowing serves (SDM 25.10) reaches a region that is not cached.
+pub fn field_offset(enc: u32) -> Option<usize> {
+    fields::by_encoding(enc).map(|(_, f)| slot_offset(f.encoding))
+}
+
+/// The field group of an encoding: `4 * width + type` (SDM Appendix B: bits 14:13, 11:10).
+pub fn group(enc: u32) -> u32 {
+    4 * (enc >> 13 & 3) + (enc >> 10 & 3)
+}
+
+/// Slots of a group: 40 for the 64-bit control fields, 24 for the others.
+pub fn group_slots(g: u32) -> u32 {
+    if g == 4 {
+        40
+    } else {
+        24
+    }
+}
+
+/// Offset of the slot an encoding names, supported or not (EVMCS.md's table).
+pub fn field_offset_of_slot(enc: u32) -> usize {
+    slot_offset(enc)
+}
+
+/// Offset of an encoding's slot, by the layout above; every supported field's index is within
+/// its group's slots (a test checks).
+fn slot_offset(enc: u32) -> usize {
+    let g = group(enc);
+    let slot = 24 * g + if g > 4 { 16 } else { 0 } + (enc >> 1 & 0x1ff);
+    OFFSET_FIELDS + 8 * slot as usize
+}
+
+/// What a VMREAD of `enc` returns when its field holds `stored`.
+pub fn read_value(stored: u64, enc: u32) -> u64 {
+    if fields::is_high_access(enc) {
+        stored >> 32
+    } else {
+        stored
+    }
+}
+
+/// What the field `enc` holds after a VMWRITE of `v` when it held `stored`: truncated to the
+/// field's width, or bits 63:32 replaced for a high-access encoding.
+pub fn written_value(stored: u64, enc: u32, v: u64) -> u64 {
+    match fields::by_encoding(enc) {
+        Some(_) if fields::is_high_access(enc) => (stored & 0xffff_ffff) | (v << 32),
+        Some((_, f)) => v & f.width().mask(),
+        None => stored,
     }
 }
 
@@ -149,13 +209,31 @@ mod tests {
         assert_eq!(b[8], 1);
         let w = Vmcs::from_bytes(&b);
         assert_eq!(v, w);
-        let (i, _) = by_encoding(GUEST_RIP).unwrap();
-        let o = OFFSET_FIELDS + 8 * i;
+        let o = field_offset(GUEST_RIP).unwrap();
+        assert_eq!(o, OFFSET_FIELDS + 8 * (24 * 14 + 16 + 0xf));
         assert_eq!(&b[o..o + 8], &0xffff_8000_0000_1234u64.to_le_bytes());
         // A short slice parses as zero-padded.
         let short = Vmcs::from_bytes(&b[..12]);
         assert_eq!(short.revision, 0x4e42);
         assert_eq!(short.get(GUEST_RIP), 0);
+    }
+
+    /// Every field has a slot of its own inside its group, below the fields-changed mask.
+    #[test]
+    fn layout_slots_are_distinct_and_in_their_group() {
+        let mut seen = std::collections::BTreeSet::new();
+        for f in FIELDS {
+            let e = f.encoding;
+            assert!(e >> 1 & 0x1ff < group_slots(group(e)), "{e:#x}");
+            let o = field_offset(e).unwrap();
+            assert!(o + 8 <= OFFSET_CHANGED, "{e:#x}");
+            assert!(seen.insert(o), "{e:#x} shares offset {o}");
+            if e >> 13 & 3 == 1 {
+                assert_eq!(field_offset(e | 1), Some(o));
+            }
+        }
+        let last = (0..16).map(|g| 24 * g + if g > 4 { 16 } else { 0 } + group_slots(g)).max().unwrap();
+        assert!(OFFSET_FIELDS + 8 * last as usize <= OFFSET_CHANGED);
     }
 
     #[test]

@@ -6,14 +6,14 @@
 //! (27.3.1.1 - 27.3.1.6).
 //!
 //! Not checked (nestbed cannot see the needed state or does not advertise the feature):
-//! MSR-load/store list contents (27.4), guest PDPTEs read from memory when EPT is off,
-//! and the revision identifier of a VMCS link pointer (the link pointer must be all-ones
-//! because VMCS shadowing is not advertised; hardware would also accept a pointer to a
-//! VMCS region, see [`check_vm_entry`]).
+//! MSR-load/store list contents (27.4) and guest PDPTEs read from memory when EPT is off. The
+//! one check that reads memory is the VMCS link pointer's (27.3.1.5): the first word of the
+//! region it names.
 
 use std::fmt;
 
 use crate::vmx::caps::{cr, proc, VmxCaps};
+use crate::vmx::cpu::GuestMemory;
 use crate::vmx::fields::{CPU_BASED_VM_EXEC_CONTROL, SECONDARY_VM_EXEC_CONTROL};
 use crate::vmx::vmcs::Vmcs;
 
@@ -78,16 +78,23 @@ const G: CheckClass = CheckClass::GuestState { qualification: ENTRY_FAIL_DEFAULT
 /// IA32_EFER bits defined on Intel 64: SCE, LME, LMA, NXE.
 const EFER_VALID: u64 = cr::EFER_SCE | cr::EFER_LME | cr::EFER_LMA | cr::EFER_NXE;
 
-/// All checks of SDM 27.2 and 27.3.1, for a processor in IA-32e mode (L1 is 64-bit).
-pub fn check_vm_entry(vmcs: &Vmcs, caps: &VmxCaps, phys_width: u8) -> Result<(), Violation> {
-    check_vm_entry_from(vmcs, caps, phys_width, true)
+/// All checks of SDM 27.2 and 27.3.1, for a processor in IA-32e mode (L1 is 64-bit); `mem` is
+/// L1-physical memory, where the VMCS link pointer points.
+pub fn check_vm_entry(vmcs: &Vmcs, caps: &VmxCaps, phys_width: u8, mem: &dyn GuestMemory) -> Result<(), Violation> {
+    check_vm_entry_from(vmcs, caps, phys_width, true, mem)
 }
 
 /// [`check_vm_entry`] for a processor whose IA32_EFER.LMA is `host_lma` (SDM 27.2.4).
-pub fn check_vm_entry_from(vmcs: &Vmcs, caps: &VmxCaps, phys_width: u8, host_lma: bool) -> Result<(), Violation> {
+pub fn check_vm_entry_from(
+    vmcs: &Vmcs,
+    caps: &VmxCaps,
+    phys_width: u8,
+    host_lma: bool,
+    mem: &dyn GuestMemory,
+) -> Result<(), Violation> {
     check_controls(vmcs, caps, phys_width)?;
     check_host_state(vmcs, caps, phys_width, host_lma)?;
-    check_guest_state(vmcs, caps, phys_width)
+    check_guest_state(vmcs, caps, phys_width, mem)
 }
 
 /// Secondary controls as VM entry sees them: 0 unless activated (SDM 25.6.2).

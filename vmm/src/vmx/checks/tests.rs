@@ -7,10 +7,14 @@ use std::path::Path;
 use super::testing::test_vmcs_64bit;
 use super::*;
 use crate::vmx::caps::{entry, proc, proc2, VmxCaps};
+use crate::vmx::cpu::testing::Ram;
 use crate::vmx::fields::*;
 
+/// L1-physical memory for the VMCS link pointer: nothing there.
+const NO_RAM: &Ram = &Ram(Vec::new());
+
 fn check(v: &Vmcs) -> Result<(), Violation> {
-    check_vm_entry(v, &VmxCaps::default(), 36)
+    check_vm_entry(v, &VmxCaps::default(), 36, NO_RAM)
 }
 
 fn expect(changes: &[(u32, u64)], rule: &str, class: CheckClass) {
@@ -43,7 +47,7 @@ fn control_rules() {
             "primary processor-based controls violate IA32_VMX_TRUE_PROCBASED_CTLS",
         ),
         (
-            &[(SECONDARY_VM_EXEC_CONTROL, sec | 1 << 14)],
+            &[(SECONDARY_VM_EXEC_CONTROL, sec | 1 << 13)],
             "secondary processor-based controls violate IA32_VMX_PROCBASED_CTLS2",
         ),
         (&[(CR3_TARGET_COUNT, 5)], "CR3-target count greater than supported"),
@@ -151,24 +155,24 @@ fn host_rules() {
     v.set(VM_EXIT_CONTROLS, exitv & !(1 << 9));
     v.set(HOST_IA32_EFER, 1);
     let caps = VmxCaps::default();
-    let e = check_vm_entry_from(&v, &caps, 36, false).unwrap_err();
+    let e = check_vm_entry_from(&v, &caps, 36, false, NO_RAM).unwrap_err();
     assert_eq!((e.rule, e.class), ("IA-32e mode guest set outside IA-32e mode", CheckClass::Control));
     let entryv = v.get(VM_ENTRY_CONTROLS) & !(1 << 9);
     v.set(VM_ENTRY_CONTROLS, entryv);
     v.set(HOST_SS_SELECTOR, 0);
     assert_eq!(
-        check_vm_entry_from(&v, &caps, 36, false).unwrap_err().rule,
+        check_vm_entry_from(&v, &caps, 36, false, NO_RAM).unwrap_err().rule,
         "host SS selector is 0 while host address-space size is 0"
     );
     v.set(HOST_SS_SELECTOR, 0x10);
     v.set(HOST_CR4, 0x2000 | 1 << 17);
     assert_eq!(
-        check_vm_entry_from(&v, &caps, 36, false).unwrap_err().rule,
+        check_vm_entry_from(&v, &caps, 36, false, NO_RAM).unwrap_err().rule,
         "host CR4.PCIDE set while host address-space size is 0"
     );
     v.set(HOST_CR4, 0x2000);
     assert_eq!(
-        check_vm_entry_from(&v, &caps, 36, false).unwrap_err().rule,
+        check_vm_entry_from(&v, &caps, 36, false, NO_RAM).unwrap_err().rule,
         "host RIP bits 63:32 set while host address-space size is 0"
     );
 }
@@ -282,13 +286,82 @@ fn guest_rules() {
     }
     expect(
         &[(VMCS_LINK_POINTER, 0x1000)],
-        "VMCS link pointer not FFFFFFFF_FFFFFFFFH without VMCS shadowing",
+        "VMCS link pointer region's revision identifier not the processor's",
         CheckClass::GuestState { qualification: ENTRY_FAIL_VMCS_LINK_PTR },
     );
     expect(
         &[(GUEST_INTERRUPTIBILITY_INFO, 1), (GUEST_RFLAGS, 0x202), (VM_ENTRY_INTR_INFO_FIELD, 0x8000_0202)],
         "guest blocking by STI while injecting an NMI",
         CheckClass::GuestState { qualification: ENTRY_FAIL_NMI },
+    );
+}
+
+/// SDM 27.2.1.1 (VMREAD/VMWRITE bitmaps with VMCS shadowing) and 27.3.1.5 (VMCS link pointer:
+/// all ones, or a VMCS region with the processor's revision and the shadow-VMCS indicator equal
+/// to the "VMCS shadowing" control; memory outside RAM reads as all ones).
+#[test]
+fn vmcs_shadowing_and_link_pointer() {
+    let caps = VmxCaps::default();
+    let rev = caps.revision();
+    let mut ram = Ram(vec![0; 0x4000]);
+    ram.put_u32(0x1000, rev);
+    ram.put_u32(0x2000, rev | 1 << 31);
+    ram.put_u32(0x3000, 0x1234);
+    let link = CheckClass::GuestState { qualification: ENTRY_FAIL_VMCS_LINK_PTR };
+    let run = |v: &Vmcs, ram: &Ram| check_vm_entry(v, &caps, 36, ram).map_err(|e| (e.rule, e.class));
+    let base = test_vmcs_64bit();
+    let sec = base.get(SECONDARY_VM_EXEC_CONTROL);
+
+    // Without shadowing: a VMCS that is no shadow VMCS is accepted.
+    let mut v = base.clone();
+    for (ptr, want) in [
+        (u64::MAX, Ok(())),
+        (0x1000, Ok(())),
+        (0x1008, Err(("VMCS link pointer not 4-KByte aligned or beyond physical-address width", link))),
+        (1 << 36, Err(("VMCS link pointer not 4-KByte aligned or beyond physical-address width", link))),
+        (0x2000, Err(("VMCS link pointer region's shadow-VMCS indicator differs from VMCS shadowing", link))),
+        (0x3000, Err(("VMCS link pointer region's revision identifier not the processor's", link))),
+        (0x8000, Err(("VMCS link pointer region's revision identifier not the processor's", link))),
+    ] {
+        v.set(VMCS_LINK_POINTER, ptr);
+        assert_eq!(run(&v, &ram), want, "link pointer {ptr:#x} without shadowing");
+    }
+
+    // With shadowing: the bitmaps' addresses are checked with the controls, the link pointer
+    // must name a shadow VMCS or be all ones.
+    let mut v = base.clone();
+    v.set(SECONDARY_VM_EXEC_CONTROL, sec | u64::from(proc2::VMCS_SHADOWING));
+    v.set(VMREAD_BITMAP, 0x1000);
+    v.set(VMWRITE_BITMAP, 0x3000);
+    for (ptr, want) in [
+        (u64::MAX, Ok(())),
+        (0x2000, Ok(())),
+        (0x1000, Err(("VMCS link pointer region's shadow-VMCS indicator differs from VMCS shadowing", link))),
+        (0x8000, Err(("VMCS link pointer region's revision identifier not the processor's", link))),
+    ] {
+        v.set(VMCS_LINK_POINTER, ptr);
+        assert_eq!(run(&v, &ram), want, "link pointer {ptr:#x} with shadowing");
+    }
+    v.set(VMREAD_BITMAP, 0x1004);
+    assert_eq!(
+        run(&v, &ram),
+        Err(("VMREAD-bitmap address not 4-KByte aligned or beyond physical-address width", CheckClass::Control))
+    );
+    v.set(VMREAD_BITMAP, 0x1000);
+    v.set(VMWRITE_BITMAP, 1 << 40);
+    assert_eq!(
+        run(&v, &ram),
+        Err(("VMWRITE-bitmap address not 4-KByte aligned or beyond physical-address width", CheckClass::Control))
+    );
+    // Without the capability, the control itself is refused.
+    v.set(VMWRITE_BITMAP, 0x3000);
+    v.set(VMCS_LINK_POINTER, 0x2000);
+    assert_eq!(run(&v, &ram), Ok(()));
+    let mut without = caps.clone();
+    without.secondary.allowed1 &= !proc2::VMCS_SHADOWING;
+    assert_eq!(
+        check_vm_entry(&v, &without, 36, &ram).map_err(|e| e.rule),
+        Err("secondary processor-based controls violate IA32_VMX_PROCBASED_CTLS2")
     );
 }
 
@@ -331,13 +404,16 @@ fn non_ia32e_guests() {
     caps.secondary.allowed1 |= proc2::UNRESTRICTED_GUEST;
     let mut v = test_vmcs_64bit();
     v.set(SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::UNRESTRICTED_GUEST | proc2::ENABLE_VPID));
-    assert_eq!(check_vm_entry(&v, &caps, 36).unwrap_err().rule, "unrestricted guest set while enable EPT is clear");
+    assert_eq!(
+        check_vm_entry(&v, &caps, 36, NO_RAM).unwrap_err().rule,
+        "unrestricted guest set while enable EPT is clear"
+    );
     // With unrestricted guest, CR0.PE/PG may be 0 but PG still requires PE.
     v.set(SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::UNRESTRICTED_GUEST | proc2::ENABLE_VPID | proc2::ENABLE_EPT));
     v.set(VM_ENTRY_CONTROLS, entryv);
     v.set(GUEST_CS_AR_BYTES, 0xc09b);
     v.set(GUEST_CR0, 0x8000_0030);
-    assert_eq!(check_vm_entry(&v, &caps, 36).unwrap_err().rule, "guest CR0.PG set while CR0.PE clear");
+    assert_eq!(check_vm_entry(&v, &caps, 36, NO_RAM).unwrap_err().rule, "guest CR0.PG set while CR0.PE clear");
 }
 
 /// String literals of the Rust source `src`, outside comments.
@@ -444,7 +520,7 @@ fn named_rules() {
         "host ES selector RPL or TI not 0",
         "guest GS granularity inconsistent with limit",
         "guest CS access rights not 0xf3 in virtual-8086 mode",
-        "VMCS link pointer not FFFFFFFF_FFFFFFFFH without VMCS shadowing",
+        "VMCS link pointer region's shadow-VMCS indicator differs from VMCS shadowing",
         "guest PDPTE reserved bits set",
     ] {
         assert!(names.contains(known), "{known}");

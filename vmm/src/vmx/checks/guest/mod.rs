@@ -1,6 +1,7 @@
 //! SDM 27.3.1 "Checks on the Guest State Area", one module per subsection.
 
 use crate::vmx::caps::{cr, entry, proc2, VmxCaps};
+use crate::vmx::cpu::GuestMemory;
 use crate::vmx::fields::{GUEST_CR0, GUEST_CR4, GUEST_RFLAGS, VM_ENTRY_CONTROLS, VM_ENTRY_INTR_INFO_FIELD};
 use crate::vmx::vmcs::Vmcs;
 
@@ -14,13 +15,13 @@ mod rip_rflags;
 mod segments;
 
 /// SDM 27.3.1: guest-state area.
-pub fn check_guest_state(vmcs: &Vmcs, caps: &VmxCaps, width: u8) -> Result<(), Violation> {
+pub fn check_guest_state(vmcs: &Vmcs, caps: &VmxCaps, width: u8, mem: &dyn GuestMemory) -> Result<(), Violation> {
     let g = Guest::read(vmcs);
     registers::check_control_registers_debug_registers_and_msrs(vmcs, caps, width, &g)?;
     segments::check_segment_registers(vmcs, &g)?;
     desc_tables::check_descriptor_table_registers(vmcs)?;
     rip_rflags::check_rip_and_rflags(vmcs, &g)?;
-    non_register::check_non_register_state(vmcs, caps, &g)?;
+    non_register::check_non_register_state(vmcs, caps, width, mem, &g)?;
     pdptes::check_pdptes(vmcs, width, &g)
 }
 

@@ -1,7 +1,9 @@
 //! SDM 27.3.1.5: checks on guest non-register state.
 
-use crate::vmx::caps::{pin, VmxCaps};
+use crate::vmx::bits::bad_page_addr;
+use crate::vmx::caps::{pin, proc2, VmxCaps};
 use crate::vmx::checks::{CheckClass, Violation, ENTRY_FAIL_NMI, ENTRY_FAIL_VMCS_LINK_PTR, G};
+use crate::vmx::cpu::GuestMemory;
 use crate::vmx::fields::*;
 use crate::vmx::vmcs::Vmcs;
 
@@ -9,11 +11,17 @@ use super::{ar, Guest};
 
 /// SDM 27.3.1.5: activity state, interruptibility state, pending debug exceptions and
 /// VMCS link pointer.
-pub(super) fn check_non_register_state(vmcs: &Vmcs, caps: &VmxCaps, g: &Guest) -> Result<(), Violation> {
+pub(super) fn check_non_register_state(
+    vmcs: &Vmcs,
+    caps: &VmxCaps,
+    width: u8,
+    mem: &dyn GuestMemory,
+    g: &Guest,
+) -> Result<(), Violation> {
     check_activity_state(vmcs, caps)?;
     check_interruptibility_state(vmcs, g)?;
     check_pending_debug_exceptions(vmcs, g)?;
-    check_vmcs_link_pointer(vmcs)
+    check_vmcs_link_pointer(vmcs, caps, width, mem)
 }
 
 /// SDM 27.3.1.5, activity state.
@@ -93,13 +101,38 @@ fn check_pending_debug_exceptions(vmcs: &Vmcs, g: &Guest) -> Result<(), Violatio
     Ok(())
 }
 
-/// SDM 27.3.1.5, VMCS link pointer: all-ones, as VMCS shadowing is not advertised.
-fn check_vmcs_link_pointer(vmcs: &Vmcs) -> Result<(), Violation> {
+/// SDM 27.3.1.5, VMCS link pointer: all-ones, or the address of a VMCS region whose first word
+/// holds the processor's revision identifier and a shadow-VMCS indicator equal to the "VMCS
+/// shadowing" control. Memory outside RAM reads as all ones (no device answers).
+fn check_vmcs_link_pointer(vmcs: &Vmcs, caps: &VmxCaps, width: u8, mem: &dyn GuestMemory) -> Result<(), Violation> {
+    const LINK: CheckClass = CheckClass::GuestState { qualification: ENTRY_FAIL_VMCS_LINK_PTR };
+    let link = vmcs.get(VMCS_LINK_POINTER);
+    if link == u64::MAX {
+        return Ok(());
+    }
     rule!(
-        vmcs.get(VMCS_LINK_POINTER) != u64::MAX,
-        CheckClass::GuestState { qualification: ENTRY_FAIL_VMCS_LINK_PTR },
+        bad_page_addr(link, width),
+        LINK,
         "27.3.1.5",
-        "VMCS link pointer not FFFFFFFF_FFFFFFFFH without VMCS shadowing"
+        "VMCS link pointer not 4-KByte aligned or beyond physical-address width"
+    );
+    let mut b = [0xffu8; 4];
+    if mem.read_phys(link, &mut b).is_err() {
+        b = [0xff; 4];
+    }
+    let head = u32::from_le_bytes(b);
+    rule!(
+        head & 0x7fff_ffff != caps.revision(),
+        LINK,
+        "27.3.1.5",
+        "VMCS link pointer region's revision identifier not the processor's"
+    );
+    let shadowing = crate::vmx::checks::secondary(vmcs) & proc2::VMCS_SHADOWING != 0;
+    rule!(
+        (head >> 31 == 1) != shadowing,
+        LINK,
+        "27.3.1.5",
+        "VMCS link pointer region's shadow-VMCS indicator differs from VMCS shadowing"
     );
     Ok(())
 }
