@@ -176,6 +176,9 @@ struct RunArgs {
     /// Operation budget of one script hook call (0 = unlimited).
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     script_ops: u64,
+    /// Wall-clock budget of one script hook call in milliseconds (0 = unlimited).
+    #[arg(long, value_name = "MS", default_value_t = nestbed::script::DEFAULT_TIME_MS)]
+    script_time: u64,
     /// Where on_exit runs: auto runs scripts that only observe (no change, decision, memory or
     /// VMCS access) on a second thread, on copies of the exits, so the guest does not wait for
     /// them, when there is a second CPU; pipelined does so even on one CPU; inline always runs
@@ -250,6 +253,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     };
     cfg.script_options = ScriptOptions {
         max_operations: args.script_ops,
+        max_time_ms: args.script_time,
         on_error: match args.on_script_error {
             ScriptErrorArg::Stop => OnScriptError::Stop,
             ScriptErrorArg::Continue => OnScriptError::Continue,
@@ -357,6 +361,21 @@ fn patch_report(image: &str, all: bool) -> Result<i32, Error> {
 }
 
 fn main() -> ExitCode {
+    // Scripts run on this thread (and the pipelined scripts' worker), with Rhai's recursive
+    // drops and copies of nested values: it gets their stack. Signals go to it, so its
+    // blocking calls see EINTR.
+    let worker =
+        std::thread::Builder::new().name("nestbed".into()).stack_size(nestbed::script::STACK).spawn(nestbed_main);
+    match worker {
+        Ok(w) => {
+            nestbed::runner::signals::block_here();
+            w.join().unwrap_or(ExitCode::from(101))
+        }
+        Err(_) => nestbed_main(),
+    }
+}
+
+fn nestbed_main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
@@ -374,27 +393,31 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { code::CONFIG as u8 } else { 0 });
         }
     };
-    let result =
-        match cli.command.unwrap_or(Command::Run(RunArgs { mem: 128, script_ops: 1_000_000, ..Default::default() })) {
-            Command::Run(args) => run(args),
-            Command::Guests { symbols: Some(name) } => match nestbed::guests::find(&name) {
-                Some(_) => {
-                    println!("{}", std::path::Path::new(nestbed::guests::SYMBOLS_DIR).join(&name).display());
-                    Ok(0)
-                }
-                None => Err(Error::Config(format!("no embedded guest named '{name}' (see `nestbed guests`)"))),
-            },
-            Command::Guests { symbols: None } => {
-                for (name, desc, _) in nestbed::guests::GUESTS {
-                    println!("{name:<16} {desc}");
-                }
+    let result = match cli.command.unwrap_or(Command::Run(RunArgs {
+        mem: 128,
+        script_ops: 1_000_000,
+        script_time: nestbed::script::DEFAULT_TIME_MS,
+        ..Default::default()
+    })) {
+        Command::Run(args) => run(args),
+        Command::Guests { symbols: Some(name) } => match nestbed::guests::find(&name) {
+            Some(_) => {
+                println!("{}", std::path::Path::new(nestbed::guests::SYMBOLS_DIR).join(&name).display());
                 Ok(0)
             }
-            Command::Scenario { command } => scenario(command),
-            Command::Trace { command } => trace(command),
-            Command::PatchReport { image, all } => patch_report(&image, all),
-            Command::Qemu { args } => qemu_front(args.into_iter().map(OsString::from).collect()),
-        };
+            None => Err(Error::Config(format!("no embedded guest named '{name}' (see `nestbed guests`)"))),
+        },
+        Command::Guests { symbols: None } => {
+            for (name, desc, _) in nestbed::guests::GUESTS {
+                println!("{name:<16} {desc}");
+            }
+            Ok(0)
+        }
+        Command::Scenario { command } => scenario(command),
+        Command::Trace { command } => trace(command),
+        Command::PatchReport { image, all } => patch_report(&image, all),
+        Command::Qemu { args } => qemu_front(args.into_iter().map(OsString::from).collect()),
+    };
     exit_with(result)
 }
 

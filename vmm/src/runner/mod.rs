@@ -330,7 +330,11 @@ impl Runner {
             unpatched: p.unpatched.len(),
             at_run_time: p.at_run_time.len(),
         });
-        let outcome = result.unwrap_or_else(|e| Outcome::Failed { code: e.exit_code(), message: e.to_string() });
+        let outcome = result.unwrap_or_else(|e| match e {
+            Error::Interrupted(_) => Outcome::Interrupted,
+            Error::TimedOut(_) => Outcome::Timeout,
+            e => Outcome::Failed { code: e.exit_code(), message: e.to_string() },
+        });
         Ok(Report { outcome, stats: std::mem::take(&mut this.stats) })
     }
 

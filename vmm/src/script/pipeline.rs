@@ -74,6 +74,7 @@ impl Pipeline {
         let sh = shared.clone();
         let worker = std::thread::Builder::new()
             .name("nestbed-scripts".into())
+            .stack_size(super::STACK)
             .spawn(move || match Inline::load(&sources, opts) {
                 Ok(scripts) => {
                     let _ = loaded_tx.send(Ok(()));
