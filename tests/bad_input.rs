@@ -402,3 +402,17 @@ fn the_timeout_stops_top_level_code_of_20000_nested_arrays() {
     assert_eq!(r.code, code::TIMEOUT, "{}", r.stderr);
     assert!(r.stderr.contains("top-level code stopped by --timeout"), "{}", r.stderr);
 }
+
+#[test]
+fn script_register_writes_the_architecture_forbids_are_script_errors() {
+    for (name, body, want) in [
+        ("rflags.rhai", "e.rflags = 0;", "e.rflags = 0x0: RFLAGS 0x0: bit 1 is reserved"),
+        ("rflags2.rhai", "e.rflags = 0x8202;", "reserved bits 0x8000 must be 0"),
+        ("rip.rhai", "e.rip = 0x800000000000;", "e.rip = 0x800000000000: RIP 0x800000000000 is not canonical"),
+    ] {
+        let p = script(name, &format!("fn on_exit(e) {{ {body} }}\n"));
+        let r = nestbed(&["run", "--guest", "hello", "--script", &p, "--script-mode", "inline"]);
+        assert_eq!(r.code, code::SCRIPT_RUNTIME, "{name}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{name}: {}", r.stderr);
+    }
+}

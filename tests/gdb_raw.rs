@@ -206,3 +206,37 @@ fn a_stray_nack_and_malformed_packets_do_not_end_the_session() {
     let (code, stderr) = s.finish();
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[test]
+fn a_g_packet_of_zeros_is_refused_with_an_error_reply() {
+    let mut s = Server::start("hello", &["--gdb-wait", "--timeout", "120"]);
+    let mut c = s.connect();
+    let regs = unrle(&ask(&mut c, b"g"));
+    assert!(regs.len() > 100 && regs.bytes().all(|b| b.is_ascii_hexdigit()), "{regs}");
+    let zeros = "0".repeat(regs.len());
+    let mut g = b"G".to_vec();
+    g.extend_from_slice(zeros.as_bytes());
+    assert_eq!(ask(&mut c, &g), "E16");
+    assert_eq!(unrle(&ask(&mut c, b"g")), regs, "nothing was written");
+    c.write_all(&packet(b"D")).unwrap();
+    drop(c);
+    let (code, stderr) = s.finish();
+    assert_eq!(code, Some(0), "the guest runs on to its end: {stderr}");
+    assert!(stderr.contains("gdb register write refused: RFLAGS 0x0: bit 1 is reserved"), "{stderr}");
+}
+
+/// Expands the protocol's run-length encoding (`X*N`: N - 29 more X).
+fn unrle(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '*' {
+            let n = chars.next().unwrap() as usize - 29;
+            let last = out.chars().last().unwrap();
+            out.extend(std::iter::repeat_n(last, n));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -4,6 +4,7 @@
 //! through `kvm_run->s.regs` (sync regs), so the common exit path issues no vCPU ioctl besides
 //! `KVM_RUN` (every vCPU ioctl costs about half an exit: README, "Host facts").
 
+pub mod arch_rules;
 pub mod devices;
 pub mod idt;
 pub mod insn;
