@@ -243,9 +243,22 @@ fn a_scripts_rip_write_on_an_io_exit_takes_effect() {
 
 #[test]
 fn an_elf_whose_segments_add_up_to_more_than_ram_is_refused_at_once() {
-    // 20,000 overlapping PT_LOAD segments of 100 MiB each: loading them would write guest RAM
-    // twenty thousand times over.
-    let (n, phoff) = (20_000u16, 8192usize);
+    // Overlapping PT_LOAD segments of 100 MiB each: loading 20,000 of them would write guest
+    // RAM twenty thousand times over.
+    for (n, want) in [
+        (200u16, "the 200 loadable segments add up to".to_string()),
+        (20_000, "20000 program headers (nestbed loads at most 256)".to_string()),
+    ] {
+        let path = many_segments(n);
+        let r = nestbed(&["run", "--guest", &path, "--mem", "256"]);
+        assert_eq!(r.code, code::BAD_IMAGE, "{}", r.stderr);
+        assert!(r.stderr.contains(&want), "{}", r.stderr);
+    }
+}
+
+/// A 32-bit multiboot ELF with `n` PT_LOAD headers of 100 MiB each, all at 1 MiB.
+fn many_segments(n: u16) -> String {
+    let phoff = 8192usize;
     let mut image = vec![0u8; phoff + usize::from(n) * 32];
     image[..16].copy_from_slice(b"\x7fELF\x01\x01\x01\0\0\0\0\0\0\0\0\0");
     let mut header = vec![];
@@ -267,13 +280,27 @@ fn an_elf_whose_segments_add_up_to_more_than_ram_is_refused_at_once() {
             image[at..at + 4].copy_from_slice(&v.to_le_bytes());
         }
     }
-    let d = tmpdir("many-phdrs");
-    let path = d.join("many.elf");
-    std::fs::write(&path, image).unwrap();
-    let r = nestbed(&["run", "--guest", path.to_str().unwrap(), "--mem", "256"]);
-    assert_eq!(r.code, code::BAD_IMAGE, "{}", r.stderr);
-    assert!(r.stderr.contains("the 20000 loadable segments add up to"), "{}", r.stderr);
-    let _ = std::fs::remove_dir_all(&d);
+    write(&format!("many-{n}.elf"), &image)
+}
+
+#[test]
+fn the_trace_stops_at_trace_limit_in_whole_lines_and_the_run_goes_on() {
+    let trace = tmpdir("trace-limit").join("t.jsonl");
+    let t = trace.to_str().unwrap();
+    let r =
+        nestbed(&["run", "--guest", "io-bench", "--cmdline", "2000", "--trace", t, "--trace-limit", "10K", "--stats"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("the trace reached --trace-limit (10240 bytes) after"), "{}", r.stderr);
+    assert!(r.stderr.contains("trace: stopped at --trace-limit 10240 bytes"), "{}", r.stderr);
+    assert!(r.stderr.contains("total: 20"), "every exit still counts: {}", r.stderr);
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert!(text.len() <= 10240 && text.len() > 5000 && text.ends_with('\n'), "{}", text.len());
+    for line in text.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+    let r = nestbed(&["run", "--guest", "hello", "--trace", t, "--trace-limit", "1T"]);
+    assert_eq!(r.code, code::CONFIG, "{}", r.stderr);
+    assert!(r.stderr.contains("--trace-limit") && r.stderr.contains("`1T` is not a size"), "{}", r.stderr);
 }
 
 /// Starts nestbed with `args`, reads its stderr until a line contains `ready`, sends `sig` (none

@@ -35,7 +35,7 @@ enum PatchArg {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a guest (the embedded default when --guest is not given).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the embedded guests.
     Guests {
         /// Print the path of NAME's ELF image with symbols (for gdb's `file`) instead.
@@ -146,6 +146,10 @@ struct RunArgs {
     /// Write every exit as one JSON line to FILE.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
+    /// Stop writing the --trace file before it grows past SIZE (bytes, or with K, M, G); the
+    /// run goes on, and a warning and the statistics say where it stopped.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = nestbed::trace::writer::parse_size)]
+    trace_limit: u64,
     /// Run a Rhai script on every exit (repeatable; hooks run in the order given). See SCRIPTING.md.
     #[arg(long = "script", value_name = "FILE")]
     scripts: Vec<PathBuf>,
@@ -244,6 +248,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     cfg.cmdline = args.cmdline;
     cfg.timeout = args.timeout;
     cfg.trace = args.trace;
+    cfg.trace_limit = args.trace_limit;
     cfg.scripts = args.scripts;
     cfg.vmx_msrs = vmx_msrs;
     cfg.patch = match args.patch_sensitive {
@@ -393,13 +398,13 @@ fn nestbed_main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { code::CONFIG as u8 } else { 0 });
         }
     };
-    let result = match cli.command.unwrap_or(Command::Run(RunArgs {
+    let result = match cli.command.unwrap_or(Command::Run(Box::new(RunArgs {
         mem: 128,
         script_ops: 1_000_000,
         script_time: nestbed::script::DEFAULT_TIME_MS,
         ..Default::default()
-    })) {
-        Command::Run(args) => run(args),
+    }))) {
+        Command::Run(args) => run(*args),
         Command::Guests { symbols: Some(name) } => match nestbed::guests::find(&name) {
             Some(_) => {
                 println!("{}", std::path::Path::new(nestbed::guests::SYMBOLS_DIR).join(&name).display());

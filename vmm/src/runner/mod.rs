@@ -45,6 +45,8 @@ pub struct RunConfig {
     pub console: Option<Box<dyn Write + Send>>,
     pub timeout: Option<u32>,
     pub trace: Option<PathBuf>,
+    /// Largest `--trace` file in bytes.
+    pub trace_limit: u64,
     /// Rhai scripts, run in this order on every event.
     pub scripts: Vec<PathBuf>,
     pub script_options: ScriptOptions,
@@ -69,6 +71,7 @@ impl RunConfig {
             console: None,
             timeout: None,
             trace: None,
+            trace_limit: crate::trace::writer::DEFAULT_LIMIT,
             scripts: Vec::new(),
             script_options: ScriptOptions::default(),
             vmx_msrs: Vec::new(),
@@ -262,7 +265,7 @@ impl Runner {
         // With MOV to CR4 patched, CR4.VMXE is L1's to set (virtual, as on hardware).
         vmx.vmxe = !patches.as_ref().is_some_and(|p| p.patches(crate::patch::Class::MovToCr4));
         let console = cfg.console.take().unwrap_or_else(|| Box::new(std::io::LineWriter::new(std::io::stdout())));
-        let trace = cfg.trace.as_deref().map(TraceWriter::create).transpose()?;
+        let trace = cfg.trace.as_deref().map(|p| TraceWriter::create(p, cfg.trace_limit)).transpose()?;
         Ok(Runner {
             l1_vm,
             l1,
@@ -321,6 +324,7 @@ impl Runner {
         this.devices.flush();
         if let Some(t) = this.trace.as_mut() {
             t.flush();
+            this.stats.trace_truncated = t.truncated;
         }
         this.stats.wall = this.start.elapsed();
         this.stats.patched = this.patches.as_ref().map(|p| crate::trace::stats::PatchStats {
