@@ -127,9 +127,16 @@ fn reply(c: &mut TcpStream) -> String {
     }
 }
 
+/// Sends a packet and returns its reply, after any console output (`O` packets) before it.
 fn ask(c: &mut TcpStream, body: &[u8]) -> String {
     c.write_all(&packet(body)).unwrap();
-    reply(c)
+    loop {
+        let r = reply(c);
+        // No other reply starts with `O` (memory and registers are lowercase hex).
+        if !r.starts_with('O') || r == "OK" {
+            return r;
+        }
+    }
 }
 
 /// Asserts the session is alive and the guest stopped.
@@ -239,4 +246,108 @@ fn unrle(s: &str) -> String {
         }
     }
     out
+}
+
+/// Packets the fuzzer starts from: everything a stopped target answers without running the
+/// guest (resuming, killing and detaching would end the session for good reasons).
+const TEMPLATES: [&str; 24] = [
+    "?",
+    "g",
+    "G0011",
+    "m100000,40",
+    "M100000,4:90909090",
+    "X100000,0:",
+    "p10",
+    "P10=0000000000000000",
+    "Hg1",
+    "Hg2",
+    "Hc-1",
+    "T1",
+    "T2",
+    "qC",
+    "qfThreadInfo",
+    "qsThreadInfo",
+    "qAttached",
+    "qSupported:multiprocess+;swbreak+;hwbreak+;qRelocInsn+;fork-events+;vfork-events+",
+    "qXfer:features:read:target.xml:0,ffb",
+    "qThreadExtraInfo,1",
+    "qRcmd,68656c70",
+    "Z0,100000,1",
+    "z1,100000,1",
+    "Z2,200000,8",
+];
+
+/// A fuzzed packet body: a template cut, overwritten or extended with random bytes.
+fn fuzzed(rng: &mut common::Rng) -> Vec<u8> {
+    let mut b = rng.pick(&TEMPLATES).as_bytes().to_vec();
+    let alphabet = b"0123456789abcdefxzZ,;:-=.p$#*}{ \x00\x7f\xff";
+    for _ in 0..rng.below(4) {
+        match rng.below(4) {
+            0 if !b.is_empty() => b.truncate(rng.below(b.len() as u64) as usize),
+            1 if !b.is_empty() => {
+                let i = rng.below(b.len() as u64) as usize;
+                b[i] = *rng.pick(alphabet);
+            }
+            2 => b.extend((0..rng.below(16)).map(|_| *rng.pick(alphabet))),
+            _ => b.extend((0..rng.below(8)).map(|_| rng.next() as u8)),
+        }
+    }
+    // Framing bytes inside a body would start or end another packet.
+    b.retain(|c| !matches!(c, b'$' | b'#'));
+    b
+}
+
+#[test]
+fn fuzzed_packets_never_end_the_session() {
+    let n = 1500 * common::fuzz_scale();
+    let mut rng = common::Rng(0x6db_5eed);
+    let mut s = Server::start("hello", &["--gdb-wait", "--timeout", "600"]);
+    let mut c = s.connect();
+    let mut answered = [0u32; 4];
+    for i in 0..n {
+        let body = fuzzed(&mut rng);
+        // Stay stopped: no resume, kill, detach, reset or restart.
+        if matches!(
+            body.first(),
+            Some(b'c' | b'C' | b's' | b'S' | b'v' | b'k' | b'D' | b'R' | b'r' | b'!' | b'i' | b'I')
+        ) {
+            continue;
+        }
+        match rng.below(10) {
+            // Noise outside packets, a stray ACK or NACK (an interrupt byte would be answered
+            // with a stop reply).
+            0 => c.write_all(&[*rng.pick(b"-+x\n")]).unwrap(),
+            // A bad checksum: NACKed.
+            1 => {
+                let mut p = packet(&body);
+                let last = p.len() - 1;
+                p[last] = if p[last] == b'0' { b'1' } else { b'0' };
+                c.write_all(&p).unwrap();
+                assert_eq!(reply(&mut c), "-", "packet {i}");
+                answered[0] += 1;
+                continue;
+            }
+            _ => {}
+        }
+        let r = ask(&mut c, &body);
+        answered[match r.as_bytes().first() {
+            Some(b'E') => 1,
+            None => 2,
+            _ => 3,
+        }] += 1;
+        if i % 50 == 0 {
+            alive(&mut c);
+        }
+    }
+    alive(&mut c);
+    let sent: u32 = answered.iter().sum();
+    println!(
+        "gdb fuzzer: {sent} packets: {} NACKed, {} error replies, {} empty replies, {} other replies",
+        answered[0], answered[1], answered[2], answered[3]
+    );
+    c.write_all(&packet(b"k")).unwrap();
+    drop(c);
+    let (code, stderr) = s.finish();
+    assert_eq!(code, Some(code::INTERRUPTED), "killed by the client, not by a packet before: {stderr}");
+    assert!(!stderr.contains("gdb connection ended"), "{stderr}");
 }
