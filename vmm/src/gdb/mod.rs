@@ -89,6 +89,7 @@ fn serve(mut r: Runner, listener: TcpListener, opts: &GdbOptions) -> (Runner, Re
     {
         let (link, busy) = (link.clone(), busy.clone());
         std::thread::spawn(move || {
+            signals::block_here();
             for stream in listener.incoming().flatten() {
                 if busy.swap(true, Ordering::SeqCst) {
                     refuse(stream);
@@ -222,6 +223,7 @@ fn refuse(mut stream: TcpStream) {
 fn spawn_watcher(stream: TcpStream, link: Arc<Link>, kicker: Kicker) -> mpsc::Sender<()> {
     let (tx, rx): (mpsc::Sender<()>, Receiver<()>) = mpsc::channel();
     std::thread::spawn(move || {
+        signals::block_here();
         while rx.recv().is_ok() {
             loop {
                 let mut pfd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };

@@ -57,8 +57,9 @@ pub fn install() {
     }
 }
 
-/// Blocks the handled signals on the calling thread (one that only waits for another), so
-/// they reach the thread that runs the guest.
+/// Blocks the handled signals on the calling thread, so that they reach the thread that runs
+/// the guest (a process-directed signal goes to any thread that does not block it, and only
+/// the vCPU thread's KVM_RUN must return). Every other thread of nestbed calls it first.
 pub fn block_here() {
     // SAFETY: a sigset_t filled by sigemptyset/sigaddset, and a null old set.
     unsafe {
