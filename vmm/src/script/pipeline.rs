@@ -80,13 +80,13 @@ impl Pipeline {
                 // hooks here see them through the stop count (`guard`).
                 crate::runner::signals::block_here();
                 match Inline::load(&sources, opts) {
-                Ok(scripts) => {
-                    let _ = loaded_tx.send(Ok(()));
-                    work(scripts, &sh, exits, &inbox);
-                }
-                Err(e) => {
-                    let _ = loaded_tx.send(Err(e));
-                }
+                    Ok(scripts) => {
+                        let _ = loaded_tx.send(Ok(()));
+                        work(scripts, &sh, exits, &inbox);
+                    }
+                    Err(e) => {
+                        let _ = loaded_tx.send(Err(e));
+                    }
                 }
             })
             .map_err(|e| Error::Script(format!("starting the script thread: {e}")))?;
