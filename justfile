@@ -12,6 +12,12 @@ run guest="nested-demo" *args="":
 test:
     cargo test --workspace
 
+# Run the fuzzers with 20 times their CI budget (README, "Reliability"); SCALE to change it.
+fuzz scale="20":
+    NESTBED_FUZZ_SCALE={{scale}} cargo test --release --workspace --lib -- fuzz --nocapture
+    NESTBED_FUZZ_SCALE={{scale}} cargo test --release --test fuzz_images --test fuzz_vmx_chaos -- --nocapture
+    NESTBED_FUZZ_SCALE={{scale}} cargo test --release --test gdb_raw fuzzed -- --nocapture
+
 # List the embedded guests.
 guests:
     cargo run --release -- guests

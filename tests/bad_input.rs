@@ -243,9 +243,22 @@ fn a_scripts_rip_write_on_an_io_exit_takes_effect() {
 
 #[test]
 fn an_elf_whose_segments_add_up_to_more_than_ram_is_refused_at_once() {
-    // 20,000 overlapping PT_LOAD segments of 100 MiB each: loading them would write guest RAM
-    // twenty thousand times over.
-    let (n, phoff) = (20_000u16, 8192usize);
+    // Overlapping PT_LOAD segments of 100 MiB each: loading 20,000 of them would write guest
+    // RAM twenty thousand times over.
+    for (n, want) in [
+        (200u16, "the 200 loadable segments add up to".to_string()),
+        (20_000, "20000 program headers (nestbed loads at most 256)".to_string()),
+    ] {
+        let path = many_segments(n);
+        let r = nestbed(&["run", "--guest", &path, "--mem", "256"]);
+        assert_eq!(r.code, code::BAD_IMAGE, "{}", r.stderr);
+        assert!(r.stderr.contains(&want), "{}", r.stderr);
+    }
+}
+
+/// A 32-bit multiboot ELF with `n` PT_LOAD headers of 100 MiB each, all at 1 MiB.
+fn many_segments(n: u16) -> String {
+    let phoff = 8192usize;
     let mut image = vec![0u8; phoff + usize::from(n) * 32];
     image[..16].copy_from_slice(b"\x7fELF\x01\x01\x01\0\0\0\0\0\0\0\0\0");
     let mut header = vec![];
@@ -267,11 +280,166 @@ fn an_elf_whose_segments_add_up_to_more_than_ram_is_refused_at_once() {
             image[at..at + 4].copy_from_slice(&v.to_le_bytes());
         }
     }
-    let d = tmpdir("many-phdrs");
-    let path = d.join("many.elf");
-    std::fs::write(&path, image).unwrap();
-    let r = nestbed(&["run", "--guest", path.to_str().unwrap(), "--mem", "256"]);
-    assert_eq!(r.code, code::BAD_IMAGE, "{}", r.stderr);
-    assert!(r.stderr.contains("the 20000 loadable segments add up to"), "{}", r.stderr);
-    let _ = std::fs::remove_dir_all(&d);
+    write(&format!("many-{n}.elf"), &image)
+}
+
+#[test]
+fn the_trace_stops_at_trace_limit_in_whole_lines_and_the_run_goes_on() {
+    let trace = tmpdir("trace-limit").join("t.jsonl");
+    let t = trace.to_str().unwrap();
+    let r =
+        nestbed(&["run", "--guest", "io-bench", "--cmdline", "2000", "--trace", t, "--trace-limit", "10K", "--stats"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("the trace reached --trace-limit (10240 bytes) after"), "{}", r.stderr);
+    assert!(r.stderr.contains("trace: stopped at --trace-limit 10240 bytes"), "{}", r.stderr);
+    assert!(r.stderr.contains("total: 20"), "every exit still counts: {}", r.stderr);
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert!(text.len() <= 10240 && text.len() > 5000 && text.ends_with('\n'), "{}", text.len());
+    for line in text.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+    let r = nestbed(&["run", "--guest", "hello", "--trace", t, "--trace-limit", "1T"]);
+    assert_eq!(r.code, code::CONFIG, "{}", r.stderr);
+    assert!(r.stderr.contains("--trace-limit") && r.stderr.contains("`1T` is not a size"), "{}", r.stderr);
+}
+
+/// Starts nestbed with `args`, reads its stderr until a line contains `ready`, sends `sig` (none
+/// for 0), and returns the exit code with all of stderr. A run still going a minute later is
+/// killed and reported as `None`: the stop did not work.
+fn signal_when_ready(args: &[&str], ready: &str, sig: libc::c_int) -> (Option<i32>, String) {
+    use std::io::{BufRead, Read};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nestbed"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains(ready) {
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen.contains(ready), "no readiness line `{ready}`: {seen}");
+    if sig != 0 {
+        // SAFETY: kill(2) touches no memory of ours; the child is not waited for yet.
+        unsafe { libc::kill(child.id() as i32, sig) };
+    }
+    let pid = child.id() as i32;
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(std::time::Duration::from_secs(60)).is_err() {
+            // SAFETY: as above; the child is reaped only after this thread is joined.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    stderr.read_to_string(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    let _ = done_tx.send(());
+    watchdog.join().unwrap();
+    (status.code(), seen)
+}
+
+fn script(name: &str, text: &str) -> String {
+    write(name, text.as_bytes())
+}
+
+#[test]
+fn a_chain_of_60000_closures_is_refused_not_a_stack_overflow() {
+    let p = script("chain.rhai", "let f = || 0;\nfor i in 0..60000 { let g = f; f = || g.call() + 1; }\n");
+    let r = nestbed(&["run", "--guest", "hello", "--script", &p]);
+    assert_eq!(r.code, code::SCRIPT_RUNTIME, "{}", r.stderr);
+    assert!(r.stderr.contains("deeper than 10000 levels"), "{}", r.stderr);
+}
+
+#[test]
+fn deep_values_a_hook_builds_and_drops_do_not_overflow_the_stack() {
+    // Each builds and drops, inside one call, values nested as deep as the call's budget goes
+    // (Rhai re-sizes the whole nested array on each assignment, so arrays reach the time
+    // limit first).
+    for (name, body) in [
+        ("closures.rhai", "let f = || 0; for i in 0..1000000 { let g = f; f = || g.call() + 1; }"),
+        ("arrays.rhai", "let a = []; for i in 0..1000000 { a = [a]; }"),
+    ] {
+        let p = script(name, &format!("fn on_start() {{ {body} }}\n"));
+        let r = nestbed(&["run", "--guest", "hello", "--script", &p, "--script-time", "3000"]);
+        assert_eq!(r.code, code::SCRIPT_RUNTIME, "{name}: {}", r.stderr);
+        assert!(r.stderr.contains("on_start ran over the limit of"), "{name}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn a_hook_over_script_time_is_a_script_error() {
+    let p = script("slow.rhai", "fn on_exit(e) { loop {} }\n");
+    let r = nestbed(&["run", "--guest", "hello", "--script", &p, "--script-ops", "0", "--script-time", "300"]);
+    assert_eq!(r.code, code::SCRIPT_RUNTIME, "{}", r.stderr);
+    assert!(r.stderr.contains("on_exit ran over the limit of 300 ms per call (--script-time)"), "{}", r.stderr);
+}
+
+#[test]
+fn signals_and_the_timeout_stop_an_endless_hook() {
+    let p = script(
+        "endless.rhai",
+        "fn on_exit(e) { print(\"looping\"); loop {} }\nfn on_stop() { print(\"on_stop ran\"); }\n",
+    );
+    let trace = tmpdir("endless").join("t.jsonl");
+    let trace = trace.to_str().unwrap();
+    for mode in ["inline", "pipelined"] {
+        let args = [
+            "run",
+            "--guest",
+            "hello",
+            "--script",
+            &p,
+            "--script-ops",
+            "0",
+            "--script-time",
+            "0",
+            "--stats",
+            "--script-mode",
+            mode,
+            "--trace",
+            trace,
+        ];
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            let (code, stderr) = signal_when_ready(&args, "looping", sig);
+            assert_eq!(code, Some(code::INTERRUPTED), "{mode} {sig}: {stderr}");
+            assert!(stderr.contains("total:") && stderr.contains("on_stop ran"), "{mode} {sig}: {stderr}");
+            let lines = std::fs::read_to_string(trace).unwrap();
+            assert!(lines.ends_with('\n'), "{mode} {sig}: the trace is kept whole");
+        }
+        let mut timed = args.to_vec();
+        timed.extend(["--timeout", "1"]);
+        let (code, stderr) = signal_when_ready(&timed, "looping", 0);
+        assert_eq!(code, Some(code::TIMEOUT), "{mode}: {stderr}");
+        assert!(stderr.contains("total:"), "{mode}: {stderr}");
+    }
+}
+
+#[test]
+fn the_timeout_stops_top_level_code_of_20000_nested_arrays() {
+    // Rhai sizes the whole nested array on every assignment: quadratic, minutes of work.
+    let p = script("nest.rhai", "let a = []; for i in 0..20000 { a = [a]; }\n");
+    let r = nestbed(&["run", "--guest", "hello", "--script", &p, "--script-time", "0", "--timeout", "1"]);
+    assert_eq!(r.code, code::TIMEOUT, "{}", r.stderr);
+    assert!(r.stderr.contains("top-level code stopped by --timeout"), "{}", r.stderr);
+}
+
+#[test]
+fn script_register_writes_the_architecture_forbids_are_script_errors() {
+    for (name, body, want) in [
+        ("rflags.rhai", "e.rflags = 0;", "e.rflags = 0x0: RFLAGS 0x0: bit 1 is reserved"),
+        ("rflags2.rhai", "e.rflags = 0x8202;", "reserved bits 0x8000 must be 0"),
+        ("rip.rhai", "e.rip = 0x800000000000;", "e.rip = 0x800000000000: RIP 0x800000000000 is not canonical"),
+    ] {
+        let p = script(name, &format!("fn on_exit(e) {{ {body} }}\n"));
+        let r = nestbed(&["run", "--guest", "hello", "--script", &p, "--script-mode", "inline"]);
+        assert_eq!(r.code, code::SCRIPT_RUNTIME, "{name}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{name}: {}", r.stderr);
+    }
 }

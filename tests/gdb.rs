@@ -419,3 +419,42 @@ fn after_an_l2_out_exit_l2s_pc_is_guest_rip_and_exits_names_vmcs_fields() {
     );
     assert_eq!(s.finish().0, 0);
 }
+
+#[test]
+fn register_writes_the_architecture_forbids_are_refused_and_the_guest_runs_on() {
+    // Stopped in IA-32e mode: CR0.PG=0 there, or PE=0 with PG=1, would make KVM_RUN fail.
+    let s = serve("gdb-cr0", "hello", &["--gdb-wait"]);
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    // Each command a separate -ex, so that gdb goes on after the refusals.
+    let mut args =
+        vec!["-batch".to_string(), "-nx".into(), "-x".into(), repo.join("gdb/nestbed.gdb").display().to_string()];
+    for cmd in [
+        &format!("target remote 127.0.0.1:{}", s.port)[..],
+        "hbreak rt_guest_main",
+        "continue",
+        "delete",
+        "p/x $cr0",
+        "set $cr0 = 0",
+        "set $cr0 = 0x80000000",
+        "set $eflags = 0",
+        "p/x $cr0",
+        "set $rax = 0x4242",
+        "p/x $rax",
+        "continue",
+    ] {
+        args.extend(["-ex".to_string(), cmd.to_string()]);
+    }
+    args.push(symbols("hello"));
+    let out = Command::new("gdb").args(&args).output().expect("gdb is required for these tests");
+    let out = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.matches("remote failure reply 'E16'").count(), 3, "{out}");
+    let cr0: Vec<&str> = out.lines().filter(|l| l.starts_with("$1 =") || l.starts_with("$2 =")).collect();
+    assert!(cr0.len() == 2 && cr0[0][4..] == cr0[1][4..], "CR0 is unchanged: {cr0:?}\n{out}");
+    assert!(out.contains("= 0x4242"), "a valid write still works\n{out}");
+    let (code, console, stderr) = s.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(console.contains("Hello"), "{console}");
+    assert!(stderr.contains("gdb register write refused: CR0 0x0 with EFER"), "{stderr}");
+    assert!(stderr.contains("paging (PG=1) needs protected mode (PE=1)"), "{stderr}");
+    assert!(stderr.contains("RFLAGS 0x0: bit 1 is reserved"), "{stderr}");
+}

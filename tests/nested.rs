@@ -433,3 +433,23 @@ fn vmx_sensitive_controls_not_offered_without_patching() {
     assert_eq!(r.code, 77, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("not offered"), "{}", r.stdout);
 }
+
+/// Interrupt-window exiting while L2 runs with RFLAGS.IF = 0 into a HLT that L1 intercepts: the
+/// window cannot open, so the HLT exit comes (SDM 26.2); nestbed once single-stepped L2 to
+/// watch for the window and the halted vCPU never left KVM_RUN (found by vmx-chaos).
+#[test]
+fn interrupt_window_exiting_with_interrupts_disabled_still_gives_the_hlt_exit() {
+    let dir = common::tmpdir("iw-hlt");
+    let script = dir.join("iw.rhai");
+    std::fs::write(
+        &script,
+        "fn on_exit(e) {\n  if e.reason == \"VMLAUNCH\" || e.reason == \"VMRESUME\" {\n    \
+         let p = e.vmcs_read(\"CPU_BASED_VM_EXEC_CONTROL\");\n    \
+         e.vmcs_write(\"CPU_BASED_VM_EXEC_CONTROL\", p | 4);\n  }\n}\n",
+    )
+    .unwrap();
+    let r = run_guest("vmx-basic", &["--script", script.to_str().unwrap(), "--script-mode", "inline"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("GUEST_RIP at the HLT exit points at HLT"), "{}", r.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+}

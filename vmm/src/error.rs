@@ -53,6 +53,12 @@ pub enum Error {
     Script(String),
     #[error("{0}")]
     ScriptCompile(String),
+    /// SIGINT, SIGTERM or SIGHUP stopped nestbed outside the run loop (loading, a script hook).
+    #[error("{0}")]
+    Interrupted(String),
+    /// `--timeout` expired outside the run loop.
+    #[error("{0}")]
+    TimedOut(String),
 }
 
 impl Error {
@@ -68,6 +74,8 @@ impl Error {
             Error::Host { .. } | Error::HostIo(_) => code::HOST,
             Error::Script(_) => code::SCRIPT_RUNTIME,
             Error::ScriptCompile(_) => code::SCRIPT_COMPILE,
+            Error::Interrupted(_) => code::INTERRUPTED,
+            Error::TimedOut(_) => code::TIMEOUT,
         }
     }
 }

@@ -206,6 +206,10 @@ struct RunArgs {
     /// the serial console to stderr unless --serial says where it goes.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
+    /// Stop writing the --trace file before it grows past SIZE (bytes, or with K, M, G); the
+    /// run goes on, and a warning and the statistics say where it stopped.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = nestbed::trace::writer::parse_size)]
+    trace_limit: u64,
     /// Run a Rhai script on every exit (repeatable; hooks run in the order given). See SCRIPTING.md.
     #[arg(long = "script", value_name = "FILE")]
     scripts: Vec<PathBuf>,
@@ -239,6 +243,9 @@ struct RunArgs {
     /// Operation budget of one script hook call (0 = unlimited).
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     script_ops: u64,
+    /// Wall-clock budget of one script hook call in milliseconds (0 = unlimited).
+    #[arg(long, value_name = "MS", default_value_t = nestbed::script::DEFAULT_TIME_MS)]
+    script_time: u64,
     /// Where on_exit runs: auto runs scripts that only observe (no change, decision, memory or
     /// VMCS access) on a second thread, on copies of the exits, so the guest does not wait for
     /// them, when there is a second CPU; pipelined does so even on one CPU; inline always runs
@@ -364,6 +371,7 @@ fn boot(args: RunArgs) -> Result<(i32, Outcome), Error> {
     cfg.cmdline = args.cmdline;
     cfg.timeout = args.timeout;
     cfg.trace = args.trace;
+    cfg.trace_limit = args.trace_limit;
     cfg.scripts = args.scripts;
     cfg.vmx_msrs = vmx_msrs;
     cfg.evmcs = !args.no_evmcs;
@@ -374,6 +382,7 @@ fn boot(args: RunArgs) -> Result<(i32, Outcome), Error> {
     };
     cfg.script_options = ScriptOptions {
         max_operations: args.script_ops,
+        max_time_ms: args.script_time,
         on_error: match args.on_script_error {
             ScriptErrorArg::Stop => OnScriptError::Stop,
             ScriptErrorArg::Continue => OnScriptError::Continue,
@@ -503,6 +512,21 @@ fn patch_report(image: &str, all: bool) -> Result<i32, Error> {
 }
 
 fn main() -> ExitCode {
+    // Scripts run on this thread (and the pipelined scripts' worker), with Rhai's recursive
+    // drops and copies of nested values: it gets their stack. Signals go to it, so its
+    // blocking calls see EINTR.
+    let worker =
+        std::thread::Builder::new().name("nestbed".into()).stack_size(nestbed::script::STACK).spawn(nestbed_main);
+    match worker {
+        Ok(w) => {
+            nestbed::runner::signals::block_here();
+            w.join().unwrap_or(ExitCode::from(101))
+        }
+        Err(_) => nestbed_main(),
+    }
+}
+
+fn nestbed_main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(nestbed::stdio::Stderr)
@@ -523,6 +547,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run(Box::new(RunArgs {
         mem: 128,
         script_ops: 1_000_000,
+        script_time: nestbed::script::DEFAULT_TIME_MS,
         ..Default::default()
     }))) {
         Command::Run(args) => run(*args),

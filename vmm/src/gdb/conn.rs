@@ -1,31 +1,62 @@
-//! The client connection, checked before gdbstub sees it: a packet with a bad checksum is
-//! answered with `-` (the protocol's request to resend) and dropped, bytes outside packets are
-//! ignored, so a confused or hostile client cannot end the session or the run.
+//! The client connection, checked before gdbstub sees it, so that a confused or hostile client
+//! cannot end the session or the run: a packet with a bad checksum is answered with `-` (the
+//! protocol's request to resend) and dropped; a packet gdbstub could not parse (`shadow`), or
+//! one longer than its buffer, is answered with an error reply and dropped; a `-` from the
+//! client is dropped (gdbstub cannot resend, and ends the session on one); other bytes outside
+//! packets are ignored. Every read gives way to a stop request (a signal, `--timeout`).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 
 use gdbstub::conn::{Connection, ConnectionExt};
 
-/// Longest packet accepted (gdb's own limit is far lower).
-const MAX_PACKET: usize = 1 << 16;
+use super::shadow;
+use crate::runner::signals;
+
+/// gdbstub's packet buffer holds `$`, the body, `#` and two checksum digits.
+const MAX_PACKET: usize = 4096 - 4;
+
+/// How long one wait for the client lasts before stop requests are looked at again (ms).
+const POLL_MS: i32 = 100;
 
 pub struct Checked {
     stream: TcpStream,
     /// Bytes already checked, waiting for gdbstub.
     ready: VecDeque<u8>,
+    /// The client asked for no-ack mode (gdbstub agrees to it): replies of our own need no `+`.
+    no_ack: bool,
+}
+
+/// The error a read returns when a stop request came while it waited.
+pub fn stopped() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "nestbed was asked to stop")
 }
 
 impl Checked {
     pub fn new(stream: TcpStream) -> Self {
-        Checked { stream, ready: VecDeque::new() }
+        Checked { stream, ready: VecDeque::new(), no_ack: false }
     }
 
     fn byte(&mut self) -> io::Result<u8> {
         let mut b = [0u8];
-        self.stream.read_exact(&mut b)?;
-        Ok(b[0])
+        loop {
+            if signals::cause() != signals::NONE {
+                return Err(stopped());
+            }
+            let mut pfd = libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd for the stream's open descriptor.
+            if unsafe { libc::poll(&mut pfd, 1, POLL_MS) } <= 0 {
+                continue;
+            }
+            match Read::read(&mut self.stream, &mut b) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => return Ok(b[0]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Reads until at least one checked byte is ready.
@@ -33,37 +64,64 @@ impl Checked {
         while self.ready.is_empty() {
             match self.byte()? {
                 b'$' => self.packet()?,
-                b @ (b'+' | b'-' | 0x03) => self.ready.push_back(b),
+                b @ (b'+' | 0x03) => self.ready.push_back(b),
                 _ => {}
             }
         }
         Ok(())
     }
 
-    /// The rest of a `$...#xx` packet: queued when its checksum holds, NACKed otherwise.
+    /// The rest of a `$...#xx` packet: queued when gdbstub can take it, answered here otherwise.
     fn packet(&mut self) -> io::Result<()> {
-        let mut body = Vec::new();
+        let mut raw = vec![b'$'];
+        let mut len = 0usize;
         loop {
             match self.byte()? {
                 b'#' => break,
-                b'$' => body.clear(),
-                b if body.len() < MAX_PACKET => body.push(b),
-                _ => {}
+                b'$' => {
+                    raw.truncate(1);
+                    len = 0;
+                }
+                b => {
+                    len += 1;
+                    if len <= MAX_PACKET {
+                        raw.push(b);
+                    }
+                }
             }
         }
         let hex = [self.byte()?, self.byte()?];
-        let sum = body.iter().fold(0u8, |a, &b| a.wrapping_add(b));
+        let sum = raw[1..].iter().fold(0u8, |a, &b| a.wrapping_add(b));
         let given = std::str::from_utf8(&hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
-        if given != Some(sum) || body.len() >= MAX_PACKET {
-            tracing::debug!("gdb packet with a bad checksum or too long: asking to resend");
-            Write::write_all(&mut self.stream, b"-")?;
-            return Ok(());
+        if given != Some(sum) && len <= MAX_PACKET {
+            tracing::debug!("gdb packet with a bad checksum: asking to resend");
+            return Write::write_all(&mut self.stream, b"-");
         }
-        self.ready.push_back(b'$');
-        self.ready.extend(body);
-        self.ready.push_back(b'#');
-        self.ready.extend(hex);
+        raw.push(b'#');
+        raw.extend(hex);
+        if len > MAX_PACKET || !shadow::accepts(&raw) {
+            let what = if len > MAX_PACKET { "too long" } else { "malformed" };
+            tracing::warn!("gdb sent a {what} packet ({len} bytes): answered with an error");
+            return self.reply(b"E16");
+        }
+        if &raw[1..raw.len() - 3] == b"QStartNoAckMode" {
+            self.no_ack = true;
+        }
+        self.ready.extend(raw);
         Ok(())
+    }
+
+    /// Answers a packet gdbstub does not see.
+    fn reply(&mut self, body: &[u8]) -> io::Result<()> {
+        let sum = body.iter().fold(0u8, |a, &b| a.wrapping_add(b));
+        let mut out = Vec::with_capacity(body.len() + 5);
+        if !self.no_ack {
+            out.push(b'+');
+        }
+        out.push(b'$');
+        out.extend_from_slice(body);
+        out.extend_from_slice(format!("#{sum:02x}").as_bytes());
+        Write::write_all(&mut self.stream, &out)
     }
 }
 

@@ -7,13 +7,14 @@ mod arch;
 mod conn;
 mod monitor;
 mod regs;
+mod shadow;
 mod target;
 
 use std::io::Write as _;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use gdbstub::stub::{DisconnectReason, GdbStub};
 
 use crate::error::Error;
 use crate::runner::debug::Link;
+use crate::runner::signals;
 use crate::runner::{Outcome, Report, Runner, Stop};
 use target::{Debuggee, EventLoop};
 
@@ -87,6 +89,7 @@ fn serve(mut r: Runner, listener: TcpListener, opts: &GdbOptions) -> (Runner, Re
     {
         let (link, busy) = (link.clone(), busy.clone());
         std::thread::spawn(move || {
+            signals::block_here();
             for stream in listener.incoming().flatten() {
                 if busy.swap(true, Ordering::SeqCst) {
                     refuse(stream);
@@ -101,8 +104,17 @@ fn serve(mut r: Runner, listener: TcpListener, opts: &GdbOptions) -> (Runner, Re
         });
     }
     if opts.wait {
-        let Ok(stream) = conn_rx.recv() else {
-            return (r, Err(Error::Config("the gdb listener stopped".into())));
+        let stream = loop {
+            if let Some(o) = stop_outcome() {
+                return (r, Ok(o));
+            }
+            match conn_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(s) => break s,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return (r, Err(Error::Config("the gdb listener stopped".into())));
+                }
+            }
         };
         link.attach.store(false, Ordering::SeqCst);
         let (back, end) = session_then(r, stream, &link, kicker, &busy, opts);
@@ -170,7 +182,8 @@ fn session(mut r: Runner, stream: TcpStream, link: &Arc<Link>, kicker: Kicker) -
     let conn: Box<dyn ConnectionExt<Error = std::io::Error>> = Box::new(conn::Checked::new(stream));
     let mut target = Debuggee::new(r, link.clone(), rearm);
     let result = GdbStub::new(conn).run_blocking::<EventLoop>(&mut target);
-    let outcome = target.outcome.take();
+    // A stop request ends the session wherever it waited (conn.rs), and the run with it.
+    let outcome = target.outcome.take().or_else(stop_outcome);
     let mut r = target.runner;
     link.data.store(false, Ordering::SeqCst);
     let end = match (result, outcome) {
@@ -188,6 +201,15 @@ fn session(mut r: Runner, stream: TcpStream, link: &Arc<Link>, kicker: Kicker) -
     (r, end)
 }
 
+/// How the run ends when a signal or `--timeout` asked it to stop.
+fn stop_outcome() -> Option<Outcome> {
+    match signals::cause() {
+        signals::INTERRUPT => Some(Outcome::Interrupted),
+        signals::TIMEOUT => Some(Outcome::Timeout),
+        _ => None,
+    }
+}
+
 /// A second client while one is attached: told so and closed.
 fn refuse(mut stream: TcpStream) {
     let msg = "nestbed: another gdb is attached";
@@ -201,6 +223,7 @@ fn refuse(mut stream: TcpStream) {
 fn spawn_watcher(stream: TcpStream, link: Arc<Link>, kicker: Kicker) -> mpsc::Sender<()> {
     let (tx, rx): (mpsc::Sender<()>, Receiver<()>) = mpsc::channel();
     std::thread::spawn(move || {
+        signals::block_here();
         while rx.recv().is_ok() {
             loop {
                 let mut pfd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };

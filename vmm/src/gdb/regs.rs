@@ -4,6 +4,7 @@
 
 use super::arch::Regs;
 use crate::error::{host, Error};
+use crate::machine::arch_rules::{self, SystemRegs};
 use crate::machine::Vcpu;
 
 const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
@@ -56,25 +57,57 @@ pub fn read(v: &mut Vcpu) -> Result<Regs, Error> {
     Ok(g)
 }
 
-/// Writes what changed. Segment selectors change only the selector (no descriptor load).
-pub fn write(v: &mut Vcpu, g: &Regs) -> Result<(), Error> {
+/// Why a register write did not happen.
+pub enum WriteError {
+    /// The values break an architectural rule (or KVM refuses them): nothing was written.
+    Refused(String),
+    Host(Error),
+}
+
+impl From<Error> for WriteError {
+    fn from(e: Error) -> Self {
+        WriteError::Host(e)
+    }
+}
+
+/// Writes what changed, after checking the new values against the architecture
+/// (`arch_rules`) and, for the system registers, against KVM itself: a state KVM would refuse
+/// at the next KVM_RUN is refused now. Segment selectors change only the selector (no
+/// descriptor load).
+pub fn write(v: &mut Vcpu, g: &Regs) -> Result<(), WriteError> {
     let old = read(v)?;
-    let r = v.regs_mut();
-    [r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15] =
-        g.gpr;
-    r.rip = g.rip;
-    r.rflags = (r.rflags & !0xffff_ffff) | u64::from(g.eflags);
+    let s0 = *v.sregs();
+    let sys = |cr0, cr3, cr4, cr8, efer| SystemRegs { cr0, cr3, cr4, cr8, efer, cs_l: s0.cs.l != 0 };
+    let before = sys(old.cr0, old.cr3, old.cr4, old.cr8, old.efer);
+    let after = sys(g.cr0, g.cr3, g.cr4, g.cr8, g.efer);
     let sys_changed = (old.seg, old.fs_base, old.gs_base, old.cr0, old.cr2, old.cr3, old.cr4, old.cr8, old.efer)
         != (g.seg, g.fs_base, g.gs_base, g.cr0, g.cr2, g.cr3, g.cr4, g.cr8, g.efer);
     if sys_changed {
-        let s = v.sregs_mut();
+        arch_rules::check_system(&before, &after).map_err(WriteError::Refused)?;
+    }
+    let ia32e = after.efer & (1 << 10) != 0;
+    let rflags = (v.regs().rflags & !0xffff_ffff) | u64::from(g.eflags);
+    if u64::from(g.eflags) != u64::from(old.eflags) {
+        arch_rules::check_rflags(rflags, ia32e).map_err(WriteError::Refused)?;
+    }
+    if g.rip != old.rip {
+        arch_rules::check_rip(g.rip, Some(ia32e && after.cs_l)).map_err(WriteError::Refused)?;
+    }
+    if sys_changed {
+        let mut s = s0;
         for (seg, sel) in [&mut s.cs, &mut s.ss, &mut s.ds, &mut s.es, &mut s.fs, &mut s.gs].into_iter().zip(g.seg) {
             seg.selector = sel as u16;
         }
         s.fs.base = g.fs_base;
         s.gs.base = g.gs_base;
         (s.cr0, s.cr2, s.cr3, s.cr4, s.cr8, s.efer) = (g.cr0, g.cr2, g.cr3, g.cr4, g.cr8, g.efer);
+        v.try_set_sregs(&s).map_err(|e| WriteError::Refused(format!("KVM refuses the system registers: {e}")))?;
     }
+    let r = v.regs_mut();
+    [r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15] =
+        g.gpr;
+    r.rip = g.rip;
+    r.rflags = rflags;
     if (old.st, old.fpu, old.xmm, old.mxcsr) != (g.st, g.fpu, g.xmm, g.mxcsr) {
         let mut fpu = v.fd().get_fpu().map_err(host("KVM_GET_FPU"))?;
         for (fpr, st) in fpu.fpr.iter_mut().zip(g.st.iter()) {

@@ -33,6 +33,9 @@ use crate::vmx::fields;
 pub const TID_L1: usize = 1;
 pub const TID_L2: usize = 2;
 
+/// The error number of a refused register write (`E16`).
+const EINVAL: u8 = 22;
+
 pub struct Debuggee {
     pub runner: Runner,
     pub link: Arc<Link>,
@@ -118,7 +121,14 @@ impl MultiThreadBase for Debuggee {
         let mut r = r.clone();
         r.cr4 = self.runner.set_virtual_vmxe(level(t), r.cr4);
         let v = self.runner.vcpu_of(level(t)).ok_or(TargetError::NonFatal)?;
-        regs::write(v, &r).map_err(fatal)
+        match regs::write(v, &r) {
+            Ok(()) => Ok(()),
+            Err(regs::WriteError::Refused(why)) => {
+                crate::error::to_stderr(&format!("nestbed: gdb register write refused: {why}\n"));
+                Err(TargetError::Errno(EINVAL))
+            }
+            Err(regs::WriteError::Host(e)) => Err(fatal(e)),
+        }
     }
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8], t: Tid) -> TargetResult<usize, Self> {

@@ -76,6 +76,8 @@ pub enum LoadError {
     SegmentsLargerThanRam { count: usize, total: u64, ram: u64 },
     #[error("segment {index} leaves no room for the boot information (4 KiB at {INFO_ADDR:#x}, {LOW_INFO_ADDR:#x} or after the image)")]
     OverlapsInfo { index: usize },
+    #[error("{0} program headers (nestbed loads at most {MAX_PROGRAM_HEADERS})")]
+    TooManyProgramHeaders(usize),
     #[error("command line is longer than {CMDLINE_MAX} bytes")]
     CmdlineTooLong,
     #[error("the multiboot header asks for video mode information, which nestbed does not provide")]
@@ -83,6 +85,9 @@ pub enum LoadError {
     #[error("module {name} ({len} bytes at {start:#x}) does not fit in guest RAM (0..{ram:#x}); try a larger --mem")]
     ModuleOutsideRam { name: String, start: u64, len: u64, ram: u64 },
 }
+
+/// At most this many program headers (a multiboot kernel has a handful), as the patch scanner.
+pub use crate::patch::scan::MAX_PROGRAM_HEADERS;
 
 struct Segment<'a> {
     paddr: u64,
@@ -248,6 +253,14 @@ fn elf_segments(e: &[u8]) -> Result<(u64, Vec<Segment<'_>>), LoadError> {
             u16_at(e, 44).ok_or_else(t)?,
         )
     };
+    if usize::from(phnum) > MAX_PROGRAM_HEADERS {
+        return Err(LoadError::TooManyProgramHeaders(phnum.into()));
+    }
+    // Elf32_Phdr is 32 bytes, Elf64_Phdr 56 (System V ABI).
+    let min = if is64 { 56 } else { 32 };
+    if phnum > 0 && phentsize < min {
+        return Err(bad(&format!("program header size {phentsize}, less than {min}")));
+    }
     let mut segs = Vec::new();
     for i in 0..usize::from(phnum) {
         let p = usize::try_from(phoff)

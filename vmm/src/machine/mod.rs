@@ -5,6 +5,7 @@
 //! `KVM_RUN` (every vCPU ioctl costs about half an exit: README, "Host facts").
 
 pub mod acpi;
+pub mod arch_rules;
 pub mod bios;
 pub mod devices;
 pub mod idt;

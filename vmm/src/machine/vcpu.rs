@@ -199,6 +199,15 @@ impl Vcpu {
         &mut self.fd.sync_regs_mut().sregs
     }
 
+    /// Loads `s` into KVM at once (KVM_SET_SREGS) instead of at the next KVM_RUN, so a state
+    /// KVM refuses is an error here, with the vCPU unchanged, rather than a failed KVM_RUN.
+    pub fn try_set_sregs(&mut self, s: &kvm_sregs) -> Result<(), Error> {
+        self.refresh()?;
+        self.fd.set_sregs(s).map_err(host("KVM_SET_SREGS"))?;
+        self.fd.sync_regs_mut().sregs = *s;
+        Ok(())
+    }
+
     pub fn events_mut(&mut self) -> &mut kvm_vcpu_events {
         self.refresh_or_log();
         self.fd.set_sync_dirty_reg(SyncReg::VcpuEvents);

@@ -223,7 +223,11 @@ impl Nested {
         let (Some(l2), Some(addr), Some(vmcs)) = (self.l2.as_mut(), self.vmx.current, self.vmx.vmcs.as_mut()) else {
             return Ok(Entry::Failed(VmxOutcome::FailInvalid));
         };
-        let st = load_guest_state(vmcs);
+        let mut st = load_guest_state(vmcs);
+        // VM entry neither checks nor loads CR0.CD and CR0.NW: they keep L1's values (SDM
+        // 27.3.1.1, 27.3.2.1). KVM refuses NW=1 with CD=0.
+        const CR0_NW_CD: u64 = 3 << 29;
+        st.cr0 = (st.cr0 & !CR0_NW_CD) | (l1.sregs().cr0 & CR0_NW_CD);
         transfer::copy_gprs(l1, &mut l2.vcpu);
         transfer::load(&mut l2.vcpu, &st);
         let sysenter = [u64::from(st.sysenter_cs), st.sysenter_esp, st.sysenter_eip];

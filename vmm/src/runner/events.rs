@@ -223,6 +223,12 @@ impl Runner {
         };
         let extra = self.l2_events.preemption.map(|t| t.deadline);
         self.platform.arm_kick_with(extra);
+        // A HLT with RFLAGS.IF = 0 cannot open the interrupt window: L2 runs into the HLT exit
+        // (or its HLT state) without the single steps that watch for the window, which keep a
+        // halted vCPU inside KVM_RUN for good on some hosts.
+        let wants_window =
+            matches!(decision, AtBoundary::Run { window: true }) || self.l2_events.script_interrupt.is_some();
+        let halts_closed = wants_window && !b.l2_if && self.l2_next_is_hlt();
         let Some(l2) = self.nested.l2.as_mut() else { return Ok(BeforeL2::Run) };
         match decision {
             AtBoundary::Exit(reason) => return Ok(BeforeL2::Flow(self.boundary_exit(reason)?)),
@@ -255,6 +261,7 @@ impl Runner {
                         window = true;
                     }
                 }
+                let window = window && !halts_closed;
                 l2.vcpu.request_interrupt_window(window);
                 if window != self.l2_events.window_step {
                     self.l2_events.window_step = window;
@@ -288,6 +295,13 @@ impl Runner {
             }
         }
         Ok(BeforeL2::Run)
+    }
+
+    /// Whether L2's next instruction is HLT.
+    fn l2_next_is_hlt(&mut self) -> bool {
+        let rip = self.nested.l2.as_ref().map_or(0, |l2| l2.vcpu.peek_regs().rip);
+        let mut insn = [0u8];
+        self.l2_bytes(rip, &mut insn) && insn[0] == 0xf4
     }
 
     /// Arms the execution breakpoint at the injected event's handler (once).

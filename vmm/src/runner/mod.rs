@@ -48,6 +48,8 @@ pub struct RunConfig {
     pub console: Option<Box<dyn Write + Send>>,
     pub timeout: Option<u32>,
     pub trace: Option<PathBuf>,
+    /// Largest `--trace` file in bytes.
+    pub trace_limit: u64,
     /// Rhai scripts, run in this order on every event.
     pub scripts: Vec<PathBuf>,
     pub script_options: ScriptOptions,
@@ -78,6 +80,7 @@ impl RunConfig {
             console: None,
             timeout: None,
             trace: None,
+            trace_limit: crate::trace::writer::DEFAULT_LIMIT,
             scripts: Vec::new(),
             script_options: ScriptOptions::default(),
             vmx_msrs: Vec::new(),
@@ -324,7 +327,7 @@ impl Runner {
             Some(_) => Box::new(std::io::LineWriter::new(crate::stdio::BesideStatus(std::io::stdout()))),
             None => Box::new(std::io::LineWriter::new(std::io::stdout())),
         });
-        let trace = cfg.trace.as_deref().map(TraceWriter::create).transpose()?;
+        let trace = cfg.trace.as_deref().map(|p| TraceWriter::create(p, cfg.trace_limit)).transpose()?;
         Ok(Runner {
             l1_vm,
             l1,
@@ -387,6 +390,7 @@ impl Runner {
         this.devices.flush();
         if let Some(t) = this.trace.as_mut() {
             t.flush();
+            this.stats.trace_truncated = t.truncated;
         }
         this.stats.wall = this.start.elapsed();
         this.stats.patched = this.patches.as_ref().map(|p| crate::trace::stats::PatchStats {
@@ -396,7 +400,11 @@ impl Runner {
             unpatched: p.unpatched.len(),
             at_run_time: p.at_run_time.len(),
         });
-        let outcome = result.unwrap_or_else(|e| Outcome::Failed { code: e.exit_code(), message: e.to_string() });
+        let outcome = result.unwrap_or_else(|e| match e {
+            Error::Interrupted(_) => Outcome::Interrupted,
+            Error::TimedOut(_) => Outcome::Timeout,
+            e => Outcome::Failed { code: e.exit_code(), message: e.to_string() },
+        });
         Ok(Report { outcome, stats: std::mem::take(&mut this.stats) })
     }
 

@@ -3,7 +3,7 @@
 //! the run loop stops cleanly with statistics and traces flushed. A SIGALRM another process
 //! sends is an interruption, not the timeout.
 
-use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, Ordering};
 
 use kvm_bindings::kvm_run;
 
@@ -12,7 +12,12 @@ pub const INTERRUPT: u8 = 1;
 pub const TIMEOUT: u8 = 2;
 pub const KICK: u8 = 3;
 
+const HANDLED: [libc::c_int; 5] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGALRM, libc::SIGUSR1];
+
 static CAUSE: AtomicU8 = AtomicU8::new(NONE);
+/// Stop requests so far (signals and the timeout; a kick is none): what runs long outside
+/// KVM_RUN (a script hook, a gdb wait) compares it with the count it started with.
+static STOPS: AtomicU32 = AtomicU32::new(0);
 static RUNNING: AtomicPtr<kvm_run> = AtomicPtr::new(std::ptr::null_mut());
 
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
@@ -26,6 +31,7 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
     };
     if cause != KICK {
         CAUSE.store(cause, Ordering::SeqCst);
+        STOPS.fetch_add(1, Ordering::SeqCst);
     }
     let run = RUNNING.load(Ordering::SeqCst);
     if !run.is_null() {
@@ -38,7 +44,7 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
 
 /// Installs the handlers (without SA_RESTART, so blocking calls see EINTR).
 pub fn install() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGALRM, libc::SIGUSR1] {
+    for sig in HANDLED {
         // SAFETY: a zeroed sigaction with a valid three-argument handler, SA_SIGINFO and an
         // empty mask is well-formed; `on_signal` only does atomic and volatile stores.
         unsafe {
@@ -48,6 +54,21 @@ pub fn install() {
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
+    }
+}
+
+/// Blocks the handled signals on the calling thread, so that they reach the thread that runs
+/// the guest (a process-directed signal goes to any thread that does not block it, and only
+/// the vCPU thread's KVM_RUN must return). Every other thread of nestbed calls it first.
+pub fn block_here() {
+    // SAFETY: a sigset_t filled by sigemptyset/sigaddset, and a null old set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in HANDLED {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 
@@ -72,6 +93,11 @@ pub unsafe fn set_running(run: *mut kvm_run) {
 /// Why the run loop should stop, if it should.
 pub fn cause() -> u8 {
     CAUSE.load(Ordering::SeqCst)
+}
+
+/// How many stop requests came so far.
+pub fn stop_requests() -> u32 {
+    STOPS.load(Ordering::SeqCst)
 }
 
 /// Clears a stop request (between runs in one process, e.g. scenarios).

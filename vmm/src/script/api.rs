@@ -8,6 +8,7 @@ use std::rc::Rc;
 use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, ImmutableString};
 
 use super::context::{action_name, unsigned, ApiError, ExitRef, GPR_NAMES};
+use super::guard::HookClock;
 use super::rng::{SplitMix64, DEFAULT_SEED};
 use super::ScriptOptions;
 use crate::exit::{Action, ExitDetail, Level};
@@ -37,8 +38,10 @@ fn err(e: ApiError) -> Box<EvalAltResult> {
 }
 
 /// A sandboxed engine with the nestbed API, for one script.
-pub fn build_engine(state: &Rc<RefCell<ScriptState>>, opts: &ScriptOptions) -> Engine {
+pub fn build_engine(state: &Rc<RefCell<ScriptState>>, clock: &Rc<HookClock>, opts: &ScriptOptions) -> Engine {
     let mut engine = Engine::new();
+    let c = clock.clone();
+    engine.on_progress(move |ops| c.progress(ops));
     engine
         .set_max_operations(opts.max_operations)
         .set_max_call_levels(64)

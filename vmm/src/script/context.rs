@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::exit::{Action, Exit, ExitDetail, Handler, Level};
+use crate::machine::arch_rules;
 use crate::machine::memory::{GuestRam, MemFault};
 use crate::machine::paging::{self, PagingMode, PhysMem, WalkError};
 use crate::nested::space::Region;
@@ -15,6 +16,9 @@ use crate::vmx::vmcs::Vmcs;
 /// Register names in SDM order (the order of `ExitContext::gprs`).
 pub const GPR_NAMES: [&str; 16] =
     ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
+
+/// IA32_EFER.LMA: IA-32e mode is active.
+const EFER_LMA: u64 = 1 << 10;
 
 /// Largest block `read_phys`/`read_virt` return in one call.
 pub const MAX_READ: i64 = 1 << 20;
@@ -214,6 +218,8 @@ pub enum ApiError {
     Range { what: &'static str, value: i64 },
     #[error("{what} is only possible on {when} (this is a {level} {reason} exit)")]
     NotHere { what: &'static str, when: &'static str, level: &'static str, reason: String },
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Memory(#[from] MemFault),
     #[error("{0}")]
@@ -278,6 +284,8 @@ impl ExitRef {
             return Ok(());
         }
         self.with_mut(|c| {
+            let code64 = c.record.control.and_then(|cr| (cr.efer & EFER_LMA == 0).then_some(false));
+            arch_rules::check_rip(v, code64).map_err(|e| ApiError::Refused(format!("e.rip = {v:#x}: {e}")))?;
             c.record.rip = v;
             c.regs_dirty = true;
             c.changes.push(format!("rip={v:#x}"));
@@ -290,6 +298,8 @@ impl ExitRef {
             return Ok(());
         }
         self.with_mut(|c| {
+            let ia32e = c.record.control.is_some_and(|cr| cr.efer & EFER_LMA != 0);
+            arch_rules::check_rflags(v, ia32e).map_err(|e| ApiError::Refused(format!("e.rflags = {v:#x}: {e}")))?;
             c.record.rflags = v;
             c.regs_dirty = true;
             c.changes.push(format!("rflags={v:#x}"));

@@ -11,6 +11,7 @@
 mod analysis;
 mod api;
 mod context;
+mod guard;
 mod pipeline;
 mod rng;
 #[cfg(test)]
@@ -24,9 +25,11 @@ use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Position, Scope, AST};
 
 pub use analysis::Needs;
 pub use context::{ApiError, ControlRegs, ExitContext, ExitRecord, GPR_NAMES};
+pub use guard::MAX_DEPTH;
 
 use api::ScriptState;
 use context::ExitRef;
+use guard::{Halt, HookClock};
 use pipeline::Pipeline;
 
 use crate::error::Error;
@@ -60,15 +63,30 @@ pub enum ScriptMode {
 pub struct ScriptOptions {
     /// Operation budget of one hook call (0 = unlimited).
     pub max_operations: u64,
+    /// Wall-clock budget of one hook call in milliseconds (0 = unlimited).
+    pub max_time_ms: u64,
     pub on_error: OnScriptError,
     pub mode: ScriptMode,
 }
 
 impl Default for ScriptOptions {
     fn default() -> Self {
-        ScriptOptions { max_operations: 1_000_000, on_error: OnScriptError::Stop, mode: ScriptMode::Auto }
+        ScriptOptions {
+            max_operations: 1_000_000,
+            max_time_ms: DEFAULT_TIME_MS,
+            on_error: OnScriptError::Stop,
+            mode: ScriptMode::Auto,
+        }
     }
 }
+
+/// `--script-time` unless given: far above what a hook within the operation budget takes.
+pub const DEFAULT_TIME_MS: u64 = 5_000;
+
+/// Stack of the threads that run scripts: Rhai drops, copies and sizes nested values
+/// recursively, a few hundred bytes a level, and values may nest `MAX_DEPTH` levels plus
+/// what one hook call builds. Only the pages touched are committed.
+pub const STACK: usize = 512 << 20;
 
 const ON_START: &str = "on_start";
 const ON_EXIT: &str = "on_exit";
@@ -94,6 +112,7 @@ struct Compiled {
     engine: Engine,
     ast: AST,
     state: Rc<RefCell<ScriptState>>,
+    clock: Rc<HookClock>,
     has: [bool; 3],
 }
 
@@ -101,7 +120,8 @@ impl Compiled {
     fn new(src: &Source, opts: &ScriptOptions) -> Result<Self, Error> {
         let name = src.name.clone();
         let state = Rc::new(RefCell::new(ScriptState::new(name.clone())));
-        let engine = api::build_engine(&state, opts);
+        let clock = HookClock::new(opts.max_time_ms);
+        let engine = api::build_engine(&state, &clock, opts);
         let mut ast = engine.compile(&src.text).map_err(|e| {
             let (kind, pos) = (e.0, e.1);
             Error::ScriptCompile(format!("{}: {kind}", at(&name, pos)))
@@ -122,7 +142,7 @@ impl Compiled {
             }
             has[slot] = true;
         }
-        Ok(Compiled { name, engine, ast, state, has })
+        Ok(Compiled { name, engine, ast, state, clock, has })
     }
 }
 
@@ -133,30 +153,81 @@ struct Script {
     ast: AST,
     scope: Scope<'static>,
     state: Rc<RefCell<ScriptState>>,
+    clock: Rc<HookClock>,
     has: [bool; 3],
     max_operations: u64,
+}
+
+/// Why a hook call failed.
+enum HookError {
+    /// The script's own error (what `--on-script-error` decides about).
+    Script(String),
+    /// A stop request halted it: the run ends whatever `--on-script-error` says.
+    Stopped(Error),
 }
 
 impl Script {
     /// Runs the top-level statements, which initialize the globals, once.
     fn start(c: Compiled, opts: &ScriptOptions) -> Result<Self, Error> {
-        let Compiled { name, engine, mut ast, state, has } = c;
-        let mut scope = Scope::new();
-        let max_operations = opts.max_operations;
-        engine
-            .run_ast_with_scope(&mut scope, &ast)
-            .map_err(|e| Error::Script(runtime_message(&name, "top-level code", max_operations, &e)))?;
+        let Compiled { name, engine, mut ast, state, clock, has } = c;
+        let mut script = Script {
+            name,
+            engine,
+            ast: AST::empty(),
+            scope: Scope::new(),
+            state,
+            clock,
+            has,
+            max_operations: opts.max_operations,
+        };
+        script.clock.start();
+        let r =
+            script.engine.run_ast_with_scope(&mut script.scope, &ast).map_err(|e| script.failure("top-level code", &e));
+        r.and_then(|()| script.check_depth("top-level code")).map_err(|e| match e {
+            HookError::Script(msg) => Error::Script(msg),
+            HookError::Stopped(e) => e,
+        })?;
         ast.clear_statements();
-        Ok(Script { name, engine, ast, scope, state, has, max_operations })
+        script.ast = ast;
+        Ok(script)
     }
 
-    fn call(&mut self, hook: &str, args: impl rhai::FuncArgs) -> Result<(), String> {
+    fn call(&mut self, hook: &str, args: impl rhai::FuncArgs) -> Result<(), HookError> {
         // Rewinding drops the hook's own locals; assignments to globals stay in the scope.
         let opts = CallFnOptions::new().eval_ast(false).rewind_scope(true);
-        self.engine
-            .call_fn_with_options::<Dynamic>(opts, &mut self.scope, &self.ast, hook, args)
-            .map(drop)
-            .map_err(|e| runtime_message(&self.name, hook, self.max_operations, &e))
+        self.clock.start();
+        let r = self.engine.call_fn_with_options::<Dynamic>(opts, &mut self.scope, &self.ast, hook, args);
+        r.map(drop).map_err(|e| self.failure(hook, &e))?;
+        self.check_depth(hook)
+    }
+
+    fn failure(&self, hook: &str, e: &EvalAltResult) -> HookError {
+        match guard::halted(e) {
+            Some(Halt::Interrupt) => {
+                HookError::Stopped(Error::Interrupted(format!("{}: {hook} interrupted", self.name)))
+            }
+            Some(Halt::Timeout) => {
+                HookError::Stopped(Error::TimedOut(format!("{}: {hook} stopped by --timeout", self.name)))
+            }
+            Some(Halt::TimeLimit) => HookError::Script(format!(
+                "{}: {hook} ran over the limit of {} ms per call (--script-time)",
+                self.name,
+                self.clock.limit_ms()
+            )),
+            None => HookError::Script(runtime_message(&self.name, hook, self.max_operations, e)),
+        }
+    }
+
+    /// Refuses globals nested deeper than `MAX_DEPTH` (a hook's own locals are gone by now).
+    fn check_depth(&self, hook: &str) -> Result<(), HookError> {
+        let d = guard::depth(self.scope.iter_raw().map(|(_, _, v)| v), MAX_DEPTH);
+        if d > MAX_DEPTH {
+            return Err(HookError::Script(format!(
+                "{}: after {hook}, a global nests arrays, maps or closures deeper than {MAX_DEPTH} levels",
+                self.name
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -234,11 +305,12 @@ impl Inline {
         first
     }
 
-    fn outcome(&self, r: Result<(), String>) -> Result<(), Error> {
+    fn outcome(&self, r: Result<(), HookError>) -> Result<(), Error> {
         match (r, self.opts.on_error) {
             (Ok(()), _) => Ok(()),
-            (Err(msg), OnScriptError::Stop) => Err(Error::Script(msg)),
-            (Err(msg), OnScriptError::Continue) => {
+            (Err(HookError::Stopped(e)), _) => Err(e),
+            (Err(HookError::Script(msg)), OnScriptError::Stop) => Err(Error::Script(msg)),
+            (Err(HookError::Script(msg)), OnScriptError::Continue) => {
                 tracing::warn!("script error (continuing): {msg}");
                 Ok(())
             }

@@ -74,13 +74,19 @@ impl Pipeline {
         let sh = shared.clone();
         let worker = std::thread::Builder::new()
             .name("nestbed-scripts".into())
-            .spawn(move || match Inline::load(&sources, opts) {
-                Ok(scripts) => {
-                    let _ = loaded_tx.send(Ok(()));
-                    work(scripts, &sh, exits, &inbox);
-                }
-                Err(e) => {
-                    let _ = loaded_tx.send(Err(e));
+            .stack_size(super::STACK)
+            .spawn(move || {
+                // Stop signals go to the vCPU thread, whose KVM_RUN they must interrupt; the
+                // hooks here see them through the stop count (`guard`).
+                crate::runner::signals::block_here();
+                match Inline::load(&sources, opts) {
+                    Ok(scripts) => {
+                        let _ = loaded_tx.send(Ok(()));
+                        work(scripts, &sh, exits, &inbox);
+                    }
+                    Err(e) => {
+                        let _ = loaded_tx.send(Err(e));
+                    }
                 }
             })
             .map_err(|e| Error::Script(format!("starting the script thread: {e}")))?;

@@ -215,7 +215,7 @@ fn vmcs_by_name() {
 #[test]
 fn operation_limit_stops_endless_loop() {
     let p = file("spin.rhai", "fn on_exit(e) {\n  loop { }\n}\n");
-    let opts = ScriptOptions { max_operations: 10_000, on_error: OnScriptError::Stop, mode: ScriptMode::Inline };
+    let opts = ScriptOptions { max_operations: 10_000, on_error: OnScriptError::Stop, ..inline() };
     let mut h = ScriptHost::load(std::slice::from_ref(&p), opts).unwrap();
     let mut c = io_exit(Level::L1, 0x80, true);
     let m = script_err(h.on_exit(&mut c));
@@ -224,7 +224,7 @@ fn operation_limit_stops_endless_loop() {
     assert_eq!(c.record.exit.seq, 7, "context returned after an error");
 
     // Continue: warn and go on.
-    let opts = ScriptOptions { max_operations: 10_000, on_error: OnScriptError::Continue, mode: ScriptMode::Inline };
+    let opts = ScriptOptions { max_operations: 10_000, on_error: OnScriptError::Continue, ..inline() };
     let mut h = ScriptHost::load(&[p], opts).unwrap();
     assert!(h.on_exit(&mut c).is_ok());
 }
@@ -339,7 +339,7 @@ fn documented() -> BTreeSet<String> {
 #[test]
 fn scripting_md_matches_the_engine() {
     let state = std::rc::Rc::new(std::cell::RefCell::new(api::ScriptState::new("x".into())));
-    let engine = api::build_engine(&state, &ScriptOptions::default());
+    let engine = api::build_engine(&state, &guard::HookClock::new(0), &ScriptOptions::default());
     let registered: BTreeSet<String> = engine
         .gen_fn_signatures(false)
         .iter()
@@ -391,7 +391,7 @@ fn example_scripts_run() {
 #[test]
 fn every_registered_name_is_classified() {
     let state = std::rc::Rc::new(std::cell::RefCell::new(api::ScriptState::new("x".into())));
-    let engine = api::build_engine(&state, &ScriptOptions::default());
+    let engine = api::build_engine(&state, &guard::HookClock::new(0), &ScriptOptions::default());
     for sig in engine.gen_fn_signatures(false) {
         let name = sig.split('(').next().unwrap_or("").trim_start_matches("get$").trim_start_matches("set$");
         assert!(analysis::classified(name), "the code analysis does not know what {name} touches");
@@ -569,4 +569,24 @@ fn state_not_captured_is_an_error_not_a_wrong_answer() {
     assert!(matches!(r.write_u64(0x1000, 1), Err(ApiError::NotCaptured("guest memory"))));
     assert!(matches!(r.vmcs_read("GUEST_RIP"), Err(ApiError::NotCaptured("the VMCS"))));
     assert!(matches!(r.vmcs_write("GUEST_RIP", 1), Err(ApiError::NotCaptured("the VMCS"))));
+}
+
+#[test]
+fn the_depth_check_sees_through_shared_closures_and_ends_on_cycles() {
+    // A closure that captures itself is a cycle; two globals share one chain of closures.
+    let src = "let f = 0; f = || f.call();\n\
+               let chain = 0;\n\
+               fn on_exit(e) { for i in 0..300 { let c = chain; chain = || c; } }\n\
+               let g = [[|| chain]];";
+    // Scripts run on a thread with nestbed's script stack.
+    let run = move || {
+        let mut h = host(src);
+        // 33 * 300 + 3 levels: still within the limit.
+        for _ in 0..33 {
+            h.on_exit(&mut io_exit(Level::L1, 0x80, true)).unwrap();
+        }
+        script_err(h.on_exit(&mut io_exit(Level::L1, 0x80, true)))
+    };
+    let m = std::thread::Builder::new().stack_size(STACK).spawn(run).unwrap().join().unwrap();
+    assert!(m.contains("after on_exit, a global nests arrays, maps or closures deeper than 10000 levels"), "{m}");
 }

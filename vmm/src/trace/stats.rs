@@ -105,6 +105,8 @@ pub struct Stats {
     pub phases: super::Phases,
     /// Load-time patching's figures, when it is on.
     pub patched: Option<PatchStats>,
+    /// Where the `--trace` file stopped at `--trace-limit`, if it did.
+    pub trace_truncated: Option<super::writer::Truncated>,
 }
 
 fn level_key(l: Level) -> u8 {
@@ -243,6 +245,13 @@ impl Stats {
                 s,
                 "patched: {sites} sensitive instructions, {traps} traps taken at them, {written} written over by the guest, \
                  {unpatched} unpatched sites trapped by the host, {at_run_time} patched at run time after #UD"
+            );
+        }
+        if let Some(t) = self.trace_truncated {
+            let _ = writeln!(
+                s,
+                "trace: stopped at --trace-limit {} bytes after {} exits ({} bytes written)",
+                t.limit, t.lines, t.bytes
             );
         }
         let _ = writeln!(s, "total: {} exits in {:.3}s", self.total_exits(), self.wall.as_secs_f64());

@@ -35,23 +35,54 @@ pub struct Event<'a> {
 /// The trace path that means stdout.
 pub const STDOUT: &str = "-";
 
+/// `--trace-limit` unless given.
+pub const DEFAULT_LIMIT: u64 = 1 << 30;
+
+/// Where a trace stopped at `--trace-limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truncated {
+    /// Lines written (whole lines only).
+    pub lines: u64,
+    pub bytes: u64,
+    pub limit: u64,
+}
+
 pub struct TraceWriter {
     out: BufWriter<Box<dyn Write + Send>>,
     path: std::path::PathBuf,
+    limit: u64,
+    bytes: u64,
+    lines: u64,
+    /// Set once the next line would have gone past the limit: nothing more is written.
+    pub truncated: Option<Truncated>,
+    line: Vec<u8>,
 }
 
 impl TraceWriter {
-    pub fn create(path: &Path) -> Result<Self, Error> {
+    /// A trace of at most `limit` bytes, in whole lines; `-` is stdout.
+    pub fn create(path: &Path, limit: u64) -> Result<Self, Error> {
         let out: Box<dyn Write + Send> = if path == Path::new(STDOUT) {
             Box::new(std::io::stdout())
         } else {
             Box::new(File::create(path).map_err(|source| Error::File { path: path.to_owned(), source })?)
         };
-        Ok(TraceWriter { out: BufWriter::new(out), path: path.to_owned() })
+        Ok(TraceWriter {
+            out: BufWriter::new(out),
+            path: path.to_owned(),
+            limit,
+            bytes: 0,
+            lines: 0,
+            truncated: None,
+            line: Vec::new(),
+        })
     }
 
-    /// Writes one exit's line; a write error (a full disk) ends the run with it.
+    /// Writes one exit's line; a write error (a full disk) ends the run with it. At the limit
+    /// the trace stops, with one warning, and the run goes on.
     pub fn record(&mut self, exit: &Exit, handler: Handler, script: Vec<String>, t_ns: u64) -> Result<(), Error> {
+        if self.truncated.is_some() {
+            return Ok(());
+        }
         let ev = Event {
             seq: exit.seq,
             level: exit.level.as_str(),
@@ -66,17 +97,33 @@ impl TraceWriter {
             script,
             t: t_ns,
         };
-        let written = serde_json::to_writer(&mut self.out, &ev)
-            .map_err(std::io::Error::from)
-            .and_then(|()| self.out.write_all(b"\n"));
-        match written {
+        let file = |source| Error::File { path: self.path.clone(), source };
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, &ev).map_err(std::io::Error::from).map_err(file)?;
+        self.line.push(b'\n');
+        if self.bytes + self.line.len() as u64 > self.limit {
+            let t = Truncated { lines: self.lines, bytes: self.bytes, limit: self.limit };
+            self.truncated = Some(t);
+            crate::error::to_stderr(&format!(
+                "nestbed: warning: {}: the trace reached --trace-limit ({} bytes) after {} exits; it stops here, the \
+                 run goes on\n",
+                self.path.display(),
+                t.limit,
+                t.lines
+            ));
+            return Ok(());
+        }
+        match self.out.write_all(&self.line) {
             // A reader of `--trace -` that went away ends the run as a closed stdout does.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
                 crate::stdio::stdout_lost();
-                Ok(())
+                return Ok(());
             }
-            r => r.map_err(|source| Error::File { path: self.path.clone(), source }),
+            r => r.map_err(file)?,
         }
+        self.bytes += self.line.len() as u64;
+        self.lines += 1;
+        Ok(())
     }
 
     pub fn flush(&mut self) {
@@ -87,5 +134,31 @@ impl TraceWriter {
 impl Drop for TraceWriter {
     fn drop(&mut self) {
         self.flush();
+    }
+}
+
+/// Reads a size: bytes, or with a suffix K, M, G (KiB, MiB, GiB).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size (bytes, or with K, M or G)"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("`{text}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("1T").is_err() && parse_size("").is_err() && parse_size("99999999999G").is_err());
     }
 }

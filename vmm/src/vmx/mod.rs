@@ -4,6 +4,8 @@ pub mod bits;
 pub mod caps;
 pub mod checks;
 pub mod cpu;
+#[cfg(test)]
+mod cpu_fuzz;
 pub mod decode;
 pub mod ept;
 pub mod events;

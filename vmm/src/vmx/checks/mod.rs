@@ -27,6 +27,8 @@ macro_rules! rule {
 }
 
 mod controls;
+#[cfg(test)]
+mod fuzz;
 mod guest;
 mod host;
 #[cfg(test)]
