@@ -355,6 +355,12 @@ fn turtles_levels_name_l2_and_l3() {
     let (l2, l3) = (vmcs_of("VMXON"), vmcs_of("IO_INSTRUCTION"));
     assert_eq!((l2.len(), l3.len()), (1, 1), "{l2:?} {l3:?}");
     assert_ne!(l2, l3);
+    // nestbed's own naming: exactly L3's exits (its three OUTs and its HLT) carry guest_level.
+    let named: Vec<&str> = text.lines().filter(|l| l.contains("\"guest_level\":\"L3\"")).collect();
+    assert_eq!(named.len(), 4, "{text}");
+    let l3_vmcs = l3.iter().next().unwrap();
+    assert!(named.iter().all(|l| l.contains(&format!("\"vmcs\":\"{l3_vmcs}\""))), "{named:?}");
+    assert!(!text.lines().any(|l| l.contains("\"reason\":\"VMXON\"") && l.contains("guest_level")));
     assert!(!text.lines().any(|l| l.contains("\"level\":\"L1\"") && l.contains("\"vmcs\"")));
     let _ = std::fs::remove_dir_all(&dir);
 }

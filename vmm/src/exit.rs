@@ -123,6 +123,10 @@ pub struct Exit {
     /// hypervisor L2 on one VMCS and, for it, L3 on another): this tells them apart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vmcs: Option<u64>,
+    /// L2 exits of a guest deeper than L2 as L1 sees it (3: a guest of a hypervisor L2),
+    /// `vmx::guest_levels`' judgement; None for L1 and L2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_level: Option<u8>,
 }
 
 impl Exit {

@@ -24,6 +24,7 @@ use crate::vmx::ept::active_eptp;
 use crate::vmx::exit_info::ExitInfo;
 use crate::vmx::exits::{ExitReason, VM_ENTRY_FAILURE};
 use crate::vmx::fields::{EPT_POINTER, GUEST_DR7, VM_EXIT_CONTROLS};
+use crate::vmx::guest_levels::GuestLevels;
 use crate::vmx::msr_list::{read_area, store_value, EntryFault, MsrArea, MsrEntry};
 use crate::vmx::state::{load_guest_state, load_host_state, save_guest_state};
 use crate::vmx::vmcs::OFFSET_ABORT;
@@ -94,11 +95,13 @@ pub struct Nested {
     kvm: Kvm,
     /// CPUID answers for the L2 vCPU, applied when it is created.
     l2_cpuid: Vec<CpuidOverride>,
+    /// The level, as L1 sees it, of each guest L1 runs (L3 under a hypervisor L2).
+    pub levels: GuestLevels,
 }
 
 impl Nested {
     pub fn new(kvm: Kvm, vmx: VmxCpu, l2_cpuid: Vec<CpuidOverride>) -> Self {
-        Nested { vmx, l2: None, debug: DebugState::default(), kvm, l2_cpuid }
+        Nested { vmx, l2: None, debug: DebugState::default(), kvm, l2_cpuid, levels: GuestLevels::default() }
     }
 
     /// Executes one trapped VMX instruction of L1 on the model, then drops what it

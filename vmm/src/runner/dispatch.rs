@@ -171,6 +171,7 @@ impl Runner {
         let level = ev.exit.level;
         if level == Level::L2 {
             ev.exit.vmcs = self.nested.vmx.current;
+            ev.exit.guest_level = ev.exit.vmcs.map(|v| self.nested.levels.level_of(v)).filter(|&g| g > 2);
         }
         if level == Level::L1 {
             // What L1 marked changed in an enlightened VMCS is the VMCS scripts and gdb see.
@@ -225,6 +226,9 @@ impl Runner {
         match l2.map(|l2| l2.reflect) {
             Some(Ok((mut info, insn))) => {
                 let t = self.clock.now();
+                if let Some(vmcs) = self.nested.vmx.current {
+                    self.nested.levels.reflected(vmcs, info.reason & 0xffff);
+                }
                 self.events_at_vm_exit(&mut info);
                 let abort = self.nested.vm_exit(&mut self.l1, &self.l1_vm.ram, &info, &insn, &mut self.platform)?;
                 self.events_saved_at_vm_exit();
@@ -371,6 +375,9 @@ impl Runner {
                 }
                 match entry {
                     Entry::Entered => {
+                        if let Some(vmcs) = self.nested.vmx.current {
+                            self.nested.levels.entered(vmcs);
+                        }
                         self.level = Level::L2;
                         self.patch_for_controls();
                         self.events_at_vm_entry();
@@ -479,6 +486,7 @@ impl Runner {
             insn: Vec::new(),
             detail: crate::exit::ExitDetail::None,
             vmcs: None,
+            guest_level: None,
         }
     }
 }

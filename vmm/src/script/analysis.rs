@@ -39,9 +39,10 @@ const CHANGES: [&str; 11] = [
 ];
 #[cfg(test)]
 /// Members of the exit that read only its own record: a copy taken at the exit answers them.
-const RECORD: [&str; 26] = [
+const RECORD: [&str; 27] = [
     "level",
     "vmcs",
+    "guest_level",
     "reason",
     "reason_nr",
     "qualification",

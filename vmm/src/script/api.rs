@@ -167,6 +167,16 @@ fn register_exit(engine: &mut Engine) {
         .register_get("qualification", |e: &mut ExitRef| e.get(|c| c.record.exit.qualification as i64).map_err(err))
         .register_get("seq", |e: &mut ExitRef| e.get(|c| c.record.exit.seq as i64).map_err(err))
         .register_get("vmcs", |e: &mut ExitRef| e.get(|c| c.record.exit.vmcs.map_or(-1, |v| v as i64)).map_err(err))
+        .register_get("guest_level", |e: &mut ExitRef| {
+            e.get(|c| {
+                let x = &c.record.exit;
+                match (x.level, x.guest_level) {
+                    (_, Some(g)) => format!("L{g}"),
+                    (level, None) => level.as_str().to_string(),
+                }
+            })
+            .map_err(err)
+        })
         .register_get("insn", |e: &mut ExitRef| e.get(|c| Blob::from(c.record.exit.insn.clone())).map_err(err))
         .register_get("insn_len", |e: &mut ExitRef| e.get(|c| c.record.exit.insn.len() as i64).map_err(err))
         .register_get("action", |e: &mut ExitRef| e.get(|c| action_name(&c.action).to_string()).map_err(err))

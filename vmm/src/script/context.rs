@@ -127,6 +127,7 @@ impl ExitContext {
             insn: Vec::new(),
             detail: ExitDetail::None,
             vmcs: None,
+            guest_level: None,
         };
         ExitContext::new(exit, None)
     }

@@ -54,6 +54,7 @@ fn io_exit(level: Level, port: u16, write: bool) -> ExitContext {
         insn: vec![0xe6, 0x80],
         detail: ExitDetail::Io { port, size: 1, write, data: 0x42 },
         vmcs: None,
+        guest_level: None,
     };
     let mut c = ExitContext::new(exit, Some(GuestRam::new(4).unwrap()));
     c.record.rip = 0x1000;
@@ -377,6 +378,7 @@ fn example_scripts_run() {
             insn: vec![0x0f, 0x32],
             detail: ExitDetail::Msr { index: 0x48a, name: None, write: false, value: 0 },
             vmcs: None,
+            guest_level: None,
         };
         let mut contexts = vec![io_exit(Level::L2, 0x80, true), io_exit(Level::L1, 0x3f8, false)];
         contexts.push(ExitContext::new(msr, Some(GuestRam::new(4).unwrap())));

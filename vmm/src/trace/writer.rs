@@ -26,6 +26,9 @@ pub struct Event<'a> {
     /// L2 exits: the VMCS L1 entered the exiting guest with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vmcs: Option<String>,
+    /// L2 exits of a guest deeper than L2 as L1 sees it: "L3" for a guest of a hypervisor L2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_level: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub script: Vec<String>,
     /// Nanoseconds since the start of the run (timing: ignored by comparisons).
@@ -94,6 +97,7 @@ impl TraceWriter {
             detail: &exit.detail,
             handler: handler.as_str(),
             vmcs: exit.vmcs.map(|v| format!("{v:#x}")),
+            guest_level: exit.guest_level.map(|g| format!("L{g}")),
             script,
             t: t_ns,
         };

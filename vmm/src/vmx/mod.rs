@@ -13,6 +13,7 @@ pub mod evmcs;
 pub mod exit_info;
 pub mod exits;
 pub mod fields;
+pub mod guest_levels;
 pub mod msr_list;
 pub mod route;
 pub mod sensitive;
