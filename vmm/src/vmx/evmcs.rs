@@ -45,11 +45,24 @@ pub fn absorb(cache: &mut Vmcs, page: &[u8], mask: u64) {
 /// [`absorb`] from guest memory, reading only the marked groups' fields (a page outside RAM
 /// gives nothing).
 pub fn absorb_from(cache: &mut Vmcs, mem: &dyn GuestMemory, page: u64, mask: u64) {
+    // Each marked group's slots are one read: they are contiguous in the page.
+    let mut slots: [Option<(usize, Vec<u8>)>; 16] = Default::default();
+    for (g, buf) in slots.iter_mut().enumerate().filter(|(g, _)| mask >> g & 1 != 0) {
+        let g = g as u32;
+        let start = super::vmcs::field_offset_of_slot((g / 4) << 13 | (g % 4) << 10);
+        let mut bytes = vec![0u8; 8 * super::vmcs::group_slots(g) as usize];
+        if mem.read_phys(page + start as u64, &mut bytes).is_ok() {
+            *buf = Some((start, bytes));
+        }
+    }
     for f in FIELDS.iter().filter(|f| mask >> group(f.encoding) & 1 != 0 && !f.read_only()) {
-        let Some(o) = field_offset(f.encoding) else { continue };
-        let mut b = [0u8; 8];
-        if mem.read_phys(page + o as u64, &mut b).is_ok() {
-            cache.set(f.encoding, u64::from_le_bytes(b));
+        let (Some(o), Some((start, bytes))) = (field_offset(f.encoding), &slots[group(f.encoding) as usize]) else {
+            continue;
+        };
+        if let Some(b) = o.checked_sub(*start).and_then(|r| bytes.get(r..r + 8)) {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(b);
+            cache.set(f.encoding, u64::from_le_bytes(v));
         }
     }
 }
