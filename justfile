@@ -30,8 +30,7 @@ bench:
 lint:
     .ci/lint
 
-# Build a kvm-unit-tests tree (or its source tarball) and run its x86 tests through its own runner
-# with nestbed as QEMU; prints a PASS/FAIL/SKIP table. Default: the copy beside the project.
+# Build kvm-unit-tests (a tree or tarball; default: the pinned copy) and run its x86 tests with nestbed as QEMU.
 kvm-unit-tests source=(justfile_directory() / "../shared/kvm-unit-tests/kvm-unit-tests-1da1819e.tar.gz") *tests="":
     tests/kvm-unit-tests/run.sh "{{source}}" {{tests}}
 
@@ -51,8 +50,7 @@ bless name:
 trace-report file:
     cargo run --release -- trace report "{{join(invocation_directory(), file)}}"
 
-# Debug a guest: nestbed waits for gdb in a session of its own (Ctrl-C stays gdb's), its console
-# and messages going to nestbed-gdb.log; gdb attaches with gdb/nestbed.gdb and the guest's symbols.
+# Debug a guest under gdb: nestbed in a session of its own (Ctrl-C stays gdb's), output in nestbed-gdb.log.
 gdb guest="nested-demo" *args="":
     #!/usr/bin/env bash
     set -euo pipefail
@@ -71,7 +69,6 @@ gdb guest="nested-demo" *args="":
     echo "nestbed's console and messages go to $log (tail -f $log in another terminal)"
     gdb -x gdb/nestbed.gdb -ex "target remote $addr" "$symbols"
 
-# Install the `nestbed` command into ~/.cargo/bin, built in ./target so that
-# `nestbed guests --symbols` keeps finding the guests' debug images there.
+# Install `nestbed` into ~/.cargo/bin, built in ./target (where `nestbed guests --symbols` finds images).
 install:
     cargo install --locked --path vmm --target-dir target
