@@ -108,6 +108,35 @@ pub fn probe_legacy_paging(kvm: &Kvm) -> Result<bool, Error> {
     Ok(matches!(vcpu.run(), Ok(VcpuExit::Hlt)))
 }
 
+/// The bits of `candidates` that the host's KVM accepts in CR4 of `vcpu`'s 64-bit state, one at
+/// a time beside PAE: what an L2 vCPU with the same CPUID table can be given. (This host's KVM
+/// refuses some bits whatever CPUID says, e.g. PCIDE, at the next KVM_RUN.) `vcpu` gets its
+/// system registers back.
+pub fn probe_cr4_bits(vcpu: &VcpuFd, candidates: u64) -> Result<u64, Error> {
+    const CR4_PAE: u64 = 1 << 5;
+    let saved = vcpu.get_sregs().map_err(host("KVM_GET_SREGS (CR4 probe)"))?;
+    let mut s = saved;
+    s.cr0 = 0x8001_0011; // PG, WP, ET, PE
+    s.efer = 0x500; // LME, LMA
+    s.cr3 = 0x1000;
+    s.cs.l = 1;
+    s.cs.db = 0;
+    s.cr4 = CR4_PAE;
+    if vcpu.set_sregs(&s).is_err() {
+        vcpu.set_sregs(&saved).map_err(host("KVM_SET_SREGS (CR4 probe)"))?;
+        return Ok(candidates);
+    }
+    let mut accepted = candidates & CR4_PAE;
+    for bit in (0..64).map(|b| 1u64 << b).filter(|&b| candidates & b != 0 && b != CR4_PAE) {
+        s.cr4 = CR4_PAE | bit;
+        if vcpu.set_sregs(&s).is_ok() {
+            accepted |= bit;
+        }
+    }
+    vcpu.set_sregs(&saved).map_err(host("KVM_SET_SREGS (CR4 probe)"))?;
+    Ok(accepted)
+}
+
 /// Where the host leaves RIP at a port-I/O exit: past the instruction (`true`) or at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IoRip {

@@ -28,7 +28,7 @@ use crate::error::{code, host, Error};
 use crate::exit::Level;
 use crate::machine::bios::{self, Firmware};
 use crate::machine::devices::{Devices, ExitConvention};
-use crate::machine::probe::{probe_legacy_paging, probe_vmx_trap, simulates_vmx_ud, VmxTrap};
+use crate::machine::probe::{probe_cr4_bits, probe_legacy_paging, probe_vmx_trap, simulates_vmx_ud, VmxTrap};
 use crate::machine::{loader, GuestRam, RawExit, Vcpu, Vm};
 use crate::nested::Nested;
 use crate::script::{ScriptHost, ScriptOptions};
@@ -318,6 +318,9 @@ impl Runner {
         }
         l1.prime()?;
         boot::set_entry_state(&mut l1, &boot);
+        // IA32_VMX_CR4_FIXED1 offers only CR4 bits the host can give L2 (VMXE is virtual).
+        let vmxe = crate::nested::transfer::CR4_VMXE;
+        caps.cr4_fixed1 = caps.cr4_fixed1 & vmxe | probe_cr4_bits(l1.fd(), caps.cr4_fixed1 & !vmxe)?;
         let mut vmx = VmxCpu::new(caps);
         // With MOV to CR4 patched, CR4.VMXE is L1's to set (virtual, as on hardware).
         vmx.vmxe = !patches.as_ref().is_some_and(|p| p.patches(crate::patch::Class::MovToCr4));
