@@ -99,8 +99,8 @@ impl Checked {
         }
         raw.push(b'#');
         raw.extend(hex);
-        if len > MAX_PACKET || !shadow::accepts(&raw) {
-            let what = if len > MAX_PACKET { "too long" } else { "malformed" };
+        if len > MAX_PACKET || oversized_read(&raw[1..raw.len() - 3]) || !shadow::accepts(&raw) {
+            let what = if len > MAX_PACKET { "too long" } else { "malformed or oversized" };
             tracing::warn!("gdb sent a {what} packet ({len} bytes): answered with an error");
             return self.reply(b"E16");
         }
@@ -165,5 +165,30 @@ impl ConnectionExt for Checked {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// A memory read (`m` or `x addr,length`) asking for more than one reply packet can carry: gdb
+/// never sends one (it splits reads by the packet size the stub offers), and answering one of
+/// terabytes would keep the session busy for days.
+fn oversized_read(body: &[u8]) -> bool {
+    let (Some(b'm' | b'x'), Some(comma)) = (body.first(), body.iter().position(|&b| b == b',')) else {
+        return false;
+    };
+    let length = std::str::from_utf8(&body[comma + 1..]).ok().and_then(|l| usize::from_str_radix(l, 16).ok());
+    length.is_none_or(|l| l > MAX_PACKET)
+}
+
+#[cfg(test)]
+mod read_tests {
+    use super::oversized_read;
+
+    #[test]
+    fn reads_longer_than_a_reply_are_refused() {
+        assert!(oversized_read(b"m100000,401f20af432"));
+        assert!(oversized_read(b"x100000,ffffffff"));
+        assert!(!oversized_read(b"m100000,800"));
+        assert!(!oversized_read(b"M100000,4:00000000"));
+        assert!(!oversized_read(b"qSupported"));
     }
 }
