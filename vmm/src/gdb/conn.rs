@@ -129,10 +129,14 @@ impl Connection for Checked {
     type Error = io::Error;
 
     fn write(&mut self, byte: u8) -> io::Result<()> {
-        Write::write_all(&mut self.stream, &[byte])
+        self.write_all(&[byte])
     }
 
+    /// A reply being written gives way to a stop request (a signal, `--timeout`).
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        if signals::cause() != signals::NONE {
+            return Err(stopped());
+        }
         Write::write_all(&mut self.stream, buf)
     }
 

@@ -26,7 +26,7 @@ use super::arch::{NestbedX86, Regs};
 /// the session.
 pub fn accepts(packet: &[u8]) -> bool {
     let mut target = Shadow;
-    let Ok(mut sm) = GdbStub::new(Sink).run_state_machine(&mut target) else { return false };
+    let Ok(mut sm) = GdbStub::new(Sink { written: 0 }).run_state_machine(&mut target) else { return false };
     for &b in packet {
         sm = match sm {
             GdbStubStateMachine::Idle(s) => match s.incoming_data(&mut target, b) {
@@ -40,12 +40,23 @@ pub fn accepts(packet: &[u8]) -> bool {
     true
 }
 
-struct Sink;
+/// Takes the stand-in's replies, up to what one real reply packet can hold: a packet whose
+/// reply would be longer is one the real stub must not be given either.
+struct Sink {
+    written: usize,
+}
+
+/// Longer than any reply nestbed's stub sends (its packet buffer).
+const REPLY_LIMIT: usize = 2 * 4096;
 
 impl Connection for Sink {
-    type Error = std::convert::Infallible;
+    type Error = &'static str;
 
     fn write(&mut self, _: u8) -> Result<(), Self::Error> {
+        self.written += 1;
+        if self.written > REPLY_LIMIT {
+            return Err("reply longer than a packet");
+        }
         Ok(())
     }
 
