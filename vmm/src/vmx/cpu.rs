@@ -821,6 +821,23 @@ fn read_phys_u32(mem: &dyn VmxEnv, gpa: u64) -> u32 {
 pub(crate) mod testing {
     use super::*;
 
+    /// SplitMix64: the seeded generator of the VMX model's fuzzers.
+    pub struct Rng(pub u64);
+
+    impl Rng {
+        pub fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        pub fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
     /// Guest RAM in a Vec; accesses past the end fault.
     #[derive(Debug, Clone)]
     pub struct Ram(pub Vec<u8>);

@@ -10,26 +10,10 @@ use super::caps::VmxCaps;
 use super::checks::check_vm_entry;
 use super::checks::testing::test_vmcs_64bit;
 use super::cpu::testing::FakeEnv;
+use super::cpu::testing::Rng;
 use super::cpu::{Outcome, VmxCpu};
 use super::decode::decode;
 use super::fields::{FIELDS, VM_INSTRUCTION_ERROR};
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 const VMXON_REGION: u64 = 0x1000;
 const VMCS: [u64; 2] = [0x2000, 0x3000];

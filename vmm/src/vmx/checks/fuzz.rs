@@ -8,25 +8,8 @@
 use super::testing::test_vmcs_64bit;
 use super::*;
 use crate::vmx::caps::VmxCaps;
-use crate::vmx::cpu::testing::Ram;
+use crate::vmx::cpu::testing::{Ram, Rng};
 use crate::vmx::fields::FIELDS;
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// How many times the CI budget to run (`NESTBED_FUZZ_SCALE`, set by `just fuzz`).
 fn scale() -> u64 {
